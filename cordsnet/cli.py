@@ -13,8 +13,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import click
 import typer
+from typer.exceptions import TyperException
 from typer.core import TyperGroup
 
 # Errors that are the user's (a bad file, a bad value) rather than the program's.
@@ -28,16 +28,16 @@ class _OneLineErrors(TyperGroup):
              standalone_mode: bool = True, **extra: Any) -> Any:
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.exceptions.Abort:
-            click.echo("Error: aborted", err=True)
+        except typer.Abort:
+            typer.echo("Error: aborted", err=True)
             sys.exit(1)
-        except click.ClickException as exc:
-            click.echo(f"Error: {_one_line(exc.format_message())}", err=True)
+        except TyperException as exc:  # usage errors: bad options, missing files (Path(exists=True))
+            typer.echo(f"Error: {_one_line(exc.format_message())}", err=True)
             sys.exit(1)
         except USER_ERRORS as exc:
             if os.environ.get("CORDSNET_DEBUG"):
                 raise
-            click.echo(f"Error: {_one_line(str(exc)) or type(exc).__name__}", err=True)
+            typer.echo(f"Error: {_one_line(str(exc)) or type(exc).__name__}", err=True)
             sys.exit(1)
         code = rv if isinstance(rv, int) else 0
         if standalone_mode:

@@ -262,6 +262,16 @@ class CordsNet(nn.Module):
         alpha = self._check_alpha(alpha)
         return tuple(r.expand(batch, *r.shape[1:]).clone() for r in self._spontaneous(steps, alpha))
 
+    def clear_caches(self) -> None:
+        """Drop the cached effective weights and spontaneous state.
+
+        Not needed after ordinary updates (optimiser steps, ``load_state_dict``, in-place ops under
+        ``torch.no_grad()``, ``.to``): those are detected. Only writes through ``param.data``, which
+        bypass PyTorch's version counters, need it.
+        """
+        self._weight_cache = None
+        self._spont_cache = None
+
     def run(self, images: Tensor, *, steps: int | None = None, spontaneous_steps: int | None = None,
             alpha: float | None = None, readout: str = "last",
             record: Iterable[int] | None = None) -> Tensor | tuple[Tensor, dict[int, Tensor]]:

@@ -1,0 +1,238 @@
+"""CordsNet against the specification: parity with an independent re-statement, the step API, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils.parametrizations import _WeightNorm
+
+from _reference import max_rel_error, reference_run
+from conftest import make_published_state_dict
+from cordsnet.checkpoint import load_checkpoint
+from cordsnet.config import CordsNetConfig
+from cordsnet.model import CordsNet, DriveTerms
+
+TOL = 1e-4  # max |Δlogit| <= TOL * max |logit|
+
+
+def _model(depth=2, size=32, classes=10, channels=3, seed=0, dtype=torch.float32):
+    sd = make_published_state_dict(depth=depth, num_classes=classes, in_channels=channels,
+                                   image_size=size, seed=seed)
+    return sd, load_checkpoint(sd).to(dtype)
+
+
+@pytest.mark.parametrize("depth", [2, 4, 6, 8])
+def test_full_protocol_matches_reference(depth):
+    """100 spontaneous + 100 stimulus steps at 64 px, float64 and float32, against §3 restated."""
+    sd, model = _model(depth=depth, size=64, classes=7, seed=depth)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(depth))
+    ref = reference_run(sd, x, steps=100, spontaneous_steps=100)
+    assert ref.abs().max() > 0.1  # non-trivial logits
+    with torch.no_grad():
+        out32 = model.run(x)
+        out64 = model.double().run(x.double())
+    assert out32.shape == (2, 7)
+    assert max_rel_error(out64, ref) <= 1e-10
+    assert max_rel_error(out32, ref) <= TOL
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("depth", [2, 8])
+def test_published_size_matches_reference(depth):
+    """224 px (the published input size), 1000 classes, a shortened protocol."""
+    sd, model = _model(depth=depth, size=224, classes=1000, seed=3)
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    ref = reference_run(sd, x, steps=4, spontaneous_steps=3)
+    with torch.no_grad():
+        out = model.run(x, steps=4, spontaneous_steps=3)
+    assert max_rel_error(out, ref) <= TOL
+
+
+def test_grayscale_and_alpha_override():
+    sd, model = _model(depth=4, size=32, classes=10, channels=1, seed=5)
+    x = torch.randn(3, 1, 32, 32)
+    ref = reference_run(sd, x, steps=7, spontaneous_steps=5, alpha=0.5)
+    with torch.no_grad():
+        out = model.run(x, steps=7, spontaneous_steps=5, alpha=0.5)
+    assert max_rel_error(out, ref) <= TOL
+
+
+def test_step_loop_equals_run():
+    _, model = _model(depth=4)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.run(x, steps=6, spontaneous_steps=4)
+        state = model.initial_state(2)
+        for _ in range(4):
+            state = model.step(state, None)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(state, model.spontaneous_state(2, steps=4)))
+        u = model.drive(x)
+        terms = model.drive_terms(u)
+        state_u = state
+        for _ in range(6):
+            state = model.step(state, terms)
+            state_u = model.step(state_u, u)  # the raw drive gives the same step
+        assert torch.equal(model.readout(state), model.readout(state_u))
+        assert torch.allclose(model.readout(state), expected, atol=1e-6)
+
+
+def test_video_of_identical_frames_equals_static_image():
+    _, model = _model(depth=2)
+    x = torch.randn(2, 3, 32, 32)
+    video = x.unsqueeze(1).expand(2, 5, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model.run(video), model.run(x, steps=5), atol=1e-6)
+        with pytest.raises(ValueError, match="steps"):
+            model.run(video, steps=6)
+
+
+def test_video_matches_reference():
+    sd, model = _model(depth=4, seed=2)
+    video = torch.randn(2, 6, 3, 32, 32)
+    ref, ref_rates = reference_run(sd, video, steps=6, spontaneous_steps=5, all_logits=True, record=(1, 3))
+    with torch.no_grad():
+        out, rates = model.run(video, spontaneous_steps=5, readout="all", record=[1, 3])
+    assert max_rel_error(out, ref) <= TOL
+    for a in (1, 3):
+        assert max_rel_error(rates[a], ref_rates[a]) <= TOL
+
+
+def test_readout_all_and_record_shapes():
+    _, model = _model(depth=4)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        last = model.run(x, steps=5, spontaneous_steps=2)
+        every, rates = model.run(x, steps=5, spontaneous_steps=2, readout="all", record=[0, 3])
+    assert every.shape == (5, 3, 10)
+    assert torch.allclose(every[-1], last, atol=1e-6)
+    assert set(rates) == {0, 3}
+    assert rates[0].shape == (5, 3, 64, 8, 8)
+    assert rates[3].shape == (5, 3, 128, 4, 4)
+    with torch.no_grad():
+        final = _final_state(model, x)
+    assert torch.allclose(rates[0][-1], final[0], atol=1e-6)
+    assert torch.allclose(rates[3][-1], final[3], atol=1e-6)
+
+
+def _final_state(model, x):
+    state = model.spontaneous_state(x.shape[0], steps=2)
+    terms = model.drive_terms(model.drive(x))
+    for _ in range(5):
+        state = model.step(state, terms)
+    return state
+
+
+def test_spontaneous_state_is_cached_and_invalidated():
+    _, model = _model(depth=2)
+    with torch.no_grad():
+        first = model._spontaneous(10, 0.2)
+        assert model._spontaneous(10, 0.2) is first  # cached
+        assert model._spontaneous(11, 0.2) is not first  # step count
+        a = model.spontaneous_state(1, steps=10, alpha=0.3)
+        b = model.spontaneous_state(1, steps=10, alpha=0.2)
+        assert not torch.allclose(a[0], b[0])  # alpha
+        before = model.spontaneous_state(1, steps=10)
+        model.conv_bias[0].add_(0.5)  # a weight change invalidates
+        after = model.spontaneous_state(1, steps=10)
+    assert not torch.allclose(before[0], after[0])
+    three = model.spontaneous_state(3, steps=10)
+    assert three[1].shape[0] == 3 and torch.equal(three[1][0], three[1][2])
+    three[0].add_(1.0)  # returned tensors are the caller's own
+    assert torch.equal(model.spontaneous_state(1, steps=10)[0], after[0])
+    assert any(r.abs().max() > 0 for r in after)  # non-zero biases make it non-trivial
+
+
+def test_weight_norm_not_rederived_per_step(monkeypatch):
+    _, model = _model(depth=4)
+    calls = {"n": 0}
+    original = _WeightNorm.forward
+
+    def counting(self, *args):
+        calls["n"] += 1
+        return original(self, *args)
+
+    monkeypatch.setattr(_WeightNorm, "forward", counting)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        model.run(x, steps=20, spontaneous_steps=20)
+        first = calls["n"]
+        model.run(x, steps=20, spontaneous_steps=20)
+    n_weight_normed = 1 + 1 + 4 + 4 + 1 + 1  # inp_conv, inp_skip, area_conv, area_area, skip_area, out_fc
+    assert first <= n_weight_normed  # once per layer, not per step
+    assert calls["n"] == first  # and not again while the weights are unchanged
+
+
+def test_drive_is_computed_once_per_image(monkeypatch):
+    _, model = _model(depth=4)
+    calls = {"drive": 0, "terms": 0}
+    drive, terms = model._drive, model._terms
+    monkeypatch.setattr(model, "_drive", lambda *a: calls.__setitem__("drive", calls["drive"] + 1) or drive(*a))
+    monkeypatch.setattr(model, "_terms", lambda *a: calls.__setitem__("terms", calls["terms"] + 1) or terms(*a))
+    with torch.no_grad():
+        model.run(torch.randn(2, 3, 32, 32), steps=12, spontaneous_steps=5)
+    assert calls == {"drive": 1, "terms": 1}
+
+
+def test_gradients_reach_g_and_v():
+    _, model = _model(depth=2)
+    model.train()
+    loss = model.run(torch.randn(2, 3, 32, 32), steps=3, spontaneous_steps=2).logsumexp(-1).sum()
+    loss.backward()
+    assert model.area_conv[0].parametrizations.weight.original0.grad is not None
+    assert model.area_conv[0].parametrizations.weight.original1.grad.abs().sum() > 0
+    assert model.inp_conv.parametrizations.weight.original1.grad.abs().sum() > 0
+
+
+def test_config_overrides_and_architecture():
+    model = CordsNet(depth=8)
+    assert sum(p.numel() for p in model.parameters()) == 12_475_280
+    assert len(model.state_dict()) == 53
+    assert CordsNet(CordsNetConfig(depth=2, num_classes=5)).out_fc.bias.shape == (5,)
+    with pytest.raises(ValueError, match="depth"):
+        CordsNet(depth=3)
+    with pytest.raises(ValueError, match="image_size"):
+        CordsNet(image_size=100)
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: torch.randn(2, 1, 32, 32), ValueError, "channel"),
+        (lambda: torch.randn(2, 3, 32, 64), ValueError, "non-square"),
+        (lambda: torch.randn(2, 3, 64, 64), ValueError, "32x32"),
+        (lambda: torch.randn(3, 32, 32), ValueError, "rank 3"),
+        (lambda: torch.zeros(2, 3, 32, 32, dtype=torch.uint8), TypeError, "floating"),
+        (lambda: torch.full((2, 3, 32, 32), float("nan")), ValueError, "finite"),
+        (lambda: [[0.0]], TypeError, "Tensor"),
+    ],
+)
+def test_bad_images_are_refused(make, error, match):
+    _, model = _model(depth=2)
+    with pytest.raises(error, match=match):
+        model.run(make(), steps=2, spontaneous_steps=0)
+
+
+def test_bad_state_and_arguments_are_refused():
+    _, model = _model(depth=2)
+    state = model.initial_state(2)
+    u = model.drive(torch.randn(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="expected 2 tensors"):
+        model.step(state[:1], u)
+    with pytest.raises(ValueError, match=r"state\[1\]"):
+        model.step((state[0], torch.zeros(2, 64, 4, 4)), u)
+    with pytest.raises(ValueError, match="batch"):
+        model.step((state[0], torch.zeros(3, 64, 8, 8)), u)
+    with pytest.raises(ValueError, match="drive"):
+        model.step(state, torch.zeros(2, 64, 4, 4))
+    with pytest.raises(ValueError, match="drive.skip"):
+        model.step(state, DriveTerms(u, torch.zeros(1, 64, 8, 8), u))
+    with pytest.raises(ValueError, match="readout"):
+        model.run(torch.randn(1, 3, 32, 32), readout="first")
+    with pytest.raises(ValueError, match="record"):
+        model.run(torch.randn(1, 3, 32, 32), steps=1, record=[2])
+    with pytest.raises(ValueError, match="alpha"):
+        model.run(torch.randn(1, 3, 32, 32), alpha=1.5)
+    with pytest.raises(ValueError, match="steps"):
+        model.run(torch.randn(1, 3, 32, 32), steps=0)
+    with pytest.raises(ValueError, match="batch"):
+        model.initial_state(0)
