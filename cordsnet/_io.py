@@ -36,6 +36,7 @@ class atomic_path:
             raise FileNotFoundError(f"output: directory {str(parent)!r} does not exist")
         fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent)
         os.close(fd)
+        os.chmod(name, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
         self.tmp = Path(name)
         return self.tmp
 
@@ -47,3 +48,9 @@ class atomic_path:
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

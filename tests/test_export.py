@@ -1,0 +1,412 @@
+"""Export (issue 3): every graph kind x format, verification, metadata, atomic writes, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cordsnet.checkpoint import load_checkpoint, save_checkpoint
+from cordsnet.export import (
+    VerificationError,
+    decode_spontaneous_state,
+    describe_artifact,
+    encode_path,
+    export,
+    parse_metadata,
+    read_metadata,
+    verify_artifact,
+)
+
+from conftest import make_published_state_dict
+
+STEPS, SPONT = 4, 3
+SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
+GRAPHS = ("unrolled", "loop", "stepwise", "stepwise-drive")
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {d: load_checkpoint(make_published_state_dict(depth=d, seed=d)) for d in (2, 4)}
+
+
+@pytest.fixture(scope="module")
+def r2(models):
+    return models[2]
+
+
+def _images(batch: int, seed: int = 5) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+
+
+def _run(model, images: np.ndarray, **kw):
+    with torch.no_grad():
+        return model.run(torch.from_numpy(images), spontaneous_steps=kw.pop("spontaneous_steps", SPONT), **kw)
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+# ------------------------------------------------------------------ every graph kind x format
+@pytest.mark.parametrize("depth", [2, 4])
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "exported-program"])
+@pytest.mark.parametrize("graph", GRAPHS)
+def test_graph_kind_x_format_verifies(models, tmp_path, depth, fmt, graph):
+    model = models[depth]
+    out = tmp_path / f"m{SUFFIX[fmt]}"
+    report = export(model, out, format=fmt, graph=graph, steps=STEPS, spontaneous_steps=SPONT)
+    v = report.verification
+    assert v.passed and v.max_abs <= 1e-4 and v.top1_agreement == 1.0
+    assert v.steps == STEPS and v.batch == 3
+    files = sorted(p.name for p in tmp_path.iterdir())
+    expected = ["m" + SUFFIX[fmt]] + (["m.encode" + SUFFIX[fmt]] if graph == "stepwise-drive" else [])
+    assert files == sorted(expected)  # no temporary files left behind
+    meta = parse_metadata(read_metadata(out))
+    assert meta["graph"] == graph and meta["steps"] == STEPS and meta["config"]["depth"] == depth
+    if fmt == "onnx":
+        for f in report.files:
+            onnx.checker.check_model(str(f), full_check=True)
+            proto = onnx.load(str(f))
+            assert proto.ir_version <= 10
+            names = [i.name for i in proto.graph.input]
+            want = {"unrolled": ["image"], "loop": ["image", "steps"],
+                    "stepwise": ["image", *[f"state_{i}" for i in range(depth)]],
+                    "stepwise-drive": ["skip", "ff0", *[f"state_{i}" for i in range(depth)]]}[graph]
+            assert names == (["image"] if f.name.endswith(".encode.onnx") else want)
+        if graph == "loop":
+            assert any(n.op_type == "Loop" for n in onnx.load(str(out)).graph.node)
+
+
+def test_loop_graph_takes_the_step_count(r2, tmp_path):
+    """The loop graphs really loop: other step counts than the exported one match model.run."""
+    images = _images(2)
+    out = tmp_path / "loop.onnx"
+    export(r2, out, graph="loop", steps=STEPS, spontaneous_steps=SPONT)
+    logits = _session(out).run(["logits"], {"image": images, "steps": np.array(7, dtype=np.int64)})[0]
+    np.testing.assert_allclose(logits, _run(r2, images, steps=7).numpy(), atol=1e-5, rtol=1e-4)
+    ts = tmp_path / "loop.pt"
+    export(r2, ts, format="torchscript", graph="loop", steps=STEPS, spontaneous_steps=SPONT)
+    assert verify_artifact(ts, r2, steps=9).passed
+    from cordsnet.export.torchscript import load
+
+    got = load(ts)(torch.from_numpy(images), torch.tensor(6))
+    np.testing.assert_allclose(got.numpy(), _run(r2, images, steps=6).numpy(), atol=1e-5, rtol=1e-4)
+    pt2 = tmp_path / "loop.pt2"
+    export(r2, pt2, format="exported-program", graph="loop", steps=STEPS, spontaneous_steps=SPONT, verify=False)
+    assert verify_artifact(pt2, r2, steps=9, batch=1).passed
+
+
+# ------------------------------------------------------------------------------ dynamic batch
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "exported-program"])
+def test_dynamic_batch(r2, tmp_path, fmt):
+    out = tmp_path / f"u{SUFFIX[fmt]}"
+    export(r2, out, format=fmt, graph="unrolled", steps=STEPS, spontaneous_steps=SPONT, verify=False)
+    for batch in (1, 5):
+        report = verify_artifact(out, r2, batch=batch)
+        assert report.passed and report.batch == batch
+    if fmt == "onnx":
+        sess = _session(out)
+        assert sess.get_inputs()[0].shape[0] == "batch"
+        for batch in (1, 5):
+            images = _images(batch)
+            np.testing.assert_allclose(sess.run(None, {"image": images})[0], _run(r2, images, steps=STEPS).numpy(),
+                                       atol=1e-4, rtol=1e-3)
+
+
+def test_fixed_batch(r2, tmp_path):
+    out = tmp_path / "b2.onnx"
+    report = export(r2, out, graph="stepwise", steps=2, spontaneous_steps=SPONT, batch=2)
+    assert report.verification.batch == 2
+    assert _session(out).get_inputs()[0].shape == [2, 3, 32, 32]
+    assert read_metadata(out)["cordsnet.batch"] == "2"
+
+
+# ------------------------------------------------------------------ readout all, record, alpha
+@pytest.mark.parametrize("graph", ["unrolled", "loop"])
+def test_readout_all_and_record(r2, tmp_path, graph):
+    out = tmp_path / f"{graph}.onnx"
+    export(r2, out, graph=graph, steps=STEPS, spontaneous_steps=SPONT, readout="all", record=[1, 0])
+    images = _images(2)
+    feeds = {"image": images}
+    if graph == "loop":
+        feeds["steps"] = np.array(STEPS, dtype=np.int64)
+    sess = _session(out)
+    assert [o.name for o in sess.get_outputs()] == ["logits", "rates_1", "rates_0"]
+    logits, r1, r0 = sess.run(None, feeds)
+    want_logits, want_rates = _run(r2, images, steps=STEPS, readout="all", record=[1, 0])
+    assert logits.shape == (STEPS, 2, 10) and r1.shape == (STEPS, 2, 64, 8, 8)
+    np.testing.assert_allclose(logits, want_logits.numpy(), atol=1e-4, rtol=1e-3)
+    np.testing.assert_allclose(r1, want_rates[1].numpy(), atol=1e-4, rtol=1e-3)
+    np.testing.assert_allclose(r0, want_rates[0].numpy(), atol=1e-4, rtol=1e-3)
+
+
+def test_alpha_override(r2, tmp_path):
+    out = tmp_path / "a.onnx"
+    export(r2, out, graph="unrolled", steps=STEPS, spontaneous_steps=SPONT, alpha=0.5)
+    assert parse_metadata(read_metadata(out))["alpha"] == 0.5
+    images = _images(2)
+    got = _session(out).run(None, {"image": images})[0]
+    np.testing.assert_allclose(got, _run(r2, images, steps=STEPS, alpha=0.5).numpy(), atol=1e-4, rtol=1e-3)
+    assert not np.allclose(got, _run(r2, images, steps=STEPS).numpy(), atol=1e-3)
+    spont = decode_spontaneous_state(read_metadata(out))
+    want = r2.spontaneous_state(1, steps=SPONT, alpha=0.5)
+    np.testing.assert_allclose(spont[0], want[0].detach().numpy(), atol=1e-7)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_float16(models, tmp_path, fmt):
+    model = models[4]
+    out = tmp_path / f"h{SUFFIX[fmt]}"
+    report = export(model, out, format=fmt, graph="unrolled", steps=STEPS, spontaneous_steps=SPONT, dtype="float16")
+    v = report.verification
+    assert v.passed and v.top1_agreement >= 0.99 and v.dtype == "float16"
+    assert 0 < v.max_abs < 0.05  # the differences are measured and reported
+    meta = read_metadata(out)
+    assert meta["cordsnet.dtype"] == "float16"
+    assert decode_spontaneous_state(meta)[0].dtype == np.float16
+    if fmt == "onnx":
+        assert _session(out).get_inputs()[0].type == "tensor(float16)"
+
+
+# --------------------------------------------------------------------------------- metadata
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "exported-program"])
+def test_metadata_round_trip(r2, tmp_path, fmt):
+    out = tmp_path / f"s{SUFFIX[fmt]}"
+    export(r2, out, format=fmt, graph="stepwise", steps=2, spontaneous_steps=SPONT, checkpoint_sha256="ab" * 32)
+    meta = read_metadata(out)
+    required = ["format_version", "graph", "config", "steps", "spontaneous_steps", "alpha", "readout", "record",
+                "dtype", "batch", "preset", "version", "checkpoint_sha256", "spontaneous_state"]
+    assert all(isinstance(meta[f"cordsnet.{k}"], str) for k in required)
+    info = parse_metadata(meta)
+    assert info["config"] == r2.config.to_dict()
+    assert info["preset"] == r2.config.preset.to_dict()
+    assert (info["steps"], info["spontaneous_steps"], info["alpha"]) == (2, SPONT, 0.2)
+    assert (info["readout"], info["record"], info["dtype"], info["batch"]) == ("last", [], "float32", "dynamic")
+    assert info["checkpoint_sha256"] == "ab" * 32 and info["version"]
+    spont = decode_spontaneous_state(meta)
+    want = r2.spontaneous_state(1, steps=SPONT)
+    assert [s.shape for s in spont] == [(1, 64, 8, 8), (1, 64, 8, 8)]
+    for got, ref in zip(spont, want):
+        np.testing.assert_array_equal(got, ref.detach().numpy())
+    assert np.abs(spont[0]).max() > 0  # the spontaneous phase did work (non-zero biases)
+    desc = describe_artifact(out)
+    assert desc["graph"] == "stepwise" and desc["spontaneous_state"][1]["shape"] == [1, 64, 8, 8]
+
+
+def test_zero_spontaneous_steps_give_zero_state(r2, tmp_path):
+    out = tmp_path / "z.onnx"
+    export(r2, out, graph="stepwise", steps=2, spontaneous_steps=0)
+    assert all(not s.any() for s in decode_spontaneous_state(read_metadata(out)))
+
+
+def test_import_is_torch_free():
+    code = ("import sys, cordsnet.export, cordsnet.export.metadata; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----------------------------------------------------------- numpy-only stepwise application
+def _numpy_stepwise(path: Path, images: np.ndarray, steps: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """What an application with only numpy and onnxruntime does (docs/export.md)."""
+    sess = _session(path)
+    meta = sess.get_modelmeta().custom_metadata_map
+    state = [np.repeat(s, images.shape[0], axis=0) for s in decode_spontaneous_state(meta)]
+    drive = {"image": images}
+    if meta["cordsnet.graph"] == "stepwise-drive":
+        skip, ff0 = _session(encode_path(path)).run(["skip", "ff0"], {"image": images})
+        drive = {"skip": skip, "ff0": ff0}
+    names = [o.name for o in sess.get_outputs()]
+    for _ in range(steps):
+        out = dict(zip(names, sess.run(None, {**drive, **{f"state_{i}": s for i, s in enumerate(state)}})))
+        state = [out[f"next_state_{i}"] for i in range(len(state))]
+    return out["logits"], state
+
+
+@pytest.mark.parametrize("graph", ["stepwise", "stepwise-drive"])
+def test_numpy_stepwise_loop_equals_unrolled(models, tmp_path, graph):
+    model = models[4]
+    unrolled = tmp_path / "u.onnx"
+    export(model, unrolled, graph="unrolled", steps=STEPS, spontaneous_steps=SPONT, record=[3], verify=False)
+    step = tmp_path / f"{graph}.onnx"
+    export(model, step, graph=graph, steps=STEPS, spontaneous_steps=SPONT, verify=False)
+    images = _images(3)
+    want_logits, want_rates = _session(unrolled).run(None, {"image": images})
+    logits, state = _numpy_stepwise(step, images, STEPS)
+    np.testing.assert_allclose(logits, want_logits, atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(state[3], want_rates[-1], atol=1e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ verification catches faults
+def test_verification_catches_a_corrupted_graph(r2, tmp_path):
+    out = tmp_path / "c.onnx"
+    export(r2, out, graph="unrolled", steps=STEPS, spontaneous_steps=SPONT)
+    proto = onnx.load(str(out))
+    init = next(t for t in proto.graph.initializer if t.name.endswith("area_conv_1"))
+    arr = onnx.numpy_helper.to_array(init).copy()
+    arr[0, 0, 1, 1] += 0.05  # one weight, slightly off
+    init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+    onnx.save(proto, str(out))
+    with pytest.raises(VerificationError, match="verification failed") as err:
+        verify_artifact(out, r2)
+    assert not err.value.report.passed and err.value.report.max_abs > 1e-4
+
+
+def test_verification_catches_wrong_metadata(r2, tmp_path):
+    out = tmp_path / "m.onnx"
+    export(r2, out, graph="stepwise", steps=STEPS, spontaneous_steps=SPONT)
+    proto = onnx.load(str(out))
+    for p in proto.metadata_props:
+        if p.key == "cordsnet.spontaneous_steps":
+            p.value = str(SPONT + 5)  # the baked-in state no longer matches what the metadata claims
+    onnx.save(proto, str(out))
+    with pytest.raises(VerificationError):
+        verify_artifact(out, r2)
+
+
+def test_failed_verification_leaves_no_file_and_keeps_the_old_one(r2, tmp_path, monkeypatch):
+    out = tmp_path / "keep.onnx"
+    out.write_bytes(b"old model")
+    import cordsnet.export.api as api
+
+    real = api.build_metadata
+
+    def lying_metadata(*args, **kwargs):
+        meta = real(*args, **kwargs)
+        meta["cordsnet.alpha"] = "0.5"  # the graph bakes in 0.2
+        return meta
+
+    monkeypatch.setattr(api, "build_metadata", lying_metadata)
+    with pytest.raises(VerificationError):
+        export(r2, out, graph="unrolled", steps=STEPS, spontaneous_steps=SPONT)
+    assert out.read_bytes() == b"old model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.onnx"]
+
+
+@pytest.mark.parametrize("fmt, target", [("onnx", "cordsnet.export.onnx.save"),
+                                         ("torchscript", "torch.jit.save")])
+def test_interrupted_export_keeps_the_old_file(r2, tmp_path, monkeypatch, fmt, target):
+    out = tmp_path / f"keep{SUFFIX[fmt]}"
+    out.write_bytes(b"old model")
+    module_name, attr = target.rsplit(".", 1)
+    module = sys.modules[module_name] if module_name in sys.modules else __import__(module_name, fromlist=[attr])
+    real = getattr(module, attr)
+
+    def half_write(obj, path, *args, **kwargs):
+        real(obj, path, *args, **kwargs)
+        Path(path).write_bytes(Path(path).read_bytes()[:100])  # a torn file ...
+        raise KeyboardInterrupt  # ... and the process interrupted mid-export
+
+    monkeypatch.setattr(module, attr, half_write)
+    with pytest.raises(KeyboardInterrupt):
+        export(r2, out, format=fmt, graph="stepwise", steps=2, spontaneous_steps=SPONT)
+    assert out.read_bytes() == b"old model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_external_data_for_large_models(r2, tmp_path, monkeypatch):
+    import cordsnet.export.onnx as onnx_backend
+
+    monkeypatch.setattr(onnx_backend, "EXTERNAL_DATA_THRESHOLD", 0)  # pretend the model is over 2 GB
+    out = tmp_path / "big.onnx"
+    report = export(r2, out, graph="loop", steps=STEPS, spontaneous_steps=SPONT)
+    assert report.verification.passed
+    assert (tmp_path / "big.onnx.data").is_file() and out.stat().st_size < 100_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+
+
+# --------------------------------------------------------------------------------- validation
+@pytest.mark.parametrize("kwargs, match", [
+    ({"graph": "rolled"}, r"graph: expected one of \['unrolled', 'loop', 'stepwise', 'stepwise-drive'\]"),
+    ({"format": "tflite"}, "format: expected one of"),
+    ({"dtype": "bfloat16"}, "dtype: expected one of"),
+    ({"readout": "first"}, "readout: expected one of"),
+    ({"steps": 0}, "steps: expected an int >= 1"),
+    ({"graph": "stepwise", "record": [0]}, "stepwise graph returns the whole state"),
+    ({"record": [5]}, "record: expected area indices"),
+    ({"format": "torchscript", "opset": 17}, "opset: only applies"),
+    ({"opset": 99}, "opset: expected an int in"),
+    ({"exporter": "tf"}, "exporter: expected one of"),
+    ({"format": "exported-program", "graph": "loop", "readout": "all"}, "exported-program loop graph supports"),
+])
+def test_bad_options_are_refused(r2, tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        export(r2, tmp_path / "x.onnx", **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------- CLI
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, r2):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_r2.safetensors"
+    save_checkpoint(r2, path)
+    return path
+
+
+def test_cli_export_and_info(checkpoint, tmp_path, monkeypatch):
+    from cordsnet._io import file_sha256
+    from cordsnet.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    res = runner.invoke(app, ["export", str(checkpoint), "--format", "onnx", "--graph", "loop", "--steps", "3",
+                              "--spontaneous-steps", "2", "--record", "0,1", "--readout", "all"])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "tiny_r2-loop.onnx"  # the default name: <checkpoint stem>-<graph>.onnx
+    assert out.is_file() and "verification passed" in res.output and "max abs diff" in res.output
+    meta = parse_metadata(read_metadata(out))
+    assert meta["checkpoint_sha256"] == file_sha256(checkpoint)
+    assert (meta["record"], meta["readout"], meta["steps"], meta["spontaneous_steps"]) == ([0, 1], "all", 3, 2)
+    res = runner.invoke(app, ["info", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["graph"] == "loop"
+
+    res = runner.invoke(app, ["export", str(checkpoint), "--format", "torchscript", "--graph", "stepwise-drive",
+                              "--steps", "2", "--spontaneous-steps", "2", "--output", "sd.pt", "--no-verify"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "sd.pt").is_file() and (tmp_path / "sd.encode.pt").is_file()
+    assert "skipped" in res.output
+
+
+def test_cli_export_errors_exit_1(checkpoint, tmp_path, monkeypatch):
+    from cordsnet.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    res = runner.invoke(app, ["export", str(checkpoint), "--graph", "sideways"])
+    assert res.exit_code == 1 and "sideways" in res.output
+    res = runner.invoke(app, ["export", str(checkpoint), "--graph", "stepwise", "--record", "0"])
+    assert res.exit_code == 1 and "Error:" in res.output
+    # A graph that fails verification (its metadata claims another alpha than the graph bakes in).
+    import cordsnet.export.api as api
+
+    real = api.build_metadata
+    monkeypatch.setattr(api, "build_metadata",
+                        lambda *a, **k: {**real(*a, **k), "cordsnet.alpha": "0.9"})
+    res = runner.invoke(app, ["export", str(checkpoint), "--steps", "2", "--output", "bad.onnx"])
+    assert res.exit_code == 1 and "verification failed" in res.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_export_without_checkpoint_uses_the_bundled_model(tmp_path, monkeypatch):
+    from cordsnet.checkpoint import default_checkpoint_path
+    from cordsnet.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    try:
+        default_checkpoint_path()
+    except FileNotFoundError:
+        res = CliRunner().invoke(app, ["export", "--steps", "2"])
+        assert res.exit_code == 1 and "bundled default model" in res.output
+        return
+    res = CliRunner().invoke(app, ["export", "--steps", "2", "--spontaneous-steps", "2", "--graph", "stepwise"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "digits_r4-stepwise.onnx").is_file()
