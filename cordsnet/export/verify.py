@@ -77,11 +77,13 @@ class VerificationReport:
 
 
 # ----------------------------------------------------------------------------------- runners
-def _onnx_runner(path: Path, providers: Sequence[str] | None) -> tuple[Runner, str, list[str], list[str]]:
+def _onnx_runner(path: Path, providers: str | Sequence[str] | None) -> tuple[Runner, str, list[str], list[str]]:
     import onnxruntime as ort
 
-    providers = list(providers) if providers else ["CPUExecutionProvider"]
-    sess = ort.InferenceSession(str(path), providers=providers)
+    from ..runtime.providers import create_session, resolve_providers
+
+    # Same provider rules as the runtime: a name ("cpu", "cuda", ...) or a list; no silent fallback.
+    sess = create_session(path, resolve_providers(providers if providers else "cpu"))
     ins = [i.name for i in sess.get_inputs()]
     outs = [o.name for o in sess.get_outputs()]
 
@@ -104,7 +106,7 @@ def _torch_runner(module: Any, ins: list[str], outs: list[str], name: str) -> tu
     return run, name, ins, outs
 
 
-def _runner(path: Path, meta: Mapping[str, str], providers: Sequence[str] | None, fmt: str
+def _runner(path: Path, meta: Mapping[str, str], providers: str | Sequence[str] | None, fmt: str
             ) -> tuple[Runner, str, list[str], list[str]]:
     if fmt == "onnx":
         return _onnx_runner(path, providers)
@@ -155,7 +157,7 @@ def _top1(got: np.ndarray, want: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------------ verify
-def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: Sequence[str] | None = None,
+def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str | Sequence[str] | None = None,
                     atol: float = 1e-4, rtol: float = 1e-3, batch: int | None = None, steps: int | None = None,
                     encode: str | os.PathLike | Sequence[str | os.PathLike] | None = None, seed: int = 0,
                     min_top1: float = MIN_TOP1_FLOAT16, raise_on_failure: bool = True,
@@ -165,7 +167,8 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: Sequ
     Args:
         path: the artifact (.onnx, .pt, .pt2).
         model: the PyTorch model it was exported from.
-        providers: onnxruntime execution providers (default: CPU only).
+        providers: "cpu", "cuda", "tensorrt", "auto" or an onnxruntime provider list (default "cpu");
+            a GPU provider that cannot run is an error, as in :mod:`cordsnet.runtime`.
         atol, rtol: float32 tolerances.
         batch: images to verify on (a fixed-batch artifact uses its own); default :data:`VERIFY_BATCH`.
         steps: stimulus steps (only a loop graph can change them); default the metadata's.

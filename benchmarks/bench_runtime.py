@@ -1,0 +1,196 @@
+"""CPU benchmark of the runtime against a straightforward re-statement of the published forward pass.
+
+Protocol: CordsNet-R{depth} at {size} px, batch 1, the published protocol (100 spontaneous + 100
+stimulus steps by default). Three timings, all in one process:
+
+1. ``published``: the forward pass as the published code computes it, re-stated below in plain
+   PyTorch (eval, no grad): the weight-normalised weights are re-derived from (g, v) at every use,
+   the drive ``avgpool(inp_conv(x))`` is recomputed for every area at every step, and the
+   spontaneous phase is simulated on every call.
+2. ``session``: the exported ``unrolled`` graph under :class:`cordsnet.runtime.Session` (spontaneous
+   end state precomputed, drive once per image, weights folded).
+3. ``step``: the exported ``stepwise-drive`` graph under :class:`cordsnet.runtime.StepSession`
+   (IO binding, state in onnxruntime buffers), timed per step, compared with the unrolled graph's
+   per-step time (its call time / stimulus steps).
+
+Usage::
+
+    python benchmarks/bench_runtime.py                      # R8, 224 px, 100 + 100 steps
+    python benchmarks/bench_runtime.py --depth 2 --size 64 --steps 10 --spontaneous 10   # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+
+from cordsnet.config import AREA_STRIDES, CordsNetConfig
+from cordsnet.export import export
+from cordsnet.model import CordsNet
+from cordsnet.runtime import Session, StepSession
+
+
+# ------------------------------------------------------------------ the published forward, re-stated
+def _wn(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Weight norm, dim 0: g * v / ||v|| (norm over every dim but the first), derived on every call."""
+    return g * v / v.flatten(1).norm(dim=1).reshape(-1, *([1] * (v.dim() - 1)))
+
+
+class PublishedForward:
+    """The published inference, written the way its code computes it (for timing, not for use)."""
+
+    def __init__(self, model: CordsNet) -> None:
+        sd = {k: t.detach().clone() for k, t in model.state_dict().items()}
+        self.sd = sd
+        self.depth = model.depth
+        self.alpha = model.config.alpha
+
+    def p(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        prefix = f"{name}.parametrizations.weight"
+        return self.sd[f"{prefix}.original0"], self.sd[f"{prefix}.original1"]
+
+    def drive(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(F.conv2d(x, _wn(*self.p("inp_conv")), stride=2, padding=3), 3, 2, 1,
+                            count_include_pad=True)
+
+    def step(self, rs: list[torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
+        new = list(rs)
+        for i in reversed(range(self.depth)):  # deepest area first, reading the previous step's rates
+            u = self.drive(x)  # recomputed for every area at every step
+            if i == 0:
+                h = u
+            elif i == 1:
+                h = torch.relu(rs[0]) + F.conv2d(u, _wn(*self.p("inp_skip")), padding=1)
+            elif i % 2 == 0:
+                h = torch.relu(rs[i - 1]) + torch.relu(rs[i - 2])
+            else:
+                h = torch.relu(rs[i - 1]) + F.conv2d(torch.relu(rs[i - 2]), _wn(*self.p(f"skip_area.{(i - 3) // 2}")),
+                                                     stride=2)
+            pre = (F.conv2d(rs[i], _wn(*self.p(f"area_conv.{i}")), padding=1) + self.sd[f"conv_bias.{i}"]
+                   + F.conv2d(h, _wn(*self.p(f"area_area.{i}")), stride=AREA_STRIDES[i], padding=1))
+            new[i] = (1 - self.alpha) * rs[i] + self.alpha * torch.relu(pre)
+        return new
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, steps: int, spontaneous_steps: int) -> torch.Tensor:
+        b = x.shape[0]
+        rs = [torch.zeros(b, *self.sd[f"conv_bias.{i}"].shape) for i in range(self.depth)]
+        blank = torch.zeros_like(x)
+        for _ in range(spontaneous_steps):  # simulated on every call
+            rs = self.step(rs, blank)
+        for _ in range(steps):
+            rs = self.step(rs, x)
+        pooled = (torch.relu(rs[-1]) + torch.relu(rs[-2])).mean(dim=(2, 3))
+        return F.linear(pooled, _wn(*self.p("out_fc")), self.sd["out_fc.bias"])
+
+
+# ----------------------------------------------------------------------------------- timing
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--depth", type=int, default=8)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--spontaneous", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds (after one warm-up round)")
+    ap.add_argument("--no-spin", action="store_true",
+                    help="both onnxruntime sessions with session.intra_op.allow_spinning=0 (idle threads sleep "
+                         "between calls instead of busy-waiting; matters on a shared CPU)")
+    ap.add_argument("--skip-published", action="store_true", help="time only the two onnxruntime sessions")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    cfg = CordsNetConfig(depth=args.depth, image_size=args.size, num_classes=1000, steps=args.steps,
+                         spontaneous_steps=args.spontaneous, dataset="imagenet")
+    model = CordsNet(cfg).eval()
+    with torch.no_grad():  # non-zero biases so the spontaneous phase does real work
+        for b in model.conv_bias:
+            b.normal_(0.05, 0.2)
+    x = torch.randn(1, 3, args.size, args.size)
+    xn = x.numpy()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        unrolled = export(model, Path(tmp) / "unrolled.onnx", graph="unrolled", verify=False).path
+        t_unrolled_export = time.perf_counter() - t0
+        drive = export(model, Path(tmp) / "drive.onnx", graph="stepwise-drive", verify=False).path
+
+        options = ort.SessionOptions()
+        if args.no_spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        t0 = time.perf_counter()
+        session = Session(unrolled, providers="cpu", session_options=options)
+        t_load = time.perf_counter() - t0
+        steps_session = StepSession(drive, providers="cpu", session_options=options)
+
+        published = PublishedForward(model)
+        ref = model.run(x).detach().numpy()
+        got = session.run(xn)
+        parity = {"session_vs_model": float(np.abs(got - ref).max())}
+        if not args.skip_published:
+            naive_out = published(x, args.steps, args.spontaneous).numpy()
+            parity["published_vs_model"] = float(np.abs(naive_out - ref).max())
+
+        # Interleaved rounds (the first is warm-up), so that a change in machine load hits all three alike.
+        t_pub, t_sess, t_steps, per_step = [], [], [], []
+        for rnd in range(args.repeats + 1):
+            t0 = time.perf_counter()
+            if not args.skip_published:
+                published(x, args.steps, args.spontaneous)
+            t1 = time.perf_counter()
+            session.run(xn)
+            t2 = time.perf_counter()
+            steps_session.reset(1)
+            steps_session.set_image(xn)
+            times = []
+            for k in range(args.steps):
+                s0 = time.perf_counter()
+                steps_session.step(fetch=k == args.steps - 1)
+                times.append(time.perf_counter() - s0)
+            if rnd > 0:
+                t_pub.append(t1 - t0)
+                t_sess.append(t2 - t1)
+                per_step.extend(times)
+                t_steps.append(sum(times))
+        step_samples = np.asarray(per_step)
+
+    med = lambda v: float(np.median(v))  # noqa: E731
+    result = {
+        "command": "python benchmarks/bench_runtime.py " + " ".join(
+            f"--{k.replace('_', '-')}" + ("" if isinstance(v, bool) else f" {v}")
+            for k, v in vars(args).items() if v not in (None, False) and k != "json"),
+        "model": f"CordsNet-R{args.depth}", "image_size": args.size, "batch": 1,
+        "protocol": f"{args.spontaneous} spontaneous + {args.steps} stimulus steps",
+        "threads": {"torch": torch.get_num_threads(), "onnxruntime": "default (physical cores)"},
+        "onnxruntime": ort.__version__, "torch": torch.__version__,
+        "export_unrolled_s": round(t_unrolled_export, 1), "session_load_s": round(t_load, 1),
+        "parity_max_abs": parity,
+        "published_s": [round(t, 3) for t in t_pub] if not args.skip_published else None,
+        "session_s": [round(t, 3) for t in t_sess],
+        "speedup_session_vs_published": med(t_pub) / med(t_sess) if not args.skip_published else None,
+        "unrolled_per_step_ms": med(t_sess) / args.steps * 1e3,
+        "stepsession_protocol_s": [round(t, 3) for t in t_steps],
+        "stepsession_per_step_ms": {"per_protocol": med(t_steps) / args.steps * 1e3,
+                                    "median": med(step_samples) * 1e3,
+                                    "p90": float(np.percentile(step_samples, 90) * 1e3)},
+        # Per-step time of the StepSession (its protocol's steps / steps) over the unrolled graph's.
+        "stepsession_vs_unrolled_per_step": med(t_steps) / med(t_sess),
+        "load_average_1_5_15min": [round(v, 2) for v in os.getloadavg()],
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

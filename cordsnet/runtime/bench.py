@@ -1,0 +1,116 @@
+"""Latency and throughput of an exported graph under onnxruntime (used by ``cordsnet-cli bench``).
+
+Whole-protocol graphs (Session) are timed per call; stepwise graphs (StepSession) per step, with the
+protocol's latency the sum of its steps. Warm-up runs come first and are not counted.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from .providers import ProvidersLike
+from .session import Session, StepSession, read_artifact_info
+
+__all__ = ["benchmark", "percentiles"]
+
+PERCENTILES: tuple[int, ...] = (50, 90, 99)
+
+
+def percentiles(samples_s: list[float] | np.ndarray) -> dict[str, float]:
+    """Mean, min and the :data:`PERCENTILES` of a list of durations, in milliseconds."""
+    ms = np.asarray(samples_s, dtype=np.float64) * 1e3
+    out = {"mean": float(ms.mean()), "min": float(ms.min())}
+    out.update({f"p{p}": float(np.percentile(ms, p)) for p in PERCENTILES})
+    return out
+
+
+def benchmark(path: str | os.PathLike, *, batch: int = 1, providers: ProvidersLike = "auto",
+              cuda_graph: bool = False, steps: int | None = None, warmup: int = 2, iterations: int = 10,
+              seed: int = 0, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Time the graph at `path` on random normalised images.
+
+    Args:
+        path: an exported ``.onnx`` graph (any kind).
+        batch: images per call.
+        providers: as for :class:`~cordsnet.runtime.Session`.
+        cuda_graph: capture CUDA graphs (CUDA provider only).
+        steps: stimulus steps per image (loop and stepwise graphs; default: the exported protocol's).
+        warmup: untimed protocol runs first.
+        iterations: timed protocol runs.
+        seed: seed of the random input.
+        progress: called as ``progress(done, total)`` after every run (warm-up included).
+
+    Returns:
+        A JSON-ready dict: graph, providers, batch, steps, per_image_ms / per_step_ms / per_batch_ms
+        percentile dicts, images_per_s, steps_per_s.
+    """
+    for name, value, low in (("batch", batch, 1), ("warmup", warmup, 0), ("iterations", iterations, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+    info = read_artifact_info(path)
+    cfg = info.config
+    x = np.random.default_rng(seed).standard_normal((batch, *cfg.input_shape)).astype(np.float32)
+    total = warmup + iterations
+    stepwise = info.graph.startswith("stepwise")
+    if stepwise:
+        session: Session | StepSession = StepSession(path, providers, cuda_graph=cuda_graph)
+    else:
+        session = Session(path, providers, cuda_graph=cuda_graph)
+    n_steps = info.steps if steps is None or (info.graph == "unrolled" and steps == info.steps) else steps
+    if info.graph == "unrolled" and n_steps != info.steps:
+        raise ValueError(f"steps: this 'unrolled' graph runs exactly {info.steps} steps, got {steps}")
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
+        raise ValueError(f"steps: expected a positive int, got {steps!r}")
+    x = session.preprocess(x)
+
+    per_call: list[float] = []
+    per_step: list[float] = []
+    for i in range(total):
+        if stepwise:
+            assert isinstance(session, StepSession)
+            session.reset(batch)
+            t0 = time.perf_counter()
+            session.set_image(x)
+            times = []
+            for k in range(n_steps):
+                s0 = time.perf_counter()
+                session.step(fetch=k == n_steps - 1)
+                times.append(time.perf_counter() - s0)
+            elapsed = time.perf_counter() - t0
+            if i >= warmup:
+                per_step.extend(times)
+        else:
+            assert isinstance(session, Session)
+            t0 = time.perf_counter()
+            session.run(x, steps=n_steps if info.graph == "loop" else None)
+            elapsed = time.perf_counter() - t0
+        if i >= warmup:
+            per_call.append(elapsed)
+        if progress is not None:
+            progress(i + 1, total)
+
+    calls = np.asarray(per_call)
+    step_samples = np.asarray(per_step) if stepwise else calls / n_steps
+    return {
+        "model": str(path),
+        "graph": info.graph,
+        "dtype": info.dtype,
+        "depth": cfg.depth,
+        "image_size": cfg.image_size,
+        "providers": session.providers,
+        "cuda_graph": bool(cuda_graph),
+        "batch": batch,
+        "steps": n_steps,
+        "spontaneous_steps": info.spontaneous_steps,
+        "warmup": warmup,
+        "iterations": iterations,
+        "per_batch_ms": percentiles(calls),
+        "per_image_ms": percentiles(calls / batch),
+        "per_step_ms": percentiles(step_samples),
+        "images_per_s": float(batch / calls.mean()),
+        "steps_per_s": float(1.0 / step_samples.mean()),
+    }

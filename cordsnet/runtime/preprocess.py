@@ -1,0 +1,171 @@
+"""Image preprocessing in numpy + Pillow, identical to each preset's torchvision test transform.
+
+The test transform of a model with input side S is torchvision's
+``Resize(preset.resize_size(S)) -> CenterCrop(S) -> ToTensor() -> Normalize(mean, std)``
+applied to a PIL image in the model's mode ("RGB" for 3 channels, "L" for 1). This module repeats it
+step for step with the same Pillow call (``Image.resize(..., BILINEAR)``, which antialiases when it
+shrinks), the same size and crop arithmetic, and float32 arithmetic for the scaling and the
+normalisation, so the arrays agree with torchvision's to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = ["ImageLike", "Preprocessor", "load_image"]
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+# Model input channels -> the PIL mode images are converted to (what the datasets yield).
+_MODES: dict[int, str] = {1: "L", 3: "RGB"}
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open and decode an image file completely.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not an image Pillow can decode (unknown format or truncated data).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"image: no such file {str(p)!r}")
+    if p.is_dir():
+        raise ValueError(f"image: expected an image file, got the directory {str(p)!r}")
+    try:
+        with Image.open(p) as img:
+            img.load()
+            return img.copy()
+    except UnidentifiedImageError:
+        raise ValueError(f"image: cannot decode {str(p)!r} (not an image format Pillow knows)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"image: cannot decode {str(p)!r} ({exc})") from None
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """A dataset preset's test transform for a model of input side `image_size`.
+
+    Args:
+        mean: per-channel mean after scaling pixels to [0, 1] (length = channels).
+        std: per-channel standard deviation.
+        image_size: S, the model's input side.
+        resize_size: the shorter side after the resize (``preset.resize_size(S)``).
+        name: preset name, for messages.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int
+    resize_size: int
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        if len(self.mean) not in _MODES or len(self.std) != len(self.mean):
+            raise ValueError(f"preset {self.name!r}: expected mean and std of equal length 1 or 3, got "
+                             f"{len(self.mean)} and {len(self.std)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"preset {self.name!r}: std must be positive, got {self.std}")
+
+    @classmethod
+    def from_preset(cls, preset: Mapping[str, Any] | Any, image_size: int) -> "Preprocessor":
+        """Build from a ``DatasetPreset`` or its ``to_dict()`` (the ``cordsnet.preset`` metadata)."""
+        data = preset.to_dict() if hasattr(preset, "to_dict") else dict(preset)
+        ratio = float(data.get("resize_ratio", 1.0))
+        return cls(tuple(float(m) for m in data["mean"]), tuple(float(s) for s in data["std"]), int(image_size),
+                   int(round(image_size * ratio)), str(data.get("name", "custom")))
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+    @property
+    def mode(self) -> str:
+        """The PIL mode images are converted to before the transform."""
+        return _MODES[self.channels]
+
+    # ---------------------------------------------------------------------------------- steps
+    def to_pil(self, image: ImageLike) -> Image.Image:
+        """Any single image (path, PIL image, uint8 HW / HWC array) as a PIL image in :attr:`mode`."""
+        if isinstance(image, (str, os.PathLike)):
+            img = load_image(image)
+        elif isinstance(image, Image.Image):
+            img = image
+        elif isinstance(image, np.ndarray):
+            img = _array_to_pil(image)
+        else:
+            raise TypeError(f"image: expected a path, a PIL image or a uint8 (H, W[, C]) array, got "
+                            f"{type(image).__name__}")
+        if img.mode != self.mode:
+            if img.mode in ("I;16", "I;16B", "I;16L", "I") and self.mode == "L":
+                arr = np.asarray(img, dtype=np.float64)
+                top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+                img = Image.fromarray(np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8), "L")
+            else:
+                img = img.convert(self.mode)
+        return img
+
+    def resize(self, img: Image.Image) -> Image.Image:
+        """torchvision ``Resize(resize_size)``: shorter side to `resize_size`, aspect ratio kept."""
+        w, h = img.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = self.resize_size, int(self.resize_size * long / short)
+        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+        if (new_w, new_h) == (w, h):
+            return img
+        return img.resize((new_w, new_h), Image.BILINEAR)
+
+    def center_crop(self, arr: np.ndarray) -> np.ndarray:
+        """torchvision ``CenterCrop(image_size)`` on an (H, W, C) array (zero padding if too small)."""
+        s = self.image_size
+        h, w = arr.shape[:2]
+        if s > h or s > w:
+            pad_top, pad_left = (s - h) // 2 if s > h else 0, (s - w) // 2 if s > w else 0
+            pad_bottom, pad_right = (s - h + 1) // 2 if s > h else 0, (s - w + 1) // 2 if s > w else 0
+            arr = np.pad(arr, ((pad_top, pad_bottom), (pad_left, pad_right), (0, 0)))
+            h, w = arr.shape[:2]
+        top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
+        return arr[top:top + s, left:left + s]
+
+    def __call__(self, image: ImageLike) -> np.ndarray:
+        """Preprocess one image.
+
+        Returns:
+            (C, S, S) float32, normalised.
+        """
+        img = self.resize(self.to_pil(image))
+        arr = np.asarray(img, dtype=np.uint8)
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        arr = self.center_crop(arr)
+        x = arr.astype(np.float32) / np.float32(255.0)
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        x = (x - mean) / std
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+    def batch(self, images: Sequence[ImageLike]) -> np.ndarray:
+        """Preprocess several images: (N, C, S, S) float32."""
+        if len(images) == 0:
+            raise ValueError("images: expected at least one image, got an empty list")
+        return np.stack([self(img) for img in images])
+
+
+def _array_to_pil(arr: np.ndarray) -> Image.Image:
+    if arr.dtype != np.uint8:
+        raise TypeError(f"image: expected a uint8 (H, W) or (H, W, C) array of pixels, got dtype {arr.dtype} "
+                        f"(pass normalised float images as (B, C, S, S) arrays instead)")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 2:
+        return Image.fromarray(np.ascontiguousarray(arr), "L")
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        return Image.fromarray(np.ascontiguousarray(arr), "RGB" if arr.shape[2] == 3 else "RGBA")
+    raise ValueError(f"image: expected a uint8 array of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
+                     f"got shape {arr.shape}")

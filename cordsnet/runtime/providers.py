@@ -1,0 +1,264 @@
+"""Execution-provider selection for onnxruntime, with no silent fallback.
+
+onnxruntime quietly runs a model on the CPU when the CUDA (or TensorRT) provider library cannot be
+loaded: ``InferenceSession(..., providers=["CUDAExecutionProvider"])`` succeeds and
+``session.get_providers()`` says ``["CPUExecutionProvider"]``. This module checks both that the
+installed onnxruntime offers the provider (``onnxruntime.get_available_providers()``) and that the
+created session really got it (``session.get_providers()``), and says why when it did not.
+
+Provider names accepted by :func:`resolve_providers` (a registry, :data:`PROVIDER_ALIASES`):
+
+* ``"cpu"``: the CPU provider only.
+* ``"cuda"``: the CUDA provider (nodes it lacks run on the CPU, as onnxruntime always allows).
+* ``"tensorrt"``: the TensorRT provider, then CUDA for what TensorRT does not take.
+* ``"auto"``: CUDA when it can be used, else the CPU with exactly one :class:`RuntimeWarning`.
+* an explicit onnxruntime list, e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]`` or
+  ``[("CUDAExecutionProvider", {"device_id": 1})]``: every listed provider must be active.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, Union
+
+import onnxruntime as ort
+
+__all__ = [
+    "CPU",
+    "CUDA",
+    "TENSORRT",
+    "PROVIDER_ALIASES",
+    "ProviderError",
+    "ProviderPlan",
+    "ProvidersLike",
+    "create_session",
+    "is_gpu_provider",
+    "resolve_providers",
+]
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+
+ProviderEntry = Union[str, tuple[str, Mapping[str, Any]]]
+ProvidersLike = Union[str, Sequence[ProviderEntry]]
+
+# Short names -> the onnxruntime providers they request, in priority order. "auto" is handled apart.
+PROVIDER_ALIASES: dict[str, tuple[str, ...]] = {
+    "cpu": (CPU,),
+    "cuda": (CUDA, CPU),
+    "tensorrt": (TENSORRT, CUDA, CPU),
+}
+_AUTO = "auto"
+
+# Shared library that holds each GPU provider (onnxruntime dlopens it when a session asks for it).
+_PROVIDER_LIBRARIES: dict[str, str] = {CUDA: "onnxruntime_providers_cuda", TENSORRT: "onnxruntime_providers_tensorrt"}
+
+
+class ProviderError(ValueError):
+    """A requested execution provider cannot be used here; the message says why."""
+
+
+@dataclass(frozen=True)
+class ProviderPlan:
+    """What to ask onnxruntime for and what must be active afterwards.
+
+    Attributes:
+        request: the ``providers`` list for ``InferenceSession``.
+        options: the matching ``provider_options`` list (dicts).
+        required: providers that must appear in ``session.get_providers()``.
+        auto: True when the plan came from "auto" (CPU fallback allowed, with one warning).
+        label: the user's request, for messages.
+    """
+
+    request: tuple[str, ...]
+    options: tuple[dict[str, str], ...]
+    required: tuple[str, ...]
+    auto: bool = False
+    label: str = ""
+    fallback_reason: str | None = field(default=None, compare=False)
+
+
+def is_gpu_provider(name: str) -> bool:
+    """True for providers whose tensors live on a CUDA device (CUDA, TensorRT)."""
+    return name in (CUDA, TENSORRT)
+
+
+def _with_options(names: Sequence[str], extra: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, str], ...]:
+    return tuple({k: str(v) for k, v in extra.get(n, {}).items()} for n in names)
+
+
+def resolve_providers(providers: ProvidersLike = "auto", *,
+                      provider_options: Mapping[str, Mapping[str, Any]] | None = None) -> ProviderPlan:
+    """Turn a provider request into a :class:`ProviderPlan`, checking availability first.
+
+    Args:
+        providers: "auto", "cpu", "cuda", "tensorrt" or an explicit onnxruntime provider list.
+        provider_options: extra options per onnxruntime provider name, e.g.
+            ``{"CUDAExecutionProvider": {"enable_cuda_graph": "1"}}``.
+
+    Raises:
+        ProviderError: a GPU provider was asked for by name and this onnxruntime cannot load it
+            (the message gives the reason: not in this build, or the library's load error).
+        ValueError: an unknown provider name (the message lists the valid ones).
+    """
+    extra = dict(provider_options or {})
+    if isinstance(providers, str):
+        key = providers.strip().lower()
+        if key == _AUTO:
+            reason = _unavailable_reason(CUDA)
+            if reason is None:
+                names = PROVIDER_ALIASES["cuda"]
+                return ProviderPlan(names, _with_options(names, extra), (CUDA,), auto=True, label=_AUTO)
+            names = PROVIDER_ALIASES["cpu"]
+            return ProviderPlan(names, _with_options(names, extra), (CPU,), auto=True, label=_AUTO,
+                                fallback_reason=f"{CUDA} cannot be used: {reason}")
+        if key not in PROVIDER_ALIASES:
+            raise ValueError(f"providers: expected one of {[_AUTO, *PROVIDER_ALIASES]} or a list of onnxruntime "
+                             f"provider names, got {providers!r}")
+        names = PROVIDER_ALIASES[key]
+        required = names[:1] if key != "tensorrt" else (TENSORRT, CUDA)
+        for name in required:
+            reason = _unavailable_reason(name)
+            if reason is not None:
+                raise ProviderError(f"providers: {providers!r} asks for {name}, which cannot be used here: {reason}")
+        return ProviderPlan(names, _with_options(names, extra), required, label=key)
+
+    if not isinstance(providers, (list, tuple)) or not providers:
+        raise TypeError(f"providers: expected a name or a non-empty list of onnxruntime providers, got {providers!r}")
+    names, options = [], []
+    valid = set(ort.get_all_providers())
+    for entry in providers:
+        if isinstance(entry, str):
+            name, opts = entry, {}
+        elif isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str) \
+                and isinstance(entry[1], Mapping):
+            name, opts = entry[0], dict(entry[1])
+        else:
+            raise TypeError(f"providers: expected entries 'Name' or ('Name', {{options}}), got {entry!r}")
+        if name not in valid:
+            raise ValueError(f"providers: unknown onnxruntime provider {name!r}; valid names are {sorted(valid)}")
+        merged = {**{k: str(v) for k, v in extra.get(name, {}).items()}, **{k: str(v) for k, v in opts.items()}}
+        names.append(name)
+        options.append(merged)
+    for name in names:
+        reason = _unavailable_reason(name)
+        if reason is not None:
+            raise ProviderError(f"providers: {name} was requested but cannot be used here: {reason}")
+    return ProviderPlan(tuple(names), tuple(options), tuple(names), label=str(names))
+
+
+def create_session(path: str | os.PathLike, plan: ProviderPlan,
+                   session_options: ort.SessionOptions | None = None,
+                   warn: Callable[[str], None] | None = None) -> ort.InferenceSession:
+    """Create an ``InferenceSession`` following `plan` and check what it really got.
+
+    An "auto" plan that falls back to the CPU emits one :class:`RuntimeWarning` (through `warn`
+    when given). Any other shortfall raises :class:`ProviderError`.
+    """
+    if plan.fallback_reason is not None:
+        _warn_fallback(plan.fallback_reason, warn)
+    session = ort.InferenceSession(str(path), sess_options=session_options, providers=list(plan.request),
+                                   provider_options=[dict(o) for o in plan.options])
+    active = session.get_providers()
+    missing = [p for p in plan.required if p not in active]
+    if not missing:
+        return session
+    why = (f"onnxruntime created the session with {active} instead: the provider library loaded but the "
+           f"provider could not start (no usable GPU visible, a driver / CUDA / cuDNN version mismatch, "
+           f"or invalid provider options {list(plan.options)}); onnxruntime's log above has the details")
+    if plan.auto and missing == [CUDA]:
+        _warn_fallback(f"{CUDA} could not start: {why}", warn)
+        return session  # onnxruntime already made it a CPU session; we only refuse to be silent about it
+    raise ProviderError(f"providers: {plan.label} requires {missing}, but {why}")
+
+
+def _warn_fallback(reason: str, warn: Callable[[str], None] | None) -> None:
+    message = f"providers='auto': running on the CPU ({CPU}) because {reason}"
+    if warn is not None:
+        warn(message)
+    else:
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+# ----------------------------------------------------------------------------- availability probe
+_PRELOADED = False
+
+
+def _preload_cuda_libraries() -> str:
+    """Let onnxruntime find CUDA / cuDNN from the nvidia-* pip packages (what ``import torch`` does)."""
+    global _PRELOADED
+    if _PRELOADED or not hasattr(ort, "preload_dlls"):
+        return ""
+    _PRELOADED = True
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            ort.preload_dlls()
+    except Exception as exc:  # a missing optional package is not an error: the probe below decides
+        buf.write(f"preload_dlls failed: {exc}")
+    return buf.getvalue().strip()
+
+
+def _library_path(name: str) -> Path | None:
+    stem = _PROVIDER_LIBRARIES.get(name)
+    if stem is None:
+        return None
+    capi = Path(ort.__file__).parent / "capi"
+    filename = f"{stem}.dll" if sys.platform == "win32" else f"lib{stem}.so"
+    path = capi / filename
+    return path if path.exists() else None
+
+
+_REASONS: dict[str, str | None] = {}
+
+
+def _unavailable_reason(name: str) -> str | None:
+    """None when `name` looks usable; otherwise a sentence saying why not (cached)."""
+    if name == CPU:
+        return None
+    if name in _REASONS:
+        return _REASONS[name]
+    available = ort.get_available_providers()
+    reason: str | None = None
+    if name not in available:
+        reason = (f"this onnxruntime build (package {_ort_package()}, version {ort.__version__}) does not include it "
+                  f"(available: {available}); install onnxruntime-gpu for CUDA / TensorRT")
+    elif name in _PROVIDER_LIBRARIES:
+        preload_notes = _preload_cuda_libraries()
+        path = _library_path(name)
+        if path is not None:
+            try:
+                ctypes.CDLL(str(path))
+            except OSError as exc:
+                hint = {
+                    CUDA: "no NVIDIA driver on this machine" if "libcuda.so" in str(exc)
+                    else "the CUDA / cuDNN runtime libraries this onnxruntime was built for are missing",
+                    TENSORRT: "the TensorRT libraries (libnvinfer) or CUDA libraries are missing",
+                }[name]
+                reason = f"its library {path.name} cannot be loaded: {exc} ({hint})"
+                if preload_notes:
+                    reason += f"; {' '.join(preload_notes.split())}"
+    _REASONS[name] = reason
+    return reason
+
+
+def _ort_package() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+    except ImportError:  # pragma: no cover
+        return "onnxruntime"
+    for dist in ("onnxruntime-gpu", "onnxruntime"):
+        try:
+            version(dist)
+            return dist
+        except PackageNotFoundError:
+            continue
+    return "onnxruntime"

@@ -1,0 +1,558 @@
+"""Runtime (issue 4): torch-free onnxruntime sessions, providers, preprocessing and the CLI commands.
+
+Graphs are R2 at 32 px with a short protocol (3 spontaneous + 4 stimulus steps), exported once per
+module by ``cordsnet.export.export``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cordsnet.checkpoint import load_checkpoint, save_checkpoint
+from cordsnet.config import PRESETS, CordsNetConfig, get_preset
+from cordsnet.export import export
+from cordsnet.runtime import Preprocessor, ProviderError, Session, StepSession, load_image, resolve_providers
+from cordsnet.runtime import providers as providers_mod
+from tests.conftest import make_published_state_dict
+
+STEPS, SPONT, SIZE = 4, 3, 32
+REPO = Path(__file__).resolve().parents[1]
+
+
+def export_graph(model, output: Path, **kw) -> Path:
+    kw.setdefault("steps", STEPS)
+    kw.setdefault("spontaneous_steps", SPONT)
+    export(model, output, format="onnx", **kw)
+    return output
+
+
+# ------------------------------------------------------------------------------------- fixtures
+def _model(dataset: str | None = "cifar10", channels: int = 3, seed: int = 0):
+    sd = make_published_state_dict(depth=2, num_classes=10, in_channels=channels, image_size=SIZE, seed=seed)
+    cfg = CordsNetConfig(depth=2, num_classes=10, in_channels=channels, image_size=SIZE, steps=STEPS,
+                         spontaneous_steps=SPONT, dataset=dataset)
+    return load_checkpoint(sd, config=cfg)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model()
+
+
+@pytest.fixture(scope="module")
+def graphs(model, tmp_path_factory):
+    """One exported graph per kind (R2, 32 px, cifar10 preset)."""
+    root = tmp_path_factory.mktemp("graphs")
+    out = {
+        "unrolled": export_graph(model, root / "r2.unrolled.onnx", graph="unrolled"),
+        "stepwise": export_graph(model, root / "r2.stepwise.onnx", graph="stepwise"),
+        "stepwise-drive": export_graph(model, root / "r2.drive.onnx", graph="stepwise-drive"),
+        "all": export_graph(model, root / "r2.all.onnx", graph="unrolled", readout="all", record=[1]),
+        "loop": export_graph(model, root / "r2.loop.onnx", graph="loop"),
+    }
+    return out
+
+
+def _x(batch=2, seed=1, channels=3):
+    return np.random.default_rng(seed).standard_normal((batch, channels, SIZE, SIZE)).astype(np.float32)
+
+
+def _ref(model, x, **kw):
+    with torch.no_grad():
+        out = model.run(torch.from_numpy(x), **kw)
+    if isinstance(out, torch.Tensor):
+        return out.numpy()
+    logits, rates = out
+    return logits.numpy(), {a: r.numpy() for a, r in rates.items()}
+
+
+# -------------------------------------------------------------------------------- Session
+def test_session_unrolled_matches_model(model, graphs):
+    s = Session(graphs["unrolled"], providers="cpu")
+    assert s.providers == ["CPUExecutionProvider"]
+    assert s.info.graph == "unrolled" and s.info.steps == STEPS and s.info.spontaneous_steps == SPONT
+    assert s.config.depth == 2 and s.class_names == list(PRESETS["cifar10"].class_names)
+    x = _x()
+    logits = s.run(x)
+    assert logits.shape == (2, 10) and logits.dtype == np.float32
+    np.testing.assert_allclose(logits, _ref(model, x), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(s.run(x[0]), logits[:1], atol=1e-5)  # a single CHW image
+
+
+def test_session_bound_buffers_path(model, graphs):
+    # The fixed-buffer IO-binding path (what cuda_graph=True uses on a GPU), run here with CPU OrtValues.
+    s = Session(graphs["all"], providers="cpu")
+    s._io_binding = True
+    for batch, seed in ((2, 1), (3, 2), (2, 3)):
+        x = _x(batch=batch, seed=seed)
+        out = s.run_outputs(x)
+        ref_logits, ref_rates = _ref(model, x, readout="all", record=[1])
+        np.testing.assert_allclose(out["logits"], ref_logits, atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(out["rates_1"], ref_rates[1], atol=1e-4, rtol=1e-4)
+    assert sorted(s._graph_buffers) == [2, 3]
+
+
+def test_session_readout_all_and_rates(model, graphs):
+    s = Session(graphs["all"], providers="cpu")
+    x = _x(batch=3)
+    out = s.run_outputs(x)
+    ref_logits, ref_rates = _ref(model, x, readout="all", record=[1])
+    assert out["logits"].shape == (STEPS, 3, 10) and out["rates_1"].shape == (STEPS, 3, 64, 8, 8)
+    np.testing.assert_allclose(out["logits"], ref_logits, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(out["rates_1"], ref_rates[1], atol=1e-4, rtol=1e-4)
+    p = s.predict(x, top_k=3)  # predicts from the last step
+    np.testing.assert_array_equal(p.indices, np.argsort(-ref_logits[-1], axis=1)[:, :3])
+
+
+def test_session_loop_any_steps(model, graphs):
+    s = Session(graphs["loop"], providers="cpu")
+    x = _x()
+    np.testing.assert_allclose(s.run(x), _ref(model, x), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(s.run(x, steps=7), _ref(model, x, steps=7), atol=1e-4, rtol=1e-4)
+
+
+def test_predict_indices_names_probabilities(model, graphs):
+    s = Session(graphs["unrolled"], providers="cpu")
+    x = _x(batch=3)
+    p = s.predict(x, top_k=4)
+    ref = _ref(model, x)
+    np.testing.assert_array_equal(p.indices, np.argsort(-ref, axis=1)[:, :4])
+    assert p.probabilities.shape == (3, 4) and np.all(np.diff(p.probabilities, axis=1) <= 0)
+    full = s.predict(x, top_k=10).probabilities
+    np.testing.assert_allclose(full.sum(axis=1), 1.0, atol=1e-5)
+    names = PRESETS["cifar10"].class_names
+    assert p.names == [[names[i] for i in row] for row in p.indices]
+    assert s.predict(x, top_k=50).indices.shape == (3, 10)  # clamped to the number of classes
+    with pytest.raises(ValueError, match="top_k"):
+        s.predict(x, top_k=0)
+
+
+def test_session_accepts_raw_images(model, graphs, tmp_path):
+    from PIL import Image
+
+    s = Session(graphs["unrolled"], providers="cpu")
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    pre = Preprocessor.from_preset(get_preset("cifar10"), SIZE)
+    expected = s.run(pre(img)[None])
+    for form in (img, [img], Image.fromarray(img), str(tmp_path / "a.png"), tmp_path / "a.png", img[None]):
+        np.testing.assert_allclose(s.run(form), expected, atol=1e-6)
+    assert s.run([img, img[:, ::-1].copy()]).shape == (2, 10)
+
+
+# ---------------------------------------------------------------------------- StepSession
+@pytest.mark.parametrize("kind", ["stepwise", "stepwise-drive"])
+def test_stepsession_video_equals_model_run(model, graphs, kind):
+    s = StepSession(graphs[kind], providers="cpu")
+    video = np.random.default_rng(5).standard_normal((2, 5, 3, SIZE, SIZE)).astype(np.float32)
+    ref_all = _ref(model, video, readout="all")  # (5, 2, 10): frame t drives step t
+    s.reset(batch=2)
+    for t in range(5):
+        logits = s.step(video[:, t])
+        np.testing.assert_allclose(logits, ref_all[t], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(s.run_video(video, readout="all"), ref_all, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(s.run_video([video[:, t] for t in range(5)]), ref_all[-1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["stepwise", "stepwise-drive"])
+def test_stepsession_protocol_and_state(model, graphs, kind):
+    s = StepSession(graphs[kind], providers="cpu")
+    assert s.providers == ["CPUExecutionProvider"]
+    x = _x(batch=3, seed=7)
+    # reset() gives the spontaneous state of the metadata (= the model's).
+    s.reset(batch=3)
+    spont = [r.numpy() for r in model.spontaneous_state(3, steps=SPONT)]
+    for got, want in zip(s.state, spont):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    # The whole protocol (one image, STEPS steps), and steps without a new image keep showing it.
+    np.testing.assert_allclose(s.run(x), _ref(model, x), atol=1e-4, rtol=1e-4)
+    s.reset(3)
+    s.step(x)
+    for _ in range(STEPS - 2):
+        s.step()
+    np.testing.assert_allclose(s.step(), _ref(model, x), atol=1e-4, rtol=1e-4)
+    assert s.steps_taken == STEPS
+    # Blank steps after reset continue the spontaneous phase.
+    s.reset(1)
+    s.step()
+    want = [r.numpy() for r in model.spontaneous_state(1, steps=SPONT + 1)]
+    for got, w in zip(s.state, want):
+        np.testing.assert_allclose(got, w, atol=1e-5)
+    # Setting the state, then stepping, equals the model's step from that state.
+    rng = np.random.default_rng(2)
+    new = [rng.random((2, *shape), dtype=np.float32) for shape in model.config.state_shapes]
+    s.state = new
+    assert s.batch == 2
+    for got, w in zip(s.state, new):
+        np.testing.assert_array_equal(got, w)
+    xs = _x(batch=2, seed=9)
+    logits = s.step(xs)
+    with torch.no_grad():
+        nxt = model.step(tuple(torch.from_numpy(a) for a in new), model.drive(torch.from_numpy(xs)))
+        ref_logits = model.readout(nxt).numpy()
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-4, rtol=1e-4)
+    for got, w in zip(s.state, nxt):
+        np.testing.assert_allclose(got, w.numpy(), atol=1e-5)
+
+
+def test_float16_and_static_batch_graphs(model, tmp_path):
+    x = _x(batch=2, seed=4)
+    ref = _ref(model, x)
+    for kind in ("unrolled", "stepwise", "stepwise-drive"):
+        path = export_graph(model, tmp_path / f"{kind}.f16.onnx", graph=kind, dtype="float16")
+        s = (StepSession if kind.startswith("stepwise") else Session)(path, providers="cpu")
+        assert s.info.dtype == "float16" and s.preprocess(x).dtype == np.float16
+        out = s.run(x)
+        assert out.dtype == np.float32
+        np.testing.assert_allclose(out, ref, atol=5e-3, rtol=5e-2)
+        np.testing.assert_array_equal(out.argmax(1), ref.argmax(1))
+    path = export_graph(model, tmp_path / "static.onnx", graph="stepwise", batch=2)
+    s = StepSession(path, providers="cpu")
+    assert s.batch == 2 and s.info.batch == 2
+    np.testing.assert_allclose(s.run(x), ref, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="fixed batch of 2, got batch 1"):
+        s.reset(1)
+
+
+def test_grayscale_model_predicts_from_rgb_and_gray_files(tmp_path):
+    from PIL import Image
+
+    m = _model(dataset="mnist", channels=1)
+    path = export_graph(m, tmp_path / "mnist.onnx", graph="unrolled")
+    s = Session(path, providers="cpu")
+    rgb = np.random.default_rng(8).integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    gray = np.asarray(Image.fromarray(rgb).convert("L"))
+    x = s.preprocess([str(tmp_path / "rgb.png"), gray])
+    assert x.shape == (2, 1, SIZE, SIZE)
+    np.testing.assert_array_equal(x[0], x[1])  # an RGB image is converted to L like the dataset images
+    np.testing.assert_allclose(s.run(x), _ref(m, x), atol=1e-4, rtol=1e-4)
+
+
+def test_stepsession_state_errors(graphs):
+    s = StepSession(graphs["stepwise"], providers="cpu")
+    good = s.state
+    with pytest.raises(ValueError, match=r"state\[1\]: expected shape \(1, 64, 8, 8\), got \(1, 64, 4, 4\)"):
+        s.state = [good[0], np.zeros((1, 64, 4, 4), np.float32)]
+    with pytest.raises(ValueError, match="expected 2 arrays"):
+        s.state = good[:1]
+    with pytest.raises(TypeError, match="state"):
+        s.state = np.zeros(3)
+    with pytest.raises(ValueError, match="finite"):
+        s.state = [np.full_like(good[0], np.nan), good[1]]
+    with pytest.raises(ValueError, match="expected a batch of 1"):
+        s.step(_x(batch=2))
+    with pytest.raises(ValueError, match="batch"):
+        s.reset(0)
+    with pytest.raises(ValueError, match="cuda_graph"):
+        StepSession(graphs["stepwise"], providers="cpu", cuda_graph=True)
+
+
+def test_graph_kind_mismatch(graphs):
+    with pytest.raises(ValueError, match="use StepSession"):
+        Session(graphs["stepwise"], providers="cpu")
+    with pytest.raises(ValueError, match="use Session"):
+        StepSession(graphs["unrolled"], providers="cpu")
+    with pytest.raises(ValueError, match="exactly 4 steps"):
+        Session(graphs["unrolled"], providers="cpu").run(_x(), steps=5)
+
+
+# ------------------------------------------------------------------------------ providers
+CUDA_USABLE = providers_mod._unavailable_reason("CUDAExecutionProvider") is None
+cpu_only = pytest.mark.skipif(CUDA_USABLE, reason="the CUDA provider is usable on this machine")
+
+
+@cpu_only
+def test_cuda_request_fails_clearly(graphs):
+    for name in ("cuda", "tensorrt", ["CUDAExecutionProvider", "CPUExecutionProvider"]):
+        with pytest.raises(ProviderError, match="cannot be used here") as exc:
+            Session(graphs["unrolled"], providers=name)
+        assert "CUDAExecutionProvider" in str(exc.value) or "TensorrtExecutionProvider" in str(exc.value)
+    with pytest.raises(ProviderError, match="cannot be loaded|does not include"):
+        StepSession(graphs["stepwise"], providers="cuda")
+    with pytest.raises(ValueError, match="expected one of"):
+        resolve_providers("gpu")
+    with pytest.raises(ValueError, match="unknown onnxruntime provider"):
+        resolve_providers(["NoSuchExecutionProvider"])
+
+
+@cpu_only
+def test_auto_warns_once_and_runs(model, graphs):
+    for cls, path in ((Session, graphs["unrolled"]), (StepSession, graphs["stepwise-drive"])):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            s = cls(path)  # providers="auto"
+        runtime = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+        assert len(runtime) == 1, [str(w.message) for w in caught]
+        assert "running on the CPU" in str(runtime[0].message)
+        assert s.providers == ["CPUExecutionProvider"]
+        x = _x()
+        np.testing.assert_allclose(s.run(x), _ref(model, x), atol=1e-4, rtol=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an explicit CPU request does not warn
+        Session(graphs["unrolled"], providers="cpu")
+
+
+@cpu_only
+def test_no_silent_fallback_when_provider_loads_but_session_lacks_it(graphs, monkeypatch):
+    # Pretend the CUDA library loads: onnxruntime then creates a CPU-only session, which must be refused.
+    monkeypatch.setitem(providers_mod._REASONS, "CUDAExecutionProvider", None)
+    if "CUDAExecutionProvider" not in providers_mod.ort.get_available_providers():
+        monkeypatch.setattr(providers_mod.ort, "get_available_providers",
+                            lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(ProviderError, match="instead"):
+        Session(graphs["unrolled"], providers="cuda")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s = Session(graphs["unrolled"], providers="auto")
+    assert s.providers == ["CPUExecutionProvider"]
+    assert sum(issubclass(w.category, RuntimeWarning) for w in caught) == 1
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_images(graphs):
+    s = Session(graphs["unrolled"], providers="cpu")
+    with pytest.raises(ValueError, match=r"expected 3 channel\(s\) at dim 1, got 1"):
+        s.run(np.zeros((1, 1, SIZE, SIZE), np.float32))
+    with pytest.raises(ValueError, match="expected 32x32 images, got 16x16"):
+        s.run(np.zeros((1, 3, 16, 16), np.float32))
+    with pytest.raises(ValueError, match=r"expected shape \(B, 3, 32, 32\)"):
+        s.run(np.zeros((3, SIZE), np.float32))
+    with pytest.raises(TypeError, match="dtype int32"):
+        s.run(np.zeros((1, 3, SIZE, SIZE), np.int32))
+    with pytest.raises(ValueError, match="finite"):
+        s.run(np.full((1, 3, SIZE, SIZE), np.nan, np.float32))
+    with pytest.raises(ValueError, match="uint8 array of shape"):
+        s.run(np.zeros((10, 10, 2), np.uint8))
+    with pytest.raises(TypeError, match="images"):
+        s.run(42)
+
+
+def test_bad_model_files(graphs, tmp_path):
+    import onnx
+    import onnx.helper as h
+
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        Session(tmp_path / "missing.onnx", providers="cpu")
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(graphs["unrolled"].read_bytes()[:2000])
+    text = tmp_path / "text.onnx"
+    text.write_text("this is not a model\n")
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    for bad in (truncated, text, empty):
+        with pytest.raises(ValueError, match="model: "):
+            Session(bad, providers="cpu")
+    plain = tmp_path / "plain.onnx"
+    g = h.make_graph([h.make_node("Relu", ["x"], ["y"])], "g", [h.make_tensor_value_info("x", 1, [1, 2])],
+                     [h.make_tensor_value_info("y", 1, [1, 2])])
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9), str(plain))
+    with pytest.raises(ValueError, match="not a cordsnet export"):
+        Session(plain, providers="cpu")
+    with pytest.raises(ValueError, match="directory"):
+        Session(tmp_path, providers="cpu")
+    drive_only = tmp_path / "lonely.onnx"
+    drive_only.write_bytes(graphs["stepwise-drive"].read_bytes())
+    with pytest.raises(FileNotFoundError, match="encode graph"):
+        StepSession(drive_only, providers="cpu")
+
+
+def test_undecodable_image(graphs, tmp_path):
+    s = Session(graphs["unrolled"], providers="cpu")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ValueError, match="cannot decode"):
+        s.run(str(bad))
+    from PIL import Image
+
+    good = tmp_path / "cut.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(good)
+    cut = tmp_path / "cut2.png"
+    cut.write_bytes(good.read_bytes()[:300])
+    with pytest.raises(ValueError, match="cannot decode"):
+        load_image(cut)
+    with pytest.raises(FileNotFoundError):
+        s.run(str(tmp_path / "nope.png"))
+
+
+def test_no_preset_refuses_raw_images(tmp_path):
+    m = _model(dataset=None)
+    path = export_graph(m, tmp_path / "nopreset.onnx", graph="unrolled")
+    s = Session(path, providers="cpu")
+    with pytest.raises(ValueError, match="no dataset preset"):
+        s.run(np.zeros((8, 8, 3), np.uint8))
+    assert s.predict(_x(1), top_k=2).names[0][0].isdigit()
+
+
+# ------------------------------------------------------------------------------ torch-free
+def test_runtime_imports_and_runs_without_torch(graphs):
+    code = textwrap.dedent(f"""
+        import sys, importlib.abc, numpy as np
+
+        class NoTorch(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch.") or name.startswith("torchvision"):
+                    raise ImportError("torch is blocked in this test")
+                return None
+
+        sys.meta_path.insert(0, NoTorch())
+        import cordsnet, cordsnet.runtime
+        from cordsnet.runtime import Session, StepSession
+        x = np.zeros((1, 3, 32, 32), np.float32)
+        a = Session({str(graphs["unrolled"])!r}, providers="cpu").run(x)
+        s = StepSession({str(graphs["stepwise-drive"])!r}, providers="cpu")
+        s.reset(1)
+        b = s.step(np.zeros((32, 32, 3), np.uint8))
+        try:
+            import torch
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("torch was importable")
+        assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))
+        print("OK", a.shape, b.shape)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "OK (1, 10) (1, 10)" in res.stdout
+
+
+# ---------------------------------------------------------------------------- preprocessing
+def _torchvision_transform(preset_name: str, size: int):
+    from torchvision import transforms
+
+    p = get_preset(preset_name)
+    mode = "RGB" if p.in_channels == 3 else "L"
+    t = transforms.Compose([transforms.Resize(p.resize_size(size)), transforms.CenterCrop(size),
+                            transforms.ToTensor(), transforms.Normalize(p.mean, p.std)])
+    return lambda img: t(img.convert(mode)).numpy()
+
+
+def _sample_images():
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = [Image.fromarray(a) for a in load_sample_images().images]  # 427x640 RGB photographs
+    rng = np.random.default_rng(11)
+    synthetic = [Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
+                 for shape in [(37, 53, 3), (53, 37, 3), (20, 15, 3), (32, 32, 3), (300, 301, 3), (45, 45)]]
+    gradient = np.tile(np.linspace(0, 255, 97, dtype=np.float64), (61, 1)).astype(np.uint8)
+    synthetic.append(Image.fromarray(np.stack([gradient, gradient.T[:61, :61].repeat(2, 1)[:, :97], gradient], -1)))
+    return photos + synthetic
+
+
+@pytest.mark.parametrize("preset,size", [("imagenet", 224), ("imagenet", 64), ("cifar10", 32), ("cifar100", 64),
+                                         ("mnist", 32), ("fashionmnist", 64), ("digits", 32)])
+def test_preprocessing_matches_torchvision(preset, size):
+    ours = Preprocessor.from_preset(get_preset(preset), size)
+    theirs = _torchvision_transform(preset, size)
+    for img in _sample_images():
+        a, b = ours(img), theirs(img)
+        assert a.shape == b.shape == (get_preset(preset).in_channels, size, size) and a.dtype == np.float32
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+        # The same image as a uint8 array gives the same result.
+        np.testing.assert_allclose(ours(np.asarray(img)), a, atol=0)
+
+
+def test_preprocessing_of_files_and_metadata_preset(graphs, tmp_path):
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photo = load_sample_images().images[1]
+    Image.fromarray(photo).save(tmp_path / "flower.png")
+    s = Session(graphs["unrolled"], providers="cpu")
+    np.testing.assert_allclose(s.preprocess(str(tmp_path / "flower.png"))[0],
+                               _torchvision_transform("cifar10", SIZE)(Image.fromarray(photo)), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ CLI
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from cordsnet.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_cli_predict(model, graphs, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"img{i}.png")
+        Image.fromarray(rng.integers(0, 256, (40 + i, 36, 3), dtype=np.uint8)).save(paths[-1])
+    res = _cli("predict", graphs["unrolled"], *paths, "--top-k", "3", "--provider", "cpu", "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["providers"] == ["CPUExecutionProvider"] and len(data["predictions"]) == 2
+    expected = Session(graphs["unrolled"], providers="cpu").predict([str(p) for p in paths], top_k=3)
+    for pred, idx in zip(data["predictions"], expected.indices):
+        assert [t["index"] for t in pred["top"]] == idx.tolist()
+    res = _cli("predict", graphs["stepwise"], paths[0], "--provider", "cpu")
+    assert res.exit_code == 0, res.output
+    assert "1. " in res.output and str(paths[0]) in res.output
+    # A static-batch graph (batch 2) with 3 images: chunks, the last one padded.
+    static = export_graph(model, tmp_path / "static2.onnx", graph="unrolled", batch=2)
+    paths.append(tmp_path / "img2.png")
+    Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)).save(paths[-1])
+    res = _cli("predict", static, *paths, "--top-k", "2", "--provider", "cpu", "--json")
+    assert res.exit_code == 0, res.output
+    got = [[t["index"] for t in p["top"]] for p in json.loads(res.output)["predictions"]]
+    want = Session(graphs["unrolled"], providers="cpu").predict([str(p) for p in paths], top_k=2).indices
+    assert got == want.tolist()
+
+
+def test_cli_errors_are_one_line(graphs, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"garbage")
+    cases = [
+        ("predict", tmp_path / "missing.onnx", bad),
+        ("predict", graphs["unrolled"], bad, "--provider", "cpu"),
+        *([("predict", graphs["unrolled"], bad, "--provider", "cuda")] if not CUDA_USABLE else []),
+        ("bench", tmp_path / "missing.onnx"),
+        ("bench", graphs["unrolled"], "--provider", "cpu", "--cuda-graph"),
+        ("verify", tmp_path / "missing.onnx"),
+    ]
+    for args in cases:
+        res = _cli(*args)
+        assert res.exit_code == 1, (args, res.output)
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("Error: "), (args, res.output)
+
+
+@pytest.mark.parametrize("kind", ["unrolled", "stepwise-drive"])
+def test_cli_bench_json(graphs, kind):
+    res = _cli("bench", graphs[kind], "--provider", "cpu", "--batch", "2", "--warmup", "1", "--iterations", "2",
+               "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["graph"] == kind and data["batch"] == 2 and data["steps"] == STEPS
+    for key in ("per_image_ms", "per_step_ms", "per_batch_ms"):
+        assert 0 < data[key]["p50"] <= data[key]["p99"]
+    assert data["images_per_s"] > 0 and data["providers"] == ["CPUExecutionProvider"]
+    res = _cli("bench", graphs[kind], "--provider", "cpu", "--iterations", "1", "--warmup", "0")
+    assert res.exit_code == 0 and "per step" in res.output
+
+
+def test_cli_verify(model, graphs, tmp_path):
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(model, ckpt)
+    res = _cli("verify", graphs["stepwise"], "--checkpoint", ckpt, "--provider", "cpu")
+    assert res.exit_code == 0, res.output
+    other = tmp_path / "other.safetensors"
+    save_checkpoint(_model(seed=5), other)
+    res = _cli("verify", graphs["unrolled"], "--checkpoint", other, "--provider", "cpu")
+    assert res.exit_code == 1 and res.output.startswith("Error: ")
