@@ -1,0 +1,175 @@
+"""Held-out evaluation on scikit-learn's digits and the bundled model's card.
+
+``python -m cordsnet.train.model_card RUN_DIR`` evaluates a finished digits run (the directory a
+``cordsnet-cli train --dataset digits`` wrote) on the held-out split under the published protocol,
+measures the held-out accuracy of every stage's checkpoint, draws the time-resolved accuracy curve and,
+with ``--bundle``, writes the bundled model (``cordsnet/weights/``) and its card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, read_extra_tensors, read_metadata, save_checkpoint
+from ..data import digits_split, digits_to_tensor
+from ..model import CordsNet
+
+__all__ = ["heldout_accuracy", "heldout_data", "stage_heldout_accuracy", "time_resolved_accuracy"]
+
+
+def heldout_data(image_size: int = 32) -> tuple[Tensor, Tensor]:
+    """The held-out digits: images (360, 1, S, S) as the model sees them, labels (360,)."""
+    X, y = digits_split()["test"]
+    return digits_to_tensor(X, image_size), torch.as_tensor(y, dtype=torch.long)
+
+
+@torch.no_grad()
+def time_resolved_accuracy(model: CordsNet, images: Tensor, labels: Tensor, *, steps: int = 100,
+                           spontaneous_steps: int = 100, alpha: float = 0.2, batch: int = 120) -> Tensor:
+    """Top-1 accuracy after every stimulus step under the published protocol.
+
+    Returns:
+        (steps,) accuracies; the last entry is the protocol's accuracy.
+    """
+    correct = torch.zeros(steps)
+    for i in range(0, len(labels), batch):
+        logits = model.run(images[i:i + batch], steps=steps, spontaneous_steps=spontaneous_steps, alpha=alpha,
+                           readout="all")
+        correct += (logits.argmax(-1) == labels[i:i + batch]).sum(1).float()
+    return correct / len(labels)
+
+
+def heldout_accuracy(model: CordsNet, **protocol: Any) -> float:
+    """Held-out digits accuracy of `model` at the last step of the protocol (alpha 0.2, 100 + 100)."""
+    images, labels = heldout_data(model.config.image_size)
+    return float(time_resolved_accuracy(model, images, labels, **protocol)[-1])
+
+
+@torch.no_grad()
+def stage_heldout_accuracy(path: Path, *, steps: int = 100, spontaneous_steps: int = 100, alpha: float = 0.2) -> float:
+    """Held-out accuracy of one stage checkpoint, evaluated the way that stage is (CNN, linear RNN, RNN)."""
+    from .cnn import BatchNormSet, FoldedCNN, compat_forward, folded_forward
+
+    meta = read_metadata(path)
+    spec = json.loads(meta["train.stage_spec"])
+    state = json.loads(meta["train.state"])
+    model = load_checkpoint(path)
+    model.update_slope = float(state["update_slope"])
+    extra = read_extra_tensors(path)
+    images, labels = heldout_data(model.config.image_size)
+    if spec["eval"] == "compat":
+        bn = BatchNormSet(model)
+        bn.load_state_dict({k[3:]: v for k, v in extra.items() if k.startswith("bn.")})
+        logits = compat_forward(model, bn.eval(), images)
+    elif spec["eval"] == "folded":
+        folded = FoldedCNN(model)
+        folded.load_state_dict({k[7:]: v for k, v in extra.items() if k.startswith("folded.")})
+        logits = folded_forward(model, folded, images)
+    else:
+        spont = 0 if spec["eval"] == "linear" else spontaneous_steps
+        logits = torch.cat([model.run(images[i:i + 120], steps=steps, spontaneous_steps=spont, alpha=alpha)
+                            for i in range(0, len(labels), 120)])
+    return float((logits.argmax(1) == labels).float().mean())
+
+
+def _plot(curve: Tensor, png: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = torch.arange(1, len(curve) + 1)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
+    ax.plot(steps.numpy(), (100 * curve).numpy(), color="tab:blue")
+    ax.axhline(10, color="grey", lw=0.8, ls=":", label="chance (10%)")
+    ax.set_xlabel("stimulus step (2 ms each; after 100 spontaneous steps)")
+    ax.set_ylabel("held-out top-1 accuracy (%)")
+    ax.set_ylim(0, 101)
+    ax.set_xlim(0, len(curve))
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+
+
+def build_card(runs: list[Path], *, png: Path, bundle: Path | None, reproduce: str) -> dict[str, Any]:
+    """Evaluate a finished digits training (one run directory, or several that continue each other via
+    ``--init``), draw the curve, optionally write the bundled model; returns the facts."""
+    final = runs[-1] / "final.safetensors"
+    model = load_checkpoint(final)
+    images, labels = heldout_data(model.config.image_size)
+    curve = time_resolved_accuracy(model, images, labels)
+    stages: dict[str, dict[str, Any]] = {}
+    for r, run in enumerate(runs):
+        history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        summary = json.loads(read_metadata(run / "final.safetensors").get("train.summary", "{}"))
+        names = list(dict.fromkeys(m["stage"] for m in history))
+        for k, name in enumerate(names):
+            label = name if name not in stages else f"{name} (run {r + 1})"
+            s = stages.setdefault(label, {"epochs": 0, "train_s": 0.0, "eval_s": 0.0})
+            for m in (m for m in history if m["stage"] == name):
+                s["epochs"] = max(s["epochs"], m["epoch"])
+                s["train_s"] += m.get("time_s") or 0.0
+                s["eval_s"] += m.get("eval_time_s") or 0.0
+                if m.get("val_acc") is not None:
+                    s["val_acc_last"] = m["val_acc"]
+                    s["val_acc_best"] = max(s.get("val_acc_best", 0.0), m["val_acc"])
+            if name in summary:
+                s["val_acc_stage_end"] = summary[name].get("val_acc")
+            ckpt = run / f"{k}-{name}.safetensors"
+            if ckpt.is_file():
+                s["heldout_acc"] = stage_heldout_accuracy(ckpt)
+    facts = {
+        "heldout_acc": float(curve[-1]),
+        "heldout_n": int(len(labels)),
+        "first_step_above_90": int(next((i + 1 for i, a in enumerate(curve.tolist()) if a >= 0.9), -1)),
+        "stages": stages,
+        "train_s_total": sum(s["train_s"] + s["eval_s"] for s in stages.values()),
+        "config": model.config.to_dict(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "reproduce": reproduce,
+        "curve": [round(float(a), 4) for a in curve],
+    }
+    png.parent.mkdir(parents=True, exist_ok=True)
+    _plot(curve, png, f"CordsNet-R{model.depth} on held-out digits: {100 * facts['heldout_acc']:.2f}% at step 100")
+    if bundle is not None:
+        meta = read_metadata(final)
+        save_checkpoint(model, bundle / DEFAULT_CHECKPOINT, metadata={
+            "description": f"CordsNet-R{model.depth} trained on scikit-learn digits ({model.config.image_size} px) "
+                           "by cordsnet.train; see MODEL_CARD.md",
+            "heldout_accuracy": f"{facts['heldout_acc']:.4f}",
+            "train.summary": meta.get("train.summary", "{}"),
+            "train.options": meta.get("train.options", "{}"),
+            "reproduce": reproduce,
+        })
+        facts["bundle_bytes"] = (bundle / DEFAULT_CHECKPOINT).stat().st_size
+    return facts
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("runs", type=Path, nargs="+", help="output directories of a finished digits training "
+                   "(several when later runs continue earlier ones with --init), in order")
+    p.add_argument("--png", type=Path, default=Path("docs/digits_time_resolved_accuracy.png"))
+    p.add_argument("--bundle", type=Path, default=None, help="write the bundled model into this directory")
+    p.add_argument("--reproduce", default="", help="the command that produced the run (recorded)")
+    p.add_argument("--json", type=Path, default=None, help="write the facts as JSON here")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    facts = build_card(args.runs, png=args.png, bundle=args.bundle, reproduce=args.reproduce)
+    text = json.dumps(facts, indent=2)
+    if args.json:
+        args.json.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

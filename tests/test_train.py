@@ -1,0 +1,330 @@
+"""The staged trainer: folding, losses and schedules, the tiny end-to-end pipeline, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from cordsnet.checkpoint import load_checkpoint, read_metadata
+from cordsnet.model import CordsNet
+from cordsnet.train import (
+    BatchNormSet,
+    TrainOptions,
+    Trainer,
+    anneal_slope,
+    compat_forward,
+    fold_batchnorm,
+    folded_forward,
+    inverse_loss,
+    lr_at,
+    resolve_stage,
+    resolve_stages,
+    slope_at,
+    spontaneous_penalty,
+    time_weighted_ce,
+    time_weights,
+)
+
+# A protocol short enough for CI: every stage runs, on 16 FakeData images of 32 px.
+TINY = dict(dataset="fake", depth=2, image_size=32, batch_size=8, steps=8, spontaneous_steps=4,
+            recovery_steps=4, penalty_window=2, ce_window=4, dataset_kwargs={"fake_size": 16, "in_channels": 3},
+            augment=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny convolutions on a shared CPU: one thread avoids OpenMP oversubscription (often 5x faster)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _randomise_bn(bn: BatchNormSet, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in bn.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=gen))
+                m.running_var.copy_(0.2 + 2 * torch.rand(n, generator=gen))
+                m.weight.copy_(1.5 * torch.randn(n, generator=gen))
+                m.bias.copy_(torch.randn(n, generator=gen))
+    bn.eval()
+
+
+# ------------------------------------------------------------------------------------ folding
+@pytest.mark.parametrize("depth", [2, 4, 6])
+def test_folding_is_exact_in_eval_mode(depth: int) -> None:
+    torch.manual_seed(depth)
+    model = CordsNet(depth=depth, num_classes=7, in_channels=3, image_size=64, dataset=None)
+    bn = BatchNormSet(model)
+    _randomise_bn(bn, seed=depth)
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        reference = compat_forward(model, bn, x)
+        folded = fold_batchnorm(model, bn)
+        out = folded_forward(model, folded, x)
+    assert torch.allclose(out, reference, atol=1e-5, rtol=0), (out - reference).abs().max()
+    # The input BN's shift passes a zero-padded avgpool: the spatial bias is not uniform at the border.
+    b0 = folded.area_bias(0)
+    assert (b0[:, 0, 0] - b0[:, 3, 3]).abs().max() > 1e-3
+    # Weight norm stays a valid parametrisation: v is unit-norm per output channel after folding.
+    v = model.area_area[0].parametrizations.weight.original1
+    assert torch.allclose(v.flatten(1).norm(dim=1), torch.ones(v.shape[0]), atol=1e-5)
+
+
+def test_folding_with_uniform_biases_would_be_wrong() -> None:
+    """The border maps matter: replacing area_bias_0 by its centre value changes the output."""
+    torch.manual_seed(0)
+    model = CordsNet(depth=2, num_classes=5, in_channels=3, image_size=32, dataset=None)
+    bn = BatchNormSet(model)
+    _randomise_bn(bn)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        reference = compat_forward(model, bn, x)
+        folded = fold_batchnorm(model, bn)
+        centre = folded.area_bias(0)[:, 4:5, 4:5].clone()
+        folded.area_bias(0).copy_(centre.expand_as(folded.area_bias(0)))
+        out = folded_forward(model, folded, x)
+    assert (out - reference).abs().max() > 1e-4
+
+
+# -------------------------------------------------------------------------- losses, schedules
+def test_anneal_schedule() -> None:
+    slopes = [anneal_slope(e) for e in range(22)]
+    assert slopes[0] == pytest.approx(0.95)
+    assert slopes[1] == pytest.approx(0.90)
+    assert slopes[10] == pytest.approx(0.45)
+    assert slopes[18] == pytest.approx(0.05)
+    assert slopes[19] == 0.0 and slopes[21] == 0.0
+    assert all(a >= b for a, b in zip(slopes, slopes[1:]))
+    spec = resolve_stage("anneal")
+    assert spec.epochs == 20 and slope_at(spec, 19) == 0.0 and slope_at(spec, 0) == pytest.approx(0.95)
+    assert slope_at(resolve_stage("linear"), 3) == 1.0 and slope_at(resolve_stage("finetune"), 0) == 0.0
+    fast = resolve_stage("anneal", {"slope_decrement": 0.25})
+    assert [slope_at(fast, e) for e in range(5)] == pytest.approx([0.95, 0.7, 0.45, 0.2, 0.0])
+    with pytest.raises(ValueError, match="epoch"):
+        anneal_slope(-1)
+
+
+def test_published_defaults() -> None:
+    compat = resolve_stage("compat")
+    assert (compat.optimizer, compat.lr, compat.momentum, compat.weight_decay, compat.epochs) == ("sgd", 0.1, 0.9, 1e-4, 300)
+    inverse = resolve_stage("inverse")
+    assert (inverse.optimizer, inverse.lr, inverse.clip, inverse.epochs, inverse.trainable) == \
+        ("adamw", 1e-4, 1e-3, 100, "recurrent")
+    for name, epochs in (("linear", 100), ("anneal", 20), ("finetune", 20)):
+        spec = resolve_stage(name)
+        assert (spec.optimizer, spec.lr, spec.clip, spec.epochs) == ("adamw", 1e-5, 1e-4, epochs)
+    assert resolve_stage("anneal").penalty == 1e-3 and resolve_stage("linear").spontaneous is False
+    # Rounds schedule: three rounds, lr / 10 each, linear warm-up over the first 100 iterations of each.
+    assert lr_at(compat, 0, 0, 10) == pytest.approx(0.1 / 100)
+    assert lr_at(compat, 0, 99, 10) == pytest.approx(0.1)
+    assert lr_at(compat, 100, 1000, 10) == pytest.approx(0.01 / 100)
+    assert lr_at(compat, 299, 2999, 10) == pytest.approx(0.001)
+    with pytest.raises(ValueError, match="valid ones"):
+        resolve_stage("linear", {"learning_rate": 1})
+    with pytest.raises(ValueError, match="expected one of"):
+        resolve_stage("warmup")
+    assert resolve_stages("all") == ("compat", "fold", "inverse", "linear", "anneal", "finetune")
+    assert resolve_stages("finetune") == ("finetune",)
+    with pytest.raises(ValueError, match="order"):
+        resolve_stages("linear,compat")
+
+
+def test_time_weighted_ce() -> None:
+    w = time_weights(30)
+    assert w.shape == (30,) and w[0] == pytest.approx(1e-3) and w[-1] == pytest.approx(1.0)
+    torch.manual_seed(0)
+    logits = torch.randn(30, 5, 4)
+    y = torch.randint(0, 4, (5,))
+    expected = torch.stack([torch.nn.functional.cross_entropy(logits[t], y) for t in range(30)])
+    assert time_weighted_ce(logits, y) == pytest.approx(float((w * expected).mean()), rel=1e-5)
+    soft = torch.nn.functional.one_hot(y, 4).float()
+    assert time_weighted_ce(logits, soft) == pytest.approx(float(time_weighted_ce(logits, y)), rel=1e-5)
+
+
+def test_spontaneous_penalty() -> None:
+    spont = (torch.zeros(1, 2, 3, 3), torch.ones(1, 4, 2, 2))
+    late = [(torch.full((5, 2, 3, 3), 2.0), torch.ones(5, 4, 2, 2)) for _ in range(10)]
+    # area 0 is 2 away (squared 4), area 1 sits on its spontaneous state: (10 * 4) / (10 * 2)
+    assert float(spontaneous_penalty(late, spont)) == pytest.approx(2.0)
+
+
+def test_inverse_loss_is_zero_at_the_fixed_point() -> None:
+    w = torch.zeros(3, 3, 3, 3)
+    b = torch.randn(3, 4, 4)
+    u = torch.randn(2, 3, 4, 4)
+    loss, mse = inverse_loss(w, b, u, b + u)
+    assert float(loss) == pytest.approx(0.0, abs=1e-12) and float(mse) == pytest.approx(0.0, abs=1e-12)
+    loss2, _ = inverse_loss(0.1 * torch.randn(3, 3, 3, 3), b, u, b + u)
+    assert float(loss2) > 0
+
+
+# ----------------------------------------------------------------------------------- pipeline
+def test_tiny_pipeline_every_stage_and_loss_falls(tmp_path: Path) -> None:
+    lines: list[dict] = []
+    opts = TrainOptions(**TINY, out=tmp_path, stages="all",
+                        epochs={"compat": 6, "inverse": 4, "linear": 4, "anneal": 3, "finetune": 2},
+                        lr={"compat": 0.05, "inverse": 1e-3, "linear": 1e-3, "anneal": 1e-4, "finetune": 1e-4},
+                        stage_overrides={"compat": {"warmup_iters": 2}})
+    summary = Trainer(opts, on_epoch=lines.append).run()
+    stages = [m["stage"] for m in lines]
+    assert stages == ["compat"] * 6 + ["fold"] + ["inverse"] * 4 + ["linear"] * 4 + ["anneal"] * 3 + ["finetune"] * 2
+    by_stage = {s: [m for m in lines if m["stage"] == s] for s in set(stages)}
+    for stage in ("compat", "inverse", "linear"):
+        losses = [m["train_loss"] for m in by_stage[stage]]
+        assert losses[-1] < losses[0], (stage, losses)
+    assert [m["slope"] for m in by_stage["anneal"]] == pytest.approx([0.95, 0.90, 0.85])
+    assert all(m["slope"] == 0.0 for m in by_stage["finetune"])
+    assert all("train_penalty" in m for m in by_stage["anneal"] + by_stage["finetune"])
+    assert "train_penalty" not in by_stage["linear"][0]
+    # Folding keeps the CNN's validation accuracy exactly (eval mode).
+    assert by_stage["fold"][0]["val_acc"] == by_stage["compat"][-1]["val_acc"]
+    assert set(summary["stages"]) == {"compat", "fold", "inverse", "linear", "anneal", "finetune"}
+    # One checkpoint per stage plus last/final; metrics as JSON lines; the final model loads.
+    for k, name in enumerate(("compat", "fold", "inverse", "linear", "anneal", "finetune")):
+        assert (tmp_path / f"{k}-{name}.safetensors").is_file()
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == len(lines)
+    model = load_checkpoint(tmp_path / "final.safetensors")
+    assert model.depth == 2 and model.update_slope == 0.0
+    meta = read_metadata(tmp_path / "last.safetensors")
+    state = json.loads(meta["train.state"])
+    assert state["stage"] == "finetune" and state["done"] is True
+
+
+def test_inverse_stage_reduces_its_loss(tmp_path: Path) -> None:
+    lines: list[dict] = []
+    opts = TrainOptions(**TINY, out=tmp_path, stages="compat,fold,inverse", epochs={"compat": 1, "inverse": 6},
+                        lr={"inverse": 1e-3}, stage_overrides={"inverse": {"eval_every": 0}})
+    Trainer(opts, on_epoch=lines.append).run()
+    inv = [m for m in lines if m["stage"] == "inverse"]
+    assert inv[-1]["train_loss"] < 0.8 * inv[0]["train_loss"]
+    assert inv[-1]["train_mse"] < inv[0]["train_mse"]
+    assert [m["val_acc"] is None for m in inv] == [True] * 5 + [False]  # eval_every=0: only at the end
+    # Only the recurrent weights moved: the feedforward weights equal the folded checkpoint's.
+    folded = load_checkpoint(tmp_path / "1-fold.safetensors").state_dict()
+    after = load_checkpoint(tmp_path / "2-inverse.safetensors").state_dict()
+    for key in folded:
+        same = torch.equal(folded[key], after[key])
+        assert same == (not key.startswith(("area_conv", "conv_bias"))), key
+
+
+# --------------------------------------------------------------------------------- resume
+class _Killed(Exception):
+    pass
+
+
+def _final_state(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path).state_dict()
+
+
+def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    epochs = {"compat": 3, "inverse": 2, "linear": 3, "anneal": 2, "finetune": 2}
+    lr = {"compat": 0.05, "inverse": 1e-3, "linear": 1e-3, "anneal": 1e-3, "finetune": 1e-3}
+    common = dict(TINY, epochs=epochs, lr=lr, stage_overrides={"compat": {"warmup_iters": 2}})
+    Trainer(TrainOptions(**common, out=tmp_path / "a")).run()
+
+    for stop in (("compat", 2), ("linear", 2), ("finetune", 2)):  # SGD+BN, AdamW, best-epoch selection
+        out = tmp_path / f"b-{stop[0]}"
+
+        def kill(m: dict, stop=stop) -> None:
+            if (m["stage"], m["epoch"]) == stop:  # before this epoch's checkpoint is written
+                raise _Killed
+
+        with pytest.raises(_Killed):
+            Trainer(TrainOptions(**common, out=out), on_epoch=kill).run()
+        state = json.loads(read_metadata(out / "last.safetensors")["train.state"])
+        assert (state["stage"], state["epoch"]) == (stop[0], stop[1] - 1)
+        Trainer(TrainOptions(**common, out=out)).run(resume=True)
+        a, b = _final_state(tmp_path / "a" / "final.safetensors"), _final_state(out / "final.safetensors")
+        for key in a:
+            assert torch.allclose(a[key], b[key], atol=1e-6, rtol=0), (stop, key, (a[key] - b[key]).abs().max())
+    with pytest.raises(FileNotFoundError, match="resume"):
+        Trainer(TrainOptions(**common, out=tmp_path / "none")).run(resume=True)
+
+
+def test_interrupted_checkpoint_write_keeps_last_good(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import safetensors.torch
+
+    opts = TrainOptions(**TINY, out=tmp_path, stages="compat", epochs=2, stage_overrides={"compat": {"warmup_iters": 1}})
+    real_save = safetensors.torch.save_file
+    calls = {"n": 0}
+
+    def flaky_save(tensors, filename, metadata=None):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second epoch's write dies half-way
+            Path(filename).write_bytes(b"\x00" * 100)
+            raise KeyboardInterrupt
+        real_save(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", flaky_save)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(opts).run()
+    last = tmp_path / "last.safetensors"
+    state = json.loads(read_metadata(last)["train.state"])
+    assert state["epoch"] == 1 and state["stage"] == "compat"
+    load_checkpoint(last)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+# -------------------------------------------------------------------------------- distributed
+@pytest.mark.distributed
+def test_ddp_two_processes_match_single_process(tmp_path: Path) -> None:
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent("""
+        import json, os, sys
+        import torch
+        from cordsnet.train import TrainOptions, Trainer
+        opts = TrainOptions(**json.loads(sys.argv[1]))
+        trainer = Trainer(opts)
+        trainer.run()
+        rank = int(os.environ.get("RANK", "0"))
+        torch.save(trainer.model.state_dict(), sys.argv[2] + f".rank{rank}.pt")
+    """))
+    common = dict(TINY, stages="linear,finetune", epochs={"linear": 2, "finetune": 2},
+                  lr={"linear": 1e-3, "finetune": 1e-3}, dataset_kwargs={"fake_size": 16, "in_channels": 3},
+                  device="cpu")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    ddp = dict(common, out=str(tmp_path / "ddp"))
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                    str(script), json.dumps(ddp), str(tmp_path / "ddp")], check=True, env=env, timeout=300,
+                   capture_output=True)
+    single = dict(common, out=str(tmp_path / "single"))
+    subprocess.run([sys.executable, str(script), json.dumps(single), str(tmp_path / "single")], check=True,
+                   env=env, timeout=300, capture_output=True)
+    r0 = torch.load(tmp_path / "ddp.rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "ddp.rank1.pt", weights_only=True)
+    one = torch.load(tmp_path / "single.rank0.pt", weights_only=True)
+    for key in r0:
+        assert torch.equal(r0[key], r1[key]), key
+        assert torch.allclose(r0[key], one[key], atol=1e-5, rtol=1e-4), (key, (r0[key] - one[key]).abs().max())
+    # Rank 0 alone wrote checkpoints and metrics.
+    assert (tmp_path / "ddp" / "final.safetensors").is_file()
+    assert len((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def test_cli_train_prints_json_lines(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cordsnet.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--dataset", "fake", "--depth", "2", "--image-size", "32",
+                                      "--stage", "compat,fold", "--epochs", "compat=2", "--batch-size", "8",
+                                      "--lr", "compat=0.01", "--out", str(tmp_path), "--no-augment",
+                                      "--set", "compat.warmup_iters=1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert [m.get("stage") for m in lines[:3]] == ["compat", "compat", "fold"]
+    assert "summary" in lines[-1]
+    bad = CliRunner().invoke(app, ["train", "--dataset", "nope", "--out", str(tmp_path)])
+    assert bad.exit_code == 1
