@@ -3,8 +3,8 @@
 Protocol: CordsNet-R{depth} at {size} px, batch 1, the published protocol (100 spontaneous + 100
 stimulus steps by default). Three timings, all in one process:
 
-1. ``published``: the forward pass as the published code computes it, re-stated below in plain
-   PyTorch (eval, no grad): the weight-normalised weights are re-derived from (g, v) at every use,
+1. ``published``: the forward pass as the published code computes it, re-stated in
+   ``benchmarks/published_forward.py`` (eval, no grad): the weight-normalised weights are re-derived from (g, v) at every use,
    the drive ``avgpool(inp_conv(x))`` is recomputed for every area at every step, and the
    spontaneous phase is simulated on every call.
 2. ``session``: the exported ``unrolled`` graph under :class:`cordsnet.runtime.Session` (spontaneous
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,66 +32,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-import torch.nn.functional as F
 
-from cordsnet.config import AREA_STRIDES, CordsNetConfig
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from published_forward import published_forward  # noqa: E402  (the baseline shared with bench_model.py)
+
+from cordsnet.config import CordsNetConfig
 from cordsnet.export import export
 from cordsnet.model import CordsNet
 from cordsnet.runtime import Session, StepSession
-
-
-# ------------------------------------------------------------------ the published forward, re-stated
-def _wn(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Weight norm, dim 0: g * v / ||v|| (norm over every dim but the first), derived on every call."""
-    return g * v / v.flatten(1).norm(dim=1).reshape(-1, *([1] * (v.dim() - 1)))
-
-
-class PublishedForward:
-    """The published inference, written the way its code computes it (for timing, not for use)."""
-
-    def __init__(self, model: CordsNet) -> None:
-        sd = {k: t.detach().clone() for k, t in model.state_dict().items()}
-        self.sd = sd
-        self.depth = model.depth
-        self.alpha = model.config.alpha
-
-    def p(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        prefix = f"{name}.parametrizations.weight"
-        return self.sd[f"{prefix}.original0"], self.sd[f"{prefix}.original1"]
-
-    def drive(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(F.conv2d(x, _wn(*self.p("inp_conv")), stride=2, padding=3), 3, 2, 1,
-                            count_include_pad=True)
-
-    def step(self, rs: list[torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
-        new = list(rs)
-        for i in reversed(range(self.depth)):  # deepest area first, reading the previous step's rates
-            u = self.drive(x)  # recomputed for every area at every step
-            if i == 0:
-                h = u
-            elif i == 1:
-                h = torch.relu(rs[0]) + F.conv2d(u, _wn(*self.p("inp_skip")), padding=1)
-            elif i % 2 == 0:
-                h = torch.relu(rs[i - 1]) + torch.relu(rs[i - 2])
-            else:
-                h = torch.relu(rs[i - 1]) + F.conv2d(torch.relu(rs[i - 2]), _wn(*self.p(f"skip_area.{(i - 3) // 2}")),
-                                                     stride=2)
-            pre = (F.conv2d(rs[i], _wn(*self.p(f"area_conv.{i}")), padding=1) + self.sd[f"conv_bias.{i}"]
-                   + F.conv2d(h, _wn(*self.p(f"area_area.{i}")), stride=AREA_STRIDES[i], padding=1))
-            new[i] = (1 - self.alpha) * rs[i] + self.alpha * torch.relu(pre)
-        return new
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor, steps: int, spontaneous_steps: int) -> torch.Tensor:
-        b = x.shape[0]
-        rs = [torch.zeros(b, *self.sd[f"conv_bias.{i}"].shape) for i in range(self.depth)]
-        blank = torch.zeros_like(x)
-        for _ in range(spontaneous_steps):  # simulated on every call
-            rs = self.step(rs, blank)
-        for _ in range(steps):
-            rs = self.step(rs, x)
-        pooled = (torch.relu(rs[-1]) + torch.relu(rs[-2])).mean(dim=(2, 3))
-        return F.linear(pooled, _wn(*self.p("out_fc")), self.sd["out_fc.bias"])
 
 
 # ----------------------------------------------------------------------------------- timing
@@ -132,12 +81,12 @@ def main() -> None:
         t_load = time.perf_counter() - t0
         steps_session = StepSession(drive, providers="cpu", session_options=options)
 
-        published = PublishedForward(model)
         ref = model.run(x).detach().numpy()
         got = session.run(xn)
         parity = {"session_vs_model": float(np.abs(got - ref).max())}
         if not args.skip_published:
-            naive_out = published(x, args.steps, args.spontaneous).numpy()
+            with torch.no_grad():
+                naive_out = published_forward(model, x, args.steps, args.spontaneous).numpy()
             parity["published_vs_model"] = float(np.abs(naive_out - ref).max())
 
         # Interleaved rounds (the first is warm-up), so that a change in machine load hits all three alike.
@@ -145,7 +94,8 @@ def main() -> None:
         for rnd in range(args.repeats + 1):
             t0 = time.perf_counter()
             if not args.skip_published:
-                published(x, args.steps, args.spontaneous)
+                with torch.no_grad():
+                    published_forward(model, x, args.steps, args.spontaneous)
             t1 = time.perf_counter()
             session.run(xn)
             t2 = time.perf_counter()

@@ -11,9 +11,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from cordsnet.model import CordsNet
 
-def published_forward(model, images: Tensor, steps: int = 100, spontaneous_steps: int = 100,
+
+def published_forward(model: CordsNet, images: Tensor, steps: int = 100, spontaneous_steps: int = 100,
                       alpha: float = 0.2) -> Tensor:
+    """Logits (B, K) of the published protocol for images (B, C, S, S), computed the published way."""
     depth = model.config.depth
     batch = images.shape[0]
     rs = [torch.zeros(batch, *shape) for shape in model.config.state_shapes]

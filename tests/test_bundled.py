@@ -53,8 +53,10 @@ def test_bundled_model_heldout_accuracy(bundled) -> None:
 
 
 def test_bundled_model_onnx_agrees(bundled, tmp_path: Path) -> None:
-    export_api = pytest.importorskip("cordsnet.export", reason="cordsnet.export (the Export issue) is not installed yet")
-    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    import cordsnet.export as export_api
+
     model, _ = bundled
     out = tmp_path / "digits.onnx"
     export_api.export(model, out, format="onnx", steps=100, verify=False)
