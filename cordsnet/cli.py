@@ -95,7 +95,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Describe a checkpoint (architecture, parameters, spontaneous state) or an exported model."""
-    if path is not None and path.suffix.lower() in ARTIFACT_SUFFIXES:
+    if path is not None and _is_artifact(path):
         from .export import describe_artifact
 
         data = describe_artifact(path)
@@ -111,6 +111,22 @@ def info(
 
 
 ARTIFACT_SUFFIXES = (".onnx", ".pt", ".pt2", ".ts")
+
+
+def _is_artifact(path: Path) -> bool:
+    """An exported model rather than a checkpoint: .onnx/.pt2, or a .pt/.ts zip carrying cordsnet.json.
+
+    (A checkpoint saved with ``torch.save`` may also be called ``.pt``.)
+    """
+    import zipfile
+
+    suffix = path.suffix.lower()
+    if suffix in (".onnx", ".pt2"):
+        return True
+    if suffix in ARTIFACT_SUFFIXES and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("extra/cordsnet.json") for name in archive.namelist())
+    return False
 
 
 def _print_info(data: dict[str, Any]) -> None:
@@ -331,16 +347,21 @@ def verify(
     if rtol is not None:
         kwargs["rtol"] = rtol
     torch_model = _load_model(checkpoint)
-    providers = None
-    if model.suffix.lower() == ".onnx":
-        from .runtime.providers import resolve_providers
+    if model.suffix.lower() != ".onnx" and provider not in ("auto", "cpu"):
+        raise ValueError(f"provider: {provider!r} applies to ONNX models only; {model.name} runs with PyTorch "
+                         "on the CPU (use --provider auto or cpu)")
+    from .checkpoint import state_dict_sha256
+    from .export import read_metadata
 
-        plan = resolve_providers(provider)  # raises, saying why, when a GPU provider cannot be used
-        if plan.fallback_reason is not None:
-            typer.echo(f"warning: providers='auto': verifying on the CPU because {plan.fallback_reason}", err=True)
-        providers = list(plan.request)
-    # verify_artifact checks that the session really runs on the requested provider.
-    report = verify_artifact(model, torch_model, providers=providers, **kwargs)
+    stored = read_metadata(model).get("cordsnet.state_dict_sha256", "")
+    if stored and stored != state_dict_sha256(torch_model.state_dict()):
+        source = checkpoint if checkpoint is not None else "the bundled model"
+        raise ValueError(f"checkpoint: {model.name} was exported from other weights than {source} "
+                         f"(state-dict sha256 {stored[:12]}... in its metadata); pass --checkpoint with its source")
+    # verify_artifact applies the runtime's provider rules: a GPU provider that cannot run is an error,
+    # "auto" falls back to the CPU with one warning, and the session's real providers are checked.
+    report = verify_artifact(model, torch_model, providers=provider if model.suffix.lower() == ".onnx" else None,
+                             **kwargs)
     data = report.to_dict() if hasattr(report, "to_dict") else report
     data = data if isinstance(data, dict) else {"report": str(data)}
     if as_json:

@@ -158,7 +158,7 @@ def test_weight_norm_not_rederived_per_step(monkeypatch):
         first = calls["n"]
         model.run(x, steps=20, spontaneous_steps=20)
     n_weight_normed = 1 + 1 + 4 + 4 + 1 + 1  # inp_conv, inp_skip, area_conv, area_area, skip_area, out_fc
-    assert first <= n_weight_normed  # once per layer, not per step
+    assert first == n_weight_normed  # derived through the parametrization, once per layer, not per step
     assert calls["n"] == first  # and not again while the weights are unchanged
 
 

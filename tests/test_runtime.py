@@ -23,7 +23,7 @@ from cordsnet.config import PRESETS, CordsNetConfig, get_preset
 from cordsnet.export import export
 from cordsnet.runtime import Preprocessor, ProviderError, Session, StepSession, load_image, resolve_providers
 from cordsnet.runtime import providers as providers_mod
-from tests.conftest import make_published_state_dict
+from conftest import make_published_state_dict
 
 STEPS, SPONT, SIZE = 4, 3, 32
 REPO = Path(__file__).resolve().parents[1]
@@ -556,3 +556,20 @@ def test_cli_verify(model, graphs, tmp_path):
     save_checkpoint(_model(seed=5), other)
     res = _cli("verify", graphs["unrolled"], "--checkpoint", other, "--provider", "cpu")
     assert res.exit_code == 1 and res.output.startswith("Error: ")
+
+
+def test_stepwise_drive_with_another_suffix_finds_its_encode_graph(model, tmp_path):
+    path = export_graph(model, tmp_path / "r2-drive.bin", graph="stepwise-drive")
+    assert (tmp_path / "r2-drive.encode.bin").exists()
+    session = StepSession(path, providers="cpu")
+    x = _x()
+    session.reset(2)
+    for _ in range(3):
+        logits = session.step(x)
+    state = model.spontaneous_state(2)
+    terms = model.drive_terms(model.drive(torch.from_numpy(x)))
+    with torch.no_grad():
+        for _ in range(3):
+            state = model.step(state, terms)
+        expected = model.readout(state).numpy()
+    np.testing.assert_allclose(logits, expected, atol=1e-4)

@@ -328,3 +328,20 @@ def test_cli_train_prints_json_lines(tmp_path: Path) -> None:
     assert "summary" in lines[-1]
     bad = CliRunner().invoke(app, ["train", "--dataset", "nope", "--out", str(tmp_path)])
     assert bad.exit_code == 1
+
+
+@pytest.mark.parametrize("device, match", [("gpu", "expected 'cpu', 'cuda' or 'cuda:N'"),
+                                           ("cuda", "no CUDA device is available")])
+def test_cli_train_bad_device_is_one_line(tmp_path: Path, device: str, match: str) -> None:
+    from typer.testing import CliRunner
+
+    from cordsnet.cli import app
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    result = CliRunner().invoke(app, ["train", "--dataset", "fake", "--depth", "2", "--image-size", "32",
+                                      "--stage", "compat", "--epochs", "1", "--device", device,
+                                      "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: device:") and match in result.output
+    assert "Traceback" not in result.output and result.output.count("\n") == 1

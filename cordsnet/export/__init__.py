@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .metadata import decode_spontaneous_state, describe_artifact, parse_metadata, read_metadata
+from .metadata import decode_spontaneous_state, describe_artifact, encode_path, parse_metadata, read_metadata
 
 _LAZY = {
     "export": "cordsnet.export.api",
@@ -22,13 +22,13 @@ _LAZY = {
     "DTYPES": "cordsnet.export.api",
     "EXPORTERS": "cordsnet.export.api",
     "io_names": "cordsnet.export.api",
-    "encode_path": "cordsnet.export.api",
     "verify_artifact": "cordsnet.export.verify",
     "VerificationError": "cordsnet.export.verify",
     "VerificationReport": "cordsnet.export.verify",
 }
 
-__all__ = ["decode_spontaneous_state", "describe_artifact", "parse_metadata", "read_metadata", *_LAZY]
+__all__ = ["decode_spontaneous_state", "describe_artifact", "encode_path", "parse_metadata", "read_metadata",
+           *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

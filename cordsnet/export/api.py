@@ -21,7 +21,7 @@ import torch
 
 from .. import __version__
 from ..model import CordsNet, READOUTS
-from .metadata import FORMAT_VERSION, encode_spontaneous_state
+from .metadata import FORMAT_VERSION, encode_path, encode_spontaneous_state
 
 __all__ = [
     "DEFAULT_EXPORTER",
@@ -106,12 +106,6 @@ def io_names(graph: str, depth: int, readout: str = "last", record: Sequence[int
         "stepwise-drive": (["skip", "ff0", *states], ["logits", *nexts]),
     }
     return table[graph]
-
-
-def encode_path(path: str | os.PathLike) -> Path:
-    """Where the encode graph of a stepwise-drive export lives: ``<stem>.encode<suffix>``."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.encode{path.suffix}")
 
 
 @dataclass
@@ -207,7 +201,6 @@ def build_metadata(model: CordsNet, spec: ExportSpec, *, checkpoint_sha256: str 
         spont = [r.detach().to("cpu", spec.torch_dtype).numpy() for r in
                  model._spontaneous(spec.spontaneous_steps, spec.alpha)]
     preset = model.config.preset
-    sha = checkpoint_sha256 if checkpoint_sha256 is not None else state_dict_sha256(model.state_dict())
     return {
         "cordsnet.format_version": FORMAT_VERSION,
         "cordsnet.graph": spec.graph,
@@ -221,7 +214,8 @@ def build_metadata(model: CordsNet, spec: ExportSpec, *, checkpoint_sha256: str 
         "cordsnet.batch": "dynamic" if spec.batch is None else str(spec.batch),
         "cordsnet.preset": json.dumps(preset.to_dict()) if preset is not None else "null",
         "cordsnet.version": __version__,
-        "cordsnet.checkpoint_sha256": sha,
+        "cordsnet.checkpoint_sha256": checkpoint_sha256 or "",
+        "cordsnet.state_dict_sha256": state_dict_sha256(model.state_dict()),
         "cordsnet.spontaneous_state": encode_spontaneous_state(spont),
         "cordsnet.inputs": json.dumps(list(inputs)),
         "cordsnet.outputs": json.dumps(list(outputs)),
@@ -255,7 +249,8 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
         dtype: "float32" or "float16" (weights and floating-point I/O).
         verify: run the written graph against the PyTorch model before keeping it (default True).
         atol, rtol: float32 tolerances of the verification.
-        checkpoint_sha256: sha256 of the source checkpoint file; default: a hash of the state dict.
+        checkpoint_sha256: sha256 of the source checkpoint file ("" when not given); the hash of
+            the state dict is always stored too, as ``cordsnet.state_dict_sha256``.
         exporter: ONNX exporter, "legacy" (TorchScript-based, default: the faster graph) or "dynamo".
         progress: called with a short phase description as the export proceeds.
 

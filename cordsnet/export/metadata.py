@@ -55,6 +55,9 @@ KEYS: tuple[str, ...] = (
     "cordsnet.inputs",
     "cordsnet.outputs",
     "cordsnet.exporter",
+    # sha256 over the state dict's names, shapes, dtypes and bytes: identifies the weights whether or
+    # not they came from a file (checkpoint_sha256 is the file's hash, "" for an in-memory model).
+    "cordsnet.state_dict_sha256",
 )
 
 # Suffix -> artifact format name.
@@ -195,6 +198,7 @@ def parse_metadata(meta: Mapping[str, str]) -> dict[str, Any]:
             "inputs": json.loads(get("inputs", "null")),
             "outputs": json.loads(get("outputs", "null")),
             "exporter": get("exporter", ""),
+            "state_dict_sha256": get("state_dict_sha256", ""),
         }
     except (ValueError, json.JSONDecodeError) as exc:
         raise ValueError(f"metadata: malformed cordsnet metadata ({exc})") from None
@@ -237,3 +241,9 @@ def _value_info(v: Any) -> dict[str, Any]:
     dims = [d.dim_param if d.HasField("dim_param") else (int(d.dim_value) if d.HasField("dim_value") else "?")
             for d in t.shape.dim]
     return {"name": v.name, "type": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, "shape": dims}
+
+
+def encode_path(path: str | os.PathLike) -> Path:
+    """Where the encode graph of a stepwise-drive export lives: ``<stem>.encode<suffix>`` beside it."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.encode{path.suffix}")

@@ -181,7 +181,7 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
     Returns:
         A :class:`VerificationReport` (max abs/rel differences, top-1 agreement, per-output checks).
     """
-    from .api import encode_path
+    from .metadata import encode_path
 
     t0 = time.perf_counter()
     path = Path(path)

@@ -11,7 +11,6 @@ application needs nothing but the ``.onnx`` file, numpy, Pillow and onnxruntime.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import warnings
@@ -24,6 +23,8 @@ import onnxruntime as ort
 from PIL import Image
 
 from ..config import CordsNetConfig
+from ..export.metadata import decode_spontaneous_state
+from ..export.metadata import encode_path as export_encode_path
 from .preprocess import Preprocessor
 from .providers import (
     CUDA,
@@ -147,26 +148,14 @@ class ArtifactInfo:
                 return [np.zeros(s, np.float32) for s in shapes]
             raise ValueError("model: the metadata lacks 'cordsnet.spontaneous_state' (needed to start "
                              f"from the state after {self.spontaneous_steps} spontaneous steps)")
-        try:
-            entries = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"model: malformed 'cordsnet.spontaneous_state' ({exc})") from None
-        if not isinstance(entries, list) or len(entries) != len(shapes):
-            raise ValueError(f"model: 'cordsnet.spontaneous_state' must list {len(shapes)} areas, got "
-                             f"{len(entries) if isinstance(entries, list) else type(entries).__name__}")
-        out = []
-        for i, (entry, shape) in enumerate(zip(entries, shapes)):
-            try:
-                dtype = np.dtype(entry["dtype"]).newbyteorder("<")
-                arr = np.frombuffer(base64.b64decode(entry["data"]), dtype=dtype)
-                arr = arr.reshape(entry["shape"]).astype(np.float32)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"model: 'cordsnet.spontaneous_state' area {i} cannot be decoded ({exc})") from None
+        states = decode_spontaneous_state(text)
+        if len(states) != len(shapes):
+            raise ValueError(f"model: 'cordsnet.spontaneous_state' must list {len(shapes)} areas, got {len(states)}")
+        for i, (arr, shape) in enumerate(zip(states, shapes)):
             if arr.shape != shape:
                 raise ValueError(f"model: 'cordsnet.spontaneous_state' area {i} has shape {arr.shape}, "
                                  f"expected {shape}")
-            out.append(arr)
-        return out
+        return [arr.astype(np.float32) for arr in states]
 
 
 def read_artifact_info(path: str | os.PathLike) -> ArtifactInfo:
@@ -541,8 +530,7 @@ class StepSession(_Base):
         self._state_dtype = _dtype_of(self._inputs["state_0"])
         self._encode: ort.InferenceSession | None = None
         if drive:
-            encode_path = self.path.with_name(self.path.name[: -len(self.path.suffix)] + ".encode.onnx") \
-                if self.path.suffix else self.path.with_name(self.path.name + ".encode.onnx")
+            encode_path = export_encode_path(self.path)  # the exporter's naming rule
             if not encode_path.exists():
                 raise FileNotFoundError(f"model: a 'stepwise-drive' graph needs its encode graph beside it, "
                                         f"{str(encode_path)!r} does not exist")

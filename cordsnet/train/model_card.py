@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._io import atomic_path
 from ..checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, read_extra_tensors, read_metadata, save_checkpoint
 from ..data import digits_split, digits_to_tensor
 from ..model import CordsNet
@@ -96,7 +97,8 @@ def _plot(curve: Tensor, png: Path, title: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(png)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format=Path(png).suffix.lstrip(".") or "png")
     plt.close(fig)
 
 
@@ -167,7 +169,8 @@ def main() -> None:
     facts = build_card(args.runs, png=args.png, bundle=args.bundle, reproduce=args.reproduce)
     text = json.dumps(facts, indent=2)
     if args.json:
-        args.json.write_text(text)
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(text)
     print(text)
 
 

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from .._io import atomic_path
 from ..checkpoint import load_checkpoint, read_extra_tensors, read_metadata, save_checkpoint
 from ..config import CordsNetConfig, get_preset
 from ..data import batch_augment, build_dataset, get_dataset_spec
@@ -336,7 +337,13 @@ class Trainer:
 
     def _pick_device(self) -> torch.device:
         if self.opts.device is not None:
-            return torch.device(self.opts.device)
+            try:
+                device = torch.device(self.opts.device)
+            except (RuntimeError, TypeError):
+                raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {self.opts.device!r}") from None
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"device: {self.opts.device!r} requested but no CUDA device is available here")
+            return device
         if torch.cuda.is_available():
             return torch.device("cuda", self.local_rank if self.world > 1 else 0)
         return torch.device("cpu")
@@ -610,6 +617,9 @@ class Trainer:
         self._load_weights(path)
         extra = read_extra_tensors(path)
         self.history = json.loads(meta.get("train.metrics", "[]"))
+        if self.rank == 0:  # metrics.jsonl = the checkpoint's history (drops lines of an epoch that never saved)
+            with atomic_path(self.out / METRICS) as tmp:
+                tmp.write_text("".join(json.dumps(m) + "\n" for m in self.history), encoding="utf-8")
         self.stage_summary = state.get("summary", {})
         self.iteration = int(state["scheduler"]["iteration"])
         self.model.update_slope = float(state["update_slope"])
