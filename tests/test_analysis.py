@@ -433,3 +433,12 @@ def test_cli_record_and_reaction_time(cli_files, tmp_path):
     assert res.exit_code == 0 and "reaction times" in res.output
     res = runner.invoke(app, ["record", str(ckpt), "--areas", "0", "--out", str(out)])
     assert res.exit_code == 1 and "IMAGES" in res.output
+
+
+def test_protocol_text_refuses_a_bad_frozen_flag():
+    from cordsnet.analysis.protocols import parse_protocol
+
+    assert parse_protocol("stimulus:5:noise=0.1:frozen=yes")[0]["frozen"] is True
+    assert parse_protocol("stimulus:5:noise=0.1:frozen=0")[0]["frozen"] is False
+    with pytest.raises(ValueError, match="frozen expects one of"):
+        parse_protocol("stimulus:5:frozen=maybe")

@@ -210,7 +210,11 @@ def parse_protocol(text: str) -> list[dict[str, Any]]:
             key = key.strip()
             value = value.strip()
             if key == "frozen":
-                spec[key] = value.lower() in ("1", "true", "yes")
+                flags = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+                if value.lower() not in flags:
+                    raise ValueError(f"protocol: segment {part.strip()!r}: frozen expects one of "
+                                     f"{sorted(flags)}, got {value!r}")
+                spec[key] = flags[value.lower()]
             elif key == "image":
                 spec[key] = value
             else:
