@@ -41,35 +41,12 @@ def _export(module: torch.nn.Module, args: tuple, spec: Any) -> torch.export.Exp
         return torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
 
 
-def _examples(model: CordsNet, spec: Any) -> dict[str, torch.Tensor]:
-    from .onnx import _examples as examples
-
-    return examples(model, spec)
-
-
-def _unrolled(model: CordsNet, spec: Any) -> torch.export.ExportedProgram:
-    w = W.Unrolled(model, steps=spec.steps, readout=spec.readout, record=spec.record, **spec.wrapper_kwargs())
-    return _export(w, (_examples(model, spec)["image"],), spec)
-
-
-def _stepwise(model: CordsNet, spec: Any) -> torch.export.ExportedProgram:
-    ex = _examples(model, spec)
-    return _export(W.Stepwise(model, **spec.wrapper_kwargs()),
-                   (ex["image"], *[ex[f"state_{i}"] for i in range(model.depth)]), spec)
-
-
-def _stepwise_drive(model: CordsNet, spec: Any) -> torch.export.ExportedProgram:
-    ex = _examples(model, spec)
-    return _export(W.StepwiseDrive(model, **spec.wrapper_kwargs()),
-                   (ex["skip"], ex["ff0"], *[ex[f"state_{i}"] for i in range(model.depth)]), spec)
-
-
 def _loop(model: CordsNet, spec: Any) -> torch.export.ExportedProgram:
     if spec.readout != "last" or spec.record:
         raise ValueError("readout/record: the exported-program loop graph supports readout='last' without "
                          "recorded areas; use graph 'unrolled' for per-step outputs")
     w = W.WhileLoop(model, **spec.wrapper_kwargs())
-    args = (_examples(model, spec)["image"], torch.tensor(spec.steps, dtype=torch.int64))
+    args = (W.example_inputs(model, spec)["image"], torch.tensor(spec.steps, dtype=torch.int64))
     module_dynamic = None
     if spec.batch is None:
         module_dynamic = ({0: torch.export.Dim("batch", min=1, max=65536)}, None)
@@ -79,32 +56,20 @@ def _loop(model: CordsNet, spec: Any) -> torch.export.ExportedProgram:
         return torch.export.export(w, args, dynamic_shapes=module_dynamic, strict=False)
 
 
-_BUILDERS: dict[str, Callable[[CordsNet, Any], torch.export.ExportedProgram]] = {
-    "unrolled": _unrolled,
-    "loop": _loop,
-    "stepwise": _stepwise,
-    "stepwise-drive": _stepwise_drive,
-}
-
-
 def build(model: CordsNet, spec: Any) -> list[torch.export.ExportedProgram]:
     """The ExportedProgram(s): [graph] or, for stepwise-drive, [step graph, encode graph]."""
-    progs = [_BUILDERS[spec.graph](model, spec)]
-    if spec.graph == "stepwise-drive":
-        progs.append(_export(W.Encode(model, **spec.wrapper_kwargs()), (_examples(model, spec)["image"],), spec))
-    return progs
+    if spec.graph == "loop":
+        return [_loop(model, spec)]
+    return [_export(module, args, spec) for module, args in W.traced_graphs(model, spec)]
 
 
 def write(model: CordsNet, spec: Any, meta: dict[str, str], paths: Sequence[Path],
           progress: Callable[[str], None] | None = None) -> None:
     """Export and save the program(s) of `spec` to `paths` with the metadata as an extra file."""
-    from .metadata import EXTRA_FILE
+    from .metadata import EXTRA_FILE, encode_metadata
 
-    for prog, path, role in zip(build(model, spec), paths, ["graph", "encode"]):
-        m = dict(meta)
-        if role == "encode":
-            m["cordsnet.inputs"], m["cordsnet.outputs"] = '["image"]', '["skip", "ff0"]'
-            m["cordsnet.graph"] = "encode"
+    for k, (prog, path) in enumerate(zip(build(model, spec), paths)):
+        m = dict(meta) if k == 0 else encode_metadata(meta)
         torch.export.save(prog, str(path), extra_files={EXTRA_FILE: json.dumps(m)})
 
 

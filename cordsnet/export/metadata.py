@@ -247,3 +247,11 @@ def encode_path(path: str | os.PathLike) -> Path:
     """Where the encode graph of a stepwise-drive export lives: ``<stem>.encode<suffix>`` beside it."""
     path = Path(path)
     return path.with_name(f"{path.stem}.encode{path.suffix}")
+
+
+def encode_metadata(meta: Mapping[str, str]) -> dict[str, str]:
+    """The metadata of a stepwise-drive export's encode graph: the step graph's, with its own I/O and kind."""
+    out = dict(meta)
+    out["cordsnet.inputs"], out["cordsnet.outputs"] = '["image"]', '["skip", "ff0"]'
+    out["cordsnet.graph"] = "encode"
+    return out

@@ -30,6 +30,7 @@ from onnx import TensorProto, helper
 
 from ..model import CordsNet
 from . import wrappers as W
+from .metadata import encode_metadata
 
 __all__ = ["DEFAULT_OPSET", "IR_VERSION", "MAX_OPSET", "MIN_OPSET", "EXTERNAL_DATA_THRESHOLD",
            "export_piece", "staged", "write"]
@@ -110,40 +111,29 @@ def _export_dynamo(wrapper: torch.nn.Module, args: tuple, input_names: Sequence[
 
 
 # ------------------------------------------------------------------------------------ graphs
-def _examples(model: CordsNet, spec: Any) -> dict[str, torch.Tensor]:
-    b, dt = spec.trace_batch, spec.torch_dtype
-    c = model.config
-    gen = torch.Generator().manual_seed(0)
-    ex = {"image": torch.randn(b, *c.input_shape, generator=gen).to(dt),
-          "skip": torch.randn(b, *c.drive_shape, generator=gen).to(dt),
-          "ff0": torch.randn(b, *c.drive_shape, generator=gen).to(dt)}
-    spont = model._spontaneous(spec.spontaneous_steps, spec.alpha)
-    for i, r in enumerate(spont):
-        ex[f"state_{i}"] = r.expand(b, *r.shape[1:]).to(dt).clone()
-    return ex
 
 
 def _unrolled(model: CordsNet, spec: Any, ins: list[str], outs: list[str]) -> onnx.ModelProto:
     w = W.Unrolled(model, steps=spec.steps, readout=spec.readout, record=spec.record, **spec.wrapper_kwargs())
-    ex = _examples(model, spec)
+    ex = W.example_inputs(model, spec)
     time_major = [o for o in outs if o.startswith("rates_")] + (["logits"] if spec.readout == "all" else [])
     return export_piece(w, (ex["image"],), ins, outs, spec, time_major=time_major)
 
 
 def _stepwise(model: CordsNet, spec: Any, ins: list[str], outs: list[str]) -> onnx.ModelProto:
-    ex = _examples(model, spec)
+    ex = W.example_inputs(model, spec)
     return export_piece(W.Stepwise(model, **spec.wrapper_kwargs()), tuple(ex[n] for n in ins), ins, outs, spec)
 
 
 def _stepwise_drive(model: CordsNet, spec: Any, ins: list[str], outs: list[str]) -> onnx.ModelProto:
-    ex = _examples(model, spec)
+    ex = W.example_inputs(model, spec)
     return export_piece(W.StepwiseDrive(model, **spec.wrapper_kwargs()), tuple(ex[n] for n in ins), ins, outs,
                         spec)
 
 
 def encode_graph(model: CordsNet, spec: Any) -> onnx.ModelProto:
     """The encode graph of a stepwise-drive export: image -> skip, ff0."""
-    ex = _examples(model, spec)
+    ex = W.example_inputs(model, spec)
     return export_piece(W.Encode(model, **spec.wrapper_kwargs()), (ex["image"],), ["image"], ["skip", "ff0"], spec)
 
 
@@ -155,7 +145,7 @@ def _pieces(model: CordsNet, spec: Any) -> tuple[onnx.ModelProto, onnx.ModelProt
     """
     depth = model.depth
     kw = spec.wrapper_kwargs()
-    ex = _examples(model, spec)
+    ex = W.example_inputs(model, spec)
     states = [f"state_{i}" for i in range(depth)]
     readout_all = spec.readout == "all"
     pro = export_piece(W.Prologue(model, **kw), (ex["image"],), ["image"],
@@ -389,10 +379,7 @@ def write(model: CordsNet, spec: Any, meta: dict[str, str], paths: Sequence[Path
     say = progress or (lambda _m: None)
     protos = build(model, spec)
     for proto, path, role in zip(protos, paths, ["graph", "encode"]):
-        m = dict(meta)
-        if role == "encode":
-            m["cordsnet.inputs"], m["cordsnet.outputs"] = '["image"]', '["skip", "ff0"]'
-            m["cordsnet.graph"] = "encode"
+        m = dict(meta) if role == "graph" else encode_metadata(meta)
         helper.set_model_props(proto, m)
         proto.producer_name, proto.producer_version = "cordsnet", meta["cordsnet.version"]
         say(f"checking the {role} (onnx.checker, full check)")

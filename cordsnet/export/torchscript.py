@@ -41,32 +41,9 @@ def _trace(module: torch.nn.Module, args: tuple) -> torch.jit.ScriptModule:
         return torch.jit.trace(module, args, check_trace=False, strict=False)
 
 
-def _examples(model: CordsNet, spec: Any) -> dict[str, torch.Tensor]:
-    from .onnx import _examples as examples
-
-    return examples(model, spec)
-
-
-def _unrolled(model: CordsNet, spec: Any) -> torch.jit.ScriptModule:
-    w = W.Unrolled(model, steps=spec.steps, readout=spec.readout, record=spec.record, **spec.wrapper_kwargs())
-    return _trace(w, (_examples(model, spec)["image"],))
-
-
-def _stepwise(model: CordsNet, spec: Any) -> torch.jit.ScriptModule:
-    ex = _examples(model, spec)
-    return _trace(W.Stepwise(model, **spec.wrapper_kwargs()),
-                  (ex["image"], *[ex[f"state_{i}"] for i in range(model.depth)]))
-
-
-def _stepwise_drive(model: CordsNet, spec: Any) -> torch.jit.ScriptModule:
-    ex = _examples(model, spec)
-    return _trace(W.StepwiseDrive(model, **spec.wrapper_kwargs()),
-                  (ex["skip"], ex["ff0"], *[ex[f"state_{i}"] for i in range(model.depth)]))
-
-
 def _loop(model: CordsNet, spec: Any) -> torch.jit.ScriptModule:
     kw = spec.wrapper_kwargs()
-    ex = _examples(model, spec)
+    ex = W.example_inputs(model, spec)
     state = [ex[f"state_{i}"] for i in range(model.depth)]
     prologue = _trace(W.ListPrologue(model, **kw), (ex["image"],))
     step = _trace(W.ListStep(model, **kw), (ex["skip"], ex["ff0"], state))
@@ -79,32 +56,20 @@ def _loop(model: CordsNet, spec: Any) -> torch.jit.ScriptModule:
     return _trace(shell, (ex["image"], torch.tensor(spec.steps, dtype=torch.int64)))
 
 
-_BUILDERS: dict[str, Callable[[CordsNet, Any], torch.jit.ScriptModule]] = {
-    "unrolled": _unrolled,
-    "loop": _loop,
-    "stepwise": _stepwise,
-    "stepwise-drive": _stepwise_drive,
-}
-
-
 def build(model: CordsNet, spec: Any) -> list[torch.jit.ScriptModule]:
     """The TorchScript module(s): [graph] or, for stepwise-drive, [step graph, encode graph]."""
-    mods = [_BUILDERS[spec.graph](model, spec)]
-    if spec.graph == "stepwise-drive":
-        mods.append(_trace(W.Encode(model, **spec.wrapper_kwargs()), (_examples(model, spec)["image"],)))
-    return mods
+    if spec.graph == "loop":
+        return [_loop(model, spec)]
+    return [_trace(module, args) for module, args in W.traced_graphs(model, spec)]
 
 
 def write(model: CordsNet, spec: Any, meta: dict[str, str], paths: Sequence[Path],
           progress: Callable[[str], None] | None = None) -> None:
     """Trace/script and save the module(s) of `spec` to `paths` with the metadata as an extra file."""
-    from .metadata import EXTRA_FILE
+    from .metadata import EXTRA_FILE, encode_metadata
 
-    for mod, path, role in zip(build(model, spec), paths, ["graph", "encode"]):
-        m = dict(meta)
-        if role == "encode":
-            m["cordsnet.inputs"], m["cordsnet.outputs"] = '["image"]', '["skip", "ff0"]'
-            m["cordsnet.graph"] = "encode"
+    for k, (mod, path) in enumerate(zip(build(model, spec), paths)):
+        m = dict(meta) if k == 0 else encode_metadata(meta)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.jit.save(mod, str(path), _extra_files={EXTRA_FILE: json.dumps(m)})

@@ -26,7 +26,7 @@ Graph pieces (inputs -> outputs, B the batch, D the depth, T the steps):
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -324,3 +324,35 @@ class WhileLoop(_Frozen):
 
         out = while_loop(cond, body, (torch.zeros((), dtype=torch.int64), *state))
         return self._readout(w, out[1:])
+
+
+def example_inputs(model: CordsNet, spec: Any) -> dict[str, Tensor]:
+    """Deterministic example inputs for tracing, by input name (image, skip, ff0, state_i)."""
+    b, dt = spec.trace_batch, spec.torch_dtype
+    c = model.config
+    gen = torch.Generator().manual_seed(0)
+    ex = {"image": torch.randn(b, *c.input_shape, generator=gen).to(dt),
+          "skip": torch.randn(b, *c.drive_shape, generator=gen).to(dt),
+          "ff0": torch.randn(b, *c.drive_shape, generator=gen).to(dt)}
+    spont = model._spontaneous(spec.spontaneous_steps, spec.alpha)
+    for i, r in enumerate(spont):
+        ex[f"state_{i}"] = r.expand(b, *r.shape[1:]).to(dt).clone()
+    return ex
+
+
+def traced_graphs(model: CordsNet, spec: Any) -> list[tuple[nn.Module, tuple[Tensor, ...]]]:
+    """(wrapper, example inputs) of the kinds every backend traces directly: unrolled, stepwise, and
+    stepwise-drive followed by its encode graph. The loop kind is backend-specific."""
+    ex = example_inputs(model, spec)
+    kw = spec.wrapper_kwargs()
+    states = tuple(ex[f"state_{i}"] for i in range(model.depth))
+    kinds = {
+        "unrolled": lambda: [(Unrolled(model, steps=spec.steps, readout=spec.readout, record=spec.record, **kw),
+                              (ex["image"],))],
+        "stepwise": lambda: [(Stepwise(model, **kw), (ex["image"], *states))],
+        "stepwise-drive": lambda: [(StepwiseDrive(model, **kw), (ex["skip"], ex["ff0"], *states)),
+                                   (Encode(model, **kw), (ex["image"],))],
+    }
+    if spec.graph not in kinds:
+        raise ValueError(f"graph: {spec.graph!r} is not traced directly; expected one of {sorted(kinds)}")
+    return kinds[spec.graph]()
