@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from typer.exceptions import TyperException
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 # Errors that are the user's (a bad file, a bad value) rather than the program's.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, KeyError)
@@ -509,8 +509,6 @@ def train(
 
 
 # -------------------------------------------------------------------------------- analysis
-from typer.core import TyperCommand  # noqa: E402 (kept inside this section)
-
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")  # a first path with one of these is the model
 
 
@@ -519,7 +517,7 @@ class _VariadicOptions(TyperCommand):
 
     variadic = ("--areas",)
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         import re
 
         number = re.compile(r"^\d+(,\d+)*,?$")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..model import CordsNet
+from ..model import _SECOND_IDENTITY, _SECOND_INP_SKIP, CordsNet, _Weights
 
 __all__ = [
     "BN_EPS",
@@ -101,6 +101,26 @@ class CNNActivity(NamedTuple):
 
 
 # --------------------------------------------------------------------------------- compat CNN
+def _feedforward_input(model: CordsNet, W: _Weights, i: int, xs: list[Tensor], inp: Tensor,
+                       skip_norm: nn.ModuleList | None = None) -> Tensor:
+    """The CNN's feedforward input h_i, wired like the model's areas (``model._wiring``).
+
+    Args:
+        xs: the (already rectified) activities of areas 0..i-1.
+        inp: the input drive, (B, 64, S/4, S/4).
+        skip_norm: BatchNorms applied after each ``skip_area`` projection (compat CNN), or None.
+    """
+    first, kind, second, proj = model._wiring[i]
+    if first < 0:
+        return inp
+    if kind == _SECOND_INP_SKIP:
+        return xs[first] + F.conv2d(inp, W.inp_skip, padding=1)
+    if kind == _SECOND_IDENTITY:
+        return xs[first] + xs[second]
+    skip = F.conv2d(xs[second], W.skip_area[proj], stride=2)
+    return xs[first] + (skip_norm[proj](skip) if skip_norm is not None else skip)
+
+
 def compat_forward(model: CordsNet, bn: BatchNormSet, images: Tensor) -> Tensor:
     """The compatibility CNN of §4.1: every convolution followed by its BatchNorm.
 
@@ -116,15 +136,8 @@ def compat_forward(model: CordsNet, bn: BatchNormSet, images: Tensor) -> Tensor:
     strides = model._strides
     inp = model.inp_pool(bn.inp(F.conv2d(images, W.inp_conv, stride=2, padding=3)))
     xs: list[Tensor] = []
-    for i, (first, _kind, second, proj) in enumerate(model._wiring):
-        if i == 0:
-            h = inp
-        elif i == 1:
-            h = xs[0] + F.conv2d(inp, W.inp_skip, padding=1)
-        elif proj < 0:
-            h = xs[first] + xs[second]
-        else:
-            h = xs[first] + bn.skip[proj](F.conv2d(xs[second], W.skip_area[proj], stride=2))
+    for i in range(model.depth):
+        h = _feedforward_input(model, W, i, xs, inp, skip_norm=bn.skip)
         ff = bn.ff[i](F.conv2d(h, W.area_area[i], stride=strides[i], padding=1))
         xs.append(torch.relu(bn.rec[i](F.conv2d(ff, W.area_conv[i], padding=1))))
     pooled = (xs[-1] + xs[-2]).mean(dim=(2, 3))
@@ -231,15 +244,8 @@ def folded_activity(model: CordsNet, folded: FoldedCNN, images: Tensor) -> CNNAc
     xs: list[Tensor] = []
     ffs: list[Tensor] = []
     pres: list[Tensor] = []
-    for i, (first, _kind, second, proj) in enumerate(model._wiring):
-        if i == 0:
-            h = u
-        elif i == 1:
-            h = xs[0] + F.conv2d(u, W.inp_skip, padding=1)
-        elif proj < 0:
-            h = xs[first] + xs[second]
-        else:
-            h = xs[first] + F.conv2d(xs[second], W.skip_area[proj], stride=2)
+    for i in range(model.depth):
+        h = _feedforward_input(model, W, i, xs, u)
         ff = F.conv2d(h, W.area_area[i], stride=strides[i], padding=1)
         pre = F.conv2d(ff + folded.area_bias(i), folded.rec_weight(i), padding=1) + folded.rec_bias(i)
         ffs.append(ff)
