@@ -12,6 +12,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Mapping
 
+from . import validate
+
 __all__ = [
     "AREA_CHANNELS",
     "AREA_FF_CHANNELS",
@@ -25,7 +27,7 @@ __all__ = [
     "get_preset",
 ]
 
-# Architecture of the published CordsNet (specification §1). Area i of a depth-D model uses entry i.
+# Architecture of the published CordsNet (docs/specification.md §1). Area i of a depth-D model uses entry i.
 AREA_CHANNELS: tuple[int, ...] = (64, 64, 128, 128, 256, 256, 512, 512)
 AREA_FF_CHANNELS: tuple[int, ...] = (64, 64, 64, 128, 128, 256, 256, 512)
 AREA_STRIDES: tuple[int, ...] = (1, 1, 2, 1, 2, 1, 2, 1)
@@ -51,18 +53,16 @@ class CordsNetConfig:
     dataset: str | None = "imagenet"  # dataset preset (normalisation, class names); None if unknown
 
     def __post_init__(self) -> None:
-        if self.depth not in VALID_DEPTHS:
+        if isinstance(self.depth, bool) or self.depth not in VALID_DEPTHS:
             raise ValueError(f"depth: expected one of {VALID_DEPTHS}, got {self.depth!r}")
-        _check_positive_int("num_classes", self.num_classes)
-        _check_positive_int("in_channels", self.in_channels)
-        _check_positive_int("image_size", self.image_size)
+        validate.positive_int("num_classes", self.num_classes)
+        validate.positive_int("in_channels", self.in_channels)
+        validate.positive_int("image_size", self.image_size)
         if self.image_size % 32:
             raise ValueError(f"image_size: expected a positive multiple of 32, got {self.image_size!r}")
-        if not isinstance(self.alpha, (int, float)) or not 0.0 < float(self.alpha) <= 1.0:
-            raise ValueError(f"alpha: expected a float in (0, 1], got {self.alpha!r}")
-        _check_positive_int("steps", self.steps)
-        if not isinstance(self.spontaneous_steps, int) or self.spontaneous_steps < 0:
-            raise ValueError(f"spontaneous_steps: expected an int >= 0, got {self.spontaneous_steps!r}")
+        validate.fraction("alpha", self.alpha)
+        validate.positive_int("steps", self.steps)
+        validate.integer("spontaneous_steps", self.spontaneous_steps, min=0)
         if self.dataset is not None and self.dataset not in PRESETS:
             raise ValueError(f"dataset: expected one of {sorted(PRESETS)} or None, got {self.dataset!r}")
 
@@ -130,11 +130,6 @@ class CordsNetConfig:
     def replace(self, **changes: Any) -> "CordsNetConfig":
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
 
 
 # --------------------------------------------------------------------------------------- presets

@@ -1,7 +1,9 @@
 """CordsNet: the convolutional recurrent dynamical system of Soo et al. (NeurIPS 2024).
 
-One module, exactly the specification's architecture (``shared/reference/cordsnet-model.md`` §1) and
-dynamics (§3). The time loop is a shared driver (:meth:`CordsNet.run`) around a small step function:
+One module, exactly the architecture and dynamics written down in ``docs/specification.md`` (§1, §3).
+There is one time loop, :meth:`CordsNet.unchecked_trajectory` (a generator of states around a small
+step function); :meth:`CordsNet.trajectory`, :meth:`CordsNet.run`, the recordings of
+:mod:`cordsnet.analysis`, the trainer and the export graphs all consume it.
 
 * :meth:`CordsNet.drive` maps images to the drive ``u`` once per image; :meth:`CordsNet.drive_terms`
   adds the two terms that stay constant while an image is shown, ``inp_skip(u)`` and
@@ -11,13 +13,19 @@ dynamics (§3). The time loop is a shared driver (:meth:`CordsNet.run`) around a
 * :meth:`CordsNet.spontaneous_state` is the (image-independent) state after the blank phase,
   computed once and cached.
 
+Two layers of API: the validated one above (what applications call), and the ``unchecked_*`` fast
+paths (:meth:`~CordsNet.unchecked_drive`, :meth:`~CordsNet.unchecked_drive_terms`,
+:meth:`~CordsNet.unchecked_step`, :meth:`~CordsNet.unchecked_readout`,
+:meth:`~CordsNet.unchecked_trajectory`) that take the effective weights explicitly and check
+nothing: the trainer calls them with gradients on, the export wrappers with frozen weights.
+
 Weight normalisation stays a parametrization (so training sees g and v), but evaluation derives the
 effective weights ``g * v / ||v||`` once and reuses them until a parameter changes.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple, Sequence, Union
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -32,34 +40,62 @@ from .config import (
     SKIP_CHANNELS,
     CordsNetConfig,
 )
+from . import validate
 
-__all__ = ["CordsNet", "DriveTerms", "State", "READOUTS"]
+__all__ = ["AreaWiring", "CordsNet", "DriveTerms", "Protocol", "State", "Weights", "READOUTS",
+           "SECOND_KINDS"]
 
 State = tuple[Tensor, ...]
 READOUTS: tuple[str, ...] = ("last", "all")
 
 # How the second feedforward term of an area is formed (first term: relu of the area below, or u).
-_SECOND_NONE = 0  # area 0: h_0 = u
-_SECOND_INP_SKIP = 1  # area 1: + inp_skip(u)
-_SECOND_IDENTITY = 2  # even areas >= 2: + relu(r_{i-2})
-_SECOND_PROJECT = 3  # odd areas >= 3: + skip_area[(i-3)/2](relu(r_{i-2}))
+SECOND_KINDS: dict[str, str] = {
+    "none": "area 0: h_0 = u",
+    "inp_skip": "area 1: + inp_skip(u)",
+    "identity": "even areas >= 2: + relu(r_{i-2})",
+    "project": "odd areas >= 3: + skip_area[(i-3)/2](relu(r_{i-2}))",
+}
+
+
+class AreaWiring(NamedTuple):
+    """Where area i's feedforward input ``h_i`` comes from (built once from the config).
+
+    Attributes:
+        first: the area whose rectified rates are the first term, or -1 for the drive ``u`` (area 0).
+        second: one of :data:`SECOND_KINDS`.
+        source: the area of the second term ("identity"/"project"), else -1.
+        projection: index of the ``skip_area`` projection ("project"), else -1.
+        stride: stride of ``area_area_i``.
+    """
+
+    first: int
+    second: str
+    source: int
+    projection: int
+    stride: int
 
 
 class DriveTerms(NamedTuple):
-    """The terms of one image that stay constant while it is shown.
+    """The terms of one image that stay constant while it is shown (computed once per image).
 
     Attributes:
-        u: the drive ``avgpool(inp_conv(x))``, (B, 64, S/4, S/4).
         skip: ``inp_skip(u)``, (B, 64, S/4, S/4), added to area 1's feedforward input.
         ff0: ``area_area_0(u)``, (B, 64, S/4, S/4), area 0's whole feedforward term.
     """
 
-    u: Tensor
     skip: Tensor
     ff0: Tensor
 
 
-class _Weights(NamedTuple):
+class Protocol(NamedTuple):
+    """A resolved protocol: the arguments of :meth:`CordsNet.run` with the config's defaults filled in."""
+
+    steps: int  # stimulus steps
+    spontaneous_steps: int  # blank steps first (0: start from the zero state)
+    alpha: float  # dt / tau
+
+
+class Weights(NamedTuple):
     """Effective (weight-norm-derived) weights, in the order the step uses them."""
 
     inp_conv: Tensor
@@ -73,6 +109,8 @@ class _Weights(NamedTuple):
 
 
 DriveLike = Union[Tensor, DriveTerms, None]
+# What drives the steps of a trajectory: fixed terms, None (blank), or a function of the step index.
+DriveSource = Union[DriveTerms, None, Callable[[int], "DriveTerms | None"]]
 
 
 class CordsNet(nn.Module):
@@ -82,7 +120,7 @@ class CordsNet(nn.Module):
         config: the architecture and default protocol; defaults to the published R8 on ImageNet.
         **overrides: fields of :class:`CordsNetConfig` to change, e.g. ``CordsNet(depth=2)``.
 
-    The state dict has exactly the published layout (§2 of the specification).
+    The state dict has exactly the published layout (``docs/specification.md`` §2).
     """
 
     def __init__(self, config: CordsNetConfig | None = None, **overrides: object) -> None:
@@ -119,25 +157,25 @@ class CordsNet(nn.Module):
 
         # Wiring of the feedforward input h_i, built once: (first source, second kind, second source,
         # projection index). A first source of -1 is the drive u itself.
+        strides = AREA_STRIDES[:depth]
         wiring = []
         for i in range(depth):
             if i == 0:
-                wiring.append((-1, _SECOND_NONE, -1, -1))
+                wiring.append(AreaWiring(-1, "none", -1, -1, strides[i]))
             elif i == 1:
-                wiring.append((0, _SECOND_INP_SKIP, -1, -1))
+                wiring.append(AreaWiring(0, "inp_skip", -1, -1, strides[i]))
             elif i % 2 == 0:
-                wiring.append((i - 1, _SECOND_IDENTITY, i - 2, -1))
+                wiring.append(AreaWiring(i - 1, "identity", i - 2, -1, strides[i]))
             else:
-                wiring.append((i - 1, _SECOND_PROJECT, i - 2, (i - 3) // 2))
-        self._wiring: tuple[tuple[int, int, int, int], ...] = tuple(wiring)
-        self._strides: tuple[int, ...] = AREA_STRIDES[:depth]
-        self._readout_areas: tuple[int, int] = (depth - 1, depth - 2)
+                wiring.append(AreaWiring(i - 1, "project", i - 2, (i - 3) // 2, strides[i]))
+        self.wiring: tuple[AreaWiring, ...] = tuple(wiring)
+        self.readout_areas: tuple[int, int] = (depth - 1, depth - 2)  # relu of both, averaged over space
 
         # Slope of the update's nonlinearity: 0 is the relu of the published model; the trainer's
         # linear (1.0) and annealing (0 < a < 1, a frozen shared PReLU slope) stages change it.
         self.update_slope: float = 0.0
 
-        self._weight_cache: tuple[tuple, _Weights] | None = None
+        self._weight_cache: tuple[tuple, Weights] | None = None
         self._spont_cache: tuple[tuple, State] | None = None
 
     # ------------------------------------------------------------------------------- properties
@@ -149,16 +187,27 @@ class CordsNet(nn.Module):
     def num_classes(self) -> int:
         return self.config.num_classes
 
-    def _param(self) -> Tensor:
-        return self.out_fc.bias
+    @property
+    def device(self) -> torch.device:
+        """The device of the parameters (inputs are moved there)."""
+        return self.out_fc.bias.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the parameters (inputs are cast to it)."""
+        return self.out_fc.bias.dtype
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Stride of each area's feedforward convolution ``area_area_i``."""
+        return tuple(w.stride for w in self.wiring)
 
     # -------------------------------------------------------------------------------- weights
     def _param_key(self) -> tuple:
-        ref = self._param()
-        return (ref.device, ref.dtype) + tuple((p.data_ptr(), p._version) for p in self.parameters())
+        return (self.device, self.dtype) + tuple((p.data_ptr(), p._version) for p in self.parameters())
 
-    def _derive(self) -> _Weights:
-        return _Weights(
+    def _derive(self) -> Weights:
+        return Weights(
             inp_conv=self.inp_conv.weight,
             inp_skip=self.inp_skip.weight,
             area_conv=tuple(m.weight for m in self.area_conv),
@@ -169,7 +218,7 @@ class CordsNet(nn.Module):
             out_bias=self.out_fc.bias,
         )
 
-    def effective_weights(self) -> _Weights:
+    def effective_weights(self) -> Weights:
         """The weights the dynamics use, ``g * v / ||v||`` for every weight-normalised layer.
 
         With gradients disabled (evaluation) they are derived once and reused until a parameter
@@ -182,7 +231,7 @@ class CordsNet(nn.Module):
         if self._weight_cache is None or self._weight_cache[0] != key:
             with torch.no_grad():
                 weights = self._derive()
-            self._weight_cache = (key, _Weights(*[_detach(w) for w in weights]))
+            self._weight_cache = (key, Weights(*[_detach(w) for w in weights]))
         return self._weight_cache[1]
 
     # ------------------------------------------------------------------------------- public API
@@ -195,13 +244,13 @@ class CordsNet(nn.Module):
         Returns:
             u: (B, 64, S/4, S/4), or (B, T, 64, S/4, S/4) for a sequence.
         """
-        x = self._check_images(images)
+        x = self.validate_images(images)
         weights = self.effective_weights()
         if x.dim() == 5:
             b, t = x.shape[:2]
-            u = self._drive(weights, x.flatten(0, 1))
+            u = self.unchecked_drive(weights, x.flatten(0, 1))
             return u.unflatten(0, (b, t))
-        return self._drive(weights, x)
+        return self.unchecked_drive(weights, x)
 
     def drive_terms(self, u: Tensor) -> DriveTerms:
         """The constant-while-shown terms of a drive: ``inp_skip(u)`` and ``area_area_0(u)``.
@@ -209,14 +258,13 @@ class CordsNet(nn.Module):
         Args:
             u: the drive, (B, 64, S/4, S/4).
         """
-        self._check_drive(u)
-        return self._terms(self.effective_weights(), u)
+        self.validate_drive(u)
+        return self.unchecked_drive_terms(self.effective_weights(), u)
 
     def initial_state(self, batch: int = 1) -> State:
         """Zero rates, one (batch, c_i, H_i, W_i) tensor per area."""
-        _check_batch(batch)
-        ref = self._param()
-        return tuple(torch.zeros((batch, *shape), device=ref.device, dtype=ref.dtype)
+        batch = validate.positive_int("batch", batch)
+        return tuple(torch.zeros((batch, *shape), device=self.device, dtype=self.dtype)
                      for shape in self.config.state_shapes)
 
     def step(self, state: Sequence[Tensor], drive: DriveLike, alpha: float | None = None) -> State:
@@ -231,16 +279,16 @@ class CordsNet(nn.Module):
         Returns:
             The next state, one tensor per area.
         """
-        alpha = self._check_alpha(alpha)
-        state = self._check_state(state)
+        alpha = self.resolve_protocol(alpha=alpha).alpha
+        state = self.validate_state(state)
         weights = self.effective_weights()
         terms = self._as_terms(weights, drive, state[0].shape[0])
-        return self._step(weights, state, terms, alpha)
+        return self.unchecked_step(weights, state, terms, alpha)
 
     def readout(self, state: Sequence[Tensor]) -> Tensor:
         """Logits ``out_fc(mean_space(relu(r_{D-1}) + relu(r_{D-2})))``, (B, classes)."""
-        state = self._check_state(state)
-        return self._readout(self.effective_weights(), state)
+        state = self.validate_state(state)
+        return self.unchecked_readout(self.effective_weights(), state)
 
     def spontaneous_state(self, batch: int = 1, *, steps: int | None = None,
                           alpha: float | None = None) -> State:
@@ -257,10 +305,26 @@ class CordsNet(nn.Module):
         Returns:
             One (batch, c_i, H_i, W_i) tensor per area (fresh tensors, safe to modify).
         """
-        _check_batch(batch)
-        steps = self._check_steps("steps", steps, self.config.spontaneous_steps, allow_zero=True)
-        alpha = self._check_alpha(alpha)
-        return tuple(r.expand(batch, *r.shape[1:]).clone() for r in self._spontaneous(steps, alpha))
+        batch = validate.positive_int("batch", batch)
+        p = self.resolve_protocol(spontaneous_steps=steps, alpha=alpha, names=("steps", "steps", "alpha"))
+        cached = self.cached_spontaneous_state(p.spontaneous_steps, p.alpha)
+        return tuple(r.expand(batch, *r.shape[1:]).clone() for r in cached)
+
+    def cached_spontaneous_state(self, steps: int, alpha: float) -> State:
+        """The batch-1 spontaneous end state, cached: shared tensors, never modify them in place.
+
+        The unvalidated, copy-free form of :meth:`spontaneous_state` for export and training
+        (``steps`` and ``alpha`` as :meth:`resolve_protocol` returns them).
+        """
+        key = (self._param_key(), float(alpha), int(steps), float(self.update_slope))
+        if self._spont_cache is None or self._spont_cache[0] != key:
+            with torch.no_grad():
+                weights = self.effective_weights()
+                state = self.initial_state(1)
+                for state in self.unchecked_trajectory(weights, state, None, steps, alpha):
+                    pass
+            self._spont_cache = (key, state)
+        return self._spont_cache[1]
 
     def clear_caches(self) -> None:
         """Drop the cached effective weights and spontaneous state.
@@ -271,6 +335,49 @@ class CordsNet(nn.Module):
         """
         self._weight_cache = None
         self._spont_cache = None
+
+    def resolve_protocol(self, steps: int | None = None, spontaneous_steps: int | None = None,
+                         alpha: float | None = None, *, frames: int | None = None,
+                         names: tuple[str, str, str] = ("steps", "spontaneous_steps", "alpha")) -> Protocol:
+        """Validate a protocol and fill in the config's defaults.
+
+        Args:
+            steps: stimulus steps (>= 1); default ``config.steps``, or `frames` for a sequence.
+            spontaneous_steps: blank steps first (>= 0); default ``config.spontaneous_steps``.
+            alpha: dt / tau in (0, 1]; default ``config.alpha``.
+            frames: T of a (B, T, C, S, S) sequence, which drives exactly T steps.
+            names: the argument names used in error messages.
+
+        Raises:
+            ValueError: a value out of range, or `steps` differing from a sequence's `frames`.
+        """
+        c = self.config
+        default_steps = c.steps if frames is None else frames
+        n = validate.optional_integer(names[0], steps, default_steps, min=1)
+        if frames is not None and n != frames:
+            raise ValueError(f"{names[0]}: a sequence of T={frames} frames drives exactly {frames} steps, "
+                             f"got {names[0]}={steps}")
+        spont = validate.optional_integer(names[1], spontaneous_steps, c.spontaneous_steps, min=0)
+        a = float(c.alpha) if alpha is None else validate.fraction(names[2], alpha)
+        return Protocol(n, spont, a)
+
+    def trajectory(self, images: Tensor, *, steps: int | None = None, spontaneous_steps: int | None = None,
+                   alpha: float | None = None) -> Iterator[State]:
+        """The published protocol as a generator: the state after each stimulus step.
+
+        Starts from the spontaneous state; a (B, C, S, S) batch drives every step, a (B, T, C, S, S)
+        sequence drives step t with frame t. Consume it lazily (e.g. stop early, record some areas):
+        ``for t, state in enumerate(model.trajectory(x)): ...``.
+
+        Args:
+            images: (B, C, S, S) or (B, T, C, S, S).
+            steps, spontaneous_steps, alpha: as for :meth:`run`.
+
+        Yields:
+            One state per stimulus step, a tuple of (B, c_i, H_i, W_i) tensors.
+        """
+        weights, state, drive, protocol = self._begin(images, steps, spontaneous_steps, alpha)
+        yield from self.unchecked_trajectory(weights, state, drive, protocol.steps, protocol.alpha)
 
     def run(self, images: Tensor, *, steps: int | None = None, spontaneous_steps: int | None = None,
             alpha: float | None = None, readout: str = "last",
@@ -291,38 +398,17 @@ class CordsNet(nn.Module):
         Returns:
             The logits; with `record`, a pair (logits, {area: (steps, B, c, H, W)}).
         """
-        x = self._check_images(images)
-        if readout not in READOUTS:
-            raise ValueError(f"readout: expected one of {list(READOUTS)}, got {readout!r}")
-        areas = self._check_record(record)
-        video = x.dim() == 5
-        if video:
-            frames = x.shape[1]
-            steps = self._check_steps("steps", steps, frames)
-            if steps != frames:
-                raise ValueError(f"steps: a sequence of T={frames} frames drives exactly {frames} steps, "
-                                 f"got steps={steps}")
-        else:
-            steps = self._check_steps("steps", steps, self.config.steps)
-        spont = self._check_steps("spontaneous_steps", spontaneous_steps, self.config.spontaneous_steps,
-                                  allow_zero=True)
-        alpha = self._check_alpha(alpha)
-
-        weights = self.effective_weights()
-        batch = x.shape[0]
-        state: State = tuple(r.expand(batch, *r.shape[1:]) for r in self._spontaneous(spont, alpha))
-        terms = None if video else self._terms(weights, self._drive(weights, x))
+        validate.choice("readout", readout, READOUTS)
+        areas = self.validate_areas(record)
+        weights, state, drive, protocol = self._begin(images, steps, spontaneous_steps, alpha)
         logits_per_step: list[Tensor] = []
         rates: dict[int, list[Tensor]] = {a: [] for a in areas}
-        for t in range(steps):
-            if video:
-                terms = self._terms(weights, self._drive(weights, x[:, t]))
-            state = self._step(weights, state, terms, alpha)
+        for state in self.unchecked_trajectory(weights, state, drive, protocol.steps, protocol.alpha):
             if readout == "all":
-                logits_per_step.append(self._readout(weights, state))
+                logits_per_step.append(self.unchecked_readout(weights, state))
             for a in areas:
                 rates[a].append(state[a])
-        logits = torch.stack(logits_per_step) if readout == "all" else self._readout(weights, state)
+        logits = torch.stack(logits_per_step) if readout == "all" else self.unchecked_readout(weights, state)
         if record is None:
             return logits
         return logits, {a: torch.stack(rs) for a, rs in rates.items()}
@@ -336,70 +422,107 @@ class CordsNet(nn.Module):
         return (f"depth={c.depth}, num_classes={c.num_classes}, in_channels={c.in_channels}, "
                 f"image_size={c.image_size}, alpha={c.alpha}")
 
-    # ---------------------------------------------------------------------------- computation
-    # These take effective weights and do no validation: the export wrappers call them directly.
-    def _drive(self, weights: _Weights, x: Tensor) -> Tensor:
+    def _begin(self, images: Tensor, steps: int | None, spontaneous_steps: int | None,
+               alpha: float | None) -> tuple[Weights, State, DriveSource, Protocol]:
+        """Validated start of the protocol: weights, the spontaneous state at the batch, the drive source."""
+        x = self.validate_images(images)
+        video = x.dim() == 5
+        protocol = self.resolve_protocol(steps, spontaneous_steps, alpha, frames=x.shape[1] if video else None)
+        weights = self.effective_weights()
+        batch = x.shape[0]
+        spont = self.cached_spontaneous_state(protocol.spontaneous_steps, protocol.alpha)
+        state: State = tuple(r.expand(batch, *r.shape[1:]) for r in spont)
+        if video:
+            def drive(t: int) -> DriveTerms:
+                return self.unchecked_drive_terms(weights, self.unchecked_drive(weights, x[:, t]))
+        else:
+            drive = self.unchecked_drive_terms(weights, self.unchecked_drive(weights, x))
+        return weights, state, drive, protocol
+
+    # ------------------------------------------------------------------- unchecked fast paths
+    # These take effective weights and validate nothing: the trainer (with gradients) and the export
+    # wrappers (with frozen weights) call them directly. Applications use the validated API above.
+    def unchecked_drive(self, weights: Weights, x: Tensor) -> Tensor:
+        """``u = avgpool(inp_conv(x))`` for (B, C, S, S) images, no validation: (B, 64, S/4, S/4)."""
         return self.inp_pool(F.conv2d(x, weights.inp_conv, stride=2, padding=3))
 
-    def _terms(self, weights: _Weights, u: Tensor) -> DriveTerms:
+    def unchecked_drive_terms(self, weights: Weights, u: Tensor) -> DriveTerms:
+        """:class:`DriveTerms` of a drive ``u`` (B, 64, S/4, S/4), no validation."""
         return DriveTerms(
-            u=u,
             skip=F.conv2d(u, weights.inp_skip, padding=1),
-            ff0=F.conv2d(u, weights.area_area[0], stride=self._strides[0], padding=1),
+            ff0=F.conv2d(u, weights.area_area[0], stride=self.wiring[0].stride, padding=1),
         )
 
-    def _step(self, weights: _Weights, state: Sequence[Tensor], terms: DriveTerms | None,
-              alpha: float) -> State:
+    def unchecked_step(self, weights: Weights, state: Sequence[Tensor], terms: DriveTerms | None,
+                       alpha: float) -> State:
+        """One synchronous Euler step of every area (``terms`` None: a blank image), no validation."""
         rectified = [torch.relu(r) for r in state]
         new_state = []
-        for i, (first, kind, second, proj) in enumerate(self._wiring):
+        for i, wire in enumerate(self.wiring):
             r = state[i]
             pre = F.conv2d(r, weights.area_conv[i], padding=1) + weights.conv_bias[i]
-            if first < 0:  # area 0: the feedforward term is area_area_0(u), constant per image
+            if wire.first < 0:  # area 0: the feedforward term is area_area_0(u), constant per image
                 if terms is not None:
                     pre = pre + terms.ff0
             else:
-                h = rectified[first]
-                if kind == _SECOND_INP_SKIP:
+                h = rectified[wire.first]
+                if wire.second == "inp_skip":
                     if terms is not None:
                         h = h + terms.skip
-                elif kind == _SECOND_IDENTITY:
-                    h = h + rectified[second]
-                elif kind == _SECOND_PROJECT:
-                    h = h + F.conv2d(rectified[second], weights.skip_area[proj], stride=2)
-                pre = pre + F.conv2d(h, weights.area_area[i], stride=self._strides[i], padding=1)
+                elif wire.second == "identity":
+                    h = h + rectified[wire.source]
+                elif wire.second == "project":
+                    h = h + F.conv2d(rectified[wire.source], weights.skip_area[wire.projection], stride=2)
+                pre = pre + F.conv2d(h, weights.area_area[i], stride=wire.stride, padding=1)
             act = torch.relu(pre) if self.update_slope == 0.0 else F.leaky_relu(pre, self.update_slope)
             new_state.append((1.0 - alpha) * r + alpha * act)
         return tuple(new_state)
 
-    def _readout(self, weights: _Weights, state: Sequence[Tensor]) -> Tensor:
-        top, below = self._readout_areas
+    def unchecked_readout(self, weights: Weights, state: Sequence[Tensor]) -> Tensor:
+        """Logits (B, classes) of a state, no validation."""
+        top, below = self.readout_areas
         pooled = (torch.relu(state[top]) + torch.relu(state[below])).mean(dim=(2, 3))
         return F.linear(pooled, weights.out_weight, weights.out_bias)
 
-    def _spontaneous(self, steps: int, alpha: float) -> State:
-        """Batch-1 spontaneous end state, cached (callers must not modify it in place)."""
-        key = (self._param_key(), float(alpha), int(steps), float(self.update_slope))
-        if self._spont_cache is None or self._spont_cache[0] != key:
-            with torch.no_grad():
-                weights = self.effective_weights()
-                state = self.initial_state(1)
-                for _ in range(steps):
-                    state = self._step(weights, state, None, alpha)
-            self._spont_cache = (key, state)
-        return self._spont_cache[1]
+    def unchecked_trajectory(self, weights: Weights, state: Sequence[Tensor], drive: DriveSource, steps: int,
+                             alpha: float) -> Iterator[State]:
+        """THE time loop: yields the state after each of `steps` Euler steps from `state`.
 
-    def _as_terms(self, weights: _Weights, drive: DriveLike, batch: int) -> DriveTerms | None:
+        Args:
+            weights: effective weights (:meth:`effective_weights`, or frozen copies).
+            state: the start, one (B, c_i, H_i, W_i) tensor per area.
+            drive: :class:`DriveTerms` shown at every step, None for a blank image, or a function
+                ``t -> DriveTerms | None`` (a sequence: frame t drives step t).
+            steps: number of steps.
+            alpha: dt / tau.
+        """
+        source = drive if callable(drive) else None
+        terms = None if callable(drive) else drive
+        for t in range(steps):
+            if source is not None:
+                terms = source(t)
+            state = self.unchecked_step(weights, state, terms, alpha)
+            yield tuple(state)
+
+    def _as_terms(self, weights: Weights, drive: DriveLike, batch: int) -> DriveTerms | None:
         if drive is None or isinstance(drive, DriveTerms):
             if isinstance(drive, DriveTerms):
-                self._check_drive(drive.skip, batch, "drive.skip")
-                self._check_drive(drive.ff0, batch, "drive.ff0")
+                self.validate_drive(drive.skip, batch, "drive.skip")
+                self.validate_drive(drive.ff0, batch, "drive.ff0")
             return drive
-        self._check_drive(drive, batch)
-        return self._terms(weights, drive)
+        self.validate_drive(drive, batch)
+        return self.unchecked_drive_terms(weights, drive)
 
     # ------------------------------------------------------------------------------ validation
-    def _check_images(self, images: Tensor) -> Tensor:
+    def validate_images(self, images: Tensor) -> Tensor:
+        """Check images against the config and move them to the model's device and dtype.
+
+        Args:
+            images: (B, C, S, S) or (B, T, C, S, S) floating-point, finite, non-empty.
+
+        Raises:
+            TypeError, ValueError: naming what was expected and what was received.
+        """
         if not isinstance(images, Tensor):
             raise TypeError(f"images: expected a torch.Tensor, got {type(images).__name__}")
         if not images.is_floating_point():
@@ -420,10 +543,10 @@ class CordsNet(nn.Module):
             raise ValueError(f"images: expected a non-empty batch, got shape {tuple(images.shape)}")
         if not bool(torch.isfinite(images).all()):
             raise ValueError("images: expected finite pixel values, got NaN or infinity")
-        ref = self._param()
-        return images.to(device=ref.device, dtype=ref.dtype)
+        return images.to(device=self.device, dtype=self.dtype)
 
-    def _check_state(self, state: Sequence[Tensor]) -> State:
+    def validate_state(self, state: Sequence[Tensor]) -> State:
+        """Check a state: one (B, c_i, H_i, W_i) tensor per area, one batch size."""
         if not isinstance(state, (tuple, list)):
             raise TypeError(f"state: expected a tuple of {self.depth} tensors, got {type(state).__name__}")
         if len(state) != self.depth:
@@ -441,7 +564,8 @@ class CordsNet(nn.Module):
                 raise ValueError(f"state[{i}]: expected batch {batch} like state[0], got {r.shape[0]}")
         return tuple(state)
 
-    def _check_drive(self, u: Tensor, batch: int | None = None, name: str = "drive") -> None:
+    def validate_drive(self, u: Tensor, batch: int | None = None, name: str = "drive") -> None:
+        """Check a drive ``u`` (or one of its terms): (B, 64, S/4, S/4), with batch `batch` if given."""
         if not isinstance(u, Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, DriveTerms or None, got {type(u).__name__}")
         shape = self.config.drive_shape
@@ -449,34 +573,11 @@ class CordsNet(nn.Module):
         if u.dim() != 4 or tuple(u.shape[1:]) != shape or u.shape[0] != b:
             raise ValueError(f"{name}: expected shape ({b}, {', '.join(map(str, shape))}), got {tuple(u.shape)}")
 
-    def _check_record(self, record: Iterable[int] | None) -> tuple[int, ...]:
-        if record is None:
-            return ()
-        if isinstance(record, (int, str)):
-            record = [record]
-        areas = []
-        for a in record:
-            if isinstance(a, bool) or not isinstance(a, int) or not 0 <= a < self.depth:
-                raise ValueError(f"record: expected area indices in 0..{self.depth - 1}, got {a!r}")
-            if a not in areas:
-                areas.append(a)
-        return tuple(areas)
-
-    def _check_alpha(self, alpha: float | None) -> float:
-        if alpha is None:
-            return float(self.config.alpha)
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < float(alpha) <= 1.0:
-            raise ValueError(f"alpha: expected a float in (0, 1], got {alpha!r}")
-        return float(alpha)
-
-    @staticmethod
-    def _check_steps(name: str, value: int | None, default: int, allow_zero: bool = False) -> int:
-        if value is None:
-            return default
-        low = 0 if allow_zero else 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
-        return value
+    def validate_areas(self, record: Iterable[int] | None, name: str = "record") -> tuple[int, ...]:
+        """Area indices in 0..depth-1 (order kept, repeats dropped); () for None."""
+        if isinstance(record, str):
+            raise ValueError(f"{name}: expected area indices in 0..{self.depth - 1}, got {record!r}")
+        return validate.areas(name, record, self.depth)
 
 
 def _detach(w: Tensor | tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
@@ -484,7 +585,3 @@ def _detach(w: Tensor | tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
         return tuple(t.detach() for t in w)
     return w.detach()
 
-
-def _check_batch(batch: int) -> None:
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch: expected a positive int, got {batch!r}")

@@ -125,9 +125,9 @@ def _final_state(model, x):
 def test_spontaneous_state_is_cached_and_invalidated():
     _, model = _model(depth=2)
     with torch.no_grad():
-        first = model._spontaneous(10, 0.2)
-        assert model._spontaneous(10, 0.2) is first  # cached
-        assert model._spontaneous(11, 0.2) is not first  # step count
+        first = model.cached_spontaneous_state(10, 0.2)
+        assert model.cached_spontaneous_state(10, 0.2) is first  # cached
+        assert model.cached_spontaneous_state(11, 0.2) is not first  # step count
         a = model.spontaneous_state(1, steps=10, alpha=0.3)
         b = model.spontaneous_state(1, steps=10, alpha=0.2)
         assert not torch.allclose(a[0], b[0])  # alpha
@@ -165,9 +165,11 @@ def test_weight_norm_not_rederived_per_step(monkeypatch):
 def test_drive_is_computed_once_per_image(monkeypatch):
     _, model = _model(depth=4)
     calls = {"drive": 0, "terms": 0}
-    drive, terms = model._drive, model._terms
-    monkeypatch.setattr(model, "_drive", lambda *a: calls.__setitem__("drive", calls["drive"] + 1) or drive(*a))
-    monkeypatch.setattr(model, "_terms", lambda *a: calls.__setitem__("terms", calls["terms"] + 1) or terms(*a))
+    drive, terms = model.unchecked_drive, model.unchecked_drive_terms
+    monkeypatch.setattr(model, "unchecked_drive",
+                        lambda *a: calls.__setitem__("drive", calls["drive"] + 1) or drive(*a))
+    monkeypatch.setattr(model, "unchecked_drive_terms",
+                        lambda *a: calls.__setitem__("terms", calls["terms"] + 1) or terms(*a))
     with torch.no_grad():
         model.run(torch.randn(2, 3, 32, 32), steps=12, spontaneous_steps=5)
     assert calls == {"drive": 1, "terms": 1}
@@ -225,7 +227,7 @@ def test_bad_state_and_arguments_are_refused():
     with pytest.raises(ValueError, match="drive"):
         model.step(state, torch.zeros(2, 64, 4, 4))
     with pytest.raises(ValueError, match="drive.skip"):
-        model.step(state, DriveTerms(u, torch.zeros(1, 64, 8, 8), u))
+        model.step(state, DriveTerms(torch.zeros(1, 64, 8, 8), u))
     with pytest.raises(ValueError, match="readout"):
         model.run(torch.randn(1, 3, 32, 32), readout="first")
     with pytest.raises(ValueError, match="record"):

@@ -106,7 +106,7 @@ def measure_reaction_times(model: Any, images: Tensor, threshold: float = 0.9, *
         threshold, tau_ms, onset: see :func:`reaction_times`.
         steps, spontaneous_steps, alpha: the protocol of :meth:`CordsNet.run`.
     """
-    alpha = model._check_alpha(alpha)
+    alpha = model.resolve_protocol(alpha=alpha).alpha
     with torch.no_grad():
         logits = model.run(images, steps=steps, spontaneous_steps=spontaneous_steps, alpha=alpha, readout="all")
     return reaction_times(logits, threshold, alpha=alpha, tau_ms=tau_ms, onset=onset)

@@ -121,7 +121,7 @@ def record_activity(model: Any, images: Tensor, areas: Iterable[int] | int, *, o
         raise TypeError(f"model: expected a CordsNet, got {type(model).__name__}")
     if isinstance(areas, int):
         areas = [areas]
-    areas_t = model._check_record(list(areas))
+    areas_t = model.validate_areas(list(areas), name="areas")
     if not areas_t:
         raise ValueError("areas: expected at least one area to record, got none")
     if dtype not in RECORD_DTYPES:
@@ -131,16 +131,8 @@ def record_activity(model: Any, images: Tensor, areas: Iterable[int] | int, *, o
         raise ValueError(f"images: expected a (B, C, S, S) or (B, T, C, S, S) tensor, got "
                          f"{getattr(images, 'shape', type(images).__name__)}")
     video = images.dim() == 5
-    if video:
-        frames = images.shape[1]
-        n_steps = model._check_steps("steps", steps, frames)
-        if n_steps != frames:
-            raise ValueError(f"steps: a sequence of T={frames} frames drives exactly {frames} steps, got steps={steps}")
-    else:
-        n_steps = model._check_steps("steps", steps, model.config.steps)
-    spont = model._check_steps("spontaneous_steps", spontaneous_steps, model.config.spontaneous_steps,
-                               allow_zero=True)
-    alpha = model._check_alpha(alpha)
+    n_steps, spont, alpha = model.resolve_protocol(steps, spontaneous_steps, alpha,
+                                                   frames=images.shape[1] if video else None)
     total = spont + n_steps
     start, stop = (0, total) if window is None else _check_window(window, total)
     batch = images.shape[0]
@@ -170,24 +162,22 @@ def record_activity(model: Any, images: Tensor, areas: Iterable[int] | int, *, o
         maps = {a: np.lib.format.open_memmap(tmps[a], mode="w+", dtype=np_dtype, shape=shapes[a]) for a in areas_t}
         with torch.no_grad():
             if start < spont:  # the blank phase is the same for every trial: simulate one, broadcast
-                state = model.initial_state(1)
-                for t in range(min(spont, stop)):
-                    state = model.step(state, None, alpha)
+                weights = model.effective_weights()
+                blank = model.unchecked_trajectory(weights, model.initial_state(1), None, min(spont, stop), alpha)
+                for t, state in enumerate(blank):
                     if t >= start:
                         for a in areas_t:
                             maps[a][t - start] = to_numpy(state[a])  # broadcast over the batch
                     advance()
             if stop > spont:
-                base = model.spontaneous_state(1, steps=spont, alpha=alpha)
                 for b0 in range(0, batch, chunk):
                     xb = images[b0:b0 + chunk]
                     nb = xb.shape[0]
-                    state = tuple(r.expand(nb, *r.shape[1:]) for r in base)
-                    terms = None if video else model.drive_terms(model.drive(xb))
-                    for t in range(spont, stop):
-                        if video:
-                            terms = model.drive_terms(model.drive(xb[:, t - spont]))
-                        state = model.step(state, terms, alpha)
+                    # Only the steps up to the window's end (a sequence: only their frames).
+                    stimulus = xb[:, :stop - spont] if video else xb
+                    trajectory = model.trajectory(stimulus, steps=None if video else stop - spont,
+                                                  spontaneous_steps=spont, alpha=alpha)
+                    for t, state in enumerate(trajectory, start=spont):
                         if t >= start:
                             for a in areas_t:
                                 maps[a][t - start, b0:b0 + nb] = to_numpy(state[a])

@@ -567,14 +567,14 @@ def dynamics_operator(model: Any, *, state: Sequence[Tensor] | None = None, alph
     """
     model = _check_model(model)
     dtype = _check_dtype(dtype)
-    alpha = model._check_alpha(alpha)
+    alpha = model.resolve_protocol(alpha=alpha).alpha
     ref = next(model.parameters())
     net = model if ref.dtype == dtype else copy.deepcopy(model).to(dtype)
     net.eval()
     if state is None:
         state = net.spontaneous_state(1, steps=spontaneous_steps, alpha=alpha)
     else:
-        state = tuple(s.detach().to(device=ref.device, dtype=dtype) for s in model._check_state(state))
+        state = tuple(s.detach().to(device=ref.device, dtype=dtype) for s in model.validate_state(state))
         if state[0].shape[0] != 1:
             raise ValueError(f"state: expected a batch of 1, got {state[0].shape[0]}")
     shapes = net.config.state_shapes

@@ -170,10 +170,10 @@ def make_spec(model: CordsNet, *, format: str, graph: str, steps: int | None, sp
     c = model.config
     steps = c.steps if steps is None else _int("steps", steps, 1)
     spont = c.spontaneous_steps if spontaneous_steps is None else _int("spontaneous_steps", spontaneous_steps, 0)
-    alpha = model._check_alpha(alpha)
+    alpha = model.resolve_protocol(alpha=alpha).alpha
     if batch is not None:
         _int("batch", batch, 1)
-    areas = model._check_record(record) if record is not None else ()
+    areas = model.validate_areas(record) if record is not None else ()
     if graph in STEPWISE_GRAPHS and (readout != "last" or areas):
         raise ValueError(f"readout/record: the {graph} graph returns the whole state after every step "
                          "(next_state_i are the rates); use readout='last' and no record with it")
@@ -199,7 +199,7 @@ def build_metadata(model: CordsNet, spec: ExportSpec, *, checkpoint_sha256: str 
 
     with torch.no_grad():
         spont = [r.detach().to("cpu", spec.torch_dtype).numpy() for r in
-                 model._spontaneous(spec.spontaneous_steps, spec.alpha)]
+                 model.cached_spontaneous_state(spec.spontaneous_steps, spec.alpha)]
     preset = model.config.preset
     return {
         "cordsnet.format_version": FORMAT_VERSION,
@@ -278,7 +278,7 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
     # Export from a CPU float32 copy in eval mode; the caller's model is not modified.
     source = _cpu_copy(model)
     t_spont = time.perf_counter()
-    source._spontaneous(spec.spontaneous_steps, spec.alpha)  # computed once, cached for every piece below
+    source.cached_spontaneous_state(spec.spontaneous_steps, spec.alpha)  # computed once, cached for every piece below
     spontaneous_seconds = time.perf_counter() - t_spont
     inputs, outputs = io_names(spec.graph, source.depth, spec.readout, spec.record)
     meta = build_metadata(source, spec, checkpoint_sha256=checkpoint_sha256, inputs=inputs, outputs=outputs,

@@ -2,10 +2,11 @@
 
 Each wrapper freezes the model's effective weights (weight norm folded, ``g * v / ||v||``) as buffers,
 so an exported graph holds one constant per weight, and calls the model's own unvalidated step
-functions (``_drive``, ``_terms``, ``_step``, ``_readout``), so the exported arithmetic is the model's.
+fast paths (``unchecked_drive``, ``unchecked_drive_terms``, ``unchecked_step``, ``unchecked_readout``,
+``unchecked_trajectory``), so the exported arithmetic is the model's.
 
 * The spontaneous phase is never simulated in a graph: its end state (batch 1, the same for every
-  image) is computed at export with ``model._spontaneous(steps, alpha)`` and stored as a buffer,
+  image) is computed at export with ``model.cached_spontaneous_state(steps, alpha)`` and stored as a buffer,
   expanded to the batch at run time.
 * The drive ``u`` and the two terms constant while an image is shown (``inp_skip(u)``,
   ``area_area_0(u)``) are computed once per image, outside the time loop.
@@ -31,7 +32,7 @@ from typing import Any, List, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..model import CordsNet, DriveTerms, _Weights
+from ..model import CordsNet, DriveTerms, Weights
 
 __all__ = [
     "batch_dynamic_shapes",
@@ -85,7 +86,7 @@ class _Frozen(nn.Module):
         self.depth = model.depth
         with torch.no_grad():
             w = model.effective_weights()
-            spont = model._spontaneous(spontaneous_steps, alpha)
+            spont = model.cached_spontaneous_state(spontaneous_steps, alpha)
 
         def buf(name: str, t: Tensor) -> None:
             self.register_buffer(name, t.detach().to("cpu", dtype).contiguous().clone())
@@ -103,9 +104,9 @@ class _Frozen(nn.Module):
         buf("out_bias", w.out_bias)
         self.n_skip = len(w.skip_area)
 
-    def weights(self) -> _Weights:
+    def weights(self) -> Weights:
         d = range(self.depth)
-        return _Weights(
+        return Weights(
             inp_conv=self.inp_conv,
             inp_skip=self.inp_skip,
             area_conv=tuple(getattr(self, f"area_conv_{i}") for i in d),
@@ -122,15 +123,15 @@ class _Frozen(nn.Module):
         b = batch_like.shape[0]
         return tuple(getattr(self, f"spont_{i}").expand(b, -1, -1, -1) for i in range(self.depth))
 
-    def _drive_terms(self, w: _Weights, image: Tensor) -> DriveTerms:
+    def _drive_terms(self, w: Weights, image: Tensor) -> DriveTerms:
         m = self._model
-        return m._terms(w, m._drive(w, image))
+        return m.unchecked_drive_terms(w, m.unchecked_drive(w, image))
 
-    def _step(self, w: _Weights, state: Sequence[Tensor], skip: Tensor, ff0: Tensor) -> Tuple[Tensor, ...]:
-        return tuple(self._model._step(w, state, DriveTerms(u=skip, skip=skip, ff0=ff0), self.alpha))
+    def _step(self, w: Weights, state: Sequence[Tensor], skip: Tensor, ff0: Tensor) -> Tuple[Tensor, ...]:
+        return self._model.unchecked_step(w, state, DriveTerms(skip=skip, ff0=ff0), self.alpha)
 
-    def _readout(self, w: _Weights, state: Sequence[Tensor]) -> Tensor:
-        return self._model._readout(w, state)
+    def _readout(self, w: Weights, state: Sequence[Tensor]) -> Tensor:
+        return self._model.unchecked_readout(w, state)
 
 
 class Unrolled(_Frozen):
@@ -155,8 +156,7 @@ class Unrolled(_Frozen):
         state = self._start(image)
         per_step: List[Tensor] = []
         rates: List[List[Tensor]] = [[] for _ in self.record]
-        for _ in range(self.steps):
-            state = self._step(w, state, terms.skip, terms.ff0)
+        for state in self._model.unchecked_trajectory(w, state, terms, self.steps, self.alpha):
             if self.readout_all:
                 per_step.append(self._readout(w, state))
             for k, a in enumerate(self.record):
@@ -334,7 +334,7 @@ def example_inputs(model: CordsNet, spec: Any) -> dict[str, Tensor]:
     ex = {"image": torch.randn(b, *c.input_shape, generator=gen).to(dt),
           "skip": torch.randn(b, *c.drive_shape, generator=gen).to(dt),
           "ff0": torch.randn(b, *c.drive_shape, generator=gen).to(dt)}
-    spont = model._spontaneous(spec.spontaneous_steps, spec.alpha)
+    spont = model.cached_spontaneous_state(spec.spontaneous_steps, spec.alpha)
     for i, r in enumerate(spont):
         ex[f"state_{i}"] = r.expand(b, *r.shape[1:]).to(dt).clone()
     return ex

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..model import _SECOND_IDENTITY, _SECOND_INP_SKIP, CordsNet, _Weights
+from ..model import CordsNet, Weights
 
 __all__ = [
     "BN_EPS",
@@ -101,24 +101,24 @@ class CNNActivity(NamedTuple):
 
 
 # --------------------------------------------------------------------------------- compat CNN
-def _feedforward_input(model: CordsNet, W: _Weights, i: int, xs: list[Tensor], inp: Tensor,
+def _feedforward_input(model: CordsNet, W: Weights, i: int, xs: list[Tensor], inp: Tensor,
                        skip_norm: nn.ModuleList | None = None) -> Tensor:
-    """The CNN's feedforward input h_i, wired like the model's areas (``model._wiring``).
+    """The CNN's feedforward input h_i, wired like the model's areas (``model.wiring``).
 
     Args:
         xs: the (already rectified) activities of areas 0..i-1.
         inp: the input drive, (B, 64, S/4, S/4).
         skip_norm: BatchNorms applied after each ``skip_area`` projection (compat CNN), or None.
     """
-    first, kind, second, proj = model._wiring[i]
-    if first < 0:
+    wire = model.wiring[i]
+    if wire.first < 0:
         return inp
-    if kind == _SECOND_INP_SKIP:
-        return xs[first] + F.conv2d(inp, W.inp_skip, padding=1)
-    if kind == _SECOND_IDENTITY:
-        return xs[first] + xs[second]
-    skip = F.conv2d(xs[second], W.skip_area[proj], stride=2)
-    return xs[first] + (skip_norm[proj](skip) if skip_norm is not None else skip)
+    if wire.second == "inp_skip":
+        return xs[wire.first] + F.conv2d(inp, W.inp_skip, padding=1)
+    if wire.second == "identity":
+        return xs[wire.first] + xs[wire.source]
+    skip = F.conv2d(xs[wire.source], W.skip_area[wire.projection], stride=2)
+    return xs[wire.first] + (skip_norm[wire.projection](skip) if skip_norm is not None else skip)
 
 
 def compat_forward(model: CordsNet, bn: BatchNormSet, images: Tensor) -> Tensor:
@@ -133,7 +133,7 @@ def compat_forward(model: CordsNet, bn: BatchNormSet, images: Tensor) -> Tensor:
         logits (B, classes).
     """
     W = model.effective_weights()
-    strides = model._strides
+    strides = model.strides
     inp = model.inp_pool(bn.inp(F.conv2d(images, W.inp_conv, stride=2, padding=3)))
     xs: list[Tensor] = []
     for i in range(model.depth):
@@ -182,7 +182,7 @@ def fold_batchnorm(model: CordsNet, bn: BatchNormSet) -> FoldedCNN:
     cfg = model.config
     ref = model.out_fc.bias
     folded = FoldedCNN(model).to(device=ref.device, dtype=ref.dtype)
-    strides = model._strides
+    strides = model.strides
     half = cfg.image_size // 2  # side of inp_conv's output
 
     # Per-channel shifts, before any layer is changed.
@@ -197,8 +197,7 @@ def fold_batchnorm(model: CordsNet, bn: BatchNormSet) -> FoldedCNN:
         _fold_into(model.area_conv[i], rec_aff[i][0])
     for j, m in enumerate(model.skip_area):
         _fold_into(m, skip_aff[j][0])
-    model._weight_cache = None
-    model._spont_cache = None
+    model.clear_caches()
 
     W = model.effective_weights()
     # The input BN's shift through the avgpool: a (1, 64, S/4, S/4) map, smaller at the borders.
@@ -219,8 +218,7 @@ def fold_batchnorm(model: CordsNet, bn: BatchNormSet) -> FoldedCNN:
         model.conv_bias[i].copy_(rec_aff[i][1].view(c, 1, 1).expand(c, h, w))
         folded.rec_weight(i).copy_(W.area_conv[i])
         folded.rec_bias(i).copy_(model.conv_bias[i])
-    model._weight_cache = None
-    model._spont_cache = None
+    model.clear_caches()
     return folded
 
 
@@ -239,8 +237,8 @@ def folded_activity(model: CordsNet, folded: FoldedCNN, images: Tensor) -> CNNAc
         :class:`CNNActivity` with the drive, each area's feedforward term and pre-activation, logits.
     """
     W = model.effective_weights()
-    strides = model._strides
-    u = model._drive(W, images)
+    strides = model.strides
+    u = model.unchecked_drive(W, images)
     xs: list[Tensor] = []
     ffs: list[Tensor] = []
     pres: list[Tensor] = []

@@ -177,33 +177,29 @@ def _forward_inverse(ctx: _Context, spec: StageSpec, x: Tensor, y: Tensor) -> tu
 
 
 def _forward_rnn(ctx: _Context, spec: StageSpec, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, dict]:
-    """The recurrent dynamics through the model's own step: stimulus, then blank recovery steps."""
+    """The recurrent dynamics through the model's own time loop: stimulus, then blank recovery steps."""
     model, opts = ctx.model, ctx.opts
     W = model.effective_weights()
-    terms = model._terms(W, model._drive(W, x))
+    terms = model.unchecked_drive_terms(W, model.unchecked_drive(W, x))
     batch = x.shape[0]
     if spec.spontaneous and opts.spontaneous_steps > 0:
-        spont = model._spontaneous(opts.spontaneous_steps, opts.alpha)  # no gradient, image-independent
+        spont = model.cached_spontaneous_state(opts.spontaneous_steps, opts.alpha)  # no gradient, image-independent
     else:
         spont = model.initial_state(1)
     state = tuple(r.expand(batch, *r.shape[1:]) for r in spont)
     window = min(opts.ce_window, opts.steps)
     logits = []
-    for t in range(opts.steps):
-        state = model._step(W, state, terms, opts.alpha)
+    for t, state in enumerate(model.unchecked_trajectory(W, state, terms, opts.steps, opts.alpha)):
         if t >= opts.steps - window:
-            logits.append(model._readout(W, state))
+            logits.append(model.unchecked_readout(W, state))
     stacked = torch.stack(logits)
     ce = time_weighted_ce(stacked, y, time_weights(window, device=x.device, dtype=stacked.dtype))
     extra = {"ce": ce.detach()}
     loss = ce
     if spec.penalty > 0 and opts.recovery_steps > 0:
-        late = []
         keep = min(opts.penalty_window, opts.recovery_steps)
-        for t in range(opts.recovery_steps):
-            state = model._step(W, state, None, opts.alpha)
-            if t >= opts.recovery_steps - keep:
-                late.append(state)
+        late = [s for t, s in enumerate(model.unchecked_trajectory(W, state, None, opts.recovery_steps, opts.alpha))
+                if t >= opts.recovery_steps - keep]
         pen = spontaneous_penalty(late, spont)
         loss = loss + spec.penalty * pen
         extra["penalty"] = pen.detach()
