@@ -21,6 +21,8 @@ __all__ = [
     "DRIVE_CHANNELS",
     "SKIP_CHANNELS",
     "VALID_DEPTHS",
+    "MAX_IMAGE_SIZE",
+    "MAX_STEPS",
     "CordsNetConfig",
     "DatasetPreset",
     "PRESETS",
@@ -34,6 +36,20 @@ AREA_STRIDES: tuple[int, ...] = (1, 1, 2, 1, 2, 1, 2, 1)
 DRIVE_CHANNELS: int = 64  # channels of the drive u = avgpool(inp_conv(x))
 SKIP_CHANNELS: tuple[tuple[int, int], ...] = ((64, 128), (128, 256), (256, 512))  # skip_area.k in -> out
 VALID_DEPTHS: tuple[int, ...] = (2, 4, 6, 8)
+
+# Bounds on what a config (typed by a user or read from a file) may claim, so that a bad value is an
+# error before anything is allocated or simulated, never an out-of-memory crash or a hang.
+# image_size: the published models use 224; R8 at 1024 px already holds 64 x 256 x 256 floats (16 MB)
+# per image in each of its first areas and takes seconds per step on a CPU.
+MAX_IMAGE_SIZE: int = 1024
+# steps / spontaneous_steps: the published protocol uses 100 each (200 ms of model time at alpha 0.2);
+# 10,000 steps are 20 s of model time, 100 times the protocol. Longer runs step the model yourself
+# (CordsNet.step, runtime.StepSession), which has no bound.
+MAX_STEPS: int = 10_000
+_STEPS_WHY = ("the published protocol uses 100; for longer simulations step the model yourself "
+              "(CordsNet.step or cordsnet.runtime.StepSession)")
+MAX_CLASSES: int = 1_000_000  # ImageNet-21k has ~21,841; a million is far past any real head
+MAX_IN_CHANNELS: int = 64  # 1 (grey) or 3 (RGB) in practice; generous for multispectral data
 
 
 @dataclass(frozen=True)
@@ -53,18 +69,28 @@ class CordsNetConfig:
     dataset: str | None = "imagenet"  # dataset preset (normalisation, class names); None if unknown
 
     def __post_init__(self) -> None:
-        if isinstance(self.depth, bool) or self.depth not in VALID_DEPTHS:
-            raise ValueError(f"depth: expected one of {VALID_DEPTHS}, got {self.depth!r}")
-        validate.positive_int("num_classes", self.num_classes)
-        validate.positive_int("in_channels", self.in_channels)
-        validate.positive_int("image_size", self.image_size)
-        if self.image_size % 32:
+        # Each value is validated and normalised to a plain Python number (numpy scalars read from a
+        # file become int/float), so the config always serialises to JSON.
+        checked = {
+            "depth": validate.choice("depth", validate.integer("depth", self.depth), VALID_DEPTHS),
+            "num_classes": validate.positive_int("num_classes", self.num_classes, max=MAX_CLASSES,
+                                                 why=f"a head of more than {MAX_CLASSES:,} classes is not a "
+                                                     "CordsNet checkpoint; check the file"),
+            "in_channels": validate.positive_int("in_channels", self.in_channels, max=MAX_IN_CHANNELS,
+                                                 why="images have 1 (grey) or 3 (RGB) channels"),
+            "image_size": validate.positive_int("image_size", self.image_size, max=MAX_IMAGE_SIZE,
+                                                why=f"larger inputs allocate (S/4)^2 x 64 floats per image and "
+                                                    f"area; resize images to {MAX_IMAGE_SIZE} px or less"),
+            "alpha": validate.fraction("alpha", self.alpha),
+            "steps": validate.positive_int("steps", self.steps, max=MAX_STEPS, why=_STEPS_WHY),
+            "spontaneous_steps": validate.integer("spontaneous_steps", self.spontaneous_steps, min=0,
+                                                  max=MAX_STEPS, why=_STEPS_WHY),
+        }
+        if checked["image_size"] % 32:
             raise ValueError(f"image_size: expected a positive multiple of 32, got {self.image_size!r}")
-        validate.fraction("alpha", self.alpha)
-        validate.positive_int("steps", self.steps)
-        validate.integer("spontaneous_steps", self.spontaneous_steps, min=0)
-        if self.dataset is not None and self.dataset not in PRESETS:
-            raise ValueError(f"dataset: expected one of {sorted(PRESETS)} or None, got {self.dataset!r}")
+        validate.choice("dataset", self.dataset, [*sorted(PRESETS), None])
+        for key, value in checked.items():
+            object.__setattr__(self, key, value)
 
     # ----------------------------------------------------------------------------------- geometry
     @property
@@ -111,8 +137,7 @@ class CordsNetConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CordsNetConfig":
         """Build a config from a mapping; unknown keys are refused with the list of valid ones."""
-        if not isinstance(data, Mapping):
-            raise TypeError(f"config: expected a mapping, got {type(data).__name__}")
+        validate.mapping("config", data)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -121,11 +146,19 @@ class CordsNetConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "CordsNetConfig":
+        """Parse the JSON a checkpoint or artifact stores; anything else is a ValueError.
+
+        Raises:
+            ValueError: not JSON, nested too deep to parse (a hostile file), not an object, unknown
+                keys or invalid values.
+        """
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"config: not valid JSON ({exc})") from None
-        return cls.from_dict(data)
+        except RecursionError:
+            raise ValueError("config: expected a flat JSON object, got JSON nested too deeply to parse") from None
+        return cls.from_dict(validate.mapping("config", data))
 
     def replace(self, **changes: Any) -> "CordsNetConfig":
         """A copy with some fields changed (validated again)."""
@@ -234,7 +267,4 @@ def get_preset(name: str) -> DatasetPreset:
     Raises:
         ValueError: `name` is not a registered preset (the message lists the valid ones).
     """
-    try:
-        return PRESETS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"dataset: expected one of {sorted(PRESETS)}, got {name!r}") from None
+    return PRESETS[validate.choice("dataset", name, sorted(PRESETS))]

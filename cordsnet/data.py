@@ -31,7 +31,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
-from .config import get_preset
+from . import validate
+from .config import MAX_IMAGE_SIZE, get_preset
 
 __all__ = [
     "DATASETS",
@@ -78,8 +79,7 @@ def _digits_raw(X: np.ndarray | Tensor, image_size: int) -> Tensor:
         x = x.unsqueeze(0)
     if x.dim() != 2 or x.shape[1] != 64:
         raise ValueError(f"X: expected digits rows of shape (N, 64), got {tuple(x.shape)}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
-        raise ValueError(f"image_size: expected an int >= 8, got {image_size!r}")
+    image_size = validate.integer("image_size", image_size, min=8, max=MAX_IMAGE_SIZE)
     x = (x / 16.0).reshape(-1, 1, 8, 8)
     x = TF.resize(x, [image_size, image_size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
     return x.contiguous()
@@ -95,10 +95,9 @@ def digits_split(val_fraction: float = 0.1) -> dict[str, tuple[np.ndarray, np.nd
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
+    val_fraction = validate.number("val_fraction", val_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
     X, y = load_digits(return_X_y=True)
     X_rest, X_test, y_rest, y_test = train_test_split(X, y, stratify=y, **_DIGITS_HOLDOUT)
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction: expected a float in (0, 1), got {val_fraction!r}")
     X_tr, X_val, y_tr, y_val = train_test_split(X_rest, y_rest, test_size=val_fraction, random_state=0,
                                                 stratify=y_rest)
     return {"train": (X_tr, y_tr), "val": (X_val, y_val), "test": (X_test, y_test)}
@@ -278,10 +277,7 @@ DATASETS: dict[str, DatasetSpec] = {
 
 def get_dataset_spec(name: str) -> DatasetSpec:
     """The registry entry of `name`; unknown names raise ValueError listing the valid ones."""
-    try:
-        return DATASETS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"dataset: expected one of {sorted(DATASETS)}, got {name!r}") from None
+    return DATASETS[validate.choice("dataset", name, sorted(DATASETS))]
 
 
 def build_dataset(name: str, split: str, *, root: str | os.PathLike | None = None, image_size: int | None = None,
@@ -304,8 +300,10 @@ def build_dataset(name: str, split: str, *, root: str | os.PathLike | None = Non
         A map-style dataset yielding (image (C, S, S) float32 normalised, label int).
     """
     spec = get_dataset_spec(name)
-    if split not in SPLITS:
-        raise ValueError(f"split: expected one of {list(SPLITS)}, got {split!r}")
+    validate.choice("split", split, SPLITS)
+    val_fraction = validate.number("val_fraction", val_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
+    if image_size is not None:
+        image_size = validate.integer("image_size", image_size, min=8, max=MAX_IMAGE_SIZE)
     if dense:
         image_size = 32 if spec.native_size <= 32 else spec.native_size
     if image_size is None:

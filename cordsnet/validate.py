@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Iterable, Mapping, Sequence, TypeVar
+from pathlib import Path
+from typing import Any, Iterable, Mapping, TypeVar
 
 __all__ = [
     "areas",
@@ -31,6 +32,7 @@ __all__ = [
     "number",
     "optional_integer",
     "positive_int",
+    "suffix",
 ]
 
 T = TypeVar("T")
@@ -90,12 +92,13 @@ def optional_integer(name: str, value: Any, default: int, *, min: int | None = N
 
 
 def number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
-           low_open: bool = False, high_open: bool = False, finite: bool = True) -> float:
-    """A real number (int or float, never bool) within the given bounds.
+           low_open: bool = False, high_open: bool = False, finite: bool = True, why: str = "") -> float:
+    """A real number (int or float, numpy scalars too, never bool) within the given bounds.
 
     Args:
         low, high: bounds (None: unbounded); ``low_open``/``high_open`` exclude them.
-        finite: refuse NaN and infinities (default True).
+        finite: refuse infinities (default True). NaN is always refused: it fits no bound.
+        why: appended to the message when the value is out of range.
 
     Raises:
         ValueError: not a real number, not finite, or out of range.
@@ -106,10 +109,9 @@ def number(name: str, value: Any, *, low: float | None = None, high: float | Non
     v = float(value)
     if math.isnan(v) or (finite and math.isinf(v)):
         raise ValueError(f"{name}: expected {expected}, got {value!r}")
-    if low is not None and (v < low or (low_open and v == low)):
-        raise ValueError(f"{name}: expected {expected}, got {value!r}")
-    if high is not None and (v > high or (high_open and v == high)):
-        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    if (low is not None and (v < low or (low_open and v == low))) or \
+            (high is not None and (v > high or (high_open and v == high))):
+        raise ValueError(f"{name}: expected {expected}, got {value!r}{'; ' + why if why else ''}")
     return v
 
 
@@ -131,27 +133,36 @@ def choice(name: str, value: Any, valid: Iterable[T]) -> T:
 
 
 def areas(name: str, value: Any, depth: int, *, allow_empty: bool = True) -> tuple[int, ...]:
-    """Area indices in ``0..depth-1`` from an int, a sequence of ints or ``"6,7"`` text; order kept, repeats dropped.
+    """Area indices in ``0..depth-1``; order kept, repeats dropped.
+
+    Accepts an int, a sequence of ints, ``"6,7"`` text, or a sequence mixing them (what a repeatable
+    command-line option gives: ``--record 6,7 --record 5`` -> ``["6,7", "5"]``).
 
     Raises:
         ValueError: an index out of range or not an int, or none when ``allow_empty`` is False.
     """
     if value is None:
-        items: Sequence[Any] = ()
-    elif isinstance(value, str):
-        text = value.replace(" ", "")
-        items = [t for t in text.split(",") if t]
-        try:
-            items = [int(t) for t in items]
-        except ValueError:
-            raise ValueError(f"{name}: expected comma-separated area indices like '6,7', got {value!r}") from None
-    elif _is_int(value):
+        items: list[Any] = []
+    elif isinstance(value, (str, bytes)) or _is_int(value):
         items = [value]
     else:
         try:
             items = list(value)
         except TypeError:
             raise ValueError(f"{name}: expected area indices in 0..{depth - 1}, got {value!r}") from None
+    flat: list[Any] = []
+    for item in items:
+        if isinstance(item, str):
+            for t in item.replace(" ", "").split(","):
+                if not t:
+                    continue
+                if not t.isdigit():
+                    raise ValueError(f"{name}: expected comma-separated area indices like '0,1' "
+                                     f"(0..{depth - 1}), got {item!r}")
+                flat.append(int(t))
+        else:
+            flat.append(item)
+    items = flat
     out: list[int] = []
     for a in items:
         if not _is_int(a) or not 0 <= int(a) < depth:
@@ -168,3 +179,18 @@ def mapping(name: str, value: Any) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise ValueError(f"{name}: expected a JSON object (mapping), got {type(value).__name__}")
     return value
+
+
+def suffix(name: str, path: Any, suffixes: Iterable[str]) -> Path:
+    """`path` as a :class:`~pathlib.Path` if its (case-insensitive) suffix is one of `suffixes`.
+
+    Example: ``suffix("--plot", "s.png", (".png", ".svg", ".pdf"))``.
+
+    Raises:
+        ValueError: another suffix (the message lists the accepted ones).
+    """
+    options = tuple(suffixes)
+    p = Path(path)
+    if p.suffix.lower() not in {s.lower() for s in options}:
+        raise ValueError(f"{name}: expected a path ending in {', '.join(options)}, got {str(p)!r}")
+    return p

@@ -54,3 +54,42 @@ def test_presets():
     assert get_preset("imagenet").resize_size(224) == 256
     with pytest.raises(ValueError, match="expected one of"):
         get_preset("svhn")
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("image_size", 8192, "image_size: expected an int in \\[1, 1024\\], got 8192; larger inputs"),
+    ("image_size", 10**9, "image_size: expected an int in \\[1, 1024\\]"),
+    ("steps", 10**12, "steps: expected an int in \\[1, 10000\\], got 1000000000000; the published protocol"),
+    ("spontaneous_steps", 10**9, "spontaneous_steps: expected an int in \\[0, 10000\\]"),
+    ("num_classes", 10**9, "num_classes"), ("in_channels", 4096, "in_channels"),
+    ("depth", True, "depth: expected an int"), ("depth", 4.0, "depth: expected an int"),
+    ("alpha", True, "alpha"), ("alpha", float("nan"), "alpha"), ("steps", 1.5, "steps"),
+])
+def test_values_that_would_exhaust_memory_or_hang_are_refused_with_a_why(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        CordsNetConfig(**{field: value})
+
+
+def test_the_bounds_admit_the_published_and_bundled_models():
+    from cordsnet.config import MAX_IMAGE_SIZE, MAX_STEPS
+
+    CordsNetConfig(image_size=MAX_IMAGE_SIZE, steps=MAX_STEPS, spontaneous_steps=MAX_STEPS)
+    CordsNetConfig(depth=4, num_classes=10, in_channels=1, image_size=32, dataset="digits")
+
+
+def test_numpy_values_are_stored_as_plain_numbers():
+    import numpy as np
+
+    c = CordsNetConfig(depth=np.int64(4), steps=np.int32(7), alpha=np.float32(0.5), image_size=np.int64(64))
+    assert type(c.depth) is int and type(c.steps) is int and type(c.alpha) is float
+    assert CordsNetConfig.from_json(c.to_json()) == c
+
+
+@pytest.mark.parametrize("text, match", [
+    ("[" * 100_000 + "]" * 100_000, "config: "), ('{"a": ' * 100_000 + "1" + "}" * 100_000, "config: "),
+    ("[1, 2]", "config: expected a JSON object"), ("nope", "config: not valid JSON"),
+    ('{"steps": 1e12}', "steps: expected an int"),
+])
+def test_hostile_config_json_is_a_value_error(text, match):
+    with pytest.raises(ValueError, match=match):
+        CordsNetConfig.from_json(text)
