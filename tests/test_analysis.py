@@ -408,7 +408,7 @@ def test_cli_record_and_reaction_time(cli_files, tmp_path):
     model, ckpt, imgs = cli_files
     runner = CliRunner()
     out = tmp_path / "rates.npy"
-    res = runner.invoke(app, ["record", str(ckpt), str(imgs[0]), str(imgs[1]), "--areas", "0", "1", "--out", str(out),
+    res = runner.invoke(app, ["record", str(ckpt), str(imgs[0]), str(imgs[1]), "--areas", "0,1", "--out", str(out),
                               "--steps", "4", "--spontaneous-steps", "3", "--window", "3", "7", "--json"])
     assert res.exit_code == 0, res.output
     info = json.loads(res.output)

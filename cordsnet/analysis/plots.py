@@ -1,0 +1,68 @@
+"""Figures of analysis results (matplotlib, an optional dependency: ``pip install 'cordsnet[plot]'``)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["PLOT_SUFFIXES", "plot_spectra"]
+
+PLOT_SUFFIXES: tuple[str, ...] = (".png", ".svg", ".pdf")  # formats matplotlib writes without extra packages
+
+
+def plot_spectra(spectra: Sequence[Any], path: str | os.PathLike, *, dpi: int = 120) -> Path:
+    """Eigenvalues of each spectrum in the complex plane, with the unit circle; one panel per spectrum.
+
+    A panel is blue when the spectral radius is below 1 (stable), red otherwise. The file is written
+    atomically; its format follows the suffix (.png, .svg or .pdf).
+
+    Args:
+        spectra: :class:`~cordsnet.analysis.spectra.Spectrum` results (``name``, ``eigenvalues``, ``radius``).
+        path: destination file.
+        dpi: resolution of a .png.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: no spectra, another suffix, or matplotlib is not installed.
+    """
+    from .. import validate
+    from .._io import atomic_path
+
+    path = validate.suffix("path", path, PLOT_SUFFIXES)
+    if len(spectra) == 0:
+        raise ValueError("spectra: expected at least one spectrum, got none")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("plotting needs matplotlib: pip install 'cordsnet[plot]'") from None
+    import numpy as np
+
+    cols = min(4, len(spectra))
+    rows = math.ceil(len(spectra) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    try:
+        circle = np.exp(1j * np.linspace(0, 2 * np.pi, 256))
+        for ax, s in zip(axes.flat, spectra):
+            ax.plot(circle.real, circle.imag, color="0.6", lw=0.8)
+            ax.scatter(s.eigenvalues.real, s.eigenvalues.imag, s=12, color="C0" if s.radius < 1 else "C3")
+            ax.set_title(f"{s.name}  (radius {s.radius:.3f})", fontsize=9)
+            ax.set_aspect("equal")
+            ax.axhline(0, color="0.85", lw=0.5)
+            ax.axvline(0, color="0.85", lw=0.5)
+            ax.set_xlabel("Re")
+            ax.set_ylabel("Im")
+        for ax in list(axes.flat)[len(spectra):]:
+            ax.set_visible(False)
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix.lower()[1:], dpi=dpi)
+    finally:
+        plt.close(fig)
+    return path

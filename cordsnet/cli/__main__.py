@@ -1,0 +1,5 @@
+"""``python -m cordsnet.cli``: the same as ``cordsnet-cli``."""
+
+from . import main
+
+main()

@@ -1,0 +1,117 @@
+"""What several command sections share: argument types, output helpers, progress, the console."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Callable, Iterator, Optional
+
+import typer
+
+log = logging.getLogger("cordsnet.cli")
+
+# Width of help and tables when stdout is not a terminal (piped, redirected): wide enough that no
+# option name or table column is cut; rich would otherwise assume 80 columns.
+PIPED_WIDTH = 160
+
+CheckpointArg = Annotated[
+    Optional[Path],
+    typer.Argument(exists=True, dir_okay=False, help="Checkpoint (.pth published layout or .safetensors); "
+                   "default: the bundled digits model."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def one_line(text: str) -> str:
+    """`text` on one line (an error message for stderr)."""
+    return " ".join(str(text).split())
+
+
+@contextlib.contextmanager
+def wide_console_env() -> Iterator[None]:
+    """While a command runs with stdout not a terminal, rich consoles (help, tables) are PIPED_WIDTH wide."""
+    if "COLUMNS" in os.environ or _isatty(sys.stdout):
+        yield
+        return
+    os.environ["COLUMNS"] = str(PIPED_WIDTH)
+    try:
+        yield
+    finally:
+        os.environ.pop("COLUMNS", None)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def console(stderr: bool = False) -> Any:
+    """A rich console for tables and text (its width follows :func:`wide_console_env`)."""
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def load_model(checkpoint: Optional[Path]) -> Any:
+    """The checkpoint's model, or the bundled default model for None."""
+    from ..checkpoint import load_checkpoint
+
+    return load_checkpoint(checkpoint)
+
+
+def checkpoint_source(checkpoint: Optional[Path]) -> Path:
+    """The file a model is read from (the bundled model's path for None)."""
+    if checkpoint is not None:
+        return checkpoint
+    from ..checkpoint import default_checkpoint_path
+
+    return Path(default_checkpoint_path())
+
+
+def echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+@contextlib.contextmanager
+def phases(first: str, *, quiet: bool = False) -> Iterator[Callable[[str], None]]:
+    """Report the phases of long work: a spinner on a terminal, else one log line per phase.
+
+    Yields ``say(message)``; call it when a new phase starts. With ``quiet`` (e.g. ``--json``) nothing is
+    shown on a terminal, and the log lines stay at INFO (shown when :func:`cordsnet.cli.main` configured
+    logging, i.e. when stderr is not a terminal).
+    """
+    if _isatty(sys.stderr) and not quiet:
+        from rich.console import Console
+
+        with Console(stderr=True).status(first) as status:
+            yield lambda message: status.update(message)
+        return
+    log.info(first)
+    yield lambda message: log.info(message)
+
+
+class Stopwatch:
+    """Wall time of named parts of a command: ``with watch("loading"): ...``; ``watch.total``."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.parts[name] = self.parts.get(name, 0.0) + time.perf_counter() - t0
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self.start

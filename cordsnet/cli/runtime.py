@@ -1,0 +1,140 @@
+"""The runtime commands: ``predict``, ``verify`` and ``bench`` an exported model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ._shared import JsonOpt, console, echo_json, load_model
+
+ProviderOpt = Annotated[str, typer.Option(
+    "--provider", help="Execution provider: auto (CUDA if usable, else CPU with a warning), cuda, tensorrt, cpu.")]
+ModelArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An exported .onnx graph (any kind).")]
+
+
+def predict(
+    model: ModelArg,
+    images: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False,
+                                                 help="Image files (any format Pillow reads).")],
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes to list per image.")] = 5,
+    provider: ProviderOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Classify images with an exported model (onnxruntime, preprocessing from the model's preset)."""
+    from ..runtime import open_session
+
+    session = open_session(model, provider)
+    preds = _predict(session, [str(p) for p in images], top_k)
+    if as_json:
+        echo_json({"model": str(model), "providers": session.providers,
+                   "predictions": [{"image": str(p), "top": top} for p, top in zip(images, preds)]})
+        return
+    for path, top in zip(images, preds):
+        typer.echo(f"{path}:")
+        for rank, item in enumerate(top, 1):
+            typer.echo(f"  {rank}. {item['name']:<24} {item['probability']:.4f}  (class {item['index']})")
+
+
+def _predict(session: Any, images: list[str], top_k: int) -> list[Any]:
+    """Top-k per image. MERGE NOTE: Session.predict pads static-batch graphs itself on the runtime branch;
+    this function then becomes ``session.predict(images, top_k).to_list()``."""
+    import numpy as np
+
+    fixed = session.info.batch
+    if fixed is None:
+        return session.predict(session.preprocess(images), top_k).to_list()
+    preds: list[Any] = []
+    for i in range(0, len(images), fixed):
+        chunk = session.preprocess(images[i:i + fixed], check_batch=False)
+        pad = fixed - chunk.shape[0]
+        if pad:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+        preds += session.predict(chunk, top_k).to_list()[:fixed - pad]
+    return preds
+
+
+def verify(
+    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
+                                          help="An exported model (.onnx, .pt, .pt2).")],
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        "--checkpoint", exists=True, dir_okay=False,
+        help="Checkpoint the model was exported from (default: the bundled model).")] = None,
+    provider: ProviderOpt = "auto",
+    atol: Annotated[Optional[float], typer.Option(min=0.0, help="Absolute tolerance (default: the exporter's).")] = None,
+    rtol: Annotated[Optional[float], typer.Option(min=0.0, help="Relative tolerance (default: the exporter's).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check an exported model against the PyTorch model it came from (parity report; exit 1 on failure)."""
+    from ..export import verify_artifact
+
+    tolerances = {k: v for k, v in (("atol", atol), ("rtol", rtol)) if v is not None}
+    onnx = model.suffix.lower() == ".onnx"
+    if not onnx and provider not in ("auto", "cpu"):
+        raise ValueError(f"provider: {provider!r} applies to ONNX models only; {model.name} runs with PyTorch "
+                         "on the CPU (use --provider auto or cpu)")
+    torch_model = load_model(checkpoint)
+    source = str(checkpoint) if checkpoint is not None else "the bundled model"
+    _check_same_weights(model, torch_model, source)
+    # verify_artifact applies the runtime's provider rules: a GPU provider that cannot run is an error,
+    # "auto" falls back to the CPU with one warning, and the session's real providers are checked.
+    report = verify_artifact(model, torch_model, providers=provider if onnx else None, **tolerances)
+    if as_json:
+        echo_json(report.to_dict())
+        return
+    typer.echo(f"{model} vs {source}: {report.summary()}")
+    for check in report.checks:
+        rest = {k: v for k, v in check.items() if k != "name"}
+        typer.echo(f"  {check['name']}: " + ", ".join(
+            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in rest.items()))
+
+
+def _check_same_weights(artifact: Path, torch_model: Any, source: str) -> None:
+    """MERGE NOTE: verify_artifact does this state-dict sha guard itself on the contract branch; then delete."""
+    from ..checkpoint import state_dict_sha256
+    from ..export import read_metadata
+
+    stored = read_metadata(artifact).get("cordsnet.state_dict_sha256", "")
+    if stored and stored != state_dict_sha256(torch_model.state_dict()):
+        raise ValueError(f"checkpoint: {artifact.name} was exported from other weights than {source} "
+                         f"(state-dict sha256 {stored[:12]}... in its metadata); pass --checkpoint with its source")
+
+
+def bench(
+    model: ModelArg,
+    batch: Annotated[int, typer.Option(min=1, help="Images per call.")] = 1,
+    provider: ProviderOpt = "auto",
+    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="Capture CUDA graphs (CUDA provider).")] = False,
+    steps: Annotated[Optional[int], typer.Option(
+        min=1, help="Stimulus steps per image (loop/stepwise graphs; default: the exported protocol's).")] = None,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed runs first.")] = 2,
+    iterations: Annotated[int, typer.Option(min=1, help="Timed runs.")] = 10,
+    as_json: JsonOpt = False,
+) -> None:
+    """Latency percentiles (per image, per step) and throughput of an exported graph."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..runtime.bench import benchmark
+
+    with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True, disable=as_json) as bar:
+        task = bar.add_task("runs", total=warmup + iterations)
+        result = benchmark(model, batch=batch, providers=provider, cuda_graph=cuda_graph, steps=steps,
+                           warmup=warmup, iterations=iterations,
+                           progress=lambda done, total: bar.update(task, completed=done))
+    if as_json:
+        echo_json(result)
+        return
+    from rich.table import Table
+
+    out = console()
+    out.print(f"[bold]{model}[/bold]: {result['graph']} graph, R{result['depth']} at {result['image_size']} px, "
+              f"{result['dtype']}, providers {result['providers']}, cuda_graph={result['cuda_graph']}, "
+              f"batch {batch}, {result['steps']} steps (+{result['spontaneous_steps']} spontaneous, precomputed)")
+    table = Table("latency (ms)", "mean", "min", "p50", "p90", "p99")
+    for key in ("per_batch_ms", "per_image_ms", "per_step_ms"):
+        r = result[key]
+        table.add_row(key[:-3].replace("_", " "), *(f"{r[k]:.3f}" for k in ("mean", "min", "p50", "p90", "p99")))
+    out.print(table)
+    out.print(f"throughput: {result['images_per_s']:.1f} images/s, {result['steps_per_s']:.1f} steps/s")
