@@ -83,3 +83,196 @@ def test_verify_refuses_other_weights_and_gpu_for_torch_artifacts(tmp_path):
     assert gpu.exit_code == 1 and "ONNX models only" in gpu.output
     info = runner.invoke(app, ["info", str(tmp_path / "a.pt"), "--json"])
     assert info.exit_code == 0 and json.loads(info.output)["graph"] == "unrolled"
+
+
+# ------------------------------------------------------------------------------------- hardening
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from cordsnet._io import TEMPORARY_MARK  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def r2_files(tmp_path):
+    """A CordsNet-R2 checkpoint (cifar10 preset, 32 px) and two RGB images."""
+    from PIL import Image
+
+    from cordsnet.checkpoint import save_checkpoint
+
+    model = load_checkpoint(make_published_state_dict(depth=2, seed=3), dataset="cifar10")
+    ckpt = save_checkpoint(model, tmp_path / "run.1.safetensors")
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(2):
+        images.append(tmp_path / f"img{i}.png")
+        Image.fromarray(rng.integers(0, 255, (36, 40, 3), dtype=np.uint8)).save(images[-1])
+    return Path(ckpt), images
+
+
+def _one_error_line(result, *needles):
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
+    for needle in needles:
+        assert needle in result.output, (needle, result.output)
+
+
+def _cli_process(*args, cwd=None, timeout=300):
+    """The real console script (main(): logging, SIGTERM), with stdout and stderr pipes (not a TTY)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("COLUMNS", None)
+    code = "import sys; sys.argv[0] = 'cordsnet-cli'; from cordsnet.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize("args", [[], ["analyze"]])
+def test_no_command_prints_help_without_an_error_line(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "Usage" in result.output and "Error" not in result.output
+    assert ("spectrum" if args else "reaction-time") in result.output
+
+
+def test_help_and_tables_are_not_cut_when_piped(r2_files):
+    ckpt, _ = r2_files
+    proc = _cli_process("export", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "--spontaneous-steps" in proc.stdout and "…" not in proc.stdout
+    assert "Blank steps whose end state is baked in (0: start from zero)." in proc.stdout
+    result = runner.invoke(app, ["analyze", "spectrum", str(ckpt), "--area", "0,1", "--k", "3", "--krylov-dim", "30"])
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output
+    assert result.output.count("j, ") >= 4  # three eigenvalues per row, none cut
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
+    import cordsnet.checkpoint
+
+    for error in (TypeError("unsupported operand"), KeyError("x")):
+        def broken(model, error=error):
+            raise error
+        monkeypatch.setattr(cordsnet.checkpoint, "describe_state", broken)
+        result = runner.invoke(app, ["info"])
+        assert result.exit_code == 1 and isinstance(result.exception, type(error))
+        assert not result.output.startswith("Error:")
+
+
+def test_no_command_overwrites_its_input(r2_files, tmp_path, monkeypatch):
+    ckpt, images = r2_files
+    monkeypatch.chdir(tmp_path)
+    original = ckpt.read_bytes()
+    (tmp_path / "link.safetensors").symlink_to(ckpt)
+    cases = [
+        (["export", ckpt, "-o", ckpt], "--output: expected a path ending in .onnx"),
+        (["export", ckpt, "--format", "torchscript", "-o", "x.onnx"], "ending in .pt, .ts"),
+        (["export", ckpt, "--format", "exported-program", "-o", "x.pt"], "ending in .pt2"),
+        (["convert", ckpt, ckpt], "is an input of this command"),
+        (["convert", ckpt, "link.safetensors"], "is an input of this command"),
+        (["convert", ckpt, "out.pth"], "OUTPUT: expected a path ending in .safetensors"),
+        (["analyze", "spectrum", ckpt, "--plot", ckpt], "--plot: expected a path ending in .png"),
+        (["analyze", "spectrum", ckpt, "--plot", "s.jpg"], "--plot: expected"),
+        (["record", ckpt, images[0], "--area", "0", "--out", images[0]], "--out: expected a path ending in .npy"),
+        (["record", ckpt, images[0], "--area", "0", "--out", "missing/r.npy"], "does not exist"),
+    ]
+    for args, needle in cases:
+        _one_error_line(runner.invoke(app, [str(a) for a in args]), needle)
+    assert ckpt.read_bytes() == original and images[0].read_bytes()[:4] == b"\x89PNG"
+    assert [p.name for p in tmp_path.iterdir() if TEMPORARY_MARK in p.name] == []
+
+
+def test_record_refuses_an_output_that_is_one_of_its_images(r2_files, tmp_path):
+    import shutil
+
+    ckpt, images = r2_files
+    npy_image = tmp_path / "r.npy"  # an image file whose name the recording would take
+    shutil.copy(images[0], npy_image)
+    before = npy_image.read_bytes()
+    result = runner.invoke(app, ["record", str(ckpt), str(npy_image), "--area", "0", "--out", str(npy_image)])
+    _one_error_line(result, "is an input of this command")
+    assert npy_image.read_bytes() == before
+
+
+def test_default_output_uses_the_whole_stem(r2_files, tmp_path, monkeypatch):
+    from cordsnet.cli.export import default_output
+
+    assert default_output(Path("run.1.safetensors"), "loop", "float32", "onnx") == Path("run.1-loop.onnx")
+    assert default_output(Path("a/run.2.pth"), "unrolled", "float16", "torchscript") == Path("run.2-unrolled-float16.pt")
+    ckpt, _ = r2_files
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["export", str(ckpt), "--graph", "stepwise", "--steps", "2", "--spontaneous-steps",
+                                 "1", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["files"] == ["run.1-stepwise.onnx"] and (tmp_path / "run.1-stepwise.onnx").is_file()
+    parts = report["seconds"]
+    assert set(parts) == {"loading", "spontaneous state", "graph", "verification"} and parts["verification"] > 0
+    assert report["total_seconds"] >= parts["graph"] + parts["verification"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["verify", "MODEL", "--atol", "-1"], "--atol"),
+    (["verify", "MODEL", "--rtol", "-0.5"], "--rtol"),
+    (["export", "CKPT", "--atol", "-1"], "--atol"),
+    (["export", "CKPT", "--record", "5"], "--record: expected area indices in 0..1, got 5"),
+    (["export", "CKPT", "--record", "x"], "--record: expected comma-separated area indices"),
+    (["record", "IMG", "--area", "9", "--out", "r.npy"], "--area: expected area indices in 0..3"),
+    (["analyze", "spectrum", "CKPT", "--area", "0,sideways"], "'all' or one of ['dynamics']"),
+    (["analyze", "spectrum", "CKPT", "--method", "qr"], "--method: expected one of"),
+])
+def test_bad_values_are_one_line(r2_files, tmp_path, monkeypatch, args, needle):
+    ckpt, images = r2_files
+    monkeypatch.chdir(tmp_path)
+    model_file = tmp_path / "m.onnx"
+    model_file.write_bytes(b"not a model")
+    subst = {"MODEL": model_file, "CKPT": ckpt, "IMG": images[0]}
+    _one_error_line(runner.invoke(app, [str(subst.get(a, a)) for a in args]), needle)
+
+
+def test_hostile_checkpoint_configs_are_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    sd = make_published_state_dict(depth=2)
+    for name, config in [("deep", "[" * 100_000 + "]" * 100_000),
+                         ("huge", json.dumps({"depth": 2, "image_size": 8192})),
+                         ("long", json.dumps({"depth": 2, "spontaneous_steps": 10**9}))]:
+        path = tmp_path / f"{name}.safetensors"
+        save_file(sd, str(path), metadata={"config": config})
+        result = runner.invoke(app, ["info", str(path)])
+        _one_error_line(result)
+        assert "Traceback" not in result.output
+
+
+def test_one_area_syntax_everywhere(r2_files, tmp_path):
+    from cordsnet.cli.analysis import spectrum_targets
+
+    names = {"dynamics": None}
+    assert spectrum_targets(None, 2, names) == [0, 1, "dynamics"]
+    assert spectrum_targets(["1,dynamics", "0", "1"], 2, names) == [1, "dynamics", 0]
+    assert spectrum_targets(["all"], 4, names) == [0, 1, 2, 3]
+    ckpt, images = r2_files
+    shapes = []
+    for option in (["--area", "0,1"], ["--area", "0", "--area", "1"], ["--areas", "0,1"]):
+        out = tmp_path / f"r{len(shapes)}.npy"
+        result = runner.invoke(app, ["record", str(ckpt), str(images[0]), *option, "--out", str(out), "--steps", "2",
+                                     "--spontaneous-steps", "1", "--json"])
+        assert result.exit_code == 0, result.output
+        shapes.append(json.loads(result.output)["shapes"])
+    assert shapes[0] == shapes[1] == shapes[2] and set(shapes[0]) == {"0", "1"}
+
+
+def test_long_work_logs_its_phases_when_stderr_is_not_a_terminal(r2_files, tmp_path):
+    ckpt, _ = r2_files
+    proc = _cli_process("export", ckpt, "--graph", "stepwise", "--steps", "2", "--spontaneous-steps", "1",
+                        "-o", tmp_path / "s.onnx", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    for phase in ("loading the checkpoint", "preparing the export", "exporting stepwise graph", "verifying"):
+        assert any(phase in line for line in lines), (phase, proc.stderr)
+    assert "verification passed" in proc.stdout and " s (loading " in proc.stdout
