@@ -1,4 +1,4 @@
-"""Training and evaluation data: the reference datasets and transforms (specification §5).
+"""Training and evaluation data: the reference datasets and transforms (docs/specification.md §5).
 
 Every dataset is built through one registry, :data:`DATASETS`, keyed by name:
 

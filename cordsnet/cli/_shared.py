@@ -115,3 +115,20 @@ class Stopwatch:
     @property
     def total(self) -> float:
         return time.perf_counter() - self.start
+
+
+_LABELS = {"max_abs": "max abs diff", "max_rel": "max rel diff", "within_tolerance": "within tolerance"}
+
+
+def verification_lines(report: Any) -> list[str]:
+    """What a verification report means, for people: the verdict, then the per-output differences."""
+    lines = []
+    for check in report.checks:
+        rest = {k: v for k, v in check.items() if k != "name"}
+        lines.append(f"  {check['name']}: " + ", ".join(
+            f"{_LABELS.get(k, k)} {v:.3g}" if isinstance(v, float) else f"{_LABELS.get(k, k)} {v}"
+            for k, v in rest.items()))
+    if report.dtype != "float32":
+        lines.append(f"  ({report.dtype} passes on top-1 agreement with the float32 model; its relative differences "
+                     "are large where a logit is near zero and are shown for information only)")
+    return lines

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._shared import CheckpointArg, Stopwatch, checkpoint_source, echo_json, load_model, phases
+from ._shared import CheckpointArg, Stopwatch, checkpoint_source, echo_json, load_model, phases, verification_lines
 
 
 class ExportFormat(str, Enum):
@@ -123,5 +123,5 @@ def export_command(
         typer.echo("verification: skipped (--no-verify)")
         return
     typer.echo(f"verification {v.summary()}")
-    for check in v.checks:
-        typer.echo(f"  {check['name']}: max abs diff {check['max_abs']:.3g}, max rel diff {check['max_rel']:.3g}")
+    for line in verification_lines(v):
+        typer.echo(line)

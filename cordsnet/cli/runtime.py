@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ._shared import JsonOpt, console, echo_json, load_model
+from ._shared import JsonOpt, console, echo_json, load_model, verification_lines
 
 ProviderOpt = Annotated[str, typer.Option(
     "--provider", help="Execution provider: auto (CUDA if usable, else CPU with a warning), cuda, tensorrt, cpu.")]
@@ -84,10 +84,8 @@ def verify(
         echo_json(report.to_dict())
         return
     typer.echo(f"{model} vs {source}: {report.summary()}")
-    for check in report.checks:
-        rest = {k: v for k, v in check.items() if k != "name"}
-        typer.echo(f"  {check['name']}: " + ", ".join(
-            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in rest.items()))
+    for line in verification_lines(report):
+        typer.echo(line)
 
 
 def _check_same_weights(artifact: Path, torch_model: Any, source: str) -> None:
