@@ -64,11 +64,12 @@ def spectrum_targets(items: Optional[list[str]], depth: int, names: Any) -> list
                 targets += range(depth)
             elif token in names:
                 targets.append(token)
-            elif token.isdigit() and int(token) < depth:
-                targets += validate.areas("--area", token, depth)
             elif token:
-                raise ValueError(f"--area: expected area indices in 0..{depth - 1}, 'all' or one of "
-                                 f"{sorted(names)}, got {token!r}")
+                try:
+                    targets += validate.areas("--area", token, depth)
+                except ValueError:
+                    raise ValueError(f"--area: expected area indices in 0..{depth - 1}, 'all' or one of "
+                                     f"{sorted(names)}, got {token!r}") from None
     return list(dict.fromkeys(targets))
 
 
