@@ -276,3 +276,30 @@ def test_long_work_logs_its_phases_when_stderr_is_not_a_terminal(r2_files, tmp_p
     for phase in ("loading the checkpoint", "preparing the export", "exporting stepwise graph", "verifying"):
         assert any(phase in line for line in lines), (phase, proc.stderr)
     assert "verification passed" in proc.stdout and " s (loading " in proc.stdout
+
+
+def test_a_terminated_record_leaves_no_temporary_and_keeps_the_old_output(r2_files, tmp_path):
+    import signal
+    import time
+
+    ckpt, images = r2_files
+    out = tmp_path / "rates.npy"
+    out.write_bytes(b"previous recording")
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    code = "import sys; sys.argv[0] = 'cordsnet-cli'; from cordsnet.cli import main; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "record", str(ckpt), str(images[0]), "--area", "0",
+                             "--out", str(out), "--steps", "10000", "--spontaneous-steps", "10000",
+                             "--spatial-mean"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not [p for p in tmp_path.iterdir() if TEMPORARY_MARK in p.name]:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no temporary appeared"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr.read()
+    assert [p.name for p in tmp_path.iterdir() if TEMPORARY_MARK in p.name] == []
+    assert out.read_bytes() == b"previous recording"
