@@ -158,14 +158,18 @@ def record(
 
     checkpoint, image_paths = split_model_and_images(paths)
     check_output(out, suffixes=RECORD_SUFFIXES, name="--out")
-    model = load_model(checkpoint)
-    chosen = validate.areas("--area", areas, model.depth, allow_empty=False)
-    for path in area_paths(out, chosen).values():
-        check_output(path, inputs=[checkpoint_source(checkpoint), *image_paths], name="--out")
-    stimulus, _ = _stimulus(model, image_paths, protocol, seed)
-    rec = record_activity(model, stimulus, list(chosen), out=out, window=window, spatial_mean=spatial_mean,
-                          dtype="float16" if float16 else "float32", steps=steps, spontaneous_steps=spontaneous_steps,
-                          batch_size=batch_size, progress=not as_json and sys.stderr.isatty())
+    bar = not as_json and sys.stderr.isatty()  # record_activity's own progress bar on a terminal
+    with phases("loading the checkpoint and images", quiet=as_json or bar) as say:
+        model = load_model(checkpoint)
+        chosen = validate.areas("--area", areas, model.depth, allow_empty=False)
+        for path in area_paths(out, chosen).values():
+            check_output(path, inputs=[checkpoint_source(checkpoint), *image_paths], name="--out")
+        stimulus, _ = _stimulus(model, image_paths, protocol, seed)
+        say(f"recording area(s) {', '.join(map(str, chosen))} of {len(image_paths)} image(s)")
+        rec = record_activity(model, stimulus, list(chosen), out=out, window=window, spatial_mean=spatial_mean,
+                              dtype="float16" if float16 else "float32", steps=steps,
+                              spontaneous_steps=spontaneous_steps, batch_size=batch_size, progress=bar)
+        say(f"recorded {', '.join(str(p) for p in rec.paths.values())}")
     if as_json:
         echo_json(rec.to_dict())
         return
@@ -190,10 +194,12 @@ def reaction_time(
     from ..analysis import measure_reaction_times
 
     checkpoint, image_paths = split_model_and_images(paths)
-    model = load_model(checkpoint)
-    stimulus, onset = _stimulus(model, image_paths, protocol, seed)
-    rt = measure_reaction_times(model, stimulus, threshold, steps=steps, spontaneous_steps=spontaneous_steps,
-                                tau_ms=tau_ms, onset=onset)
+    with phases("loading the checkpoint and images", quiet=as_json) as say:
+        model = load_model(checkpoint)
+        stimulus, onset = _stimulus(model, image_paths, protocol, seed)
+        say(f"simulating {len(image_paths)} image(s)")
+        rt = measure_reaction_times(model, stimulus, threshold, steps=steps, spontaneous_steps=spontaneous_steps,
+                                    tau_ms=tau_ms, onset=onset)
     preset = model.config.preset
     names = preset.class_names if preset is not None else None
 
