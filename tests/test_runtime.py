@@ -1,7 +1,7 @@
-"""Runtime (issue 4): torch-free onnxruntime sessions, providers, preprocessing and the CLI commands.
+"""Runtime: torch-free onnxruntime sessions, providers, preprocessing, hardening and the CLI commands.
 
 Graphs are R2 at 32 px with a short protocol (3 spontaneous + 4 stimulus steps), exported once per
-module by ``cordsnet.export.export``.
+test session by the ``exported_onnx`` fixture (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from cordsnet.checkpoint import load_checkpoint, save_checkpoint
-from cordsnet.config import PRESETS, CordsNetConfig, get_preset
+from cordsnet.checkpoint import save_checkpoint
+from cordsnet.config import PRESETS, get_preset
 from cordsnet.export import export
 from cordsnet.runtime import Preprocessor, ProviderError, Session, StepSession, load_image, resolve_providers
 from cordsnet.runtime import providers as providers_mod
-from conftest import make_published_state_dict
 
 STEPS, SPONT, SIZE = 4, 3, 32
 REPO = Path(__file__).resolve().parents[1]
@@ -37,30 +36,15 @@ def export_graph(model, output: Path, **kw) -> Path:
 
 
 # ------------------------------------------------------------------------------------- fixtures
-def _model(dataset: str | None = "cifar10", channels: int = 3, seed: int = 0):
-    sd = make_published_state_dict(depth=2, num_classes=10, in_channels=channels, image_size=SIZE, seed=seed)
-    cfg = CordsNetConfig(depth=2, num_classes=10, in_channels=channels, image_size=SIZE, steps=STEPS,
-                         spontaneous_steps=SPONT, dataset=dataset)
-    return load_checkpoint(sd, config=cfg)
+@pytest.fixture(scope="module")
+def model(r2_cifar):
+    return r2_cifar
 
 
 @pytest.fixture(scope="module")
-def model():
-    return _model()
-
-
-@pytest.fixture(scope="module")
-def graphs(model, tmp_path_factory):
-    """One exported graph per kind (R2, 32 px, cifar10 preset)."""
-    root = tmp_path_factory.mktemp("graphs")
-    out = {
-        "unrolled": export_graph(model, root / "r2.unrolled.onnx", graph="unrolled"),
-        "stepwise": export_graph(model, root / "r2.stepwise.onnx", graph="stepwise"),
-        "stepwise-drive": export_graph(model, root / "r2.drive.onnx", graph="stepwise-drive"),
-        "all": export_graph(model, root / "r2.all.onnx", graph="unrolled", readout="all", record=[1]),
-        "loop": export_graph(model, root / "r2.loop.onnx", graph="loop"),
-    }
-    return out
+def graphs(exported_onnx):
+    """One exported graph per kind (R2, 32 px, cifar10 preset); read-only."""
+    return exported_onnx
 
 
 def _x(batch=2, seed=1, channels=3):
@@ -91,8 +75,7 @@ def test_session_unrolled_matches_model(model, graphs):
 
 def test_session_bound_buffers_path(model, graphs):
     # The fixed-buffer IO-binding path (what cuda_graph=True uses on a GPU), run here with CPU OrtValues.
-    s = Session(graphs["all"], providers="cpu")
-    s._io_binding = True
+    s = Session(graphs["all"], providers="cpu", io_binding=True)
     for batch, seed in ((2, 1), (3, 2), (2, 3)):
         x = _x(batch=batch, seed=seed)
         out = s.run_outputs(x)
@@ -225,10 +208,10 @@ def test_float16_and_static_batch_graphs(model, tmp_path):
         s.reset(1)
 
 
-def test_grayscale_model_predicts_from_rgb_and_gray_files(tmp_path):
+def test_grayscale_model_predicts_from_rgb_and_gray_files(tmp_path, r2_factory):
     from PIL import Image
 
-    m = _model(dataset="mnist", channels=1)
+    m = r2_factory(dataset="mnist", channels=1)
     path = export_graph(m, tmp_path / "mnist.onnx", graph="unrolled")
     s = Session(path, providers="cpu")
     rgb = np.random.default_rng(8).integers(0, 256, (28, 28, 3), dtype=np.uint8)
@@ -386,8 +369,8 @@ def test_undecodable_image(graphs, tmp_path):
         s.run(str(tmp_path / "nope.png"))
 
 
-def test_no_preset_refuses_raw_images(tmp_path):
-    m = _model(dataset=None)
+def test_no_preset_refuses_raw_images(tmp_path, r2_factory):
+    m = r2_factory(dataset=None)
     path = export_graph(m, tmp_path / "nopreset.onnx", graph="unrolled")
     s = Session(path, providers="cpu")
     with pytest.raises(ValueError, match="no dataset preset"):
@@ -547,13 +530,13 @@ def test_cli_bench_json(graphs, kind):
     assert res.exit_code == 0 and "per step" in res.output
 
 
-def test_cli_verify(model, graphs, tmp_path):
+def test_cli_verify(model, graphs, tmp_path, r2_factory):
     ckpt = tmp_path / "m.safetensors"
     save_checkpoint(model, ckpt)
     res = _cli("verify", graphs["stepwise"], "--checkpoint", ckpt, "--provider", "cpu")
     assert res.exit_code == 0, res.output
     other = tmp_path / "other.safetensors"
-    save_checkpoint(_model(seed=5), other)
+    save_checkpoint(r2_factory(seed=5), other)
     res = _cli("verify", graphs["unrolled"], "--checkpoint", other, "--provider", "cpu")
     assert res.exit_code == 1 and res.output.startswith("Error: ")
 
