@@ -33,8 +33,7 @@ import numpy as np
 import torch
 
 from .. import validate
-from ..artifact import FORMATS, MAX_STEPS, ArtifactInfo, artifact_format, check_manifest, \
-    companion_path, read_metadata
+from ..artifact import FORMATS, MAX_STEPS, artifact_format, check_manifest, companion_path, read_info
 from ..model import CordsNet
 
 __all__ = ["MIN_TOP1_FLOAT16", "VERIFY_BATCH", "VerificationError", "VerificationReport", "verify_artifact"]
@@ -165,7 +164,7 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
     min_top1 = validate.fraction("min_top1", min_top1)
     path = Path(path)
     fmt = artifact_format(path) if format is None else validate.choice("format", format, list(FORMATS))
-    info = ArtifactInfo.from_metadata(read_metadata(path, fmt), repr(str(path)))
+    info = read_info(path, fmt)  # parsed and checked against the graph's declared I/O (ONNX)
     check_manifest(path)
     kind = info.kind
     if kind.session is None:
@@ -225,7 +224,7 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
             given["encode"] = encode if isinstance(encode, (str, os.PathLike)) else list(encode)[0]
         for role in kind.companions:  # each companion maps the image to more inputs of the step graph
             cpath = Path(given.get(role, companion_path(path, role)))
-            cinfo = ArtifactInfo.from_metadata(read_metadata(cpath, fmt), repr(str(cpath)))
+            cinfo = read_info(cpath, fmt)
             if cinfo.graph != role or cinfo.config != info.config or cinfo.spontaneous_steps != info.spontaneous_steps \
                     or cinfo.alpha != info.alpha or cinfo.dtype != info.dtype:
                 raise ValueError(f"model: {str(cpath)!r} is not the {role} graph of {str(path)!r} (its metadata differs)")
