@@ -423,3 +423,59 @@ def test_cli_export_without_checkpoint_uses_the_bundled_model(tmp_path, monkeypa
     res = CliRunner().invoke(app, ["export", "--steps", "2", "--spontaneous-steps", "2", "--graph", "stepwise"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "digits_r4-stepwise.onnx").is_file()
+
+
+# ------------------------------------------------------------------- verification arguments
+def test_verify_refuses_bad_tolerances_and_other_weights(r2, models, tmp_path, state_dict_factory):
+    out = tmp_path / "v.onnx"
+    export(r2, out, graph="unrolled", steps=STEPS, spontaneous_steps=SPONT, verify=False)
+    for kwargs, match in [({"atol": -1}, "atol: expected a finite number >= 0, got -1"),
+                          ({"rtol": float("inf")}, "rtol: expected a finite number >= 0"),
+                          ({"min_top1": 0}, r"min_top1: expected a finite number in \(0, 1\]"),
+                          ({"batch": 0}, "batch: expected an int in"),
+                          ({"steps": 10**6}, "steps: expected an int in")]:
+        with pytest.raises(ValueError, match=match):
+            verify_artifact(out, r2, **kwargs)
+    # Other weights, same architecture: refused up front (library users get the guard the CLI had).
+    other = load_checkpoint(state_dict_factory(depth=2, seed=7))
+    with pytest.raises(ValueError, match="exported from other weights than the model given") as err:
+        verify_artifact(out, other)
+    assert not isinstance(err.value, VerificationError)
+    with pytest.raises(VerificationError):  # without the guard the comparison itself fails
+        verify_artifact(out, other, check_weights=False)
+    with pytest.raises(ValueError, match="differs from the model's"):
+        verify_artifact(out, models[4])
+
+
+def test_float16_report_says_what_passed(models, tmp_path):
+    report = export(models[4], tmp_path / "h.onnx", graph="stepwise", steps=STEPS, spontaneous_steps=SPONT,
+                    dtype="float16").verification
+    assert report.passed and report.failures == []
+    text = report.summary()
+    assert "top-1 agreement >= 99%" in text and "every value finite" in text and "not a criterion" in text
+    assert report.to_dict()["criterion"] == report.criterion()
+    f32 = export(models[4], tmp_path / "f.onnx", graph="stepwise", steps=STEPS, spontaneous_steps=SPONT).verification
+    assert "within atol 0.0001 + rtol 0.001" in f32.summary()
+
+
+def test_report_times_and_refused_outputs(r2, tmp_path):
+    report = export(r2, tmp_path / "t.onnx", graph="stepwise", steps=2, spontaneous_steps=SPONT)
+    assert report.verify_seconds > 0 and report.total_seconds >= report.export_seconds + report.verify_seconds
+    assert report.to_dict()["manifest"] == str(tmp_path / "t.onnx.cordsnet.json")
+    for name in ("model.safetensors", "model.pth", "m.onnx.cordsnet.json", "cfg.json"):
+        (tmp_path / name).write_bytes(b"precious")
+        with pytest.raises(ValueError, match="has the suffix of a checkpoint or data file"):
+            export(r2, tmp_path / name, graph="stepwise", steps=2, spontaneous_steps=SPONT)
+        assert (tmp_path / name).read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "exported-program"])
+def test_manifest_of_torch_formats(r2, tmp_path, fmt):
+    out = tmp_path / f"d{SUFFIX[fmt]}"
+    export(r2, out, format=fmt, graph="stepwise-drive", steps=2, spontaneous_steps=SPONT, batch=2)
+    m = read_manifest(out)
+    assert m.format == fmt and m.sha256 == file_sha256(out) and m.info.batch == 2
+    assert m.companions == ({"role": "encode", "file": f"d.encode{SUFFIX[fmt]}",
+                             "sha256": file_sha256(encode_path(out))},)
+    assert m.data["inputs"][0]["shape"] == [2, 64, 8, 8]
+    assert describe_artifact(out)["manifest"] == str(manifest_path(out))

@@ -180,8 +180,9 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
                              f"sha256 {info.state_dict_sha256[:12]}... in its metadata); pass the model it came from")
     batch = info.batch if info.batch is not None else validate.optional_integer("batch", batch, VERIFY_BATCH,
                                                                                 min=1, max=4096)
-    steps = validate.optional_integer("steps", steps if kind.steps_input else None, info.steps, min=1,
-                                      max=MAX_STEPS)
+    steps = validate.optional_integer("steps", steps, info.steps, min=1, max=MAX_STEPS)
+    if not kind.steps_input:  # fixed in the graph (unrolled) or the verified protocol (stepwise): the metadata's
+        steps = info.steps
     cfg = model.config
     np_dtype = np.dtype(info.dtype)
 

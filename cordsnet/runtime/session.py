@@ -243,7 +243,8 @@ class _Base:
             raise ValueError("images: expected finite pixel values, got NaN or infinity")
         if check_batch:
             self._check_batch(arr.shape[0], "images")
-        out = np.ascontiguousarray(arr, dtype=dtype)
+        with np.errstate(over="ignore"):  # checked right below
+            out = np.ascontiguousarray(arr, dtype=dtype)
         if not np.isfinite(out).all():  # finite in float32/64, beyond the range of the graph's dtype
             raise ValueError(f"images: pixel values up to {float(np.abs(arr).max()):.3g} overflow the graph's "
                              f"{dtype.name} input; expected normalised pixels (a few units at most)")
