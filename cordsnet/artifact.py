@@ -64,6 +64,7 @@ __all__ = [
     "READOUTS",
     "SUPPORTED_FORMAT_VERSIONS",
     "artifact_format",
+    "check_artifact_file",
     "check_manifest",
     "companion_path",
     "decode_spontaneous_state",
@@ -727,7 +728,8 @@ METADATA_READERS: dict[str, Callable[[Path], tuple[dict[str, str], Any]]] = {
 }
 
 
-def _check_file(path: Path) -> None:
+def check_artifact_file(path: Path) -> None:
+    """Refuse a missing, directory or empty path with one line (FileNotFoundError / ValueError)."""
     if not path.exists():
         raise FileNotFoundError(f"model: no such file {str(path)!r}")
     if path.is_dir():
@@ -737,7 +739,7 @@ def _check_file(path: Path) -> None:
 
 
 def _read(path: Path, format: str | None) -> tuple[dict[str, str], Any, str]:
-    _check_file(path)
+    check_artifact_file(path)
     fmt = artifact_format(path) if format is None else validate.choice("format", format, list(FORMATS))
     meta, io = METADATA_READERS[FORMATS[fmt].metadata](path)
     if PREFIX + "format_version" not in meta:

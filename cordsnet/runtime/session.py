@@ -24,7 +24,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from .. import validate
-from ..artifact import GRAPH_KINDS, MAX_STEPS, ArtifactInfo, read_info
+from ..artifact import GRAPH_KINDS, MAX_STEPS, ArtifactInfo, check_artifact_file, read_info
 from ..config import CordsNetConfig
 from .preprocess import Preprocessor
 from .providers import CUDA, TENSORRT, ProvidersLike, create_session, is_gpu_provider, resolve_providers
@@ -60,21 +60,12 @@ def read_artifact_info(path: str | os.PathLike) -> ArtifactInfo:
     Checked against the graph's declared inputs and outputs (:meth:`ArtifactInfo.check_graph_io`).
     """
     path = Path(path)
-    _check_model_path(path)
+    check_artifact_file(path)
     return read_info(path, "onnx")
 
 
-def _check_model_path(path: Path) -> None:
-    if not path.exists():
-        raise FileNotFoundError(f"model: no such file {str(path)!r}")
-    if path.is_dir():
-        raise ValueError(f"model: expected an .onnx file, got the directory {str(path)!r}")
-    if path.stat().st_size == 0:
-        raise ValueError(f"model: {str(path)!r} is empty, not an ONNX model")
-
-
 def _load(path: Path, plan: Any, options: ort.SessionOptions | None, warn: Any) -> ort.InferenceSession:
-    _check_model_path(path)
+    check_artifact_file(path)
     try:
         return create_session(path, plan, options, warn)
     except _ORT_LOAD_ERRORS as exc:
@@ -133,7 +124,7 @@ class _Base:
                  session_options: ort.SessionOptions | None = None,
                  provider_options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.path = Path(path)
-        _check_model_path(self.path)
+        check_artifact_file(self.path)
         self._plan = resolve_providers(providers, provider_options=provider_options)
         self._session_options = session_options
         self._session = _load(self.path, self._plan, session_options,
