@@ -479,3 +479,24 @@ def test_manifest_of_torch_formats(r2, tmp_path, fmt):
                              "sha256": file_sha256(encode_path(out))},)
     assert m.data["inputs"][0]["shape"] == [2, 64, 8, 8]
     assert describe_artifact(out)["manifest"] == str(manifest_path(out))
+
+
+def test_output_suffix_of_another_format_is_refused(r2, tmp_path):
+    for fmt, name in [("onnx", "m.pt"), ("torchscript", "m.onnx"), ("exported-program", "m.ts")]:
+        with pytest.raises(ValueError, match=f"has the suffix of the .* format; a {fmt} export"):
+            export(r2, tmp_path / name, format=fmt, graph="stepwise", steps=2, spontaneous_steps=SPONT)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_errors_name_the_destination(r2, tmp_path, monkeypatch):
+    import cordsnet.export.onnx as onnx_backend
+
+    def disk_full(proto, path):
+        raise OSError(28, "No space left on device", str(path))  # path: the temporary file
+
+    monkeypatch.setattr(onnx_backend, "save", disk_full)
+    out = tmp_path / "full.onnx"
+    with pytest.raises(OSError, match=r"output: cannot write '.*full.onnx': No space left on device") as err:
+        export(r2, out, graph="stepwise", steps=2, spontaneous_steps=SPONT)
+    assert ".tmp" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []

@@ -748,3 +748,28 @@ def test_metadata_is_read_without_an_onnxruntime_session(graphs, monkeypatch):
     assert info.graph == "unrolled" and created == []
     open_session(graphs["unrolled"], providers="cpu")
     assert len(created) == 1
+
+
+def test_cli_refuses_lying_metadata_and_bad_tolerances_in_one_line(model, graphs, tmp_path):
+    import onnx
+
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(model, ckpt)
+    proto = onnx.load(str(graphs["loop"]))
+    for p in proto.metadata_props:
+        if p.key == "cordsnet.steps":
+            p.value = "1000000000"  # would keep the loop running for hours
+    lying = tmp_path / "lying.onnx"
+    onnx.save(proto, str(lying))
+    img = tmp_path / "img.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
+    for args, match in [(("predict", lying, img, "--provider", "cpu"), "steps"), (("info", lying), "steps"),
+                        (("verify", lying, "--checkpoint", ckpt), "steps"),
+                        (("verify", graphs["unrolled"], "--checkpoint", ckpt, "--atol", "-1", "--provider", "cpu"),
+                         "atol")]:
+        res = _cli(*args)
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert res.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), (args, res.output)
+        assert match in lines[0], (args, res.output)

@@ -164,7 +164,7 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
                      exporter=exporter)
     atol = validate.number("atol", atol, low=0.0)
     rtol = validate.number("rtol", rtol, low=0.0)
-    output = _check_output(Path(output))
+    output = _check_output(Path(output), spec.format)
     say = progress or (lambda msg: logger.info(msg))
     fmt = FORMATS[spec.format]
     backend = importlib.import_module(fmt.backend)
@@ -182,6 +182,26 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
     targets = [output] + [companion_path(output, r) for r in roles]
     infos = [info] + [info.companion(r) for r in roles]
 
+    try:
+        result = _write_all(source, spec, backend, output, targets, infos, roles, verify=verify, atol=atol,
+                            rtol=rtol, say=say)
+    except OSError as exc:  # name the destination, not the temporary file the error happened on
+        if exc.filename is None or str(exc.filename) in {str(t) for t in [*targets, manifest_path(output)]}:
+            raise
+        raise type(exc)(exc.errno, f"output: cannot write {str(output)!r}: {exc.strerror or exc}") from None
+    export_seconds, verify_seconds, report, size, data = result
+    files = targets + ([output.with_name(output.name + ".data")] if data is not None else []) + \
+        [manifest_path(output)]
+    return ExportReport(path=output, format=spec.format, graph=spec.graph, exporter=exporter_name, files=files,
+                        export_seconds=export_seconds, size_bytes=size, spontaneous_seconds=spontaneous_seconds,
+                        verify_seconds=verify_seconds, verification=report, manifest=manifest_path(output),
+                        metadata=meta)
+
+
+def _write_all(source: CordsNet, spec: ExportSpec, backend: Any, output: Path, targets: list[Path],
+               infos: list[ArtifactInfo], roles: Sequence[str], *, verify: bool, atol: float, rtol: float,
+               say: ProgressFn) -> tuple[float, float, Any, int, Path | None]:
+    """Write, verify and hash every file in temporaries, then rename them into place (the manifest last)."""
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack, torch.no_grad():
         # Entered first, so renamed last: a reader never sees a manifest without its artifact.
@@ -205,25 +225,25 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
         data = _external_data(temps[0])
         if data is not None:
             companions.append({"role": "external-data", "file": output.name + ".data", "sha256": file_sha256(data)})
-        manifest = info.to_manifest(file=output.name, format=spec.format, sha256=file_sha256(temps[0]),
+        manifest = infos[0].to_manifest(file=output.name, format=spec.format, sha256=file_sha256(temps[0]),
                                     size_bytes=temps[0].stat().st_size, companions=companions)
         manifest_tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         size = sum(_size(t) for t in temps)
-    files = targets + ([output.with_name(output.name + ".data")] if data is not None else []) + \
-        [manifest_path(output)]
-    return ExportReport(path=output, format=spec.format, graph=spec.graph, exporter=exporter_name, files=files,
-                        export_seconds=export_seconds, size_bytes=size, spontaneous_seconds=spontaneous_seconds,
-                        verify_seconds=verify_seconds, verification=report, manifest=manifest_path(output),
-                        metadata=meta)
+    return export_seconds, verify_seconds, report, size, data
 
 
-def _check_output(output: Path) -> Path:
+def _check_output(output: Path, format: str) -> Path:
+    """Refuse a directory, a checkpoint's or data file's suffix, and another format's suffix."""
     if output.is_dir():
         raise ValueError(f"output: expected a file path, got the directory {str(output)!r}")
-    name = output.name.lower()
-    if name.endswith(MANIFEST_SUFFIX) or output.suffix.lower() in REFUSED_SUFFIXES:
+    name, suffix = output.name.lower(), output.suffix.lower()
+    if name.endswith(MANIFEST_SUFFIX) or suffix in REFUSED_SUFFIXES:
         raise ValueError(f"output: {str(output)!r} has the suffix of a checkpoint or data file; an exported model "
                          f"is written to a file ending in one of {sorted({f.suffix for f in FORMATS.values()})}")
+    for other in FORMATS.values():
+        if other.name != format and suffix in other.read_suffixes:
+            raise ValueError(f"output: {str(output)!r} has the suffix of the {other.name} format; a {format} "
+                             f"export is written to a {FORMATS[format].suffix} file")
     return output
 
 
