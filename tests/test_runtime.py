@@ -569,7 +569,9 @@ def test_static_batch_graphs_take_any_number_of_images(model, graphs, tmp_path, 
         x = _x(batch=n, seed=n)
         got = static.run(x)
         assert got.shape == (n, 10)
-        np.testing.assert_allclose(got, dynamic.run(x), atol=1e-5, rtol=1e-5)  # padding never leaks into results
+        # Padding never leaks into results. Both are float32 onnxruntime runs of the same graph at other batch
+        # sizes: kernels may block differently, so allow float32 rounding (logits are O(1)), not exact equality.
+        np.testing.assert_allclose(got, dynamic.run(x), atol=1e-5, rtol=1e-5)
         np.testing.assert_array_equal(static.predict(x, top_k=3).indices, dynamic.predict(x, top_k=3).indices)
     if kind == "unrolled":  # time-major outputs are split and joined on their batch axis (dim 1)
         path = export_graph(model, tmp_path / "b2-all.onnx", graph="unrolled", batch=2, readout="all", record=[0])
