@@ -278,10 +278,9 @@ class _Base:
         return self._inputs["image"]
 
     def _predict_from_logits(self, logits: np.ndarray, top_k: int) -> Prediction:
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-            raise ValueError(f"top_k: expected a positive int, got {top_k!r}")
+        top_k = validate.positive_int("top_k", top_k)
         check_finite("logits", logits)
-        k = min(int(top_k), logits.shape[-1])
+        k = min(top_k, logits.shape[-1])
         z = logits.astype(np.float64)
         z = z - z.max(axis=-1, keepdims=True)
         p = np.exp(z)

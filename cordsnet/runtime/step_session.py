@@ -17,7 +17,8 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 import numpy as np
 import onnxruntime as ort
 
-from ..artifact import ArtifactInfo, companion_path
+from .. import validate
+from ..artifact import READOUTS, ArtifactInfo, companion_path
 from .providers import ProvidersLike, resolve_providers
 from .session import (
     _ONNX_DTYPES,
@@ -196,9 +197,7 @@ class StepSession(_Base):
         Args:
             batch: batch size of the new state (fixed when the graph was exported with a static batch).
         """
-        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-            raise ValueError(f"batch: expected a positive int, got {batch!r}")
-        batch = int(batch)
+        batch = validate.positive_int("batch", batch, max=1 << 20)
         self._check_batch(batch, "batch")
         if batch != self._batch:
             self._allocate(batch)
@@ -318,8 +317,7 @@ class StepSession(_Base):
                 (T, B, classes).
             reset: start from the spontaneous state first.
         """
-        if readout not in ("last", "all"):
-            raise ValueError(f"readout: expected one of ['last', 'all'], got {readout!r}")
+        validate.choice("readout", readout, READOUTS)
         if isinstance(frames, np.ndarray):
             if frames.ndim != 5:
                 raise ValueError(f"frames: expected a (B, T, C, S, S) array, got shape {frames.shape}")
