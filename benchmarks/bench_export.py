@@ -5,8 +5,11 @@
 
 For each exporter (legacy TorchScript-based, dynamo) and graph kind (unrolled, loop, stepwise,
 stepwise-drive) it reports the export time (without verification) and the onnxruntime CPU time per
-step at batch 1, next to the PyTorch ``model.run`` time per step. Weights: a random state dict of
-the published layout (stable dynamics, non-zero biases), as in the tests. Prints a table and JSON.
+step at batch 1, next to the PyTorch ``model.run`` time per step. Weights: the model's own random
+initialisation with non-zero biases (timings do not depend on the values). Prints a table and JSON.
+
+``--traced-unrolled`` also times the alternative the exporter does not use: the unrolled graph traced
+as one module (all steps traced) instead of stitched from one traced step; this script builds it itself.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,13 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from conftest import make_published_state_dict  # noqa: E402
-
-from cordsnet.checkpoint import load_checkpoint  # noqa: E402
-from cordsnet.export import export  # noqa: E402
-from cordsnet.export.api import encode_path  # noqa: E402
+from cordsnet.artifact import encode_path, read_info
+from cordsnet.config import CordsNetConfig
+from cordsnet.export import export
+from cordsnet.model import CordsNet
 
 GRAPHS = ("unrolled", "loop", "stepwise", "stepwise-drive")
 
@@ -42,14 +41,12 @@ def time_onnx(path: Path, graph: str, steps: int, image: np.ndarray, depth: int,
     """
     import onnxruntime as ort
 
-    from cordsnet.export import decode_spontaneous_state, read_metadata
-
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    spont = decode_spontaneous_state(read_metadata(path))
+    spont = read_info(path).spontaneous_state()
     enc = None
     if graph == "stepwise-drive":
         enc = ort.InferenceSession(str(encode_path(path)), opts, providers=["CPUExecutionProvider"])
@@ -81,6 +78,27 @@ def time_onnx(path: Path, graph: str, steps: int, image: np.ndarray, depth: int,
     return float(np.median(times)) / steps
 
 
+def export_traced_unrolled(model: CordsNet, path: Path, *, steps: int, exporter: str, **_: object):  # noqa: ANN201
+    """The unrolled graph traced as one module (the exporter stitches one traced step instead)."""
+    import types
+
+    import onnx
+
+    from cordsnet.export import wrappers as W
+    from cordsnet.export.api import build_metadata
+    from cordsnet.export.onnx import export_piece
+    from cordsnet.export.spec import make_spec
+
+    spec = make_spec(model, format="onnx", graph="unrolled", steps=steps, spontaneous_steps=None, alpha=None,
+                     batch=None, readout="last", record=None, opset=None, dtype="float32", exporter=exporter)
+    t0 = time.perf_counter()
+    g = W.traced_graph(model, spec, "unrolled")
+    proto = export_piece(g.module, g.args, g.input_names, g.output_names, spec)
+    onnx.helper.set_model_props(proto, build_metadata(model, spec, checkpoint_sha256=None, exporter=exporter))
+    onnx.save(proto, str(path))
+    return types.SimpleNamespace(export_seconds=time.perf_counter() - t0, spontaneous_seconds=0.0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--depth", type=int, default=8)
@@ -103,8 +121,12 @@ def main() -> None:
     torch.set_grad_enabled(False)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_checkpoint(make_published_state_dict(depth=args.depth, num_classes=args.classes,
-                                                      image_size=args.size))
+    torch.manual_seed(0)
+    model = CordsNet(CordsNetConfig(depth=args.depth, num_classes=args.classes, image_size=args.size,
+                                    dataset=None)).eval()
+    with torch.no_grad():  # non-zero biases so the spontaneous phase does real work
+        for b in model.conv_bias:
+            b.normal_(0.05, 0.2)
     image_t = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     image = image_t.numpy()
     model.run(image_t, steps=1)  # caches the spontaneous state and the effective weights
@@ -123,18 +145,16 @@ def main() -> None:
                "torch_ms_per_step": torch_step * 1e3,
                "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
-        import cordsnet.export.onnx as onnx_backend
-
         variants = [(e, g, "stitch") for e in args.exporters.split(",") for g in args.graphs.split(",")]
         if args.traced_unrolled:
             variants += [(e, "unrolled", "trace") for e in args.exporters.split(",")]
         for exporter, graph, method in variants:
-            onnx_backend.UNROLLED_METHOD = method
             label = graph if method == "stitch" else "unrolled-traced"
             path = Path(tmp) / f"{exporter}-{label}.onnx"
             t0 = time.perf_counter()
             try:
-                rep = export(model, path, graph=graph, steps=args.steps, exporter=exporter, verify=False)
+                build = export if method == "stitch" else export_traced_unrolled
+                rep = build(model, path, graph=graph, steps=args.steps, exporter=exporter, verify=False)
             except Exception as exc:  # report and continue with the other kinds
                 print(f"{exporter:7s} {label:15s} export FAILED: {exc}", flush=True)
                 results["rows"].append({"exporter": exporter, "graph": label, "error": str(exc)})

@@ -17,6 +17,14 @@ Usage::
 
     python benchmarks/bench_runtime.py                      # R8, 224 px, 100 + 100 steps
     python benchmarks/bench_runtime.py --depth 2 --size 64 --steps 10 --spontaneous 10   # quick check
+
+``--open`` measures instead what a short-lived process (one ``cordsnet-cli predict``) pays before its
+first inference: reading the metadata, opening the unrolled graph (as is, with onnxruntime's
+optimised graph cached in a file via ``SessionOptions.optimized_model_filepath``, and with
+optimisations off) and opening the loop graph, plus one prediction with each::
+
+    python benchmarks/bench_runtime.py --open --bundled     # the bundled digits model (R4, 32 px)
+    python benchmarks/bench_runtime.py --open --depth 4 --size 64
 """
 
 from __future__ import annotations
@@ -55,7 +63,16 @@ def main() -> None:
                          "between calls instead of busy-waiting; matters on a shared CPU)")
     ap.add_argument("--skip-published", action="store_true", help="time only the two onnxruntime sessions")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--open", action="store_true", help="measure session-open costs instead (see above)")
+    ap.add_argument("--bundled", action="store_true", help="with --open: the bundled model instead of a random one")
     args = ap.parse_args()
+    if args.open:
+        result = open_costs(args)
+        text = json.dumps(result, indent=2)
+        print(text)
+        if args.json is not None:
+            args.json.write_text(text + "\n")
+        return
 
     torch.manual_seed(0)
     cfg = CordsNetConfig(depth=args.depth, image_size=args.size, num_classes=1000, steps=args.steps,
@@ -140,6 +157,71 @@ def main() -> None:
     print(text)
     if args.json is not None:
         args.json.write_text(text + "\n")
+
+
+def open_costs(args: argparse.Namespace) -> dict:
+    """Seconds to read the metadata and open each graph, median of ``--repeats`` rounds, and one prediction."""
+    from cordsnet.checkpoint import load_checkpoint
+    from cordsnet.runtime import read_artifact_info
+
+    if args.bundled:
+        model = load_checkpoint(None)
+    else:
+        torch.manual_seed(0)
+        cfg = CordsNetConfig(depth=args.depth, image_size=args.size, num_classes=1000, steps=args.steps,
+                             spontaneous_steps=args.spontaneous, dataset="imagenet")
+        model = CordsNet(cfg).eval()
+    c = model.config
+    x = np.random.default_rng(0).standard_normal((1, *c.input_shape)).astype(np.float32)
+    timings: dict[str, list[float]] = {}
+
+    def timed(name: str, fn):  # noqa: ANN001, ANN202
+        t0 = time.perf_counter()
+        out = fn()
+        timings.setdefault(name, []).append(time.perf_counter() - t0)
+        return out
+
+    def options(level: "ort.GraphOptimizationLevel | None" = None, save: Path | None = None) -> ort.SessionOptions:
+        o = ort.SessionOptions()
+        if level is not None:
+            o.graph_optimization_level = level
+        if save is not None:
+            o.optimized_model_filepath = str(save)
+        return o
+
+    with tempfile.TemporaryDirectory() as tmp:
+        unrolled = export(model, Path(tmp) / "unrolled.onnx", graph="unrolled", steps=args.steps, verify=False).path
+        loop = export(model, Path(tmp) / "loop.onnx", graph="loop", steps=args.steps, verify=False).path
+        cached = Path(tmp) / "unrolled.optimised.onnx"
+        ort.InferenceSession(str(unrolled), options(save=cached), providers=["CPUExecutionProvider"])
+        for _ in range(args.repeats):
+            # Before: a second, unoptimised session only to read the metadata (what open_session did).
+            timed("metadata_via_unoptimised_session", lambda: ort.InferenceSession(
+                str(unrolled), options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
+                providers=["CPUExecutionProvider"]).get_modelmeta())
+            timed("metadata_read_from_file", lambda: read_artifact_info(unrolled))
+            s = timed("open_unrolled", lambda: Session(unrolled, providers="cpu"))
+            timed("predict_unrolled", lambda: s.predict(x))
+            timed("open_unrolled_optimisations_off", lambda: Session(
+                unrolled, providers="cpu", session_options=options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)))
+            timed("open_cached_optimised_graph", lambda: ort.InferenceSession(
+                str(cached), options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL), providers=["CPUExecutionProvider"]))
+            s = timed("open_loop", lambda: Session(loop, providers="cpu"))
+            timed("predict_loop", lambda: s.predict(x))
+    med = {k: round(float(np.median(v)), 3) for k, v in timings.items()}
+    return {
+        "command": "python benchmarks/bench_runtime.py --open " + ("--bundled " if args.bundled else
+                                                                   f"--depth {args.depth} --size {args.size} ")
+                   + f"--steps {args.steps} --repeats {args.repeats}",
+        "model": f"CordsNet-R{c.depth} at {c.image_size} px" + (" (bundled)" if args.bundled else " (random)"),
+        "steps": args.steps, "onnxruntime": ort.__version__, "median_seconds": med,
+        "predict_before_s": round(med["metadata_via_unoptimised_session"] + med["open_unrolled"]
+                                  + med["predict_unrolled"], 2),
+        "predict_after_s": round(med["metadata_read_from_file"] + med["open_unrolled"] + med["predict_unrolled"], 2),
+        "predict_after_with_loop_graph_s": round(med["metadata_read_from_file"] + med["open_loop"]
+                                                 + med["predict_loop"], 2),
+        "load_average_1_5_15min": [round(v, 2) for v in os.getloadavg()],
+    }
 
 
 if __name__ == "__main__":

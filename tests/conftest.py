@@ -54,3 +54,56 @@ def images():
     def make(batch: int = 2, channels: int = 3, size: int = 32, seed: int = 1) -> torch.Tensor:
         return torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
     return make
+
+
+# ---------------------------------------------------------------------------- exported graphs
+# Shared by test_artifact.py, test_export.py and test_runtime.py: exporting is the slow part, so each
+# graph is exported once per test session.
+EXPORT_STEPS, EXPORT_SPONTANEOUS = 4, 3  # a short protocol: 3 spontaneous + 4 stimulus steps
+
+
+@pytest.fixture(scope="session")
+def state_dict_factory():
+    """Session-scoped :func:`make_published_state_dict`, for module- and session-scoped fixtures."""
+    return make_published_state_dict
+
+
+def _r2_model(dataset: str | None = "cifar10", channels: int = 3, seed: int = 0) -> CordsNet:
+    from cordsnet.checkpoint import load_checkpoint
+
+    sd = make_published_state_dict(depth=2, num_classes=10, in_channels=channels, image_size=32, seed=seed)
+    cfg = CordsNetConfig(depth=2, num_classes=10, in_channels=channels, image_size=32, steps=EXPORT_STEPS,
+                         spontaneous_steps=EXPORT_SPONTANEOUS, dataset=dataset)
+    return load_checkpoint(sd, config=cfg)
+
+
+@pytest.fixture(scope="session")
+def r2_factory():
+    """Factory: r2_factory(dataset="cifar10", channels=3, seed=0) -> a CordsNet-R2 at 32 px with the short protocol."""
+    return _r2_model
+
+
+@pytest.fixture(scope="session")
+def r2_cifar() -> CordsNet:
+    """CordsNet-R2 at 32 px, RGB, cifar10 preset, protocol 3 spontaneous + 4 stimulus steps."""
+    return _r2_model()
+
+
+@pytest.fixture(scope="session")
+def exported_onnx(r2_cifar, tmp_path_factory):
+    """One ONNX graph per kind of `r2_cifar`: {"unrolled", "loop", "stepwise", "stepwise-drive", "all"} -> path.
+
+    "all" is an unrolled graph with readout "all" and area 1 recorded. Treat the files as read-only:
+    tests that alter a graph copy it first.
+    """
+    from cordsnet.export import export
+
+    root = tmp_path_factory.mktemp("exported")
+    kinds = {"unrolled": {}, "loop": {}, "stepwise": {}, "stepwise-drive": {},
+             "all": {"graph": "unrolled", "readout": "all", "record": [1]}}
+    out = {}
+    for name, kw in kinds.items():
+        kw = {"graph": name, **kw}
+        out[name] = root / f"r2.{name}.onnx"
+        export(r2_cifar, out[name], format="onnx", steps=EXPORT_STEPS, spontaneous_steps=EXPORT_SPONTANEOUS, **kw)
+    return out

@@ -1,4 +1,4 @@
-"""Export (issue 3): every graph kind x format, verification, metadata, atomic writes, the CLI."""
+"""Export: every graph kind x format, verification, metadata, the client manifest, atomic writes, the CLI."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import torch
 from typer.testing import CliRunner
 
 from cordsnet.checkpoint import load_checkpoint, save_checkpoint
+from cordsnet._io import file_sha256
+from cordsnet.artifact import manifest_path, read_manifest
 from cordsnet.export import (
     VerificationError,
     decode_spontaneous_state,
@@ -26,16 +28,14 @@ from cordsnet.export import (
     verify_artifact,
 )
 
-from conftest import make_published_state_dict
-
 STEPS, SPONT = 4, 3
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
 GRAPHS = ("unrolled", "loop", "stepwise", "stepwise-drive")
 
 
 @pytest.fixture(scope="module")
-def models():
-    return {d: load_checkpoint(make_published_state_dict(depth=d, seed=d)) for d in (2, 4)}
+def models(state_dict_factory):
+    return {d: load_checkpoint(state_dict_factory(depth=d, seed=d)) for d in (2, 4)}
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +68,14 @@ def test_graph_kind_x_format_verifies(models, tmp_path, depth, fmt, graph):
     assert v.passed and v.max_abs <= 1e-4 and v.top1_agreement == 1.0
     assert v.steps == STEPS and v.batch == 3
     files = sorted(p.name for p in tmp_path.iterdir())
-    expected = ["m" + SUFFIX[fmt]] + (["m.encode" + SUFFIX[fmt]] if graph == "stepwise-drive" else [])
-    assert files == sorted(expected)  # no temporary files left behind
+    expected = ["m" + SUFFIX[fmt], f"m{SUFFIX[fmt]}.cordsnet.json"] + \
+        (["m.encode" + SUFFIX[fmt]] if graph == "stepwise-drive" else [])
+    assert files == sorted(expected)  # the artifact, its companion and manifest; no temporary files left behind
+    assert sorted(p.name for p in report.files) == sorted(expected)
     meta = parse_metadata(read_metadata(out))
     assert meta["graph"] == graph and meta["steps"] == STEPS and meta["config"]["depth"] == depth
     if fmt == "onnx":
-        for f in report.files:
+        for f in [f for f in report.files if f.suffix == ".onnx"]:
             onnx.checker.check_model(str(f), full_check=True)
             proto = onnx.load(str(f))
             assert proto.ir_version <= 10
@@ -190,7 +192,7 @@ def test_metadata_round_trip(r2, tmp_path, fmt):
     assert info["config"] == r2.config.to_dict()
     assert info["preset"] == r2.config.preset.to_dict()
     assert (info["steps"], info["spontaneous_steps"], info["alpha"]) == (2, SPONT, 0.2)
-    assert (info["readout"], info["record"], info["dtype"], info["batch"]) == ("last", [], "float32", "dynamic")
+    assert (info["readout"], info["record"], info["dtype"], info["batch"]) == ("last", [], "float32", None)
     assert info["checkpoint_sha256"] == "ab" * 32 and info["version"]
     spont = decode_spontaneous_state(meta)
     want = r2.spontaneous_state(1, steps=SPONT)
@@ -209,7 +211,7 @@ def test_zero_spontaneous_steps_give_zero_state(r2, tmp_path):
 
 
 def test_import_is_torch_free():
-    code = ("import sys, cordsnet.export, cordsnet.export.metadata; "
+    code = ("import sys, cordsnet.export, cordsnet.artifact; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -255,6 +257,9 @@ def test_verification_catches_a_corrupted_graph(r2, tmp_path):
     arr[0, 0, 1, 1] += 0.05  # one weight, slightly off
     init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
     onnx.save(proto, str(out))
+    with pytest.raises(ValueError, match="belongs to another artifact"):  # the manifest no longer matches
+        verify_artifact(out, r2)
+    manifest_path(out).unlink()
     with pytest.raises(VerificationError, match="verification failed") as err:
         verify_artifact(out, r2)
     assert not err.value.report.passed and err.value.report.max_abs > 1e-4
@@ -268,6 +273,7 @@ def test_verification_catches_wrong_metadata(r2, tmp_path):
         if p.key == "cordsnet.spontaneous_steps":
             p.value = str(SPONT + 5)  # the baked-in state no longer matches what the metadata claims
     onnx.save(proto, str(out))
+    manifest_path(out).unlink()
     with pytest.raises(VerificationError):
         verify_artifact(out, r2)
 
@@ -288,7 +294,7 @@ def test_failed_verification_leaves_no_file_and_keeps_the_old_one(r2, tmp_path, 
     with pytest.raises(VerificationError):
         export(r2, out, graph="unrolled", steps=STEPS, spontaneous_steps=SPONT)
     assert out.read_bytes() == b"old model"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.onnx"]  # no manifest, no temporaries
 
 
 @pytest.mark.parametrize("fmt, target", [("onnx", "cordsnet.export.onnx.save"),
@@ -320,7 +326,9 @@ def test_external_data_for_large_models(r2, tmp_path, monkeypatch):
     report = export(r2, out, graph="loop", steps=STEPS, spontaneous_steps=SPONT)
     assert report.verification.passed
     assert (tmp_path / "big.onnx.data").is_file() and out.stat().st_size < 100_000
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.cordsnet.json", "big.onnx.data"]
+    data = {c["role"]: c for c in read_manifest(out).companions}["external-data"]
+    assert data["file"] == "big.onnx.data" and data["sha256"] == file_sha256(tmp_path / "big.onnx.data")
 
 
 # --------------------------------------------------------------------------------- validation
@@ -329,7 +337,12 @@ def test_external_data_for_large_models(r2, tmp_path, monkeypatch):
     ({"format": "tflite"}, "format: expected one of"),
     ({"dtype": "bfloat16"}, "dtype: expected one of"),
     ({"readout": "first"}, "readout: expected one of"),
-    ({"steps": 0}, "steps: expected an int >= 1"),
+    ({"steps": 0}, r"steps: expected an int in \[1, 10000\], got 0"),
+    ({"steps": 10**9}, "longer protocols are not exported"),
+    ({"spontaneous_steps": -1}, "spontaneous_steps: expected an int in"),
+    ({"batch": 0}, "batch: expected an int in"),
+    ({"atol": -1.0}, "atol: expected a finite number >= 0"),
+    ({"rtol": float("nan")}, "rtol: expected a finite number >= 0"),
     ({"graph": "stepwise", "record": [0]}, "stepwise graph returns the whole state"),
     ({"record": [5]}, "record: expected area indices"),
     ({"format": "torchscript", "opset": 17}, "opset: only applies"),
@@ -410,3 +423,80 @@ def test_cli_export_without_checkpoint_uses_the_bundled_model(tmp_path, monkeypa
     res = CliRunner().invoke(app, ["export", "--steps", "2", "--spontaneous-steps", "2", "--graph", "stepwise"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "digits_r4-stepwise.onnx").is_file()
+
+
+# ------------------------------------------------------------------- verification arguments
+def test_verify_refuses_bad_tolerances_and_other_weights(r2, models, tmp_path, state_dict_factory):
+    out = tmp_path / "v.onnx"
+    export(r2, out, graph="unrolled", steps=STEPS, spontaneous_steps=SPONT, verify=False)
+    for kwargs, match in [({"atol": -1}, "atol: expected a finite number >= 0, got -1"),
+                          ({"rtol": float("inf")}, "rtol: expected a finite number >= 0"),
+                          ({"min_top1": 0}, r"min_top1: expected a finite number in \(0, 1\]"),
+                          ({"batch": 0}, "batch: expected an int in"),
+                          ({"steps": 10**6}, "steps: expected an int in")]:
+        with pytest.raises(ValueError, match=match):
+            verify_artifact(out, r2, **kwargs)
+    # Other weights, same architecture: refused up front (library users get the guard the CLI had).
+    other = load_checkpoint(state_dict_factory(depth=2, seed=7))
+    with pytest.raises(ValueError, match="exported from other weights than the model given") as err:
+        verify_artifact(out, other)
+    assert not isinstance(err.value, VerificationError)
+    with pytest.raises(VerificationError):  # without the guard the comparison itself fails
+        verify_artifact(out, other, check_weights=False)
+    with pytest.raises(ValueError, match="differs from the model's"):
+        verify_artifact(out, models[4])
+
+
+def test_float16_report_says_what_passed(models, tmp_path):
+    report = export(models[4], tmp_path / "h.onnx", graph="stepwise", steps=STEPS, spontaneous_steps=SPONT,
+                    dtype="float16").verification
+    assert report.passed and report.failures == []
+    text = report.summary()
+    assert "top-1 agreement >= 99%" in text and "every value finite" in text and "not a criterion" in text
+    assert report.to_dict()["criterion"] == report.criterion()
+    f32 = export(models[4], tmp_path / "f.onnx", graph="stepwise", steps=STEPS, spontaneous_steps=SPONT).verification
+    assert "within atol 0.0001 + rtol 0.001" in f32.summary()
+
+
+def test_report_times_and_refused_outputs(r2, tmp_path):
+    report = export(r2, tmp_path / "t.onnx", graph="stepwise", steps=2, spontaneous_steps=SPONT)
+    assert report.verify_seconds > 0 and report.total_seconds >= report.export_seconds + report.verify_seconds
+    assert report.to_dict()["manifest"] == str(tmp_path / "t.onnx.cordsnet.json")
+    for name in ("model.safetensors", "model.pth", "m.onnx.cordsnet.json", "cfg.json"):
+        (tmp_path / name).write_bytes(b"precious")
+        with pytest.raises(ValueError, match="has the suffix of a checkpoint or data file"):
+            export(r2, tmp_path / name, graph="stepwise", steps=2, spontaneous_steps=SPONT)
+        assert (tmp_path / name).read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "exported-program"])
+def test_manifest_of_torch_formats(r2, tmp_path, fmt):
+    out = tmp_path / f"d{SUFFIX[fmt]}"
+    export(r2, out, format=fmt, graph="stepwise-drive", steps=2, spontaneous_steps=SPONT, batch=2)
+    m = read_manifest(out)
+    assert m.format == fmt and m.sha256 == file_sha256(out) and m.info.batch == 2
+    assert m.companions == ({"role": "encode", "file": f"d.encode{SUFFIX[fmt]}",
+                             "sha256": file_sha256(encode_path(out))},)
+    assert m.data["inputs"][0]["shape"] == [2, 64, 8, 8]
+    assert describe_artifact(out)["manifest"] == str(manifest_path(out))
+
+
+def test_output_suffix_of_another_format_is_refused(r2, tmp_path):
+    for fmt, name in [("onnx", "m.pt"), ("torchscript", "m.onnx"), ("exported-program", "m.ts")]:
+        with pytest.raises(ValueError, match=f"has the suffix of the .* format; a {fmt} export"):
+            export(r2, tmp_path / name, format=fmt, graph="stepwise", steps=2, spontaneous_steps=SPONT)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_errors_name_the_destination(r2, tmp_path, monkeypatch):
+    import cordsnet.export.onnx as onnx_backend
+
+    def disk_full(proto, path):
+        raise OSError(28, "No space left on device", str(path))  # path: the temporary file
+
+    monkeypatch.setattr(onnx_backend, "save", disk_full)
+    out = tmp_path / "full.onnx"
+    with pytest.raises(OSError, match=r"output: cannot write '.*full.onnx': No space left on device") as err:
+        export(r2, out, graph="stepwise", steps=2, spontaneous_steps=SPONT)
+    assert ".tmp" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []

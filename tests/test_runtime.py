@@ -1,7 +1,7 @@
-"""Runtime (issue 4): torch-free onnxruntime sessions, providers, preprocessing and the CLI commands.
+"""Runtime: torch-free onnxruntime sessions, providers, preprocessing, hardening and the CLI commands.
 
 Graphs are R2 at 32 px with a short protocol (3 spontaneous + 4 stimulus steps), exported once per
-module by ``cordsnet.export.export``.
+test session by the ``exported_onnx`` fixture (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from cordsnet.checkpoint import load_checkpoint, save_checkpoint
-from cordsnet.config import PRESETS, CordsNetConfig, get_preset
+from cordsnet.checkpoint import save_checkpoint
+from cordsnet.config import PRESETS, get_preset
 from cordsnet.export import export
-from cordsnet.runtime import Preprocessor, ProviderError, Session, StepSession, load_image, resolve_providers
+from cordsnet.runtime import (Preprocessor, ProviderError, Session, StepSession, load_image, open_session,
+                              read_artifact_info, resolve_providers)
 from cordsnet.runtime import providers as providers_mod
-from conftest import make_published_state_dict
 
 STEPS, SPONT, SIZE = 4, 3, 32
 REPO = Path(__file__).resolve().parents[1]
@@ -37,30 +37,15 @@ def export_graph(model, output: Path, **kw) -> Path:
 
 
 # ------------------------------------------------------------------------------------- fixtures
-def _model(dataset: str | None = "cifar10", channels: int = 3, seed: int = 0):
-    sd = make_published_state_dict(depth=2, num_classes=10, in_channels=channels, image_size=SIZE, seed=seed)
-    cfg = CordsNetConfig(depth=2, num_classes=10, in_channels=channels, image_size=SIZE, steps=STEPS,
-                         spontaneous_steps=SPONT, dataset=dataset)
-    return load_checkpoint(sd, config=cfg)
+@pytest.fixture(scope="module")
+def model(r2_cifar):
+    return r2_cifar
 
 
 @pytest.fixture(scope="module")
-def model():
-    return _model()
-
-
-@pytest.fixture(scope="module")
-def graphs(model, tmp_path_factory):
-    """One exported graph per kind (R2, 32 px, cifar10 preset)."""
-    root = tmp_path_factory.mktemp("graphs")
-    out = {
-        "unrolled": export_graph(model, root / "r2.unrolled.onnx", graph="unrolled"),
-        "stepwise": export_graph(model, root / "r2.stepwise.onnx", graph="stepwise"),
-        "stepwise-drive": export_graph(model, root / "r2.drive.onnx", graph="stepwise-drive"),
-        "all": export_graph(model, root / "r2.all.onnx", graph="unrolled", readout="all", record=[1]),
-        "loop": export_graph(model, root / "r2.loop.onnx", graph="loop"),
-    }
-    return out
+def graphs(exported_onnx):
+    """One exported graph per kind (R2, 32 px, cifar10 preset); read-only."""
+    return exported_onnx
 
 
 def _x(batch=2, seed=1, channels=3):
@@ -91,8 +76,7 @@ def test_session_unrolled_matches_model(model, graphs):
 
 def test_session_bound_buffers_path(model, graphs):
     # The fixed-buffer IO-binding path (what cuda_graph=True uses on a GPU), run here with CPU OrtValues.
-    s = Session(graphs["all"], providers="cpu")
-    s._io_binding = True
+    s = Session(graphs["all"], providers="cpu", io_binding=True)
     for batch, seed in ((2, 1), (3, 2), (2, 3)):
         x = _x(batch=batch, seed=seed)
         out = s.run_outputs(x)
@@ -225,10 +209,10 @@ def test_float16_and_static_batch_graphs(model, tmp_path):
         s.reset(1)
 
 
-def test_grayscale_model_predicts_from_rgb_and_gray_files(tmp_path):
+def test_grayscale_model_predicts_from_rgb_and_gray_files(tmp_path, r2_factory):
     from PIL import Image
 
-    m = _model(dataset="mnist", channels=1)
+    m = r2_factory(dataset="mnist", channels=1)
     path = export_graph(m, tmp_path / "mnist.onnx", graph="unrolled")
     s = Session(path, providers="cpu")
     rgb = np.random.default_rng(8).integers(0, 256, (28, 28, 3), dtype=np.uint8)
@@ -386,8 +370,8 @@ def test_undecodable_image(graphs, tmp_path):
         s.run(str(tmp_path / "nope.png"))
 
 
-def test_no_preset_refuses_raw_images(tmp_path):
-    m = _model(dataset=None)
+def test_no_preset_refuses_raw_images(tmp_path, r2_factory):
+    m = r2_factory(dataset=None)
     path = export_graph(m, tmp_path / "nopreset.onnx", graph="unrolled")
     s = Session(path, providers="cpu")
     with pytest.raises(ValueError, match="no dataset preset"):
@@ -547,13 +531,13 @@ def test_cli_bench_json(graphs, kind):
     assert res.exit_code == 0 and "per step" in res.output
 
 
-def test_cli_verify(model, graphs, tmp_path):
+def test_cli_verify(model, graphs, tmp_path, r2_factory):
     ckpt = tmp_path / "m.safetensors"
     save_checkpoint(model, ckpt)
     res = _cli("verify", graphs["stepwise"], "--checkpoint", ckpt, "--provider", "cpu")
     assert res.exit_code == 0, res.output
     other = tmp_path / "other.safetensors"
-    save_checkpoint(_model(seed=5), other)
+    save_checkpoint(r2_factory(seed=5), other)
     res = _cli("verify", graphs["unrolled"], "--checkpoint", other, "--provider", "cpu")
     assert res.exit_code == 1 and res.output.startswith("Error: ")
 
@@ -573,3 +557,221 @@ def test_stepwise_drive_with_another_suffix_finds_its_encode_graph(model, tmp_pa
             state = model.step(state, terms)
         expected = model.readout(state).numpy()
     np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+# --------------------------------------------------------------------- static batch: any count
+@pytest.mark.parametrize("kind", ["unrolled", "stepwise", "stepwise-drive"])
+def test_static_batch_graphs_take_any_number_of_images(model, graphs, tmp_path, kind):
+    path = export_graph(model, tmp_path / f"b2-{kind}.onnx", graph=kind, batch=2, verify=False)
+    static = (StepSession if kind.startswith("stepwise") else Session)(path, providers="cpu")
+    dynamic = (StepSession if kind.startswith("stepwise") else Session)(graphs[kind], providers="cpu")
+    for n in (1, 2, 3, 5):
+        x = _x(batch=n, seed=n)
+        got = static.run(x)
+        assert got.shape == (n, 10)
+        # Padding never leaks into results. Both are float32 onnxruntime runs of the same graph at other batch
+        # sizes: kernels may block differently, so allow float32 rounding (logits are O(1)), not exact equality.
+        np.testing.assert_allclose(got, dynamic.run(x), atol=1e-5, rtol=1e-5)
+        np.testing.assert_array_equal(static.predict(x, top_k=3).indices, dynamic.predict(x, top_k=3).indices)
+    if kind == "unrolled":  # time-major outputs are split and joined on their batch axis (dim 1)
+        path = export_graph(model, tmp_path / "b2-all.onnx", graph="unrolled", batch=2, readout="all", record=[0])
+        out = Session(path, providers="cpu").run_outputs(_x(batch=3))
+        ref_logits, ref_rates = _ref(model, _x(batch=3), readout="all", record=[0])
+        assert out["logits"].shape == (STEPS, 3, 10) and out["rates_0"].shape == (STEPS, 3, 64, 8, 8)
+        np.testing.assert_allclose(out["rates_0"], ref_rates[0], atol=1e-4, rtol=1e-4)
+
+
+# -------------------------------------------------------------- non-finite inputs and outputs
+def test_non_finite_outputs_are_an_error_never_a_ranking(model, graphs, tmp_path):
+    huge = np.full((2, 3, SIZE, SIZE), 3e38, np.float32)  # finite, but the first convolution overflows
+    for kind in ("unrolled", "loop"):
+        s = Session(graphs[kind], providers="cpu")
+        with pytest.raises(ValueError, match="logits: the graph produced NaN or infinite values"):
+            s.predict(huge)
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            s.run_outputs(-huge)
+    for kind in ("stepwise", "stepwise-drive"):
+        s = StepSession(graphs[kind], providers="cpu")
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            s.predict(huge)
+        s.reset(2)
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            s.step(huge)
+        s.step(fetch=False)  # the state is now NaN: the next fetched logits are refused too
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            s.step()
+        s.reset(2)  # reset recovers
+        assert np.isfinite(s.step(_x())).all()
+    # A float16 graph: values finite in float32 that overflow float16 are refused before running.
+    path = export_graph(model, tmp_path / "h.onnx", graph="unrolled", dtype="float16", verify=False)
+    with pytest.raises(ValueError, match="overflow the graph's float16 input"):
+        Session(path, providers="cpu").run(np.full((1, 3, SIZE, SIZE), 1e5, np.float32))
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(ValueError, match="expected finite pixel values"):
+            Session(graphs["unrolled"], providers="cpu").predict(np.full((1, 3, SIZE, SIZE), bad, np.float32))
+
+
+def test_steps_are_bounded(graphs):
+    with pytest.raises(ValueError, match=r"steps: expected an int in \[1, 10000\], got 1000000000"):
+        Session(graphs["loop"], providers="cpu").run(_x(), steps=10**9)
+    with pytest.raises(ValueError, match="steps: expected an int in"):
+        StepSession(graphs["stepwise"], providers="cpu").run(_x(), steps=0)
+    with pytest.raises(ValueError, match="io_binding"):
+        Session(graphs["loop"], providers="cpu", io_binding=True)
+
+
+# ------------------------------------------------------------------------------- image modes
+def _gradient(h: int = 40, w: int = 36) -> np.ndarray:
+    return np.add.outer(np.linspace(0, 0.7, h), np.linspace(0, 0.3, w))  # values in [0, 1]
+
+
+@pytest.mark.parametrize("preset", ["digits", "cifar10"])
+def test_wide_pillow_modes_are_scaled_like_8_bit_images(preset):
+    from PIL import Image
+
+    pre = Preprocessor.from_preset(get_preset(preset), SIZE)
+    g = _gradient()
+    ref = pre(Image.fromarray(np.round(g * 255).astype(np.uint8), "L"))
+    wide = {
+        "F in [0, 1]": Image.fromarray(g.astype(np.float32), "F"),
+        "16-bit PNG (I;16)": Image.fromarray(np.round(g * 65535).astype(np.uint16)),
+        "I (32-bit, 16-bit values)": Image.fromarray(np.round(g * 65535).astype(np.int32), "I"),
+        "uint16 array": np.round(g * 65535).astype(np.uint16),
+    }
+    # Re-quantising to 8 bits may land one level away where a value sits on a rounding boundary
+    # (float32 vs float64 products, 16-bit steps): allow one level, and require almost all pixels exact.
+    level = 1.0 / 255.0 / min(pre.std) * 1.01
+    for name, img in wide.items():
+        out = pre(img)
+        assert out.shape == ref.shape, name
+        np.testing.assert_allclose(out, ref, atol=level, err_msg=name)
+        assert np.mean(np.abs(out - ref) < 1e-6) > 0.99, name
+        assert out.std() > 0.1  # not a constant image
+    flat = pre(Image.fromarray(np.full((40, 36), 0.5, np.float32), "F"))
+    np.testing.assert_allclose(flat, pre(Image.fromarray(np.full((40, 36), 128, np.uint8), "L")), atol=1e-6)
+
+
+def test_16_bit_png_files_into_rgb_and_grey_models(tmp_path):
+    from PIL import Image
+
+    g = _gradient()
+    Image.fromarray(np.round(g * 65535).astype(np.uint16)).save(tmp_path / "deep.png")
+    Image.fromarray(np.round(g * 255).astype(np.uint8)).save(tmp_path / "flat.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    for preset in ("mnist", "imagenet"):
+        pre = Preprocessor.from_preset(get_preset(preset), SIZE)
+        np.testing.assert_allclose(pre(tmp_path / "deep.png"), pre(tmp_path / "flat.png"), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "LA", "PA", "RGBX",
+                                  "RGBa", "I;16B"])
+def test_every_8_bit_mode_converts_like_pillow(mode):
+    from PIL import Image
+
+    rgb = Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 34, 3), dtype=np.uint8))
+    big_endian = (np.asarray(rgb.convert("L"), np.uint16) * 257).astype(">u2")  # 8-bit values as 16-bit
+    img = rgb.convert(mode) if mode != "I;16B" else Image.frombytes("I;16B", rgb.size, big_endian.tobytes())
+    for preset in ("cifar10", "mnist"):
+        pre = Preprocessor.from_preset(get_preset(preset), SIZE)
+        out = pre(img)
+        assert out.shape == (pre.channels, SIZE, SIZE) and np.isfinite(out).all()
+        if mode == "I;16B":  # v * 257 / 65535 * 255 = v: exactly the 8-bit image
+            np.testing.assert_allclose(out, pre(rgb.convert("L")), atol=0)
+        elif mode != "LAB":  # the rest: exactly what Pillow's own conversion gives
+            direct = img.convert(pre.mode) if mode != "RGBa" else img.convert("RGB").convert(pre.mode)
+            np.testing.assert_allclose(out, pre(direct), atol=0)
+
+
+def test_unscalable_images_are_refused(tmp_path):
+    from PIL import Image
+
+    pre = Preprocessor.from_preset(get_preset("cifar10"), SIZE)
+    cases = {
+        "F outside [0, 1]": (Image.fromarray(np.full((8, 8), 200.0, np.float32), "F"), r"values in \[200, 200\]"),
+        "F with NaN": (Image.fromarray(np.full((8, 8), np.nan, np.float32), "F"), "NaN or infinite"),
+        "I beyond 16 bit": (Image.fromarray(np.full((8, 8), 1 << 20, np.int32), "I"), "16-bit values"),
+        "I negative": (Image.fromarray(np.full((8, 8), -5, np.int32), "I"), "16-bit values"),
+        "La": (Image.new("La", (8, 8)), "cannot convert a mode 'La' image"),
+    }
+    for name, (img, match) in cases.items():
+        with pytest.raises(ValueError, match=match):
+            pre(img)
+
+
+def test_decompression_bomb_is_one_line(tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels > 2 x the limit: Pillow's bomb error
+    with pytest.raises(ValueError, match="too large to decode safely") as err:
+        load_image(tmp_path / "bomb.png")
+    assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------- threads
+def test_one_stepsession_from_several_threads(model, graphs):
+    from concurrent.futures import ThreadPoolExecutor
+
+    for kind in ("stepwise", "stepwise-drive"):
+        s = StepSession(graphs[kind], providers="cpu")
+        inputs = [_x(batch=1 + k % 3, seed=k) for k in range(12)]
+        want = [_ref(model, x) for x in inputs]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            got = list(pool.map(lambda x: s.run(x, steps=STEPS), inputs))
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, atol=1e-4, rtol=1e-4)
+
+
+def test_one_session_with_io_binding_from_several_threads(model, graphs):
+    from concurrent.futures import ThreadPoolExecutor
+
+    s = Session(graphs["unrolled"], providers="cpu", io_binding=True)
+    inputs = [_x(batch=2, seed=k) for k in range(12)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(s.run, inputs))
+    for x, g in zip(inputs, got):
+        np.testing.assert_allclose(g, _ref(model, x), atol=1e-4, rtol=1e-4)
+
+
+def test_metadata_is_read_without_an_onnxruntime_session(graphs, monkeypatch):
+    """open_session reads the kind from the file; the only onnxruntime session is the one it returns."""
+    import onnxruntime
+
+    created = []
+    real = onnxruntime.InferenceSession
+
+    class Counting(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *a, **k):
+            created.append(a[0] if a else k.get("path_or_bytes"))
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Counting)
+    info = read_artifact_info(graphs["unrolled"])
+    assert info.graph == "unrolled" and created == []
+    open_session(graphs["unrolled"], providers="cpu")
+    assert len(created) == 1
+
+
+def test_cli_refuses_lying_metadata_and_bad_tolerances_in_one_line(model, graphs, tmp_path):
+    import onnx
+
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(model, ckpt)
+    proto = onnx.load(str(graphs["loop"]))
+    for p in proto.metadata_props:
+        if p.key == "cordsnet.steps":
+            p.value = "1000000000"  # would keep the loop running for hours
+    lying = tmp_path / "lying.onnx"
+    onnx.save(proto, str(lying))
+    img = tmp_path / "img.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
+    for args, match in [(("predict", lying, img, "--provider", "cpu"), "steps"), (("info", lying), "steps"),
+                        (("verify", lying, "--checkpoint", ckpt), "steps"),
+                        (("verify", graphs["unrolled"], "--checkpoint", ckpt, "--atol", "-1", "--provider", "cpu"),
+                         "atol")]:
+        res = _cli(*args)
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert res.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), (args, res.output)
+        assert match in lines[0], (args, res.output)

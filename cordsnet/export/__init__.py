@@ -1,34 +1,51 @@
-"""Export CordsNet to ONNX, TorchScript and ExportedProgram graphs, verified, with metadata.
+"""Export CordsNet to ONNX, TorchScript and ExportedProgram graphs, verified, with metadata and a manifest.
 
 ``from cordsnet.export import export, verify_artifact, describe_artifact``. Importing this package
-does not import torch: the torch-backed names load on first use, and :mod:`cordsnet.export.metadata`
-(reading an artifact's metadata and spontaneous state) needs only numpy (and onnx for ``.onnx``).
-See ``docs/export.md`` for the graph kinds, their I/O contract and the metadata.
+does not import torch: the torch-backed names load on first use. The artifact contract itself (graph
+kinds, formats, metadata, manifest) is :mod:`cordsnet.artifact`, torch-free; its reading functions
+are re-exported here. See ``docs/export.md`` for the graph kinds, their I/O and the manifest schema.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Mapping
 
-from .metadata import decode_spontaneous_state, describe_artifact, encode_path, parse_metadata, read_metadata
+from ..artifact import (
+    DTYPES,
+    FORMATS,
+    GRAPHS,
+    ArtifactInfo,
+    Manifest,
+    check_manifest,
+    decode_spontaneous_state,
+    describe_artifact,
+    encode_path,
+    io_names,
+    manifest_path,
+    read_info,
+    read_manifest,
+    read_metadata,
+)
 
 _LAZY = {
     "export": "cordsnet.export.api",
     "ExportReport": "cordsnet.export.api",
-    "ExportSpec": "cordsnet.export.api",
-    "GRAPHS": "cordsnet.export.api",
-    "FORMATS": "cordsnet.export.api",
-    "DTYPES": "cordsnet.export.api",
-    "EXPORTERS": "cordsnet.export.api",
-    "io_names": "cordsnet.export.api",
+    "ExportSpec": "cordsnet.export.spec",
+    "EXPORTERS": "cordsnet.export.spec",
     "verify_artifact": "cordsnet.export.verify",
     "VerificationError": "cordsnet.export.verify",
     "VerificationReport": "cordsnet.export.verify",
 }
 
-__all__ = ["decode_spontaneous_state", "describe_artifact", "encode_path", "parse_metadata", "read_metadata",
-           *_LAZY]
+__all__ = ["DTYPES", "FORMATS", "GRAPHS", "ArtifactInfo", "Manifest", "check_manifest", "decode_spontaneous_state",
+           "describe_artifact", "encode_path", "io_names", "manifest_path", "parse_metadata", "read_info",
+           "read_manifest", "read_metadata", *_LAZY]
+
+
+def parse_metadata(meta: Mapping[str, str]) -> dict[str, Any]:
+    """The metadata map parsed and validated, JSON-ready (``ArtifactInfo.from_metadata(meta).to_dict()``)."""
+    return ArtifactInfo.from_metadata(meta).to_dict()
 
 
 def __getattr__(name: str) -> Any:

@@ -17,60 +17,51 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 
-from ._staging import staged
+from ..artifact import EXTRA_FILE, ArtifactInfo
 from ..model import CordsNet
 from . import wrappers as W
+from ._staging import staged
+from .spec import ExportSpec
+from .torchscript import torch_runner
 
-__all__ = ["EXPORTER_NAME", "build", "staged", "write", "load"]
+__all__ = ["EXPORTER_NAME", "build", "load", "open_runner", "staged", "write"]
 
 EXPORTER_NAME = "torch.export"
 
 
-def _export(module: torch.nn.Module, args: tuple, spec: Any) -> torch.export.ExportedProgram:
+def _export(module: torch.nn.Module, args: tuple, spec: ExportSpec) -> torch.export.ExportedProgram:
     module.eval()
-    dynamic = None
-    if spec.batch is None:
-        batch = torch.export.Dim("batch", min=1, max=65536)
-        dynamic = W.batch_dynamic_shapes(module, args, batch)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        return torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
+        return torch.export.export(module, args, dynamic_shapes=W.dynamic_shapes(module, args, spec), strict=False)
 
 
-def _loop(model: CordsNet, spec: Any) -> torch.export.ExportedProgram:
-    if spec.readout != "last" or spec.record:
-        raise ValueError("readout/record: the exported-program loop graph supports readout='last' without "
-                         "recorded areas; use graph 'unrolled' for per-step outputs")
-    w = W.WhileLoop(model, **spec.wrapper_kwargs())
-    args = (W.example_inputs(model, spec)["image"], torch.tensor(spec.steps, dtype=torch.int64))
-    module_dynamic = None
-    if spec.batch is None:
-        module_dynamic = ({0: torch.export.Dim("batch", min=1, max=65536)}, None)
-    w.eval()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        return torch.export.export(w, args, dynamic_shapes=module_dynamic, strict=False)
+def build(model: CordsNet, spec: ExportSpec, kinds: Sequence[str]) -> list[torch.export.ExportedProgram]:
+    """The ExportedProgram of each graph kind in `kinds` (the export's graph, then its companions).
+
+    The loop is ``WhileLoop`` (readout "last", no recorded areas: checked by ``make_spec``).
+    """
+    out = []
+    for kind in kinds:
+        if kind == "loop":
+            args = (W.example_inputs(model, spec)["image"], torch.tensor(spec.steps, dtype=torch.int64))
+            out.append(_export(W.WhileLoop(model, **spec.wrapper_kwargs()), args, spec))
+        else:
+            g = W.traced_graph(model, spec, kind)
+            out.append(_export(g.module, g.args, spec))
+    return out
 
 
-def build(model: CordsNet, spec: Any) -> list[torch.export.ExportedProgram]:
-    """The ExportedProgram(s): [graph] or, for stepwise-drive, [step graph, encode graph]."""
-    if spec.graph == "loop":
-        return [_loop(model, spec)]
-    return [_export(module, args, spec) for module, args in W.traced_graphs(model, spec)]
-
-
-def write(model: CordsNet, spec: Any, meta: dict[str, str], paths: Sequence[Path],
+def write(model: CordsNet, spec: ExportSpec, targets: Sequence[tuple[Path, ArtifactInfo]],
           progress: Callable[[str], None] | None = None) -> None:
-    """Export and save the program(s) of `spec` to `paths` with the metadata as an extra file."""
-    from .metadata import EXTRA_FILE, encode_metadata
-
-    for k, (prog, path) in enumerate(zip(build(model, spec), paths)):
-        m = dict(meta) if k == 0 else encode_metadata(meta)
-        torch.export.save(prog, str(path), extra_files={EXTRA_FILE: json.dumps(m)})
+    """Export and save one program per target with its metadata as the extra file."""
+    for prog, (path, info) in zip(build(model, spec, [i.graph for _, i in targets]), targets):
+        torch.export.save(prog, str(path), extra_files={EXTRA_FILE: json.dumps(info.to_metadata())})
 
 
 def load(path: str | Path) -> torch.nn.Module:
@@ -78,3 +69,9 @@ def load(path: str | Path) -> torch.nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.export.load(str(path)).module()
+
+
+def open_runner(path: Path, info: ArtifactInfo, providers: object = None
+                ) -> tuple[Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]], str, list[str], list[str]]:
+    """(run(feeds) -> outputs by name, runner description, input names, output names) with torch.export."""
+    return torch_runner(load(path), info, f"torch.export {torch.__version__}")

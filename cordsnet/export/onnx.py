@@ -1,16 +1,17 @@
 """ONNX backend: graph pieces exported with torch.onnx, the time loop assembled with ``onnx.helper``.
 
-* stepwise / stepwise-drive (+ encode): one traced wrapper each, exported directly.
+* stepwise / stepwise-drive (+ encode): the traced wrappers of :func:`cordsnet.export.wrappers.traced_graphs`,
+  exported directly.
 * loop: three pieces are exported (prologue: image -> skip, ff0, initial state; body: one step;
   epilogue: state -> logits) and stitched into one graph around an ONNX ``Loop`` whose trip count is
   the int64 scalar input ``steps``. The body reads ``skip``/``ff0`` from the outer scope, so the drive
   terms are computed once per image; its weights are initializers of the body itself, which lets
   onnxruntime pre-pack them once (as outer-scope values they cost ~30% more per step).
 * unrolled: the same pieces with the one-step body copied ``steps`` times (weights shared), so the
-  export time does not grow with the step count; ``UNROLLED_METHOD = "trace"`` traces the whole
-  unrolled wrapper instead (same arithmetic, slower export).
-* Every file is pinned to IR version :data:`IR_VERSION` (onnx 1.23 writes IR 14 by default, which
-  onnxruntime 1.31 refuses) and checked with ``onnx.checker.check_model(full_check=True)``.
+  export time does not grow with the step count (tracing the whole unrolled wrapper gives the same
+  arithmetic and is slower; ``benchmarks/bench_export.py --traced-unrolled`` compares the two).
+* Every file is pinned to IR version :data:`~cordsnet.artifact.IR_VERSION` and checked with
+  ``onnx.checker.check_model(full_check=True)``.
 * Models whose initializers exceed :data:`EXTERNAL_DATA_THRESHOLD` are saved with external data
   (``<name>.data`` beside the file).
 """
@@ -20,51 +21,43 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper
 
+from ..artifact import DEFAULT_OPSET, IR_VERSION, MAX_OPSET, MIN_OPSET, ArtifactInfo
 from ..model import CordsNet
 from . import wrappers as W
-from .metadata import encode_metadata
+from ._staging import staged
+from .spec import ExportSpec
 
-__all__ = ["DEFAULT_OPSET", "IR_VERSION", "MAX_OPSET", "MIN_OPSET", "EXTERNAL_DATA_THRESHOLD",
-           "export_piece", "staged", "write"]
+__all__ = ["DEFAULT_OPSET", "EXPORTER_NAME", "EXTERNAL_DATA_THRESHOLD", "IR_VERSION", "MAX_OPSET", "MIN_OPSET",
+           "build", "export_piece", "open_runner", "save", "staged", "write"]
 
-IR_VERSION = 10  # onnx 1.16's IR; onnxruntime >= 1.20 (our floor) loads it, 1.31 refuses 14
-DEFAULT_OPSET = 18
-MIN_OPSET = 14
-MAX_OPSET = 20  # highest opset the legacy exporter writes
+EXPORTER_NAME = None  # the ONNX exporter is the spec's ("legacy" or "dynamo")
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of initializers above which external data is used
 
 _ELEM = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16}
 
 
-from ._staging import staged
-
-
 # ------------------------------------------------------------------------------ piece export
-def _batch_axes(names: Sequence[str], spec: Any, time_major: Sequence[str] = ()) -> dict[str, dict[int, str]]:
-    """Dynamic batch axes for the legacy exporter (dim 1 for time-major outputs)."""
-    if spec.batch is not None:
-        return {}
-    return {n: {1 if n in time_major else 0: "batch"} for n in names if n != "steps"}
-
-
 def export_piece(wrapper: torch.nn.Module, args: tuple, input_names: Sequence[str], output_names: Sequence[str],
-                 spec: Any, *, time_major: Sequence[str] = (), exporter: str | None = None) -> onnx.ModelProto:
+                 spec: ExportSpec, *, batch_axes: Mapping[str, int] | None = None,
+                 exporter: str | None = None) -> onnx.ModelProto:
     """Export one traced wrapper to an in-memory ONNX model with the contract's names.
 
     Args:
         wrapper: a module from :mod:`cordsnet.export.wrappers`.
         args: example inputs (batch ``spec.trace_batch``).
         input_names, output_names: graph I/O names.
-        spec: the :class:`~cordsnet.export.api.ExportSpec` (opset, batch, exporter).
-        time_major: outputs whose batch dimension is dim 1 (steps first).
+        spec: the export's options (opset, batch, exporter).
+        batch_axes: the batch dimension of each I/O name when it is not 0 (time-major outputs: 1).
         exporter: override ``spec.exporter``: "legacy" or "dynamo".
     """
     opset = spec.opset or DEFAULT_OPSET
@@ -73,10 +66,14 @@ def export_piece(wrapper: torch.nn.Module, args: tuple, input_names: Sequence[st
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
         if exporter == "legacy":
+            axes = None
+            if spec.batch is None:
+                axes = {n: {(batch_axes or {}).get(n, 0): "batch"} for n in [*input_names, *output_names]
+                        if n != "steps"}
             buf = io.BytesIO()
             torch.onnx.export(wrapper, args, buf, dynamo=False, input_names=list(input_names),
                               output_names=list(output_names), opset_version=opset, do_constant_folding=True,
-                              dynamic_axes=_batch_axes([*input_names, *output_names], spec, time_major))
+                              dynamic_axes=axes)
             proto = onnx.load_from_string(buf.getvalue())
         else:
             proto = _export_dynamo(wrapper, args, input_names, output_names, spec, opset)
@@ -85,19 +82,14 @@ def export_piece(wrapper: torch.nn.Module, args: tuple, input_names: Sequence[st
 
 
 def _export_dynamo(wrapper: torch.nn.Module, args: tuple, input_names: Sequence[str],
-                   output_names: Sequence[str], spec: Any, opset: int) -> onnx.ModelProto:
-    import logging
-
-    dynamic = None
-    if spec.batch is None:
-        batch = torch.export.Dim("batch", min=1, max=65536)
-        dynamic = W.batch_dynamic_shapes(wrapper, args, batch)
+                   output_names: Sequence[str], spec: ExportSpec, opset: int) -> onnx.ModelProto:
     # The dynamo exporter reports progress on stdout/logging; keep it quiet.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()):
         program = torch.onnx.export(wrapper, args, dynamo=True, input_names=list(input_names),
                                     output_names=list(output_names), opset_version=opset,
-                                    dynamic_shapes=dynamic, optimize=True, verbose=False)
+                                    dynamic_shapes=W.dynamic_shapes(wrapper, args, spec), optimize=True,
+                                    verbose=False)
     proto = program.model_proto
     from onnx import inliner
 
@@ -110,34 +102,13 @@ def _export_dynamo(wrapper: torch.nn.Module, args: tuple, input_names: Sequence[
     return proto
 
 
+def _traced(model: CordsNet, spec: ExportSpec, kind: str) -> onnx.ModelProto:
+    g = W.traced_graph(model, spec, kind)
+    return export_piece(g.module, g.args, g.input_names, g.output_names, spec)
+
+
 # ------------------------------------------------------------------------------------ graphs
-
-
-def _unrolled(model: CordsNet, spec: Any, ins: list[str], outs: list[str]) -> onnx.ModelProto:
-    w = W.Unrolled(model, steps=spec.steps, readout=spec.readout, record=spec.record, **spec.wrapper_kwargs())
-    ex = W.example_inputs(model, spec)
-    time_major = [o for o in outs if o.startswith("rates_")] + (["logits"] if spec.readout == "all" else [])
-    return export_piece(w, (ex["image"],), ins, outs, spec, time_major=time_major)
-
-
-def _stepwise(model: CordsNet, spec: Any, ins: list[str], outs: list[str]) -> onnx.ModelProto:
-    ex = W.example_inputs(model, spec)
-    return export_piece(W.Stepwise(model, **spec.wrapper_kwargs()), tuple(ex[n] for n in ins), ins, outs, spec)
-
-
-def _stepwise_drive(model: CordsNet, spec: Any, ins: list[str], outs: list[str]) -> onnx.ModelProto:
-    ex = W.example_inputs(model, spec)
-    return export_piece(W.StepwiseDrive(model, **spec.wrapper_kwargs()), tuple(ex[n] for n in ins), ins, outs,
-                        spec)
-
-
-def encode_graph(model: CordsNet, spec: Any) -> onnx.ModelProto:
-    """The encode graph of a stepwise-drive export: image -> skip, ff0."""
-    ex = W.example_inputs(model, spec)
-    return export_piece(W.Encode(model, **spec.wrapper_kwargs()), (ex["image"],), ["image"], ["skip", "ff0"], spec)
-
-
-def _pieces(model: CordsNet, spec: Any) -> tuple[onnx.ModelProto, onnx.ModelProto, onnx.ModelProto | None]:
+def _pieces(model: CordsNet, spec: ExportSpec) -> tuple[onnx.ModelProto, onnx.ModelProto, onnx.ModelProto | None]:
     """The exported pieces of the loop and unrolled graphs.
 
     prologue: image -> skip, ff0, init_state_i; body: skip, ff0, state_i -> next_state_i
@@ -161,7 +132,7 @@ def _pieces(model: CordsNet, spec: Any) -> tuple[onnx.ModelProto, onnx.ModelProt
     return pro, body, epi
 
 
-def _assemble(model: CordsNet, spec: Any, pieces: Sequence[onnx.ModelProto | None], nodes: list,
+def _assemble(model: CordsNet, spec: ExportSpec, pieces: Sequence[onnx.ModelProto | None], nodes: list,
               initializers: list, with_steps: bool, name: str) -> onnx.ModelProto:
     """The outer graph: inputs image [, steps], outputs logits [, rates_a], deduplicated initializers."""
     elem = _ELEM[spec.torch_dtype]
@@ -182,7 +153,7 @@ def _assemble(model: CordsNet, spec: Any, pieces: Sequence[onnx.ModelProto | Non
                              ir_version=IR_VERSION, producer_name="cordsnet")
 
 
-def _loop(model: CordsNet, spec: Any, ins: list[str], outs: list[str]) -> onnx.ModelProto:
+def _loop(model: CordsNet, spec: ExportSpec) -> onnx.ModelProto:
     depth = model.depth
     states = [f"state_{i}" for i in range(depth)]
     init = [f"init_state_{i}" for i in range(depth)]
@@ -197,11 +168,7 @@ def _loop(model: CordsNet, spec: Any, ins: list[str], outs: list[str]) -> onnx.M
 
     # Loop body: (iteration, cond, state_i...) -> (cond, next_state_i..., [step_logits], [rate_a...]).
     b_nodes, b_init = _prefixed(body.graph, "step/", keep={"skip", "ff0", *states, *body_out})
-    inner_init: list[onnx.TensorProto] = []
-    if LOOP_WEIGHTS == "inner":
-        inner_init = b_init  # constants of the body: onnxruntime pre-packs them once
-    else:
-        initializers += b_init  # outer-scope values read by the body
+    inner_init = b_init  # constants of the body, not outer-scope values: onnxruntime pre-packs them once
     b_nodes.append(helper.make_node("Identity", ["cond_in"], ["cond_out"], name="step/cond"))
     scan_outs = (["step_logits"] if readout_all else [])
     for a in spec.record:
@@ -228,7 +195,7 @@ def _loop(model: CordsNet, spec: Any, ins: list[str], outs: list[str]) -> onnx.M
     return _assemble(model, spec, (pro, body, epi), nodes, initializers, True, "cordsnet_loop")
 
 
-def _unrolled_stitched(model: CordsNet, spec: Any, ins: list[str], outs: list[str]) -> onnx.ModelProto:
+def _unrolled(model: CordsNet, spec: ExportSpec) -> onnx.ModelProto:
     """The unrolled graph as `steps` copies of the one-step piece (shared initializers).
 
     The same arithmetic as tracing the unrolled wrapper, but only one step is traced: export time
@@ -340,50 +307,48 @@ def _rename_inputs(nodes: Sequence[onnx.NodeProto], rename: dict[str, str]) -> N
                 _rename_inputs(a.g.node, rename)
 
 
-# Where the Loop body's weights live: "inner" (initializers of the body graph) or "outer" (outer-scope
-# values the body reads). See benchmarks/bench_export.py for the per-step times of both.
-LOOP_WEIGHTS = "inner"
-
-# How the unrolled graph is built: "stitch" (one traced step, copied; fast) or "trace" (the whole
-# unrolled wrapper traced; export time grows with the steps). Both give the same arithmetic.
-UNROLLED_METHOD = "stitch"
-
-
-def _unrolled_any(model: CordsNet, spec: Any, ins: list[str], outs: list[str]) -> onnx.ModelProto:
-    builder = _unrolled_stitched if UNROLLED_METHOD == "stitch" else _unrolled
-    return builder(model, spec, ins, outs)
-
-
-_GRAPH_BUILDERS: dict[str, Callable[..., onnx.ModelProto]] = {
-    "unrolled": _unrolled_any,
+# Kinds whose ONNX graph is assembled here; every other kind is exported from its traced wrapper.
+_ASSEMBLED: dict[str, Callable[[CordsNet, ExportSpec], onnx.ModelProto]] = {
+    "unrolled": _unrolled,
     "loop": _loop,
-    "stepwise": _stepwise,
-    "stepwise-drive": _stepwise_drive,
 }
 
 
-def build(model: CordsNet, spec: Any) -> list[onnx.ModelProto]:
-    """The ONNX model(s) of an export: [graph] or, for stepwise-drive, [step graph, encode graph]."""
-    from .api import io_names
-
-    ins, outs = io_names(spec.graph, model.depth, spec.readout, spec.record)
-    protos = [_GRAPH_BUILDERS[spec.graph](model, spec, ins, outs)]
-    if spec.graph == "stepwise-drive":
-        protos.append(encode_graph(model, spec))
-    return protos
+def build(model: CordsNet, spec: ExportSpec, kinds: Sequence[str]) -> list[onnx.ModelProto]:
+    """The ONNX model of each graph kind in `kinds` (the export's graph, then its companions)."""
+    return [_ASSEMBLED[k](model, spec) if k in _ASSEMBLED else _traced(model, spec, k) for k in kinds]
 
 
-def write(model: CordsNet, spec: Any, meta: dict[str, str], paths: Sequence[Path],
+def write(model: CordsNet, spec: ExportSpec, targets: Sequence[tuple[Path, ArtifactInfo]],
           progress: Callable[[str], None] | None = None) -> None:
-    """Build, check and save the graph(s) of `spec` to `paths` (temporary paths from :func:`staged`)."""
+    """Build, check and save one graph per target (temporary paths from :func:`staged`) with its metadata."""
     say = progress or (lambda _m: None)
-    protos = build(model, spec)
-    for proto, path, role in zip(protos, paths, ["graph", "encode"]):
-        m = dict(meta) if role == "graph" else encode_metadata(meta)
-        helper.set_model_props(proto, m)
-        proto.producer_name, proto.producer_version = "cordsnet", meta["cordsnet.version"]
-        say(f"checking the {role} (onnx.checker, full check)")
+    protos = build(model, spec, [info.graph for _, info in targets])
+    for proto, (path, info) in zip(protos, targets):
+        helper.set_model_props(proto, info.to_metadata())
+        proto.producer_name, proto.producer_version = "cordsnet", info.version
+        say(f"checking the {info.graph} graph (onnx.checker, full check)")
         save(proto, path)
+
+
+def open_runner(path: Path, info: ArtifactInfo, providers: object = None
+                ) -> tuple[Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]], str, list[str], list[str]]:
+    """(run(feeds) -> outputs by name, runner description, input names, output names) on onnxruntime.
+
+    The runtime's provider rules apply: a name ("cpu", "cuda", ...) or a list; no silent fallback.
+    """
+    import onnxruntime as ort
+
+    from ..runtime.providers import create_session, resolve_providers
+
+    sess = create_session(path, resolve_providers(providers if providers else "cpu"))
+    ins = [i.name for i in sess.get_inputs()]
+    outs = [o.name for o in sess.get_outputs()]
+
+    def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(outs, sess.run(outs, {k: feeds[k] for k in ins})))
+
+    return run, f"onnxruntime {ort.__version__} {sess.get_providers()[0]}", ins, outs
 
 
 def save(proto: onnx.ModelProto, path: Path) -> None:

@@ -20,18 +20,21 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from .._io import atomic_path
+from ..artifact import EXTRA_FILE, ArtifactInfo
 from ..model import CordsNet
 from . import wrappers as W
+from .spec import ExportSpec
 
-__all__ = ["EXPORTER_NAME", "build", "staged", "write"]
+__all__ = ["EXPORTER_NAME", "build", "load", "open_runner", "staged", "write"]
 
 EXPORTER_NAME = "torch.jit"
-staged = atomic_path
+staged = atomic_path  # one file per artifact: an ordinary atomic write
 
 
 def _trace(module: torch.nn.Module, args: tuple) -> torch.jit.ScriptModule:
@@ -41,7 +44,7 @@ def _trace(module: torch.nn.Module, args: tuple) -> torch.jit.ScriptModule:
         return torch.jit.trace(module, args, check_trace=False, strict=False)
 
 
-def _loop(model: CordsNet, spec: Any) -> torch.jit.ScriptModule:
+def _loop(model: CordsNet, spec: ExportSpec) -> torch.jit.ScriptModule:
     kw = spec.wrapper_kwargs()
     ex = W.example_inputs(model, spec)
     state = [ex[f"state_{i}"] for i in range(model.depth)]
@@ -56,23 +59,25 @@ def _loop(model: CordsNet, spec: Any) -> torch.jit.ScriptModule:
     return _trace(shell, (ex["image"], torch.tensor(spec.steps, dtype=torch.int64)))
 
 
-def build(model: CordsNet, spec: Any) -> list[torch.jit.ScriptModule]:
-    """The TorchScript module(s): [graph] or, for stepwise-drive, [step graph, encode graph]."""
-    if spec.graph == "loop":
-        return [_loop(model, spec)]
-    return [_trace(module, args) for module, args in W.traced_graphs(model, spec)]
+def build(model: CordsNet, spec: ExportSpec, kinds: Sequence[str]) -> list[torch.jit.ScriptModule]:
+    """The TorchScript module of each graph kind in `kinds` (the export's graph, then its companions)."""
+    out = []
+    for kind in kinds:
+        if kind == "loop":
+            out.append(_loop(model, spec))
+        else:
+            g = W.traced_graph(model, spec, kind)
+            out.append(_trace(g.module, g.args))
+    return out
 
 
-def write(model: CordsNet, spec: Any, meta: dict[str, str], paths: Sequence[Path],
+def write(model: CordsNet, spec: ExportSpec, targets: Sequence[tuple[Path, ArtifactInfo]],
           progress: Callable[[str], None] | None = None) -> None:
-    """Trace/script and save the module(s) of `spec` to `paths` with the metadata as an extra file."""
-    from .metadata import EXTRA_FILE, encode_metadata
-
-    for k, (mod, path) in enumerate(zip(build(model, spec), paths)):
-        m = dict(meta) if k == 0 else encode_metadata(meta)
+    """Trace/script and save one module per target with its metadata as the extra file."""
+    for mod, (path, info) in zip(build(model, spec, [i.graph for _, i in targets]), targets):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.jit.save(mod, str(path), _extra_files={EXTRA_FILE: json.dumps(m)})
+            torch.jit.save(mod, str(path), _extra_files={EXTRA_FILE: json.dumps(info.to_metadata())})
 
 
 def load(path: str | Path) -> torch.jit.ScriptModule:
@@ -80,3 +85,25 @@ def load(path: str | Path) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.jit.load(str(path), map_location="cpu")
+
+
+def open_runner(path: Path, info: ArtifactInfo, providers: object = None
+                ) -> tuple[Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]], str, list[str], list[str]]:
+    """(run(feeds) -> outputs by name, runner description, input names, output names) with torch.jit."""
+    return torch_runner(load(path), info, f"torch.jit {torch.__version__}")
+
+
+def torch_runner(module: Callable[..., object], info: ArtifactInfo, name: str
+                 ) -> tuple[Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]], str, list[str], list[str]]:
+    """A runner around a torch module called with the inputs in contract order (no named inputs in torch)."""
+    ins, outs = info.io_names()
+
+    def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            res = module(*[torch.from_numpy(np.array(feeds[k], copy=True)) for k in ins])
+        res = res if isinstance(res, (tuple, list)) else (res,)
+        if len(res) != len(outs):
+            raise ValueError(f"model: the module returned {len(res)} outputs, its metadata names {len(outs)} ({outs})")
+        return {k: v.detach().cpu().numpy() for k, v in zip(outs, res)}
+
+    return run, name, ins, outs

@@ -27,15 +27,22 @@ Graph pieces (inputs -> outputs, B the batch, D the depth, T the steps):
 
 from __future__ import annotations
 
-from typing import Any, List, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from ..artifact import GRAPH_KINDS, io_names
 from ..model import CordsNet, DriveTerms, Weights
+from .spec import ExportSpec
 
 __all__ = [
-    "batch_dynamic_shapes",
+    "TRACED",
+    "TracedGraph",
+    "dynamic_shapes",
+    "example_inputs",
+    "traced_graph",
+    "traced_graphs",
     "Encode",
     "ListPrologue",
     "ListReadout",
@@ -52,20 +59,27 @@ __all__ = [
 ]
 
 
-def batch_dynamic_shapes(module: nn.Module, args: tuple, dim: object) -> tuple:
-    """``dynamic_shapes`` for torch.export: dim 0 of every input is `dim`, shaped like forward's signature.
+def dynamic_shapes(module: nn.Module, args: tuple, spec: ExportSpec) -> tuple | None:
+    """``dynamic_shapes`` for torch.export: dim 0 of every non-scalar input is the batch, or None if static.
 
-    A ``*state`` parameter takes one tuple of specs (torch.export matches the signature's structure).
+    Shaped like forward's signature (a ``*state`` parameter takes one tuple of specs); a 0-d input
+    (the loop's ``steps``) gets None. The one place the ``Dim("batch")`` is built.
     """
     import inspect
 
+    if spec.batch is not None:
+        return None
+    dim = torch.export.Dim("batch", min=1, max=65536)
+
+    def one(a: Tensor) -> dict[int, object] | None:
+        return None if a.dim() == 0 else {0: dim}
+
     params = list(inspect.signature(module.forward).parameters.values())
     fixed = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    has_var = any(p.kind == p.VAR_POSITIONAL for p in params)
-    spec = [{0: dim} for _ in args[: len(fixed)]]
-    if has_var:
-        spec.append(tuple({0: dim} for _ in args[len(fixed):]))
-    return tuple(spec)
+    out: list = [one(a) for a in args[: len(fixed)]]
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        out.append(tuple(one(a) for a in args[len(fixed):]))
+    return tuple(out)
 
 
 class _Frozen(nn.Module):
@@ -326,8 +340,8 @@ class WhileLoop(_Frozen):
         return self._readout(w, out[1:])
 
 
-def example_inputs(model: CordsNet, spec: Any) -> dict[str, Tensor]:
-    """Deterministic example inputs for tracing, by input name (image, skip, ff0, state_i)."""
+def example_inputs(model: CordsNet, spec: ExportSpec) -> dict[str, Tensor]:
+    """Deterministic example inputs for tracing, by contract input name (image, skip, ff0, state_i)."""
     b, dt = spec.trace_batch, spec.torch_dtype
     c = model.config
     gen = torch.Generator().manual_seed(0)
@@ -340,19 +354,36 @@ def example_inputs(model: CordsNet, spec: Any) -> dict[str, Tensor]:
     return ex
 
 
-def traced_graphs(model: CordsNet, spec: Any) -> list[tuple[nn.Module, tuple[Tensor, ...]]]:
-    """(wrapper, example inputs) of the kinds every backend traces directly: unrolled, stepwise, and
-    stepwise-drive followed by its encode graph. The loop kind is backend-specific."""
+# Graph kind -> its traced wrapper. With the kind's entry in cordsnet.artifact.GRAPH_KINDS (names, I/O,
+# companions) this is all a new directly traced kind needs: every backend exports it from here.
+# ("loop" is missing on purpose: each backend builds its own loop.)
+TRACED: dict[str, Callable[[CordsNet, ExportSpec], nn.Module]] = {
+    "unrolled": lambda m, s: Unrolled(m, steps=s.steps, readout=s.readout, record=s.record, **s.wrapper_kwargs()),
+    "stepwise": lambda m, s: Stepwise(m, **s.wrapper_kwargs()),
+    "stepwise-drive": lambda m, s: StepwiseDrive(m, **s.wrapper_kwargs()),
+    "encode": lambda m, s: Encode(m, **s.wrapper_kwargs()),
+}
+
+
+class TracedGraph(NamedTuple):
+    """One graph to trace: the wrapper, its example inputs and its contract I/O names."""
+
+    kind: str
+    module: nn.Module
+    args: tuple[Tensor, ...]
+    input_names: list[str]
+    output_names: list[str]
+
+
+def traced_graph(model: CordsNet, spec: ExportSpec, kind: str) -> TracedGraph:
+    """The wrapper of graph kind `kind` with example inputs named as the contract says."""
+    if kind not in TRACED:
+        raise ValueError(f"graph: {kind!r} is not traced directly; expected one of {sorted(TRACED)}")
+    ins, outs = io_names(kind, model.depth, spec.readout, spec.record)
     ex = example_inputs(model, spec)
-    kw = spec.wrapper_kwargs()
-    states = tuple(ex[f"state_{i}"] for i in range(model.depth))
-    kinds = {
-        "unrolled": lambda: [(Unrolled(model, steps=spec.steps, readout=spec.readout, record=spec.record, **kw),
-                              (ex["image"],))],
-        "stepwise": lambda: [(Stepwise(model, **kw), (ex["image"], *states))],
-        "stepwise-drive": lambda: [(StepwiseDrive(model, **kw), (ex["skip"], ex["ff0"], *states)),
-                                   (Encode(model, **kw), (ex["image"],))],
-    }
-    if spec.graph not in kinds:
-        raise ValueError(f"graph: {spec.graph!r} is not traced directly; expected one of {sorted(kinds)}")
-    return kinds[spec.graph]()
+    return TracedGraph(kind, TRACED[kind](model, spec), tuple(ex[n] for n in ins), ins, outs)
+
+
+def traced_graphs(model: CordsNet, spec: ExportSpec) -> list[TracedGraph]:
+    """The graph of `spec` followed by its companions (e.g. a stepwise-drive graph's encode graph)."""
+    return [traced_graph(model, spec, k) for k in (spec.graph, *GRAPH_KINDS[spec.graph].companions)]

@@ -1,4 +1,4 @@
-"""Torch-free inference for exported CordsNet graphs: numpy, Pillow and onnxruntime only.
+"""Torch-free inference for exported CordsNet graphs: numpy, Pillow, onnx and onnxruntime only.
 
 * :class:`Session`: whole-protocol graphs (``unrolled``, ``loop``): ``run``, ``predict``.
 * :class:`StepSession`: ``stepwise`` / ``stepwise-drive`` graphs, one step at a time, the state kept
@@ -6,8 +6,10 @@
 * :class:`Preprocessor`: each dataset preset's torchvision test transform, re-stated in numpy/Pillow.
 * :func:`resolve_providers` / :class:`ProviderError`: execution-provider selection with no silent
   fallback to the CPU.
+* :class:`ArtifactInfo` / :func:`read_artifact_info`: the artifact contract's parsed metadata
+  (:mod:`cordsnet.artifact`), read without creating a session.
 
-Importing this package never imports torch.
+Importing this package never imports torch, nor anything from :mod:`cordsnet.export`.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..artifact import GRAPH_KINDS, ArtifactInfo
 from .preprocess import Preprocessor, load_image
 from .providers import PROVIDER_ALIASES, ProviderError, resolve_providers
-from .session import GRAPH_KINDS, ArtifactInfo, Prediction, Session, StepSession, read_artifact_info
+from .session import Prediction, Session, read_artifact_info
+from .step_session import StepSession
 
 __all__ = [
     "GRAPH_KINDS",
@@ -34,15 +38,24 @@ __all__ = [
     "resolve_providers",
 ]
 
+# GraphKind.session (cordsnet.artifact.GRAPH_KINDS) -> the class that runs it.
+SESSIONS: dict[str, type] = {"whole": Session, "step": StepSession}
+
 
 def open_session(path: str | os.PathLike, providers: Any = "auto", **kwargs: Any) -> Session | StepSession:
     """A :class:`Session` or :class:`StepSession`, whichever the graph kind in the metadata asks for.
+
+    The metadata is read from the file (no extra onnxruntime session is opened for it).
 
     Args:
         path: an exported ``.onnx`` graph.
         providers: as for :class:`Session`.
         **kwargs: passed to the session (``cuda_graph``, ``session_options``, ``provider_options``).
+
+    Raises:
+        ValueError: the graph is a companion (an encode graph), not a graph to open by itself.
     """
-    kind = read_artifact_info(path).graph
-    cls = StepSession if kind.startswith("stepwise") else Session
-    return cls(path, providers, **kwargs)
+    info = read_artifact_info(path)
+    if info.kind.session not in SESSIONS:
+        raise ValueError(f"model: {str(path)!r} is a {info.graph!r} graph; open the graph it belongs to instead")
+    return SESSIONS[info.kind.session](path, providers, **kwargs)

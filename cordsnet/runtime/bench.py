@@ -13,7 +13,10 @@ from typing import Any, Callable
 import numpy as np
 
 from .providers import ProvidersLike
-from .session import Session, StepSession, read_artifact_info
+from .. import validate
+from ..artifact import MAX_STEPS
+from .session import Session, read_artifact_info
+from .step_session import StepSession
 
 __all__ = ["benchmark", "percentiles"]
 
@@ -48,23 +51,22 @@ def benchmark(path: str | os.PathLike, *, batch: int = 1, providers: ProvidersLi
         A JSON-ready dict: graph, providers, batch, steps, per_image_ms / per_step_ms / per_batch_ms
         percentile dicts, images_per_s, steps_per_s.
     """
-    for name, value, low in (("batch", batch, 1), ("warmup", warmup, 0), ("iterations", iterations, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+    validate.positive_int("batch", batch)
+    validate.integer("warmup", warmup, min=0)
+    validate.positive_int("iterations", iterations)
     info = read_artifact_info(path)
     cfg = info.config
     x = np.random.default_rng(seed).standard_normal((batch, *cfg.input_shape)).astype(np.float32)
     total = warmup + iterations
-    stepwise = info.graph.startswith("stepwise")
+    stepwise = info.kind.session == "step"
     if stepwise:
         session: Session | StepSession = StepSession(path, providers, cuda_graph=cuda_graph)
     else:
         session = Session(path, providers, cuda_graph=cuda_graph)
-    n_steps = info.steps if steps is None or (info.graph == "unrolled" and steps == info.steps) else steps
-    if info.graph == "unrolled" and n_steps != info.steps:
-        raise ValueError(f"steps: this 'unrolled' graph runs exactly {info.steps} steps, got {steps}")
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-        raise ValueError(f"steps: expected a positive int, got {steps!r}")
+    fixed_steps = not stepwise and not info.kind.steps_input
+    n_steps = validate.optional_integer("steps", steps, info.steps, min=1, max=MAX_STEPS)
+    if fixed_steps and n_steps != info.steps:
+        raise ValueError(f"steps: this {info.graph!r} graph runs exactly {info.steps} steps, got {steps}")
     x = session.preprocess(x)
 
     per_call: list[float] = []
@@ -86,7 +88,7 @@ def benchmark(path: str | os.PathLike, *, batch: int = 1, providers: ProvidersLi
         else:
             assert isinstance(session, Session)
             t0 = time.perf_counter()
-            session.run(x, steps=n_steps if info.graph == "loop" else None)
+            session.run(x, steps=None if fixed_steps else n_steps)
             elapsed = time.perf_counter() - t0
         if i >= warmup:
             per_call.append(elapsed)

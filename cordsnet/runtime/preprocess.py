@@ -6,6 +6,18 @@ applied to a PIL image in the model's mode ("RGB" for 3 channels, "L" for 1). Th
 step for step with the same Pillow call (``Image.resize(..., BILINEAR)``, which antialiases when it
 shrinks), the same size and crop arithmetic, and float32 arithmetic for the scaling and the
 normalisation, so the arrays agree with torchvision's to float32 rounding.
+
+Every Pillow mode is scaled correctly or refused (:meth:`Preprocessor.to_pil`):
+
+* 8-bit modes ("1", "L", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "LA", "PA", "RGBX", ...)
+  are converted with Pillow's ``Image.convert`` to the model's mode, as the datasets are (alpha is
+  dropped, palettes are expanded; where Pillow has no direct conversion to "L" it goes through "RGB").
+* 16-bit greyscale ("I;16", "I;16B", ...) and 32-bit integer ("I") images are read as 16-bit:
+  0..65535 maps to 0..255 (an "I" image with values outside 0..65535 is refused); 32-bit float ("F")
+  images must hold values in [0, 1], which map to 0..255. Either is then greyscale ("L"), replicated
+  to RGB for a 3-channel model.
+* A mode Pillow cannot convert is refused with one line naming it; a decompression bomb (more pixels
+  than ``PIL.Image.MAX_IMAGE_PIXELS`` allows) is refused before it is decoded.
 """
 
 from __future__ import annotations
@@ -44,6 +56,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             return img.copy()
     except UnidentifiedImageError:
         raise ValueError(f"image: cannot decode {str(p)!r} (not an image format Pillow knows)") from None
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"image: {str(p)!r} is too large to decode safely ({exc}); downscale it first") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"image: cannot decode {str(p)!r} ({exc})") from None
 
@@ -102,13 +116,10 @@ class Preprocessor:
         else:
             raise TypeError(f"image: expected a path, a PIL image or a uint8 (H, W[, C]) array, got "
                             f"{type(image).__name__}")
+        if img.mode in _WIDE_MODES:
+            img = _wide_to_l(img)
         if img.mode != self.mode:
-            if img.mode in ("I;16", "I;16B", "I;16L", "I") and self.mode == "L":
-                arr = np.asarray(img, dtype=np.float64)
-                top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-                img = Image.fromarray(np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8), "L")
-            else:
-                img = img.convert(self.mode)
+            img = _convert(img, self.mode)
         return img
 
     def resize(self, img: Image.Image) -> Image.Image:
@@ -157,7 +168,42 @@ class Preprocessor:
         return np.stack([self(img) for img in images])
 
 
+# Modes with more than 8 bits per sample: scaled to 8-bit greyscale by _wide_to_l.
+_WIDE_MODES: tuple[str, ...] = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _wide_to_l(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float image as 8-bit greyscale ("L"): see the module docstring."""
+    arr = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        if not np.isfinite(arr).all():
+            raise ValueError("image: a float (mode 'F') image holds NaN or infinite values")
+        low, high, top = 0.0, 1.0, 1.0
+        hint = "expected values in [0, 1] (divide by 255 or save the image as 8-bit)"
+    else:
+        low, high, top = 0.0, 65535.0, 65535.0
+        hint = "expected 16-bit values in [0, 65535] (save the image as 8- or 16-bit)"
+    if arr.size and (arr.min() < low or arr.max() > high):
+        raise ValueError(f"image: a mode {img.mode!r} image with values in [{arr.min():g}, {arr.max():g}]; {hint}")
+    return Image.fromarray(np.round(arr / top * 255.0).astype(np.uint8), "L")
+
+
+def _convert(img: Image.Image, mode: str) -> Image.Image:
+    """``img.convert(mode)``, through "RGB" where Pillow has no direct conversion; refused when it has none."""
+    try:
+        return img.convert(mode)
+    except ValueError:
+        pass
+    try:
+        return img.convert("RGB").convert(mode)
+    except ValueError:
+        raise ValueError(f"image: Pillow cannot convert a mode {img.mode!r} image to {mode!r}; convert it to "
+                         "RGB or L first") from None
+
+
 def _array_to_pil(arr: np.ndarray) -> Image.Image:
+    if arr.dtype == np.uint16 and (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 1)):
+        return Image.fromarray(np.ascontiguousarray(arr.reshape(arr.shape[:2]), dtype=np.uint16))  # mode "I;16"
     if arr.dtype != np.uint8:
         raise TypeError(f"image: expected a uint8 (H, W) or (H, W, C) array of pixels, got dtype {arr.dtype} "
                         f"(pass normalised float images as (B, C, S, S) arrays instead)")

@@ -1,0 +1,343 @@
+"""Step-by-step inference: :class:`StepSession` runs ``stepwise`` and ``stepwise-drive`` graphs.
+
+The recurrent state stays in onnxruntime-owned buffers between steps (IO binding; on CUDA it never
+leaves the GPU). One StepSession holds ONE recurrent state: every public method takes the session's
+lock, so calls from several threads are serialised (each ``run``/``predict``/``run_video`` is atomic
+and gives the same result as if the calls had been made one after the other); for independent
+streams stepped by hand, use one StepSession per stream.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+import numpy as np
+import onnxruntime as ort
+
+from .. import validate
+from ..artifact import READOUTS, ArtifactInfo, companion_path
+from .providers import ProvidersLike, resolve_providers
+from .session import (
+    _ONNX_DTYPES,
+    Prediction,
+    _Base,
+    _cuda_graph_options,
+    _dtype_of,
+    _graph_io,
+    _load,
+    _require_gpu,
+    check_finite,
+)
+
+__all__ = ["StepSession"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _locked(method: F) -> F:
+    """Run `method` holding the session's (re-entrant) lock: one caller at a time per StepSession."""
+    @functools.wraps(method)
+    def wrapper(self: "StepSession", *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class StepSession(_Base):
+    """Run a ``stepwise`` (or ``stepwise-drive``) graph one step at a time.
+
+    The recurrent state lives in onnxruntime-owned buffers (OrtValues on the session's device) bound
+    with IO binding. Two buffer sets alternate: step k reads set k mod 2 and writes set (k+1) mod 2
+    (binding a state's input and output to one buffer would overwrite rates still being read). On
+    CUDA nothing but the logits crosses to the host between steps; on the CPU the same code path runs
+    with CPU buffers.
+
+    For a ``stepwise-drive`` graph the encode graph ``<stem>.encode.onnx`` beside it maps each new image
+    to its drive terms (``skip``, ``ff0``) once, straight into the step graph's input buffers; later
+    steps without a new image reuse them.
+
+    Thread safety: every public method holds the session's lock, so ``run``/``predict``/``run_video``
+    from several threads each see their own protocol from start to end. Hand-driven ``step`` calls
+    from several threads would still interleave on the one state: use one StepSession per stream.
+
+    Args:
+        path: the exported ``.onnx`` file.
+        providers: as for :class:`Session`.
+        cuda_graph: capture each step as a CUDA graph (fixed shapes; one capture per buffer set, and
+            again after a batch change). CUDA/TensorRT provider only.
+        session_options: onnxruntime ``SessionOptions``; default: onnxruntime's, except that idle
+            intra-op threads sleep between calls (``session.intra_op.allow_spinning = 0``).
+        provider_options: extra options per onnxruntime provider name.
+
+    Example:
+        >>> s = StepSession("r4.stepwise.onnx", providers="cpu")   # doctest: +SKIP
+        >>> s.reset(batch=1)                                        # spontaneous state
+        >>> for frame in frames:                                    # a video, one frame per step
+        ...     logits = s.step(frame)
+    """
+
+    _SESSION = "step"
+
+    def __init__(self, path: str | os.PathLike, providers: ProvidersLike = "auto", *, cuda_graph: bool = False,
+                 session_options: ort.SessionOptions | None = None,
+                 provider_options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        provider_options = _cuda_graph_options(providers, cuda_graph, provider_options)
+        if session_options is None:
+            # Steps are separate short calls with the application's own work in between: idle intra-op
+            # threads should sleep, not busy-wait (spinning cost 1.41x vs 1.15x the unrolled graph's
+            # per-step time for R8 at 224 px on a shared 2-core CPU; see benchmarks/bench_runtime.py).
+            session_options = ort.SessionOptions()
+            session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        super().__init__(path, providers, session_options=session_options, provider_options=provider_options)
+        self._lock = threading.RLock()
+        self.cuda_graph = bool(cuda_graph)
+        if self.cuda_graph:
+            _require_gpu(self, "cuda_graph=True")
+        ins, _ = self.info.io_names()
+        self._state_in = [n for n in ins if n.startswith("state_")]
+        self._state_out = [f"next_{n}" for n in self._state_in]
+        self._drive_inputs = tuple(n for n in ins if not n.startswith("state_"))
+        self._state_dtype = _dtype_of(self._inputs["state_0"])
+        self._encode: ort.InferenceSession | None = None
+        for role in self.info.kind.companions:  # the encode graph: image -> the step graph's drive inputs
+            encode_path = companion_path(self.path, role)  # the exporter's naming rule
+            if not encode_path.exists():
+                raise FileNotFoundError(f"model: a {self.info.graph!r} graph needs its {role} graph beside it, "
+                                        f"{str(encode_path)!r} does not exist")
+            # Same providers as the step graph, without CUDA-graph capture (it runs once per image) and
+            # without a second fallback warning.
+            encode_plan = resolve_providers(providers, provider_options={
+                k: {o: v for o, v in d.items() if o not in ("enable_cuda_graph", "trt_cuda_graph_enable")}
+                for k, d in provider_options.items()})
+            self._encode = _load(encode_path, encode_plan, session_options, lambda m: None)
+            source = repr(str(encode_path))
+            enc = ArtifactInfo.from_metadata(self._encode.get_modelmeta().custom_metadata_map, source)
+            if enc.graph != role or enc.config != self.info.config or enc.dtype != self.info.dtype:
+                raise ValueError(f"model: {source} is not the {role} graph of {str(self.path)!r} (its metadata "
+                                 f"says graph {enc.graph!r}, dtype {enc.dtype!r})")
+            enc.check_graph_io(_graph_io(self._encode.get_inputs()), _graph_io(self._encode.get_outputs()), source)
+            self._encode_inputs = {a.name: a for a in self._encode.get_inputs()}
+        self._spontaneous = self.info.spontaneous_state()
+        self._batch = 0
+        self._generation = 0
+        self._cur = 0
+        self._steps_taken = 0
+        self.reset(1 if self.info.batch is None else self.info.batch)
+
+    def _image_arg(self) -> Any:
+        # stepwise-drive: the images go to the encode graph.
+        return self._encode_inputs["image"] if self._encode is not None else self._inputs["image"]
+
+    # ------------------------------------------------------------------------------ buffers
+    @property
+    def batch(self) -> int:
+        """Batch size of the current state."""
+        return self._batch
+
+    @property
+    def steps_taken(self) -> int:
+        """Steps run since the last :meth:`reset` (or state assignment)."""
+        return self._steps_taken
+
+    def _allocate(self, batch: int) -> None:
+        device, device_id = self._device()
+        c_shapes = self.config.state_shapes
+
+        def new(shape: Sequence[int], dtype: np.dtype) -> ort.OrtValue:
+            value = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, device, device_id)
+            value.update_inplace(np.zeros(shape, dtype))
+            return value
+
+        self._sets = [[new((batch, *s), self._state_dtype) for s in c_shapes] for _ in range(2)]
+        self._drive_bufs = {}
+        for name in self._drive_inputs:
+            arg = self._inputs[name]
+            shape = [batch, *arg.shape[1:]] if name != "image" else [batch, *self.config.input_shape]
+            shape = [d if isinstance(d, int) else batch for d in shape]
+            self._drive_bufs[name] = new(shape, _dtype_of(arg))
+        out = self._outputs["logits"]
+        self._logits = new([batch, self.config.num_classes], _dtype_of(out))
+        self._bindings = []
+        for k in range(2):
+            binding = self._session.io_binding()
+            for name, value in self._drive_bufs.items():
+                binding.bind_ortvalue_input(name, value)
+            for name, value in zip(self._state_in, self._sets[k]):
+                binding.bind_ortvalue_input(name, value)
+            for name, value in zip(self._state_out, self._sets[1 - k]):
+                binding.bind_ortvalue_output(name, value)
+            binding.bind_ortvalue_output("logits", self._logits)
+            self._bindings.append(binding)
+        if self._encode is not None:
+            enc = self._encode.io_binding()
+            arg = self._encode_inputs["image"]
+            self._encode_image = new([batch, *self.config.input_shape], _dtype_of(arg))
+            enc.bind_ortvalue_input("image", self._encode_image)
+            for name in ("skip", "ff0"):
+                enc.bind_ortvalue_output(name, self._drive_bufs[name])
+            self._encode_binding = enc
+        self._run_options = []
+        for k in range(2):
+            options = ort.RunOptions()
+            if self.cuda_graph:
+                # One captured graph per buffer set (their addresses differ), fresh ids per allocation.
+                options.add_run_config_entry("gpu_graph_id", str(2 * self._generation + k + 1))
+            self._run_options.append(options)
+        self._generation += 1
+        self._batch = batch
+
+    @_locked
+    def reset(self, batch: int = 1) -> None:
+        """Start over from the spontaneous state (the exported protocol's) with a blank image.
+
+        Args:
+            batch: batch size of the new state (fixed when the graph was exported with a static batch).
+        """
+        batch = validate.positive_int("batch", batch, max=1 << 20)
+        self._check_batch(batch, "batch")
+        if batch != self._batch:
+            self._allocate(batch)
+        else:
+            for value in self._drive_bufs.values():
+                value.update_inplace(np.zeros(value.shape(), _ONNX_DTYPES[value.data_type()]))
+        self._cur = 0
+        for value, spont in zip(self._sets[0], self._spontaneous):
+            value.update_inplace(np.ascontiguousarray(np.broadcast_to(spont, (batch, *spont.shape[1:])),
+                                                      dtype=self._state_dtype))
+        self._steps_taken = 0
+
+    @property
+    @_locked
+    def state(self) -> list[np.ndarray]:
+        """The current rates, one (B, c_i, H_i, W_i) float32 array per area (a copy, on the host)."""
+        return [np.array(v.numpy(), dtype=np.float32, copy=True) for v in self._sets[self._cur]]
+
+    @state.setter
+    @_locked
+    def state(self, value: Sequence[Any]) -> None:
+        shapes = self.config.state_shapes
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"state: expected a list of {len(shapes)} arrays (one per area), "
+                            f"got {type(value).__name__}")
+        if len(value) != len(shapes):
+            raise ValueError(f"state: expected {len(shapes)} arrays (one per area), got {len(value)}")
+        arrays = [np.asarray(v) for v in value]
+        batch = arrays[0].shape[0] if arrays[0].ndim == 4 else None
+        for i, (arr, shape) in enumerate(zip(arrays, shapes)):
+            if arr.ndim != 4 or tuple(arr.shape[1:]) != shape or arr.shape[0] != batch or arr.shape[0] < 1:
+                raise ValueError(f"state[{i}]: expected shape ({batch if batch else 'B'}, "
+                                 f"{', '.join(map(str, shape))}), got {tuple(arr.shape)}")
+            if not np.issubdtype(arr.dtype, np.floating):
+                raise TypeError(f"state[{i}]: expected a float array, got dtype {arr.dtype}")
+            if not np.isfinite(arr).all():
+                raise ValueError(f"state[{i}]: expected finite rates, got NaN or infinity")
+        assert batch is not None
+        self._check_batch(batch, "state")
+        if batch != self._batch:
+            self._allocate(batch)
+        for buf, arr in zip(self._sets[self._cur], arrays):
+            buf.update_inplace(np.ascontiguousarray(arr, dtype=self._state_dtype))
+        self._steps_taken = 0
+
+    # -------------------------------------------------------------------------------- steps
+    @_locked
+    def set_image(self, images: Any) -> None:
+        """Show `images` from the next step on (encoded once for a stepwise-drive graph).
+
+        Args:
+            images: a batch matching the state's batch size, in any form :meth:`preprocess` takes.
+        """
+        x = self.preprocess(images)
+        if x.shape[0] != self._batch:
+            raise ValueError(f"images: expected a batch of {self._batch} (the state's batch; call reset(batch=...) "
+                             f"to change it), got {x.shape[0]}")
+        if self._encode is None:
+            self._drive_bufs["image"].update_inplace(x)
+        else:
+            self._encode_image.update_inplace(x)
+            self._encode.run_with_iobinding(self._encode_binding)
+
+    @_locked
+    def step(self, images: Any = None, *, fetch: bool = True) -> np.ndarray | None:
+        """One synchronous step of every area.
+
+        Args:
+            images: a new image batch to show from this step on (e.g. the next video frame), or None
+                to keep showing the current one (blank after :meth:`reset`).
+            fetch: copy the logits to the host and return them; False skips the copy (the state
+                still advances on the device).
+
+        Returns:
+            The logits after the step, (B, classes) float32, or None when ``fetch`` is False.
+        """
+        if images is not None:
+            self.set_image(images)
+        k = self._cur
+        self._session.run_with_iobinding(self._bindings[k], self._run_options[k])
+        self._cur = 1 - k
+        self._steps_taken += 1
+        if not fetch:
+            return None
+        return check_finite("logits", np.array(self._logits.numpy(), dtype=np.float32, copy=True))
+
+    @_locked
+    def run(self, images: Any, steps: int | None = None, *, reset: bool = True) -> np.ndarray:
+        """The protocol: spontaneous state, then `images` for `steps` steps; logits (B, classes).
+
+        Args:
+            images: one batch shown at every step; with ``reset`` any number of images, also for a
+                static-batch graph (run in chunks of its batch, the last one padded and trimmed).
+            steps: stimulus steps (default: the exported protocol's ``cordsnet.steps``; at most
+                :data:`cordsnet.artifact.MAX_STEPS`).
+            reset: start from the spontaneous state (True) or continue from the current state.
+        """
+        n = self._steps(steps)
+        x = self.preprocess(images, check_batch=not reset)
+        parts = []
+        for chunk, real in (self._chunks(x) if reset else [(x, x.shape[0])]):
+            if reset:
+                self.reset(chunk.shape[0])
+            self.set_image(chunk)
+            for _ in range(n - 1):
+                self.step(fetch=False)
+            parts.append(self.step()[:real])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    @_locked
+    def run_video(self, frames: Any, *, readout: str = "last", reset: bool = True) -> np.ndarray:
+        """One step per frame, frame t driving step t (like ``CordsNet.run`` on a (B, T, C, S, S) input).
+
+        Args:
+            frames: a float (B, T, C, S, S) array, or a list of T image batches.
+            readout: "last" for the logits after the last frame (B, classes); "all" for every step's
+                (T, B, classes).
+            reset: start from the spontaneous state first.
+        """
+        validate.choice("readout", readout, READOUTS)
+        if isinstance(frames, np.ndarray):
+            if frames.ndim != 5:
+                raise ValueError(f"frames: expected a (B, T, C, S, S) array, got shape {frames.shape}")
+            seq = [frames[:, t] for t in range(frames.shape[1])]
+        elif isinstance(frames, (list, tuple)):
+            seq = list(frames)
+        else:
+            raise TypeError(f"frames: expected a (B, T, C, S, S) array or a list of frames, "
+                            f"got {type(frames).__name__}")
+        if not seq:
+            raise ValueError("frames: expected at least one frame")
+        first = self.preprocess(seq[0])
+        if reset:
+            self.reset(first.shape[0])
+        logits = [self.step(first)]
+        for frame in seq[1:]:
+            logits.append(self.step(frame))
+        return logits[-1] if readout == "last" else np.stack(logits)
+
+    @_locked
+    def predict(self, images: Any, top_k: int = 5, *, steps: int | None = None) -> Prediction:
+        """:meth:`run` (from the spontaneous state) then the top-k classes; any number of images."""
+        return self._predict_from_logits(self.run(images, steps), top_k)
