@@ -760,6 +760,8 @@ def reaction_time_command(
 
 
 
+from ._cli_web import register as _register_web; _register_web(app)
+
 
 def main() -> None:  # console-script entry point
     app()
