@@ -60,29 +60,36 @@ def bundled():
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
     """The bundled model's stepwise graph, exported (and verified) as `cordsnet-cli web` does by default."""
-    return web.default_artifact(tmp_path_factory.mktemp("web-cache"))
+    return web.default_artifact(tmp_path_factory.getbasetemp() / "web-cache")  # shared with test_node.py
 
 
 @pytest.fixture(scope="module")
-def page(artifact):
+def served(artifact):
+    """(playwright, base URL): one Playwright driver and one server for the module's browser tests."""
     from playwright.sync_api import sync_playwright
 
     server, url = web.serve_in_thread(artifact)
-    errors: list[str] = []
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-            pg = browser.new_page(viewport={"width": 1280, "height": 900})
-            pg.on("pageerror", lambda e: errors.append(str(e)))
-            pg.goto(url)
-            pg.wait_for_function("window.cordsnetDemo !== undefined")
-            pg.evaluate("window.cordsnetDemo.ready")
-            pg.errors = errors
-            yield pg
-            browser.close()
+            yield p, url
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="module")
+def page(served):
+    p, url = served
+    errors: list[str] = []
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+    pg = browser.new_page(viewport={"width": 1280, "height": 900})
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(url)
+    pg.wait_for_function("window.cordsnetDemo !== undefined")
+    pg.evaluate("window.cordsnetDemo.ready")
+    pg.errors = errors
+    yield pg
+    browser.close()
 
 
 def held_out(n_per_class: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -233,3 +240,49 @@ def test_cli_web_refuses_a_bad_artifact_in_one_line(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 1
     assert res.stderr.strip().startswith("Error: artifact:") and len(res.stderr.strip().splitlines()) == 1
+
+
+@needs_browser
+def test_a_drawn_digit_runs(page):
+    box = page.locator("#draw").bounding_box()
+    page.locator("#pace").select_option("0")
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.15
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for k in range(1, 11):  # a vertical stroke: a "1"
+        page.mouse.move(x, y + k * box["height"] * 0.07)
+    page.mouse.up()
+    page.wait_for_function("document.querySelector('#clock').textContent.includes('step 100 / 100')")
+    page.wait_for_function("window.cordsnetDemo.lastRun && !document.querySelector('#run').disabled")
+    assert "your drawing" in page.inner_text("#preview-caption")
+    assert page.evaluate("window.cordsnetDemo.lastRun.prediction") == 1
+
+
+@needs_browser
+def test_webgpu_when_an_adapter_exists(served, bundled):
+    """WebGPU through SwiftShader (a software adapter: correct but slow, so two steps only)."""
+    p, url = served
+    gpu_flags = [f for f in CHROMIUM_FLAGS if f != "--disable-gpu"] + [
+        "--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader",
+        "--use-webgpu-adapter=swiftshader"]
+    X, _ = held_out()
+    x = digits_to_tensor(X[:1])
+    with torch.no_grad():
+        want = bundled.double().run(x.double(), steps=2).numpy()[0]
+    bundled.float()
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=gpu_flags)
+    try:
+        pg = browser.new_page()
+        pg.goto(url + "?ep=webgpu")
+        pg.wait_for_function("window.cordsnetDemo !== undefined")
+        try:
+            pg.evaluate("window.cordsnetDemo.ready")
+        except Exception as exc:
+            if "no WebGPU adapter" in str(exc):
+                pytest.skip("this chromium offers no WebGPU adapter, not even SwiftShader's")
+            raise
+        assert pg.evaluate("window.cordsnetDemo.info.backend") == "WebGPU"
+        got = pg.evaluate("([x]) => window.cordsnetDemo.classify(x, {steps: 2})", [x[0].numpy().ravel().tolist()])
+    finally:
+        browser.close()
+    assert np.abs(np.asarray(got["logits"]) - want).max() <= 1e-4 * float(np.abs(want).max())
