@@ -49,6 +49,7 @@ FORMATS: dict[str, tuple[str, str]] = {
     "onnx": (".onnx", "cordsnet.export.onnx"),
     "torchscript": (".pt", "cordsnet.export.torchscript"),
     "exported-program": (".pt2", "cordsnet.export.exported_program"),
+    "executorch": (".pte", "cordsnet.export.executorch"),  # optional extra: pip install -e ".[executorch]"
 }
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
 # ONNX exporters: "legacy" is torch.onnx's TorchScript-based exporter (dynamo=False), "dynamo" the
@@ -122,6 +123,7 @@ class ExportReport:
     spontaneous_seconds: float = 0.0  # computing the spontaneous end state baked into the graph
     verification: Any | None = None  # a VerificationReport, None with verify=False
     metadata: dict[str, str] = field(default_factory=dict, repr=False)
+    backend_details: dict[str, Any] = field(default_factory=dict)  # what the backend's write returned (e.g. delegation)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -134,6 +136,7 @@ class ExportReport:
             "spontaneous_seconds": round(self.spontaneous_seconds, 3),
             "size_bytes": self.size_bytes,
             "verification": self.verification.to_dict() if self.verification is not None else None,
+            **self.backend_details,
         }
 
 
@@ -289,7 +292,7 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
     with contextlib.ExitStack() as stack, torch.no_grad():
         temps = [stack.enter_context(backend.staged(t)) for t in targets]
         say(f"exporting {spec.graph} graph ({spec.format}, {spec.steps} steps)")
-        backend.write(source, spec, meta, temps, progress=say)
+        details = backend.write(source, spec, meta, temps, progress=say) or {}
         export_seconds = time.perf_counter() - t0
         report = None
         if verify:
@@ -302,7 +305,8 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
         size = sum(_size(t) for t in temps)
     return ExportReport(path=output, format=spec.format, graph=spec.graph, exporter=exporter_name,
                         files=targets, export_seconds=export_seconds, size_bytes=size,
-                        spontaneous_seconds=spontaneous_seconds, verification=report, metadata=meta)
+                        spontaneous_seconds=spontaneous_seconds, verification=report, metadata=meta,
+                        backend_details=details)
 
 
 def _size(path: Path) -> int:

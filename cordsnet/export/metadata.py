@@ -66,6 +66,7 @@ _SUFFIX_FORMATS: dict[str, str] = {
     ".pt": "torchscript",
     ".ts": "torchscript",
     ".pt2": "exported-program",
+    ".pte": "executorch",
 }
 
 
@@ -141,6 +142,10 @@ def read_metadata(path: str | os.PathLike, format: str | None = None) -> dict[st
         except Exception as exc:  # protobuf raises its own DecodeError
             raise ValueError(f"artifact: {str(path)!r} is not a readable ONNX file ({exc})") from None
         meta = {p.key: p.value for p in proto.metadata_props if p.key.startswith(PREFIX)}
+    elif fmt == "executorch":  # the program's constant method (needs the optional executorch package)
+        from .executorch import read_pte_metadata
+
+        meta = read_pte_metadata(path)
     else:
         meta = _read_zip_extra(path)
     if "cordsnet.format_version" not in meta:

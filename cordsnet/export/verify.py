@@ -110,6 +110,10 @@ def _runner(path: Path, meta: Mapping[str, str], providers: str | Sequence[str] 
             ) -> tuple[Runner, str, list[str], list[str]]:
     if fmt == "onnx":
         return _onnx_runner(path, providers)
+    if fmt == "executorch":
+        from .executorch import verify_runner
+
+        return verify_runner(path, meta)
     ins, outs = json.loads(meta["cordsnet.inputs"]), json.loads(meta["cordsnet.outputs"])
     if fmt == "torchscript":
         from .torchscript import load
