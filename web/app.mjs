@@ -32,11 +32,14 @@ let resolveReady, rejectReady;
 const ready = new Promise((res, rej) => { resolveReady = res; rejectReady = rej; });
 window.cordsnetDemo = {
   ready,
-  /** input: normalised flat C·S·S numbers -> {logits: number[K], probabilities: number[steps][K]}. */
+  /**
+   * input: normalised flat C·S·S numbers -> {logits: number[K], probabilities: number[steps][K], msPerStep}
+   * (msPerStep: mean wall time of one session.run, for benchmarks/bench_apps.py).
+   */
   async classify(input, { steps } = {}) {
     await ready;
     const r = await exclusive(() => runner.classify(input, { steps: steps ?? manifest.protocol.steps }));
-    return { logits: r.logits, probabilities: r.probabilities };
+    return { logits: r.logits, probabilities: r.probabilities, msPerStep: r.msPerStep };
   },
   /** Animate a run of held-out digit `digit` (index into digits.json) as the run button does. */
   async show(digit, { steps, pace } = {}) {
