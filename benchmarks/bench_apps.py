@@ -10,8 +10,8 @@ batch 1, in:
 
 * onnxruntime CPU from Python (``InferenceSession.run``, default threads);
 * onnxruntime-node (examples/node/classify.mjs);
-* onnxruntime-web WASM in headless Debian chromium (the web app's ``cordsnetDemo.classify``; threads
-  as the page picks them: cross-origin isolated, min(4, cores));
+* onnxruntime-web WASM (its WASM-only build) in headless Debian chromium (the web app's
+  ``cordsnetDemo.classify``), on min(4, cores) threads (cross-origin isolated) and on one thread;
 * ExecuTorch with the XNNPACK delegate (:class:`cordsnet.runtime_executorch.PteStepSession`).
 
 Every runtime first runs the steps once (warm-up: session initialisation, kernel selection) and is
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -87,12 +88,12 @@ def ort_node(onnx: Path, image: np.ndarray, steps: int, tmp: Path) -> float | st
     return json.loads(res.stdout)["results"][1]["ms_per_step"] / 1e3
 
 
-def ort_web(onnx: Path, image: np.ndarray, steps: int) -> tuple[float | str, str]:
+def ort_web(onnx: Path, image: np.ndarray, steps: int, threads: int | None = None) -> tuple[float | str, str]:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         return "not installed (pip install playwright)", ""
-    if not Path(CHROMIUM).is_file() or not (web.ORT_DIST / "ort.min.mjs").is_file():
+    if not Path(CHROMIUM).is_file() or not (web.ORT_DIST / "ort.wasm.min.mjs").is_file():
         return f"not installed ({CHROMIUM}, or `npm ci` in web/)", ""
     server, url = web.serve_in_thread(onnx)
     try:
@@ -100,7 +101,7 @@ def ort_web(onnx: Path, image: np.ndarray, steps: int) -> tuple[float | str, str
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             page = browser.new_page()
             page.set_default_timeout(3_600_000)
-            page.goto(url + "?ep=wasm")
+            page.goto(url + "?ep=wasm" + (f"&threads={threads}" if threads else ""))
             page.wait_for_function("window.cordsnetDemo !== undefined")
             page.evaluate("window.cordsnetDemo.ready")
             backend = page.evaluate("window.cordsnetDemo.info.backend")
@@ -150,9 +151,11 @@ def bench(name: str, steps: int, tmp: Path) -> dict[str, Any]:
     row["onnxruntime_python_ms"] = ort_python(onnx, image, steps) * 1e3
     node = ort_node(onnx, image, steps, tmp)
     row["onnxruntime_node_ms"] = node * 1e3 if isinstance(node, float) else node
-    wasm, backend = ort_web(onnx, image, steps)
+    wasm, backend = ort_web(onnx, image, steps, threads=min(4, os.cpu_count() or 1))
     row["onnxruntime_web_wasm_ms"] = wasm * 1e3 if isinstance(wasm, float) else wasm
     row["web_backend"] = backend
+    wasm1, _ = ort_web(onnx, image, steps, threads=1)
+    row["onnxruntime_web_wasm_1thread_ms"] = wasm1 * 1e3 if isinstance(wasm1, float) else wasm1
     et, info = executorch(model, tmp / f"{name}-stepwise.pte", image, steps, spont)
     row["executorch_xnnpack_ms"] = et * 1e3 if isinstance(et, float) else et
     row["executorch"] = info
@@ -172,7 +175,9 @@ def main() -> None:
                 ap.error(f"--models: expected names from {sorted(MODELS)}, got {name!r}")
             rows.append(bench(name, args.steps or DEFAULT_STEPS[name], Path(d)))
     cols = [("onnxruntime CPU (Python)", "onnxruntime_python_ms"), ("onnxruntime-node", "onnxruntime_node_ms"),
-            ("onnxruntime-web WASM", "onnxruntime_web_wasm_ms"), ("ExecuTorch XNNPACK", "executorch_xnnpack_ms")]
+            ("onnxruntime-web WASM threads", "onnxruntime_web_wasm_ms"),
+            ("onnxruntime-web WASM 1 thread", "onnxruntime_web_wasm_1thread_ms"),
+            ("ExecuTorch XNNPACK", "executorch_xnnpack_ms")]
     print(f"{'ms per step, batch 1':<28}" + "".join(f"{r['model']:>16}" for r in rows))
     for label, key in cols:
         print(f"{label:<28}" + "".join(f"{r[key]:>16.2f}" if isinstance(r[key], float) else f"{'n/a':>16}"

@@ -199,7 +199,7 @@ def default_artifact(folder: str | os.PathLike | None = None) -> Path:
 def _web_dir_ready() -> None:
     if not (WEB_DIR / "index.html").is_file():
         raise FileNotFoundError(f"web: the page's files are not at {str(WEB_DIR)!r} (run from a source checkout)")
-    if not (ORT_DIST / "ort.min.mjs").is_file():
+    if not (ORT_DIST / "ort.wasm.min.mjs").is_file():
         raise FileNotFoundError(f"web: onnxruntime-web is not installed in {str(ORT_DIST.parent)!r}; "
                                 f"run `npm ci` in {str(WEB_DIR)!r}")
 

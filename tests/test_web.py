@@ -44,7 +44,7 @@ def browser_missing() -> str | None:
         return "playwright (python) is not installed: pip install playwright"
     if not Path(CHROMIUM).is_file():
         return f"{CHROMIUM} is missing: apt-get install -y chromium"
-    if not (web.ORT_DIST / "ort.min.mjs").is_file():
+    if not (web.ORT_DIST / "ort.wasm.min.mjs").is_file():
         return f"onnxruntime-web is not installed: run `npm ci` in {web.WEB_DIR}"
     return None
 
@@ -92,9 +92,10 @@ def page(served):
     browser.close()
 
 
-def held_out(n_per_class: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def held_out(classes: tuple[int, ...] = (2, 5, 8, 9)) -> tuple[np.ndarray, np.ndarray]:
+    """One held-out digit of each of `classes` (the last of its class: not one of digits.json's)."""
     X, y = digits_split()["test"]
-    idx = [i for c in range(10) for i in np.flatnonzero(y == c)[-n_per_class:]]  # others than digits.json's
+    idx = [int(np.flatnonzero(y == c)[-1]) for c in classes]
     return X[idx], y[idx]
 
 
@@ -193,7 +194,7 @@ def test_classify_refuses_a_wrong_input_size(page):
 @needs_browser
 def test_the_page_animates_a_run(page, tmp_path):
     info = page.evaluate("({backend: window.cordsnetDemo.info.backend, coi: window.cordsnetDemo.info.crossOriginIsolated})")
-    assert info["coi"] is True and info["backend"].startswith(("WASM", "WebGPU"))  # COOP/COEP served
+    assert info["coi"] is True and info["backend"] in ("WASM, 1 thread", "WebGPU")  # COOP/COEP served
     doc = json.loads((web.WEB_DIR / "digits.json").read_text())
     k = next(i for i, d in enumerate(doc["digits"]) if d["label"] == 3)
     run = page.evaluate("(k) => window.cordsnetDemo.show(k, {pace: 0})", k)
@@ -283,6 +284,28 @@ def test_webgpu_when_an_adapter_exists(served, bundled):
             raise
         assert pg.evaluate("window.cordsnetDemo.info.backend") == "WebGPU"
         got = pg.evaluate("([x]) => window.cordsnetDemo.classify(x, {steps: 2})", [x[0].numpy().ravel().tolist()])
+    finally:
+        browser.close()
+    assert np.abs(np.asarray(got["logits"]) - want).max() <= 1e-4 * float(np.abs(want).max())
+
+
+@needs_browser
+def test_wasm_threads_under_cross_origin_isolation(served, bundled):
+    """?threads=2 (the default for models larger than 64 px): SharedArrayBuffer threads, same numbers."""
+    p, url = served
+    X, _ = held_out()
+    x = digits_to_tensor(X[:1])
+    with torch.no_grad():
+        want = bundled.double().run(x.double()).numpy()[0]
+    bundled.float()
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+    try:
+        pg = browser.new_page()
+        pg.goto(url + "?ep=wasm&threads=2")
+        pg.wait_for_function("window.cordsnetDemo !== undefined")
+        pg.evaluate("window.cordsnetDemo.ready")
+        assert pg.evaluate("window.cordsnetDemo.info.backend") == "WASM, 2 threads"
+        got = pg.evaluate("([x]) => window.cordsnetDemo.classify(x, {steps: 100})", [x[0].numpy().ravel().tolist()])
     finally:
         browser.close()
     assert np.abs(np.asarray(got["logits"]) - want).max() <= 1e-4 * float(np.abs(want).max())

@@ -3,10 +3,10 @@
 //
 // Served by `cordsnet-cli web`: model/manifest.json (the client manifest), model/<artifact file>,
 // vendor/ort/* (onnxruntime-web's dist files), digits.json (held-out digits, web/tools/make_digits.py).
-// Query: ?ep=wasm|webgpu forces the execution provider (default: WebGPU when an adapter exists, else WASM).
+// Query: ?ep=wasm|webgpu forces the execution provider (default: WebGPU when an adapter exists, else WASM);
+// ?threads=N sets the WASM threads (default min(4, cores); 1 without cross-origin isolation).
 // For tests: window.cordsnetDemo.ready (a Promise) and window.cordsnetDemo.classify(input, {steps}).
 
-import * as ort from './vendor/ort/ort.min.mjs';
 import { StepwiseRunner, normalise, reactionTime, resizeBilinear } from './cordsnet.mjs';
 
 const $ = (id) => document.getElementById(id);
@@ -14,6 +14,7 @@ const params = new URLSearchParams(location.search);
 const COLORS = ['#4e9cff', '#ff9f40', '#4cd97b', '#ff5c6c', '#b18cff', '#c8946b', '#ff7ce0', '#a9b0c2', '#e3e05a', '#3ddfe8'];
 const INFERNO = [[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21], [250, 193, 39], [252, 255, 164]];
 
+let ort = null;  // onnxruntime-web: its WASM-only build, or its WebGPU build when an adapter exists
 let manifest = null;
 let runner = null;
 let digits = [];
@@ -70,9 +71,20 @@ async function fetchOk(url) {
   return r;
 }
 
+// The WASM-only build of onnxruntime-web runs the CPU kernels ~4x faster than the WebGPU (JSEP) build's
+// WASM fallback (measured 2.7 vs 13.7 ms/step in headless chromium), so each backend gets its own build.
+async function loadOrt(build) {
+  const mod = await import(`./vendor/ort/${build}`);
+  mod.env.wasm.wasmPaths = new URL('vendor/ort/', location.href).href;
+  // Small inputs (the bundled 32-px model) run faster on one thread: 1.5 vs 3.7 ms/step on two threads
+  // (benchmarks/bench_apps.py); larger models use min(4, cores) threads. ?threads=N overrides.
+  const small = manifest.config.image_size <= 64;
+  const threads = Number(params.get('threads')) || (small ? 1 : Math.min(4, navigator.hardwareConcurrency || 1));
+  mod.env.wasm.numThreads = self.crossOriginIsolated ? threads : 1;  // threads need SharedArrayBuffer
+  return mod;
+}
+
 async function createRunner(bytes) {
-  ort.env.wasm.wasmPaths = new URL('vendor/ort/', location.href).href;
-  ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
   const wanted = params.get('ep');
   let adapter = null;
   if (wanted !== 'wasm' && navigator.gpu) {
@@ -81,6 +93,7 @@ async function createRunner(bytes) {
   if (wanted === 'webgpu' && !adapter) throw new Error('ep=webgpu: this browser has no WebGPU adapter');
   if (adapter) {
     try {
+      ort = await loadOrt('ort.webgpu.min.mjs');
       const r = await StepwiseRunner.create(ort, bytes, manifest, { executionProviders: ['webgpu'] });
       backend = 'WebGPU';
       return r;
@@ -88,8 +101,10 @@ async function createRunner(bytes) {
       console.warn('WebGPU session failed, using WASM:', e);
     }
   }
+  ort = await loadOrt('ort.wasm.min.mjs');
   const r = await StepwiseRunner.create(ort, bytes, manifest, { executionProviders: ['wasm'] });
-  backend = `WASM, ${ort.env.wasm.numThreads} thread${ort.env.wasm.numThreads > 1 ? 's' : ''}`;
+  const n = ort.env.wasm.numThreads;
+  backend = `WASM, ${n} thread${n > 1 ? 's' : ''}`;
   return r;
 }
 
