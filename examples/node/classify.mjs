@@ -1,0 +1,86 @@
+#!/usr/bin/env node
+// Drive a CordsNet stepwise graph with onnxruntime-node, from its client manifest.
+//
+//   cd examples/node && ONNXRUNTIME_NODE_INSTALL=skip npm ci
+//   node classify.mjs MODEL.onnx [--manifest MODEL.onnx.cordsnet.json] [--input images.json] [--steps N] [--threshold P] [--json]
+//
+// --input: {"images": [[C·S·S normalised numbers], ...]}; default: the held-out digits of web/digits.json,
+// normalised with the manifest's preset. The time loop and the manifest reader are the browser app's
+// (web/cordsnet.mjs): start from the manifest's spontaneous state, feed each next state back.
+
+import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as ort from 'onnxruntime-node';
+import { StepwiseRunner, normalise, reactionTime } from '../../web/cordsnet.mjs';
+
+const here = dirname(fileURLToPath(import.meta.url));
+
+function parseArgs(argv) {
+  const opts = { model: null, manifest: null, input: null, steps: null, threshold: 0.9, json: false };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const value = () => {
+      if (i + 1 >= argv.length) throw new Error(`${a}: expected a value`);
+      return argv[++i];
+    };
+    if (a === '--manifest') opts.manifest = value();
+    else if (a === '--input') opts.input = value();
+    else if (a === '--steps') opts.steps = Number(value());
+    else if (a === '--threshold') opts.threshold = Number(value());
+    else if (a === '--json') opts.json = true;
+    else if (a.startsWith('--')) throw new Error(`unknown option ${a} (valid: --manifest --input --steps --threshold --json)`);
+    else if (opts.model === null) opts.model = a;
+    else throw new Error(`unexpected argument ${a}`);
+  }
+  if (opts.model === null) throw new Error('MODEL: expected the path of a stepwise .onnx graph');
+  if (opts.steps !== null && !(Number.isInteger(opts.steps) && opts.steps >= 1)) throw new Error(`--steps: expected an int >= 1, got ${opts.steps}`);
+  return opts;
+}
+
+function readJson(path, what) {
+  try {
+    return JSON.parse(readFileSync(path, 'utf8'));
+  } catch (e) {
+    throw new Error(`${what}: cannot read ${path} (${e.message})`);
+  }
+}
+
+async function main() {
+  const opts = parseArgs(process.argv.slice(2));
+  const manifest = readJson(opts.manifest ?? `${opts.model}.cordsnet.json`, 'manifest');
+  const runner = await StepwiseRunner.create(ort, opts.model, manifest, { executionProviders: ['cpu'] });
+  const { in_channels: C, image_size: S } = manifest.config;
+  let images, labels;
+  if (opts.input) {
+    images = readJson(opts.input, 'input').images;
+    labels = images.map(() => null);
+  } else {
+    const digits = readJson(join(here, '..', '..', 'web', 'digits.json'), 'digits').digits;
+    images = digits.map((d) => normalise(d.raw, manifest.preset, C, S));
+    labels = digits.map((d) => d.label);
+  }
+  const steps = opts.steps ?? manifest.protocol.steps;
+  const names = (manifest.preset && manifest.preset.class_names) || null;
+  const results = [];
+  for (let b = 0; b < images.length; b++) {
+    const r = await runner.classify(images[b], { steps });
+    const prediction = r.logits.indexOf(Math.max(...r.logits));
+    const rt = reactionTime(r.probabilities, opts.threshold, manifest.protocol.dt_ms);
+    results.push({ logits: r.logits, probabilities: r.probabilities, prediction, reaction_time: rt, ms_per_step: r.msPerStep });
+    if (!opts.json) {
+      const name = names ? names[prediction] : prediction;
+      const label = labels[b] === null ? '' : ` (label ${names ? names[labels[b]] : labels[b]})`;
+      const when = rt ? `decided at ${rt.ms} ms (${rt.steps} steps)` : `no class reached ${opts.threshold}`;
+      console.log(`image ${b}: ${name}${label}, p = ${r.probabilities[steps - 1][prediction].toFixed(3)}, ${when}, ${r.msPerStep.toFixed(3)} ms/step`);
+    }
+  }
+  if (opts.json) {
+    process.stdout.write(JSON.stringify({ runtime: `onnxruntime-node ${ort.env.versions.node}`, steps, results }));
+  }
+}
+
+main().catch((e) => {
+  console.error(`Error: ${e.message}`);
+  process.exit(1);
+});

@@ -1,0 +1,128 @@
+"""ExecuTorch export (``--format executorch``, XNNPACK) and the ``.pte`` step runner.
+
+The equal-forms test needs only torch; the rest needs the optional executorch package
+(``pip install -e ".[executorch]"``, installed by .ci/run) and skips, saying so, without it.
+Small models (R2, 32 px) and few steps keep the lowering quick. Parity: the programs run float32 and
+are checked by the export's own verification (atol 1e-4 + rtol 1e-3, as every format) and here
+against the float64 model within 1e-4 of the logit scale (float32 rounding over a few steps is ~1e-6).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cordsnet.export import wrappers as W
+from cordsnet.export.executorch import (MAX_BATCH, XnnpackEncode, XnnpackStepwise, XnnpackUnrolled,
+                                        executorch_missing)
+
+needs_executorch = pytest.mark.skipif(executorch_missing() is not None, reason=str(executorch_missing()))
+KW = dict(spontaneous_steps=3, steps=3)
+
+
+def test_xnnpack_forms_equal_the_model(small_model, images):
+    """Zero padding + avg_pool2d(3, 2) == AvgPool2d(3, 2, padding=1, count_include_pad=True); mean with
+    keepdim + reshape == mean(dim=(2, 3)); compared in float64, where both are exact up to rounding."""
+    m = small_model.double()
+    kw = dict(alpha=0.2, spontaneous_steps=3, dtype=torch.float64)
+    x = images(2, 3, 32).double()
+    states = [torch.rand(2, *s.shape[1:], dtype=torch.float64) for s in m.cached_spontaneous_state(3, 0.2)]
+    with torch.no_grad():
+        for ours, theirs, args in [
+            (XnnpackStepwise(m, **kw), W.Stepwise(m, **kw), (x, *states)),
+            (XnnpackEncode(m, **kw), W.Encode(m, **kw), (x,)),
+            (XnnpackUnrolled(m, steps=3, **kw), W.Unrolled(m, steps=3, **kw), (x,)),
+        ]:
+            a, b = ours(*args), theirs(*args)
+            for p, q in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+                torch.testing.assert_close(p, q, atol=1e-12, rtol=0)
+        # the padding matters: without it the pooled map would differ at the border
+        u = torch.rand(2, 64, 16, 16, dtype=torch.float64)
+        want = torch.nn.AvgPool2d(3, 2, padding=1, count_include_pad=True)(u)
+        torch.testing.assert_close(torch.nn.functional.avg_pool2d(torch.nn.functional.pad(u, (1, 1, 1, 1)), 3, 2), want)
+        assert not torch.allclose(torch.nn.functional.avg_pool2d(u, 3, 2, padding=1, count_include_pad=False), want)
+
+
+@needs_executorch
+@pytest.mark.parametrize("graph", ["unrolled", "stepwise", "stepwise-drive"])
+def test_export_verifies_and_delegates_every_conv_pool_linear(small_model, tmp_path, graph):
+    from cordsnet.export import export
+    from cordsnet.export.metadata import read_metadata
+
+    path = tmp_path / f"r2-{graph}.pte"
+    report = export(small_model, path, format="executorch", graph=graph, **KW)
+    assert report.verification.passed and report.verification.runner.startswith("executorch.runtime")
+    assert report.verification.max_abs < 1e-4
+    programs = report.to_dict()["delegation"]
+    assert len(programs) == (2 if graph == "stepwise-drive" else 1) and all(f.is_file() for f in report.files)
+    for d in programs:
+        assert d["delegated_nodes"] > 0 and d["delegated_subgraphs"] >= 1
+        assert not [op for op in d["portable_ops"] if any(k in op for k in ("convolution", "pool", "linear", "mm"))]
+        assert d["by_operator"]["aten_convolution_default"]["portable"] == 0
+    assert programs[0]["by_operator"]["aten_convolution_default"]["delegated"] > 0
+    if graph != "stepwise-drive":  # the pool sits in the drive (encode program for stepwise-drive)
+        assert programs[0]["by_operator"]["aten_avg_pool2d_default"] == {"delegated": 1, "portable": 0}
+    meta = read_metadata(path)
+    assert meta["cordsnet.graph"] == graph and meta["cordsnet.max_batch"] == str(MAX_BATCH)
+
+
+@needs_executorch
+@pytest.mark.parametrize("graph", ["stepwise", "stepwise-drive"])
+def test_step_session_matches_the_model(small_model, images, tmp_path, graph):
+    from cordsnet.export import export
+    from cordsnet.runtime_executorch import PteStepSession
+
+    path = tmp_path / f"r2-{graph}.pte"
+    export(small_model, path, format="executorch", graph=graph, verify=False, **KW)
+    session = PteStepSession(path)
+    x = images(4, 3, 32)
+    logits = session.run(x, steps=5)
+    m = small_model.double()
+    try:
+        with torch.no_grad():
+            want, rates = m.run(x.double(), steps=5, spontaneous_steps=3, record=[0, 1])
+    finally:
+        small_model.float()
+    assert (logits.double() - want).abs().max() <= 1e-4 * want.abs().max()
+    torch.testing.assert_close(session.state[1].double(), rates[1][-1], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match=f"at most {MAX_BATCH} images"):
+        session.start(images(MAX_BATCH + 1, 3, 32))
+
+
+@needs_executorch
+def test_a_fixed_batch_program_refuses_another_batch(small_model, images, tmp_path):
+    from cordsnet.export import export
+    from cordsnet.runtime_executorch import PteStepSession
+
+    path = tmp_path / "r2-b2.pte"
+    export(small_model, path, format="executorch", graph="stepwise", batch=2, **KW)
+    session = PteStepSession(path)
+    assert session.max_batch == 2 and session.run(images(2, 3, 32), steps=2).shape == (2, 10)
+    with pytest.raises(ValueError, match="exactly 2, got 3"):
+        session.start(images(3, 3, 32))
+
+
+@needs_executorch
+def test_failed_verification_fails_the_export(small_model, tmp_path, monkeypatch):
+    from cordsnet.export import VerificationError, export
+
+    def wrong(self, w, state):  # a readout off by one logit
+        return W.Stepwise._readout(self, w, state) + 1.0
+
+    monkeypatch.setattr(XnnpackStepwise, "_readout", wrong)
+    path = tmp_path / "bad.pte"
+    with pytest.raises(VerificationError, match="verification failed"):
+        export(small_model, path, format="executorch", graph="stepwise", **KW)
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temporary left behind
+
+
+@needs_executorch
+def test_unsupported_kinds_are_refused(small_model, tmp_path):
+    from cordsnet.export import export
+
+    with pytest.raises(ValueError, match="graph: the executorch format exports one of"):
+        export(small_model, tmp_path / "x.pte", format="executorch", graph="loop", **KW)
+    with pytest.raises(ValueError, match="dtype: the executorch format exports float32"):
+        export(small_model, tmp_path / "x.pte", format="executorch", graph="stepwise", dtype="float16", **KW)
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,311 @@
+"""The browser app (web/) end to end in a real headless browser, and `cordsnet-cli web`.
+
+Debian's chromium (apt) is driven by Playwright for Python through ``executable_path`` (Playwright's
+own browser download is never used); onnxruntime-web comes from web/node_modules (``npm ci`` in web/).
+The browser tests skip, saying why, where one of those is missing; the manifest and digits tests
+always run.
+
+Parity bound: the page runs the float32 graph; the reference is the PyTorch model in float64. Over
+the full protocol (100 spontaneous + 100 stimulus steps) the float32 rounding stays ~1e-5 of the
+logit scale (measured 3.8e-6 absolute on logits of magnitude ~10), so 1e-4 of the logit scale holds
+with margin on any CPU, threads or not.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cordsnet import _cli_web as web
+from cordsnet.checkpoint import load_checkpoint
+from cordsnet.data import digits_split, digits_to_tensor
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "web_app.png"
+
+
+def browser_missing() -> str | None:
+    """Why the browser tests cannot run here, or None."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright (python) is not installed: pip install playwright"
+    if not Path(CHROMIUM).is_file():
+        return f"{CHROMIUM} is missing: apt-get install -y chromium"
+    if not (web.ORT_DIST / "ort.wasm.min.mjs").is_file():
+        return f"onnxruntime-web is not installed: run `npm ci` in {web.WEB_DIR}"
+    return None
+
+
+needs_browser = pytest.mark.skipif(browser_missing() is not None, reason=str(browser_missing()))
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_checkpoint(None)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    """The bundled model's stepwise graph, exported (and verified) as `cordsnet-cli web` does by default."""
+    return web.default_artifact(tmp_path_factory.getbasetemp() / "web-cache")  # shared with test_node.py
+
+
+@pytest.fixture(scope="module")
+def served(artifact):
+    """(playwright, base URL): one Playwright driver and one server for the module's browser tests."""
+    from playwright.sync_api import sync_playwright
+
+    server, url = web.serve_in_thread(artifact)
+    try:
+        with sync_playwright() as p:
+            yield p, url
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def page(served):
+    p, url = served
+    errors: list[str] = []
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+    pg = browser.new_page(viewport={"width": 1280, "height": 900})
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(url)
+    pg.wait_for_function("window.cordsnetDemo !== undefined")
+    pg.evaluate("window.cordsnetDemo.ready")
+    pg.errors = errors
+    yield pg
+    browser.close()
+
+
+def held_out(classes: tuple[int, ...] = (2, 5, 8, 9)) -> tuple[np.ndarray, np.ndarray]:
+    """One held-out digit of each of `classes` (the last of its class: not one of digits.json's)."""
+    X, y = digits_split()["test"]
+    idx = [int(np.flatnonzero(y == c)[-1]) for c in classes]
+    return X[idx], y[idx]
+
+
+# ---------------------------------------------------------------------------------- no browser
+def test_manifest_stand_in_follows_the_schema(artifact, bundled):
+    from cordsnet._io import file_sha256
+    from cordsnet.export.metadata import decode_spontaneous_state, read_metadata
+
+    m = web.load_manifest(artifact)
+    assert web.manifest_path(artifact).is_file()  # written beside the artifact on export
+    keys = ["cordsnet_manifest", "format_version", "cordsnet_version", "artifact", "companions", "graph", "config",
+            "protocol", "dtype", "batch", "inputs", "outputs", "preset", "spontaneous_state", "checkpoint_sha256",
+            "state_dict_sha256"]
+    assert list(m) == keys
+    assert m["artifact"] == {"file": artifact.name, "format": "onnx", "sha256": file_sha256(artifact),
+                             "size_bytes": artifact.stat().st_size}
+    assert m["graph"] == "stepwise" and m["batch"] is None and m["companions"] == []
+    assert m["protocol"] == {"steps": 100, "spontaneous_steps": 100, "alpha": 0.2, "dt_ms": 2.0, "readout": "last",
+                             "record": []}
+    assert m["inputs"][0] == {"name": "image", "shape": ["batch", 1, 32, 32], "dtype": "float32"}
+    assert m["outputs"][0] == {"name": "logits", "shape": ["batch", 10], "dtype": "float32"}
+    assert m["preset"]["class_names"] == [str(d) for d in range(10)] and m["preset"]["mean"] == [0.3051]
+    # The spontaneous state decodes (as JavaScript does: base64 of little-endian float32) to the artifact's own.
+    spont = decode_spontaneous_state(read_metadata(artifact))
+    areas = m["spontaneous_state"]["areas"]
+    assert m["spontaneous_state"]["encoding"] == "base64-float32-le" and len(areas) == len(spont) == 4
+    for a, want in zip(areas, spont):
+        got = np.frombuffer(base64.b64decode(a["data"]), dtype="<f4").reshape(a["shape"])
+        np.testing.assert_array_equal(got, want)
+        assert a["shape"] == [1, *m["inputs"][1 + areas.index(a)]["shape"][1:]]
+
+
+def test_a_manifest_of_another_artifact_is_refused(artifact, tmp_path):
+    other = tmp_path / artifact.name
+    shutil.copy(artifact, other)
+    manifest = json.loads(web.manifest_path(artifact).read_text())
+    manifest["artifact"]["sha256"] = "0" * 64
+    web.manifest_path(other).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="belongs to another artifact"):
+        web.make_server(other, port=0)
+
+
+def test_an_unrolled_graph_is_refused(small_model, tmp_path):
+    from cordsnet.export import export
+
+    path = tmp_path / "r2-unrolled.onnx"
+    export(small_model, path, graph="unrolled", steps=2, spontaneous_steps=2, verify=False)
+    with pytest.raises(ValueError, match="stepwise ONNX graph"):
+        web.make_server(path, port=0)
+
+
+def test_bundled_digits_are_held_out_and_normalise_to_the_model_input():
+    doc = json.loads((web.WEB_DIR / "digits.json").read_text())
+    X, y = digits_split()["test"]
+    train_scans = {tuple(r) for r in digits_split()["train"][0].astype(int)}
+    assert sorted(d["label"] for d in doc["digits"]) == sorted(list(range(10)) * 2)
+    for d in doc["digits"]:
+        assert d["scan"] == [int(v) for v in X[d["index"]]] and d["label"] == int(y[d["index"]])
+        assert tuple(d["scan"]) not in train_scans
+        # the page's normalisation, (raw - mean) / std with the manifest's preset, gives the model input
+        want = digits_to_tensor(X[d["index"]]).numpy().ravel()
+        got = (np.asarray(d["raw"], dtype=np.float64) - 0.3051) / 0.3234
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- browser
+@needs_browser
+def test_browser_matches_pytorch_over_the_full_protocol(page, bundled):
+    X, y = held_out()
+    x = digits_to_tensor(X)
+    ref = bundled.double()
+    try:
+        with torch.no_grad():
+            want = ref.run(x.double(), readout="all").numpy()  # (steps, B, K), 100 spontaneous + 100 steps
+    finally:
+        bundled.float()
+    scale = float(np.abs(want[-1]).max())
+    for b in range(len(y)):
+        got = page.evaluate("([x, s]) => window.cordsnetDemo.classify(x, {steps: s})",
+                            [x[b].numpy().ravel().tolist(), 100])
+        logits = np.asarray(got["logits"])
+        assert np.abs(logits - want[-1, b]).max() <= 1e-4 * scale
+        probs = np.asarray(got["probabilities"])
+        assert probs.shape == (100, 10)
+        np.testing.assert_allclose(probs, torch.softmax(torch.from_numpy(want[:, b]), -1).numpy(), atol=1e-5)
+        assert int(logits.argmax()) == int(y[b])
+    assert page.errors == []
+
+
+@needs_browser
+def test_classify_refuses_a_wrong_input_size(page):
+    with pytest.raises(Exception, match="expected 1024 numbers"):
+        page.evaluate("window.cordsnetDemo.classify([1, 2, 3], {steps: 2})")
+
+
+@needs_browser
+def test_the_page_animates_a_run(page, tmp_path):
+    info = page.evaluate("({backend: window.cordsnetDemo.info.backend, coi: window.cordsnetDemo.info.crossOriginIsolated})")
+    assert info["coi"] is True and info["backend"] in ("WASM, 1 thread", "WebGPU")  # COOP/COEP served
+    doc = json.loads((web.WEB_DIR / "digits.json").read_text())
+    k = next(i for i, d in enumerate(doc["digits"]) if d["label"] == 3)
+    run = page.evaluate("(k) => window.cordsnetDemo.show(k, {pace: 0})", k)
+    assert run["prediction"] == 3 and run["reactionTime"]["cls"] == 3
+    assert 1 <= run["reactionTime"]["steps"] <= 100 and run["reactionTime"]["ms"] == 2.0 * run["reactionTime"]["steps"]
+    assert page.inner_text("#prediction") == "3"
+    assert "ms" in page.inner_text("#rt") and "step 100 / 100" in page.inner_text("#clock")
+    assert page.locator("#areas canvas.maps").count() == 4
+    shot = tmp_path / "web_app.png"
+    page.screenshot(path=str(shot), full_page=True)
+    from PIL import Image
+
+    img = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float64)
+    assert img.shape[0] >= 800 and img.shape[1] == 1280 and img.std() > 20  # a drawn page, not a blank one
+    if os.environ.get("CORDSNET_UPDATE_SCREENSHOT"):  # refresh the committed copy shown in the docs
+        shutil.copy(shot, DOCS_SCREENSHOT)
+
+
+@needs_browser
+def test_cli_web_serves_with_cross_origin_isolation(artifact):
+    proc = subprocess.Popen([sys.executable, "-c", "from cordsnet.cli import main; main()", "web", str(artifact), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith(f"serving {artifact} at http://127.0.0.1:"), line
+        url = line.split(" at ")[1].split()[0]
+        with urllib.request.urlopen(url) as r:
+            assert r.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+            assert r.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+            assert b"app.mjs" in r.read()
+        with urllib.request.urlopen(url + "model/manifest.json") as r:
+            assert json.loads(r.read())["artifact"]["file"] == artifact.name
+        with urllib.request.urlopen(url + "vendor/ort/ort.min.mjs") as r:
+            assert r.headers["Content-Type"] == "text/javascript"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_cli_web_refuses_a_bad_artifact_in_one_line(tmp_path):
+    bad = tmp_path / "x.onnx"
+    bad.write_bytes(b"not onnx")
+    res = subprocess.run([sys.executable, "-c", "from cordsnet.cli import main; main()", "web", str(bad), "--port", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.strip().startswith("Error: artifact:") and len(res.stderr.strip().splitlines()) == 1
+
+
+@needs_browser
+def test_a_drawn_digit_runs(page):
+    box = page.locator("#draw").bounding_box()
+    page.locator("#pace").select_option("0")
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.15
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for k in range(1, 11):  # a vertical stroke: a "1"
+        page.mouse.move(x, y + k * box["height"] * 0.07)
+    page.mouse.up()
+    page.wait_for_function("document.querySelector('#clock').textContent.includes('step 100 / 100')")
+    page.wait_for_function("window.cordsnetDemo.lastRun && !document.querySelector('#run').disabled")
+    assert "your drawing" in page.inner_text("#preview-caption")
+    assert page.evaluate("window.cordsnetDemo.lastRun.prediction") == 1
+
+
+@needs_browser
+def test_webgpu_when_an_adapter_exists(served, bundled):
+    """WebGPU through SwiftShader (a software adapter: correct but slow, so two steps only)."""
+    p, url = served
+    gpu_flags = [f for f in CHROMIUM_FLAGS if f != "--disable-gpu"] + [
+        "--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader",
+        "--use-webgpu-adapter=swiftshader"]
+    X, _ = held_out()
+    x = digits_to_tensor(X[:1])
+    with torch.no_grad():
+        want = bundled.double().run(x.double(), steps=2).numpy()[0]
+    bundled.float()
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=gpu_flags)
+    try:
+        pg = browser.new_page()
+        pg.goto(url + "?ep=webgpu")
+        pg.wait_for_function("window.cordsnetDemo !== undefined")
+        try:
+            pg.evaluate("window.cordsnetDemo.ready")
+        except Exception as exc:
+            if "no WebGPU adapter" in str(exc):
+                pytest.skip("this chromium offers no WebGPU adapter, not even SwiftShader's")
+            raise
+        assert pg.evaluate("window.cordsnetDemo.info.backend") == "WebGPU"
+        got = pg.evaluate("([x]) => window.cordsnetDemo.classify(x, {steps: 2})", [x[0].numpy().ravel().tolist()])
+    finally:
+        browser.close()
+    assert np.abs(np.asarray(got["logits"]) - want).max() <= 1e-4 * float(np.abs(want).max())
+
+
+@needs_browser
+def test_wasm_threads_under_cross_origin_isolation(served, bundled):
+    """?threads=2 (the default for models larger than 64 px): SharedArrayBuffer threads, same numbers."""
+    p, url = served
+    X, _ = held_out()
+    x = digits_to_tensor(X[:1])
+    with torch.no_grad():
+        want = bundled.double().run(x.double()).numpy()[0]
+    bundled.float()
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+    try:
+        pg = browser.new_page()
+        pg.goto(url + "?ep=wasm&threads=2")
+        pg.wait_for_function("window.cordsnetDemo !== undefined")
+        pg.evaluate("window.cordsnetDemo.ready")
+        assert pg.evaluate("window.cordsnetDemo.info.backend") == "WASM, 2 threads"
+        got = pg.evaluate("([x]) => window.cordsnetDemo.classify(x, {steps: 100})", [x[0].numpy().ravel().tolist()])
+    finally:
+        browser.close()
+    assert np.abs(np.asarray(got["logits"]) - want).max() <= 1e-4 * float(np.abs(want).max())
