@@ -210,7 +210,8 @@ def test_default_output_uses_the_whole_stem(r2_files, tmp_path, monkeypatch):
                                  "1", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["files"] == ["run.1-stepwise.onnx"] and (tmp_path / "run.1-stepwise.onnx").is_file()
+    assert report["files"] == ["run.1-stepwise.onnx", "run.1-stepwise.onnx.cordsnet.json"]
+    assert (tmp_path / "run.1-stepwise.onnx").is_file() and (tmp_path / "run.1-stepwise.onnx.cordsnet.json").is_file()
     parts = report["seconds"]
     assert set(parts) == {"loading", "spontaneous state", "graph", "verification"} and parts["verification"] > 0
     assert report["total_seconds"] >= parts["graph"] + parts["verification"]
@@ -273,7 +274,7 @@ def test_long_work_logs_its_phases_when_stderr_is_not_a_terminal(r2_files, tmp_p
                         "-o", tmp_path / "s.onnx", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
-    for phase in ("loading the checkpoint", "preparing the export", "exporting stepwise graph", "verifying"):
+    for phase in ("loading the checkpoint", "computing the spontaneous state", "stepwise graph", "verifying"):
         assert any(phase in line for line in lines), (phase, proc.stderr)
     assert "verification passed" in proc.stdout and " s (loading " in proc.stdout
 

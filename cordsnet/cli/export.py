@@ -8,30 +8,24 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..artifact import DTYPES, FORMATS, GRAPHS, GRAPH_KINDS
 from ._shared import CheckpointArg, Stopwatch, checkpoint_source, echo_json, load_model, phases, verification_lines
 
 
-class ExportFormat(str, Enum):
-    onnx = "onnx"
-    torchscript = "torchscript"
-    exported_program = "exported-program"
+def _choices(name: str, keys: object) -> type[Enum]:
+    """A str Enum of a registry's keys (Typer shows them as the option's choices)."""
+    return Enum(name, {str(k).replace("-", "_"): str(k) for k in keys}, type=str)  # type: ignore[return-value]
 
 
-class ExportGraph(str, Enum):
-    unrolled = "unrolled"
-    loop = "loop"
-    stepwise = "stepwise"
-    stepwise_drive = "stepwise-drive"
+# Choices come from the artifact contract's registries: a new format or graph kind needs no CLI edit.
+ExportFormat = _choices("ExportFormat", FORMATS)
+ExportGraph = _choices("ExportGraph", GRAPHS)
+ExportDtype = _choices("ExportDtype", DTYPES)
 
 
 class ExportReadout(str, Enum):
     last = "last"
     all = "all"
-
-
-class ExportDtype(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
 
 
 class ExportExporter(str, Enum):
@@ -40,11 +34,7 @@ class ExportExporter(str, Enum):
 
 
 # The suffixes each format may be written to; the first is the default output's.
-FORMAT_SUFFIXES: dict[str, tuple[str, ...]] = {
-    "onnx": (".onnx",),
-    "torchscript": (".pt", ".ts"),
-    "exported-program": (".pt2",),
-}
+FORMAT_SUFFIXES: dict[str, tuple[str, ...]] = {name: f.read_suffixes for name, f in FORMATS.items()}
 
 
 def default_output(source: Path, graph: str, dtype: str, format: str) -> Path:
@@ -56,10 +46,10 @@ def default_output(source: Path, graph: str, dtype: str, format: str) -> Path:
 
 def export_command(
     checkpoint: CheckpointArg = None,
-    format: Annotated[ExportFormat, typer.Option("--format", "-f", help="Artifact format.")] = ExportFormat.onnx,
+    format: Annotated[ExportFormat, typer.Option("--format", "-f", help="Artifact format.")] = ExportFormat("onnx"),
     steps: Annotated[Optional[int], typer.Option(
         min=1, help="Stimulus steps (unrolled: fixed in the graph; loop: the default; default: the config's).")] = None,
-    graph: Annotated[ExportGraph, typer.Option(help="Graph kind.")] = ExportGraph.unrolled,
+    graph: Annotated[ExportGraph, typer.Option(help="Graph kind.")] = ExportGraph("unrolled"),
     spontaneous_steps: Annotated[Optional[int], typer.Option(
         "--spontaneous-steps", min=0, help="Blank steps whose end state is baked in (0: start from zero).")] = None,
     alpha: Annotated[Optional[float], typer.Option(help="dt / tau (default: the config's).")] = None,
@@ -70,7 +60,7 @@ def export_command(
         help="Areas whose rates become outputs rates_<area>: comma-separated and/or repeated, "
              "e.g. --record 2,3 (R4) or --record 6 --record 7 (R8).")] = None,
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default 18).")] = None,
-    dtype: Annotated[ExportDtype, typer.Option(help="Weights and I/O precision.")] = ExportDtype.float32,
+    dtype: Annotated[ExportDtype, typer.Option(help="Weights and I/O precision.")] = ExportDtype("float32"),
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", dir_okay=False,
         help="Destination (default: <checkpoint stem>-<graph>[-<dtype>].<onnx|pt|pt2> here).")] = None,
@@ -85,14 +75,16 @@ def export_command(
     """Export a model as an ONNX, TorchScript or ExportedProgram graph, verified against PyTorch."""
     from .. import validate
     from .._io import check_output, file_sha256
-    from ..export import encode_path
+    from ..artifact import companion_path, manifest_path
 
     source = checkpoint_source(checkpoint)
     if output is None:
         output = default_output(source, graph.value, dtype.value, format.value)
-    outputs = [output] + ([encode_path(output)] if graph is ExportGraph.stepwise_drive else [])
+    companions = [companion_path(output, role) for role in GRAPH_KINDS[graph.value].companions]
+    outputs = [output, *companions]
     for path in outputs:
         check_output(path, inputs=[source], suffixes=FORMAT_SUFFIXES[format.value], name="--output")
+    check_output(manifest_path(output), inputs=[source], name="--output (its manifest)")
     watch = Stopwatch()
     with phases("loading the checkpoint", quiet=as_json) as say:
         from ..export import export
@@ -101,7 +93,6 @@ def export_command(
             model = load_model(checkpoint)
             areas = validate.areas("--record", record, model.depth)
             sha = file_sha256(source)
-        say("preparing the export (spontaneous state, metadata)")
         report = export(model, output, format=format.value, graph=graph.value, steps=steps,
                         spontaneous_steps=spontaneous_steps, alpha=alpha, batch=batch, readout=readout.value,
                         record=list(areas), opset=opset, dtype=dtype.value, verify=verify, atol=atol, rtol=rtol,

@@ -10,7 +10,6 @@ import typer
 
 from ._shared import JsonOpt, console, echo_json, load_model
 
-ARTIFACT_SUFFIXES = (".onnx", ".pt", ".pt2", ".ts")
 CHECKPOINT_OUTPUT_SUFFIXES = (".safetensors",)
 
 
@@ -38,18 +37,24 @@ def info(
 
 
 def is_artifact(path: Path) -> bool:
-    """An exported model rather than a checkpoint: .onnx/.pt2, or a .pt/.ts zip carrying cordsnet.json.
+    """An exported model rather than a checkpoint, by the artifact contract's format suffixes.
 
-    (A checkpoint saved with ``torch.save`` may also be called ``.pt``.)
+    A ``.pt``/``.ts`` file is an artifact only when it is a zip carrying ``cordsnet.json`` (a checkpoint
+    saved with ``torch.save`` may also be called ``.pt``).
     """
     import zipfile
 
+    from ..artifact import EXTRA_FILE, FORMATS
+
     suffix = path.suffix.lower()
-    if suffix in (".onnx", ".pt2"):
-        return True
-    if suffix in ARTIFACT_SUFFIXES and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("extra/cordsnet.json") for name in archive.namelist())
+    for f in FORMATS.values():
+        if suffix not in f.read_suffixes:
+            continue
+        if f.metadata != "zip-extra":
+            return True
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return any(name.endswith("extra/" + EXTRA_FILE) for name in archive.namelist())
     return False
 
 

@@ -26,7 +26,8 @@ def predict(
     from ..runtime import open_session
 
     session = open_session(model, provider)
-    preds = _predict(session, [str(p) for p in images], top_k)
+    # Any number of images: a static-batch graph is fed in padded chunks by the runtime itself.
+    preds = session.predict([str(p) for p in images], top_k).to_list()
     if as_json:
         echo_json({"model": str(model), "providers": session.providers,
                    "predictions": [{"image": str(p), "top": top} for p, top in zip(images, preds)]})
@@ -35,24 +36,6 @@ def predict(
         typer.echo(f"{path}:")
         for rank, item in enumerate(top, 1):
             typer.echo(f"  {rank}. {item['name']:<24} {item['probability']:.4f}  (class {item['index']})")
-
-
-def _predict(session: Any, images: list[str], top_k: int) -> list[Any]:
-    """Top-k per image. MERGE NOTE: Session.predict pads static-batch graphs itself on the runtime branch;
-    this function then becomes ``session.predict(images, top_k).to_list()``."""
-    import numpy as np
-
-    fixed = session.info.batch
-    if fixed is None:
-        return session.predict(session.preprocess(images), top_k).to_list()
-    preds: list[Any] = []
-    for i in range(0, len(images), fixed):
-        chunk = session.preprocess(images[i:i + fixed], check_batch=False)
-        pad = fixed - chunk.shape[0]
-        if pad:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        preds += session.predict(chunk, top_k).to_list()[:fixed - pad]
-    return preds
 
 
 def verify(
@@ -76,8 +59,8 @@ def verify(
                          "on the CPU (use --provider auto or cpu)")
     torch_model = load_model(checkpoint)
     source = str(checkpoint) if checkpoint is not None else "the bundled model"
-    _check_same_weights(model, torch_model, source)
-    # verify_artifact applies the runtime's provider rules: a GPU provider that cannot run is an error,
+    # verify_artifact refuses an artifact exported from other weights (state-dict sha256) and applies
+    # the runtime's provider rules: a GPU provider that cannot run is an error,
     # "auto" falls back to the CPU with one warning, and the session's real providers are checked.
     report = verify_artifact(model, torch_model, providers=provider if onnx else None, **tolerances)
     if as_json:
@@ -86,17 +69,6 @@ def verify(
     typer.echo(f"{model} vs {source}: {report.summary()}")
     for line in verification_lines(report):
         typer.echo(line)
-
-
-def _check_same_weights(artifact: Path, torch_model: Any, source: str) -> None:
-    """MERGE NOTE: verify_artifact does this state-dict sha guard itself on the contract branch; then delete."""
-    from ..checkpoint import state_dict_sha256
-    from ..export import read_metadata
-
-    stored = read_metadata(artifact).get("cordsnet.state_dict_sha256", "")
-    if stored and stored != state_dict_sha256(torch_model.state_dict()):
-        raise ValueError(f"checkpoint: {artifact.name} was exported from other weights than {source} "
-                         f"(state-dict sha256 {stored[:12]}... in its metadata); pass --checkpoint with its source")
 
 
 def bench(
