@@ -351,3 +351,101 @@ def test_cli_train_bad_device_is_one_line(tmp_path: Path, device: str, match: st
     assert result.exit_code == 1
     assert result.output.startswith("Error: device:") and match in result.output
     assert "Traceback" not in result.output and result.output.count("\n") == 1
+
+
+# ------------------------------------------------------------------------- output directory
+def _tiny_compat(out: Path, **kw) -> TrainOptions:
+    return TrainOptions(**{**TINY, "out": out, "stages": "compat", "epochs": 1,
+                           "stage_overrides": {"compat": {"warmup_iters": 1}}, **kw})
+
+
+def test_a_directory_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_path: Path) -> None:
+    Trainer(_tiny_compat(tmp_path)).run()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert set(before) == {"0-compat.safetensors", "last.safetensors", "final.safetensors", "metrics.jsonl"}
+    with pytest.raises(ValueError, match=r"^out: .* already holds a training run .*overwrite"):
+        Trainer(_tiny_compat(tmp_path)).run()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing touched
+    # A run's own file as --init would be deleted by overwrite: refused before anything is removed.
+    with pytest.raises(ValueError, match="^init: .* overwrite would replace"):
+        Trainer(_tiny_compat(tmp_path, overwrite=True, init=tmp_path / "final.safetensors")).run()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    with pytest.raises(ValueError, match="either resume or overwrite"):
+        Trainer(_tiny_compat(tmp_path, overwrite=True)).run(resume=True)
+    # A stale stage checkpoint of another pipeline goes too: the directory then holds one run.
+    (tmp_path / "3-linear.safetensors").write_bytes(before["final.safetensors"])
+    (tmp_path / "notes.txt").write_text("mine")
+    Trainer(_tiny_compat(tmp_path, overwrite=True, stages="compat,fold")).run()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["0-compat.safetensors", "1-fold.safetensors", "final.safetensors", "last.safetensors",
+                     "metrics.jsonl", "notes.txt"]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["stage"] for line in lines] == ["compat", "fold"]  # replaced, not appended
+    # Files of other kinds in the directory do not count as a run.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "README").write_text("x")
+    Trainer(_tiny_compat(other)).run()
+
+
+def test_one_log_line_per_epoch_without_progress_bars(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    opts = TrainOptions(**dict(TINY, out=tmp_path, stages="compat,fold", epochs=2,
+                               stage_overrides={"compat": {"warmup_iters": 1}}))
+    with caplog.at_level("INFO", logger="cordsnet.train"):
+        Trainer(opts).run()
+    messages = [r.getMessage() for r in caplog.records if r.name == "cordsnet.train"]
+    epochs = [m for m in messages if " epoch " in m and "/2" in m]
+    assert [m.split(",")[0] for m in epochs] == ["compat epoch 1/2", "compat epoch 2/2"]
+    assert all("loss" in m and "val_acc" in m for m in epochs)
+    assert any(m.startswith("stage 2/2 fold") for m in messages)
+    assert any(m.startswith("done in") for m in messages)
+
+
+# ------------------------------------------------------------------------ run-state layout
+def test_run_state_round_trip_and_strictness() -> None:
+    from cordsnet.train import RunExtras, TrainState, pack_extras, parse_train_state, unpack_extras
+
+    extras = RunExtras(bn={"inp.weight": torch.ones(3)}, folded={"area_bias_0": torch.zeros(2)},
+                       optim={0: {"exp_avg": torch.ones(2), "step": torch.tensor(3.0)}, 11: {"exp_avg": torch.ones(1)}},
+                       best=(0.75, {"out_fc.bias": torch.arange(3.0)}))
+    flat = pack_extras(extras)
+    assert set(flat) == {"bn.inp.weight", "folded.area_bias_0", "optim.0.exp_avg", "optim.0.step",
+                         "optim.11.exp_avg", "best_acc", "best.out_fc.bias"}
+    back = unpack_extras(flat)
+    assert back.best is not None and back.best[0] == 0.75 and torch.equal(back.best[1]["out_fc.bias"], torch.arange(3.0))
+    assert set(back.optim) == {0, 11} and torch.equal(back.optim[0]["step"], torch.tensor(3.0))
+    assert torch.equal(back.bn["inp.weight"], torch.ones(3)) and set(back.folded) == {"area_bias_0"}
+    with pytest.raises(ValueError, match="unexpected key 'mine'"):
+        unpack_extras({"mine": torch.zeros(1)})
+    assert unpack_extras({"mine": torch.zeros(1)}, strict=False) == RunExtras()
+    state = TrainState(2, "inverse", 3, False, ["compat", "fold", "inverse"], 17, 1.0, {"compat": {"val_acc": 0.5}})
+    assert parse_train_state({"train.state": state.to_json()}) == state
+    with pytest.raises(ValueError, match="not written by the trainer"):
+        parse_train_state({})
+    with pytest.raises(ValueError, match="malformed train.state"):
+        parse_train_state({"train.state": '{"stage": 1}'})
+
+
+def test_registries_cover_every_stage_field_value() -> None:
+    """A stage may name only what the trainer can look up (and every entry is reachable)."""
+    from cordsnet.train import EVALUATORS, FORWARDS, OPTIMIZERS, TRAINABLE, stages
+
+    assert set(TRAINABLE) == set(stages.TRAINABLE)
+    assert set(OPTIMIZERS) == set(stages.OPTIMIZERS)
+    assert set(EVALUATORS) == set(stages.EVALS)
+    assert set(FORWARDS) | {"fold"} == set(stages.KINDS)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("steps", 0, "steps: expected an int >= 1, got 0"),
+    ("spontaneous_steps", -1, "spontaneous_steps: expected an int >= 0"),
+    ("batch_size", True, "batch_size: expected an int >= 1, got True"),
+    ("alpha", 1.5, "alpha: expected a finite number in"),
+    ("dtype", "float16", "dtype: expected one of"),
+    ("threads", 0, "threads: expected an int >= 1"),
+    ("ce_window", 0, "ce_window: expected an int >= 1"),
+])
+def test_bad_options_name_the_option(tmp_path: Path, field: str, value: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Trainer(TrainOptions(**dict(TINY, out=tmp_path, stages="compat", **{field: value})))
+    assert not any(tmp_path.iterdir())
