@@ -449,3 +449,25 @@ def test_bad_options_name_the_option(tmp_path: Path, field: str, value: object, 
     with pytest.raises(ValueError, match=match):
         Trainer(TrainOptions(**dict(TINY, out=tmp_path, stages="compat", **{field: value})))
     assert not any(tmp_path.iterdir())
+
+
+def test_model_card_tool_evaluates_a_digits_run(tmp_path: Path) -> None:
+    """tools/model_card.py (the maintainer script behind the bundled model's card) on a tiny digits run."""
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    Trainer(TrainOptions(dataset="digits", depth=2, image_size=32, batch_size=32, stages="compat,fold", epochs=1,
+                         augment=False, limit_train=64, limit_val=32, out=run, download=False,
+                         stage_overrides={"compat": {"warmup_iters": 1}})).run()
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    result = subprocess.run([sys.executable, str(root / "tools" / "model_card.py"), str(run),
+                             "--png", str(tmp_path / "curve.png"), "--json", str(tmp_path / "facts.json"),
+                             "--bundle", str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    facts = json.loads((tmp_path / "facts.json").read_text())
+    assert facts["heldout_n"] == 360 and len(facts["curve"]) == 100
+    assert set(facts["stages"]) == {"compat", "fold"}
+    # Folding is exact: the folded CNN's held-out accuracy equals the BatchNorm CNN's.
+    assert facts["stages"]["fold"]["heldout_acc"] == facts["stages"]["compat"]["heldout_acc"]
+    assert (tmp_path / "curve.png").stat().st_size > 0
+    assert load_checkpoint(tmp_path / "digits_r4.safetensors").depth == 2
