@@ -1,6 +1,6 @@
 """Checkpoints: the published layout (``cordsnetr8.pth``), the project's own format, the bundled model.
 
-* The published layout is a ``torch.save`` of the state dict (§2 of the specification), possibly with a
+* The published layout is a ``torch.save`` of the state dict (docs/specification.md §2), possibly with a
   ``module.`` prefix (DataParallel / DDP) or the legacy ``weight_g`` / ``weight_v`` names. It is read
   with ``torch.load(weights_only=True)`` only: a pickle that carries code is refused unexecuted.
 * The project's own format is safetensors with the :class:`~cordsnet.config.CordsNetConfig` as JSON

@@ -23,7 +23,7 @@ def _model(depth=2, size=32, classes=10, channels=3, seed=0, dtype=torch.float32
 
 @pytest.mark.parametrize("depth", [2, 4, 6, 8])
 def test_full_protocol_matches_reference(depth):
-    """100 spontaneous + 100 stimulus steps at 32 px, float64 and float32, against §3 restated."""
+    """100 spontaneous + 100 stimulus steps at 32 px, float64 and float32, against docs/specification.md §3 restated."""
     sd, model = _model(depth=depth, size=32, classes=7, seed=depth)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(depth))
     ref = reference_run(sd, x, steps=100, spontaneous_steps=100)

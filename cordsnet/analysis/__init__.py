@@ -1,4 +1,4 @@
-"""Analysis and neuroscience outputs for CordsNet (specification §3 and §6).
+"""Analysis and neuroscience outputs for CordsNet (docs/specification.md §3 and §6).
 
 * Spectra (:mod:`cordsnet.analysis.spectra`): a convolution as a dense matrix, Arnoldi eigenvalues of
   large linear operators (recurrent convolutions, the Jacobian of the dynamics), the top eigenvector

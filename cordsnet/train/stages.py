@@ -1,4 +1,4 @@
-"""The training stages as data (specification §4): one :class:`StageSpec` per stage, one registry.
+"""The training stages as data (docs/specification.md §4): one :class:`StageSpec` per stage, one registry.
 
 A stage says which forward wiring it uses (``kind``), which parameters train, which loss terms are
 on, the optimiser and its schedule, the update nonlinearity's slope, how it is evaluated and for how
