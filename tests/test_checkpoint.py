@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from conftest import make_published_state_dict
+from helpers import make_published_state_dict
 from cordsnet.checkpoint import (
     CheckpointError,
     infer_config,

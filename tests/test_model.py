@@ -4,27 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.nn.utils.parametrizations import _WeightNorm
+from torch.nn.utils import parametrize
 
 from _reference import max_rel_error, reference_run
-from conftest import make_published_state_dict
-from cordsnet.checkpoint import load_checkpoint
+from helpers import published_model
 from cordsnet.config import CordsNetConfig
 from cordsnet.model import CordsNet, DriveTerms
 
 TOL = 1e-4  # max |Δlogit| <= TOL * max |logit|
 
 
-def _model(depth=2, size=32, classes=10, channels=3, seed=0, dtype=torch.float32):
-    sd = make_published_state_dict(depth=depth, num_classes=classes, in_channels=channels,
-                                   image_size=size, seed=seed)
-    return sd, load_checkpoint(sd).to(dtype)
-
-
 @pytest.mark.parametrize("depth", [2, 4, 6, 8])
 def test_full_protocol_matches_reference(depth):
     """100 spontaneous + 100 stimulus steps at 32 px, float64 and float32, against docs/specification.md §3 restated."""
-    sd, model = _model(depth=depth, size=32, classes=7, seed=depth)
+    sd, model = published_model(depth=depth, size=32, classes=7, seed=depth)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(depth))
     ref = reference_run(sd, x, steps=100, spontaneous_steps=100)
     assert ref.abs().max() > 0.1  # non-trivial logits
@@ -40,7 +33,7 @@ def test_full_protocol_matches_reference(depth):
 @pytest.mark.parametrize("depth", [2, 8])
 def test_published_size_matches_reference(depth):
     """224 px (the published input size), 1000 classes, a shortened protocol."""
-    sd, model = _model(depth=depth, size=224, classes=1000, seed=3)
+    sd, model = published_model(depth=depth, size=224, classes=1000, seed=3)
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     ref = reference_run(sd, x, steps=4, spontaneous_steps=3)
     with torch.no_grad():
@@ -49,7 +42,7 @@ def test_published_size_matches_reference(depth):
 
 
 def test_grayscale_and_alpha_override():
-    sd, model = _model(depth=4, size=32, classes=10, channels=1, seed=5)
+    sd, model = published_model(depth=4, size=32, classes=10, channels=1, seed=5)
     x = torch.randn(3, 1, 32, 32)
     ref = reference_run(sd, x, steps=7, spontaneous_steps=5, alpha=0.5)
     with torch.no_grad():
@@ -58,7 +51,7 @@ def test_grayscale_and_alpha_override():
 
 
 def test_step_loop_equals_run():
-    _, model = _model(depth=4)
+    _, model = published_model(depth=4)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = model.run(x, steps=6, spontaneous_steps=4)
@@ -77,7 +70,7 @@ def test_step_loop_equals_run():
 
 
 def test_video_of_identical_frames_equals_static_image():
-    _, model = _model(depth=2)
+    _, model = published_model(depth=2)
     x = torch.randn(2, 3, 32, 32)
     video = x.unsqueeze(1).expand(2, 5, 3, 32, 32)
     with torch.no_grad():
@@ -87,7 +80,7 @@ def test_video_of_identical_frames_equals_static_image():
 
 
 def test_video_matches_reference():
-    sd, model = _model(depth=4, seed=2)
+    sd, model = published_model(depth=4, seed=2)
     video = torch.randn(2, 6, 3, 32, 32)
     ref, ref_rates = reference_run(sd, video, steps=6, spontaneous_steps=5, all_logits=True, record=(1, 3))
     with torch.no_grad():
@@ -98,7 +91,7 @@ def test_video_matches_reference():
 
 
 def test_readout_all_and_record_shapes():
-    _, model = _model(depth=4)
+    _, model = published_model(depth=4)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         last = model.run(x, steps=5, spontaneous_steps=2)
@@ -123,7 +116,7 @@ def _final_state(model, x):
 
 
 def test_spontaneous_state_is_cached_and_invalidated():
-    _, model = _model(depth=2)
+    _, model = published_model(depth=2)
     with torch.no_grad():
         first = model.cached_spontaneous_state(10, 0.2)
         assert model.cached_spontaneous_state(10, 0.2) is first  # cached
@@ -142,28 +135,40 @@ def test_spontaneous_state_is_cached_and_invalidated():
     assert any(r.abs().max() > 0 for r in after)  # non-zero biases make it non-trivial
 
 
-def test_weight_norm_not_rederived_per_step(monkeypatch):
-    _, model = _model(depth=4)
+def test_weight_norm_not_rederived_per_step():
+    """Weight norm is derived once per layer while the weights are unchanged, not once per step.
+
+    Counted through PyTorch's public hooks: every derivation of a parametrized weight calls the
+    layer's parametrization module (``layer.parametrizations.weight``), whose forward hooks fire.
+    """
+    _, model = published_model(depth=4)
     calls = {"n": 0}
-    original = _WeightNorm.forward
-
-    def counting(self, *args):
-        calls["n"] += 1
-        return original(self, *args)
-
-    monkeypatch.setattr(_WeightNorm, "forward", counting)
-    x = torch.randn(1, 3, 32, 32)
-    with torch.no_grad():
-        model.run(x, steps=20, spontaneous_steps=20)
-        first = calls["n"]
-        model.run(x, steps=20, spontaneous_steps=20)
+    layers = [m for m in model.modules() if parametrize.is_parametrized(m, "weight")]
+    handles = [m.parametrizations.weight.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+               for m in layers]
+    try:
+        x = torch.randn(1, 3, 32, 32)
+        with torch.no_grad():
+            model.run(x, steps=20, spontaneous_steps=20)
+            first = calls["n"]
+            weights = model.effective_weights()
+            model.run(x, steps=20, spontaneous_steps=20)
+            again = calls["n"]
+            assert model.effective_weights() is weights  # the cached object itself
+            model.conv_bias[0].add_(0.0)  # an in-place update (version bump) invalidates the cache
+            model.run(x, steps=2, spontaneous_steps=2)
+    finally:
+        for h in handles:
+            h.remove()
     n_weight_normed = 1 + 1 + 4 + 4 + 1 + 1  # inp_conv, inp_skip, area_conv, area_area, skip_area, out_fc
+    assert len(layers) == n_weight_normed
     assert first == n_weight_normed  # derived through the parametrization, once per layer, not per step
-    assert calls["n"] == first  # and not again while the weights are unchanged
+    assert again == first  # and not again while the weights are unchanged
+    assert calls["n"] == 2 * n_weight_normed  # derived anew after a change
 
 
 def test_drive_is_computed_once_per_image(monkeypatch):
-    _, model = _model(depth=4)
+    _, model = published_model(depth=4)
     calls = {"drive": 0, "terms": 0}
     drive, terms = model.unchecked_drive, model.unchecked_drive_terms
     monkeypatch.setattr(model, "unchecked_drive",
@@ -176,7 +181,7 @@ def test_drive_is_computed_once_per_image(monkeypatch):
 
 
 def test_gradients_reach_g_and_v():
-    _, model = _model(depth=2)
+    _, model = published_model(depth=2)
     model.train()
     loss = model.run(torch.randn(2, 3, 32, 32), steps=3, spontaneous_steps=2).logsumexp(-1).sum()
     loss.backward()
@@ -209,13 +214,13 @@ def test_config_overrides_and_architecture():
     ],
 )
 def test_bad_images_are_refused(make, error, match):
-    _, model = _model(depth=2)
+    _, model = published_model(depth=2)
     with pytest.raises(error, match=match):
         model.run(make(), steps=2, spontaneous_steps=0)
 
 
 def test_bad_state_and_arguments_are_refused():
-    _, model = _model(depth=2)
+    _, model = published_model(depth=2)
     state = model.initial_state(2)
     u = model.drive(torch.randn(2, 3, 32, 32))
     with pytest.raises(ValueError, match="expected 2 tensors"):
