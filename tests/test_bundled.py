@@ -1,7 +1,7 @@
-"""The bundled default model (cordsnet/weights/digits_r4.safetensors): loads, is accurate, exports.
+"""The bundled default model (cordsnet/weights/digits_r4.safetensors): loads, is accurate, exports, reacts.
 
-The accuracy check is the full published protocol (alpha 0.2, 100 spontaneous + 100 stimulus steps)
-on all 360 held-out digits, not a shortened one (about 20 s on one CPU core).
+The accuracy and reaction-time checks use the full published protocol (alpha 0.2, 100 spontaneous +
+100 stimulus steps) on all 360 held-out digits, run once for the module (about 20 s on one CPU core).
 """
 
 from __future__ import annotations
@@ -39,17 +39,61 @@ def test_bundled_model_loads(bundled) -> None:
     assert "reproduce" in meta and "cordsnet-cli train" in meta["reproduce"]
 
 
-def test_bundled_model_heldout_accuracy(bundled) -> None:
-    """Full protocol on the whole held-out split (test part of train_test_split(..., random_state=0))."""
+@pytest.fixture(scope="module")
+def heldout(bundled):
+    """(logits after every stimulus step (100, 360, 10), labels (360,), no-image logits (100, 10))."""
     model, _ = bundled
     X, y = digits_split()["test"]
     images = digits_to_tensor(X)
     with torch.no_grad():
-        logits = torch.cat([model.run(images[i:i + 120], steps=100, spontaneous_steps=100, alpha=0.2)
-                            for i in range(0, len(y), 120)])
-    accuracy = float((logits.argmax(1).numpy() == y).mean())
+        logits = torch.cat([model.run(images[i:i + 120], steps=100, spontaneous_steps=100, alpha=0.2, readout="all")
+                            for i in range(0, len(y), 120)], dim=1)
+        baseline = model.run(torch.zeros(1, 1, 32, 32), steps=100, spontaneous_steps=100, alpha=0.2,
+                             readout="all")[:, 0]
+    return logits, y, baseline
+
+
+def test_bundled_model_heldout_accuracy(heldout) -> None:
+    """Full protocol on the whole held-out split (test part of train_test_split(..., random_state=0))."""
+    logits, y, _ = heldout
+    accuracy = float((logits[-1].argmax(1).numpy() == y).mean())
     assert len(y) == 360
     assert accuracy >= 0.97, accuracy
+
+
+def test_a_blank_image_never_reacts(bundled) -> None:
+    """With no image the model says 8 at p = 0.998: the plain threshold rule reacts at step 1, ours never."""
+    from cordsnet.analysis import measure_reaction_times
+
+    model, _ = bundled
+    with pytest.warns(UserWarning, match="already predicts class 8"):
+        rt = measure_reaction_times(model, torch.zeros(2, 1, 32, 32), 0.9)
+    assert rt.steps.tolist() == [-1, -1] and rt.baseline_crosses and rt.baseline_class == 8
+    assert rt.baseline_probability > 0.99
+    # Low-contrast noise around the blank does not make it react either.
+    noise = 0.05 * torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning):
+        assert measure_reaction_times(model, noise, 0.9, steps=60).steps.tolist() == [-1, -1, -1]
+
+
+def test_held_out_digits_react_at_sensible_steps(heldout) -> None:
+    """Figures of docs/analysis.md: at threshold 0.9 about 9 in 10 held-out digits decide, at a median of
+    35 steps (70 ms), almost always for the right class; never in the first 10 steps (the drive needs
+    them to reach the readout)."""
+    from cordsnet.analysis import reaction_times
+
+    logits, y, baseline = heldout
+    with pytest.warns(UserWarning, match="already predicts class 8"):
+        rt = reaction_times(logits, 0.9, baseline=baseline)
+    decided = rt.crossed
+    assert decided.mean() >= 0.85, decided.mean()  # measured: 326 / 360
+    steps = rt.steps[decided]
+    assert steps.min() > 10 and 25 <= np.median(steps) <= 45, (steps.min(), np.median(steps))  # measured 21, 35
+    assert (rt.classes[decided] == y[decided]).mean() >= 0.98  # measured: 99.1 %
+    for digit in range(10):  # every digit, including the resting network's own 8, can react
+        assert decided[y == digit].any(), digit
+    plain = (torch.softmax(logits, -1).amax(-1) >= 0.9).float().argmax(0)  # the old rule: step 1 for all
+    assert (plain == 0).all()
 
 
 def test_bundled_model_onnx_agrees(bundled, tmp_path: Path) -> None:
