@@ -110,5 +110,7 @@ def test_bundled_model_onnx_agrees(bundled, tmp_path: Path) -> None:
         expected = model.run(images).numpy()
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (got,) = sess.run(["logits"], {"image": images.numpy()})
+    # Both float32, other kernels (onnxruntime vs torch), 200 recurrent steps: the project's parity rule is
+    # 1e-4 of the logit scale; these logits reach ~10, so 1e-3 absolute is that rule.
     assert np.allclose(got, expected, atol=1e-3, rtol=1e-3), np.abs(got - expected).max()
     assert np.array_equal(got.argmax(1), expected.argmax(1))
