@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.nn.utils import parametrize
@@ -252,3 +253,77 @@ def test_bad_state_and_arguments_are_refused():
         model.run(torch.randn(1, 3, 32, 32), steps=0)
     with pytest.raises(ValueError, match="batch"):
         model.initial_state(0)
+
+
+# ------------------------------------------------------------------------------- early exit
+def _decisions_of_run(model, x, threshold, steps, spont, margin=1.0):
+    from cordsnet.decision import first_decisions
+
+    with torch.no_grad():
+        every = model.run(x, steps=steps, spontaneous_steps=spont, readout="all")
+        base = model.run(torch.zeros_like(x[:1]), steps=steps, spontaneous_steps=spont, readout="all")[:, 0]
+    return every, first_decisions(every.numpy(), base.numpy(), threshold, margin)
+
+
+def test_run_until_stops_each_image_where_its_reaction_time_is(monkeypatch):
+    """run_until = run(readout="all") + the reaction-time criterion, image by image (float64: exact)."""
+    _, model = published_model(depth=2, classes=4, dtype=torch.float64, seed=7)
+    x = torch.cat([torch.zeros(1, 3, 32, 32, dtype=torch.float64),  # blank: never decides
+                   3 * torch.randn(7, 3, 32, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)])
+    every, expected = _decisions_of_run(model, x, 0.36, steps=12, spont=6, margin=0.25)
+    assert (expected.steps > 0).sum() >= 2 and (expected.steps < 0).sum() >= 2  # a mixed batch
+    batches = []
+    step = model.unchecked_step
+    monkeypatch.setattr(model, "unchecked_step", lambda w, s, *a: batches.append(s[0].shape[0]) or step(w, s, *a))
+    out = model.run_until(x, 0.36, max_steps=12, margin=0.25, spontaneous_steps=6)
+    stop = torch.from_numpy(np.where(expected.steps > 0, expected.steps, 12))
+    assert torch.equal(out.steps, stop)
+    assert torch.equal(out.decided, torch.from_numpy(expected.steps > 0))
+    assert not out.decided[0] and out.steps[0] == 12 and not out.converged.any()
+    torch.testing.assert_close(out.logits, every[stop - 1, torch.arange(8)], rtol=0, atol=EXACT)
+    # Only undecided images keep running: the stimulus batch shrinks as images decide (plus the
+    # batch-1 baseline in lockstep).
+    stimulus = [b for b in batches if b != 1 or len(x) == 1]
+    assert stimulus[0] == 8 and stimulus == sorted(stimulus, reverse=True)
+    assert stimulus[-1] == int((out.steps == 12).sum())
+    assert sum(stimulus) == int(out.steps.sum())  # work done = steps used, image by image
+
+
+def test_run_until_convergence_and_errors():
+    _, model = published_model(depth=2, dtype=torch.float64)
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        huge = model.run_until(x, 0.99, max_steps=5, tol=1e9, spontaneous_steps=3)
+        none = model.run_until(x, 0.99, max_steps=5, tol=1e-300, spontaneous_steps=3)
+    assert huge.steps.tolist() == [1, 1, 1] and huge.converged.all()
+    assert none.steps.tolist() == [5, 5, 5] and not none.converged.any()
+    with torch.no_grad():
+        last = model.run(x, steps=5, spontaneous_steps=3)
+    torch.testing.assert_close(none.logits[~none.decided], last[~none.decided], rtol=0, atol=EXACT)
+    with pytest.raises(ValueError, match="threshold"):
+        model.run_until(x, 0.1)  # 1/K for K = 10: no condition at all
+    with pytest.raises(ValueError, match="max_steps"):
+        model.run_until(x, 0.9, max_steps=0)
+    with pytest.raises(ValueError, match="tol"):
+        model.run_until(x, 0.9, tol=-1.0)
+    with pytest.raises(ValueError, match="sequence"):
+        model.run_until(x.unsqueeze(1).expand(3, 4, 3, 32, 32), 0.9)
+
+
+def test_trajectory_send_selects_rows():
+    """The one time loop can drop rows mid-run (what run_until uses); plain iteration is unchanged."""
+    _, model = published_model(depth=2, dtype=torch.float64)
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    W = model.effective_weights()
+    terms = model.drive_terms(model.drive(x))
+    with torch.no_grad():
+        full = list(model.unchecked_trajectory(W, model.spontaneous_state(4, steps=2), terms, 4, 0.2))
+        gen = model.unchecked_trajectory(W, model.spontaneous_state(4, steps=2), terms, 4, 0.2)
+        first = next(gen)
+        second = gen.send(torch.tensor([1, 3]))  # continue rows 1 and 3 only
+        third = gen.send(torch.tensor([1]))  # then only the original row 3
+        fourth = next(gen)
+    assert torch.equal(first[0], full[0][0])
+    torch.testing.assert_close(second[0], full[1][0][[1, 3]], rtol=0, atol=EXACT)
+    torch.testing.assert_close(third[1], full[2][1][[3]], rtol=0, atol=EXACT)
+    torch.testing.assert_close(fourth[1], full[3][1][[3]], rtol=0, atol=EXACT)
