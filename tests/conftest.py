@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from helpers import make_images, make_published_state_dict
 
@@ -37,15 +36,6 @@ def bundled_model():
 def images():
     """Factory: images(batch, channels, size, seed) -> (B, C, S, S) float32."""
     return make_images
-
-
-@pytest.fixture
-def one_thread():
-    """Small convolutions on a shared CPU: one torch thread avoids OpenMP oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -12,19 +12,20 @@ import numpy as np
 import pytest
 import torch
 
-from cordsnet.checkpoint import DEFAULT_CHECKPOINT, default_checkpoint_path, load_checkpoint, read_metadata
+from cordsnet.checkpoint import DEFAULT_CHECKPOINT, default_checkpoint_path, read_metadata
 from cordsnet.data import digits_split, digits_to_tensor
 
 
 @pytest.fixture(scope="module")
-def bundled():
+def bundled(bundled_model):
+    """(the session's bundled model, its path); one torch thread (small convolutions, shared CPU)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)  # small convolutions: one thread is fastest on a shared CPU
+    torch.set_num_threads(1)
     try:
         path = default_checkpoint_path()
     except FileNotFoundError as exc:
         pytest.fail(f"the bundled model is missing: {exc}")
-    yield load_checkpoint(None), path
+    yield bundled_model, path
     torch.set_num_threads(before)
 
 

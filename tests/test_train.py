@@ -450,7 +450,6 @@ def test_bad_options_name_the_option(tmp_path: Path, field: str, value: object, 
 
 def test_model_card_tool_evaluates_a_digits_run(tmp_path: Path) -> None:
     """tools/model_card.py (the maintainer script behind the bundled model's card) on a tiny digits run."""
-    pytest.importorskip("matplotlib")
     run = tmp_path / "run"
     Trainer(TrainOptions(dataset="digits", depth=2, image_size=32, batch_size=32, stages="compat,fold", epochs=1,
                          augment=False, limit_train=64, limit_val=32, out=run, download=False,
