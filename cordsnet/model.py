@@ -485,6 +485,9 @@ class CordsNet(nn.Module):
                 state = run.send(keep) if t else next(run)
                 base = self.unchecked_readout(weights, next(rest))[0]
                 out = self.unchecked_readout(weights, state)
+                if not bool(torch.isfinite(out).all()):
+                    raise ValueError(f"images: the logits became NaN or infinite at step {t + 1}; expected "
+                                     f"normalised pixels, got values up to {float(x.abs().max()):.3g}")
                 verdict = decide(out.detach().to("cpu", torch.float64).numpy(),
                                  base.to("cpu", torch.float64).numpy(), threshold, margin)
                 done = torch.from_numpy(verdict.decided)

@@ -308,6 +308,8 @@ def test_run_until_convergence_and_errors():
         model.run_until(x, 0.9, tol=-1.0)
     with pytest.raises(ValueError, match="sequence"):
         model.run_until(x.unsqueeze(1).expand(3, 4, 3, 32, 32), 0.9)
+    with pytest.raises(ValueError, match="NaN or infinite at step 1"):  # never a ranking of NaN logits
+        model.run_until(torch.full((1, 3, 32, 32), 1e308, dtype=torch.float64), 0.9, max_steps=3)
 
 
 def test_trajectory_send_selects_rows():
