@@ -1,6 +1,6 @@
 """Checkpoints: the published layout (``cordsnetr8.pth``), the project's own format, the bundled model.
 
-* The published layout is a ``torch.save`` of the state dict (§2 of the specification), possibly with a
+* The published layout is a ``torch.save`` of the state dict (docs/specification.md §2), possibly with a
   ``module.`` prefix (DataParallel / DDP) or the legacy ``weight_g`` / ``weight_v`` names. It is read
   with ``torch.load(weights_only=True)`` only: a pickle that carries code is refused unexecuted.
 * The project's own format is safetensors with the :class:`~cordsnet.config.CordsNetConfig` as JSON
@@ -14,6 +14,7 @@ import hashlib
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -23,12 +24,14 @@ import torch
 from torch import Tensor
 
 from ._io import atomic_path, file_sha256
-from .config import PRESETS, CordsNetConfig
+from .config import PRESETS, CordsNetConfig, get_preset
 from .model import CordsNet
 
 __all__ = [
     "CheckpointError",
     "DEFAULT_CHECKPOINT",
+    "MAX_STORED_STEPS",
+    "check_preset",
     "default_checkpoint_path",
     "file_sha256",
     "infer_config",
@@ -44,6 +47,11 @@ DEFAULT_CHECKPOINT = "digits_r4.safetensors"  # file name inside cordsnet/weight
 
 Source = Union[str, os.PathLike, Mapping[str, Tensor], None]
 
+# The protocol a checkpoint stores is what every command runs when the user gives none (``info`` runs
+# its spontaneous phase, ``export`` unrolls its steps). A file may not make those run for hours: 10,000
+# steps is 100 times the published protocol (20 s of model time at alpha 0.2).
+MAX_STORED_STEPS = 10_000
+
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not have the CordsNet layout."""
@@ -54,28 +62,58 @@ def load_checkpoint(source: Source = None, *, config: CordsNetConfig | None = No
                     dataset: str | None = None, map_location: str | torch.device = "cpu") -> CordsNet:
     """Build a :class:`CordsNet` from a checkpoint, exactly (never a partial load).
 
+    The config (stored, given or inferred) is checked against the tensors' shapes *before* anything is
+    built: ``area_conv.*`` fix the depth, ``out_fc`` the classes, ``inp_conv`` the input channels and
+    ``conv_bias.0`` the image size, so a file cannot make this allocate more than its own tensors.
+
     Args:
         source: a path (published ``.pth`` or own ``.safetensors``), a state dict, or None for the
             bundled default model.
         config: use this config instead of the stored or inferred one (its geometry must match).
-        dataset: dataset preset to record in the config when it cannot be inferred; by default the
-            stored one, else a guess from (classes, channels).
+        dataset: the dataset preset to record in the config (normalisation, class names); its classes
+            and channels must match the checkpoint's. By default the stored one, else a guess from
+            (classes, channels).
         map_location: device the tensors are loaded to.
 
     Raises:
-        CheckpointError: unreadable file, refused pickle, or missing / unexpected / mis-shaped keys.
+        CheckpointError: unreadable or hostile file, refused pickle, missing / unexpected / mis-shaped
+            keys, a config that contradicts the tensors, or a preset that does not fit them.
         FileNotFoundError: the path does not exist.
     """
     state, stored = read_checkpoint(source, map_location=map_location)
+    inferred = infer_config(state, dataset=dataset)
+    if dataset is not None:
+        check_preset(dataset, inferred.num_classes, inferred.in_channels)
     if config is None:
-        config = stored if stored is not None else infer_config(state, dataset=dataset)
+        config = stored if stored is not None else inferred
         if dataset is not None and config.dataset != dataset:
             config = config.replace(dataset=dataset)
+        origin = "the stored config" if stored is not None else "the inferred config"
+    else:
+        if not isinstance(config, CordsNetConfig):
+            raise TypeError(f"config: expected a CordsNetConfig, got {type(config).__name__}")
+        origin = "config"
+    _check_geometry(config, inferred, origin)
     model = CordsNet(config)
     _check_layout(model, state)
     model.load_state_dict(state, strict=True)
     model.eval()
     return model
+
+
+def check_preset(dataset: str, num_classes: int, in_channels: int) -> None:
+    """Refuse a dataset preset whose head size or channel count differs from a model's.
+
+    Raises:
+        CheckpointError: naming both, e.g. the ``imagenet`` preset (1000 classes) on a 10-class model.
+    """
+    preset = get_preset(dataset)
+    if (preset.num_classes, preset.in_channels) != (num_classes, in_channels):
+        raise CheckpointError(
+            f"dataset: the {dataset!r} preset is for {preset.num_classes} classes and {preset.in_channels} "
+            f"channel(s), the checkpoint has {num_classes} classes and {in_channels} channel(s); its class "
+            f"names and normalisation would be wrong. Matching presets: "
+            f"{[p.name for p in PRESETS.values() if (p.num_classes, p.in_channels) == (num_classes, in_channels)]}")
 
 
 def read_checkpoint(source: Source = None, *, map_location: str | torch.device = "cpu"
@@ -112,7 +150,7 @@ def save_checkpoint(model: CordsNet, path: str | os.PathLike, *,
     Returns:
         The path written.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     if not isinstance(model, CordsNet):
         raise TypeError(f"model: expected a CordsNet, got {type(model).__name__}")
@@ -127,27 +165,32 @@ def save_checkpoint(model: CordsNet, path: str | os.PathLike, *,
             raise TypeError(f"metadata[{k!r}]: expected a str, got {type(v).__name__}")
         meta[k] = v
     path = Path(path)
+    data = save(tensors, metadata=meta)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        # Written into the temporary file atomic_path made (not replaced by a new file, which
+        # safetensors' save_file does), so the checkpoint gets the mode of every other output.
+        with open(tmp, "wb") as f:
+            f.write(data)
     return path
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The string metadata of a checkpoint in the project's format."""
-    from safetensors import safe_open
+    """The string metadata of a checkpoint in the project's format.
 
-    path = Path(path)
-    if not _is_safetensors(path):
-        raise CheckpointError(f"checkpoint: {str(path)!r} is not in the cordsnet safetensors format")
-    with safe_open(str(path), framework="pt") as f:
+    Raises:
+        CheckpointError: not a readable safetensors file.
+    """
+    with _open_safetensors(Path(path)) as f:
         return dict(f.metadata() or {})
 
 
 def read_extra_tensors(path: str | os.PathLike) -> dict[str, Tensor]:
-    """The tensors saved with ``save_checkpoint(..., extra_tensors=...)``."""
-    from safetensors import safe_open
+    """The tensors saved with ``save_checkpoint(..., extra_tensors=...)``, without their ``extra.`` prefix.
 
-    with safe_open(str(path), framework="pt") as f:
+    Raises:
+        CheckpointError: not a readable safetensors file.
+    """
+    with _open_safetensors(Path(path)) as f:
         return {k[len("extra."):]: f.get_tensor(k) for k in f.keys() if k.startswith("extra.")}
 
 
@@ -240,11 +283,11 @@ def infer_config(state: Mapping[str, Tensor], *, dataset: str | None = None) -> 
             raise CheckpointError(f"checkpoint: {key!r} has shape {tuple(state[key].shape)}, expected rank {rank}")
     in_channels = int(state["inp_conv.parametrizations.weight.original1"].shape[1])
     num_classes = int(state["out_fc.bias"].shape[0])
-    side = int(state["conv_bias.0"].shape[-1])
-    image_size = side * 4
-    if image_size % 32 or image_size <= 0:
-        raise CheckpointError(f"checkpoint: conv_bias.0 has shape {tuple(state['conv_bias.0'].shape)}, "
-                              f"implying image size {image_size}, which is not a multiple of 32")
+    bias = tuple(state["conv_bias.0"].shape)
+    image_size = bias[-1] * 4
+    if bias[-1] != bias[-2] or image_size % 32 or image_size <= 0:
+        raise CheckpointError(f"checkpoint: conv_bias.0 has shape {bias}, implying image size {image_size}; "
+                              "expected square maps of a multiple of 32 px / 4")
     if dataset is None:
         dataset = _guess_dataset(num_classes, in_channels, image_size)
     try:
@@ -252,6 +295,25 @@ def infer_config(state: Mapping[str, Tensor], *, dataset: str | None = None) -> 
                               image_size=image_size, dataset=dataset)
     except ValueError as exc:
         raise CheckpointError(f"checkpoint: inferred an invalid config: {exc}") from None
+
+
+_GEOMETRY = ("depth", "num_classes", "in_channels", "image_size")
+
+
+def _check_geometry(config: CordsNetConfig, inferred: CordsNetConfig, origin: str) -> None:
+    """The config's geometry must be the tensors' (checked before a model is built), its protocol bounded."""
+    wrong = [f"{k}={getattr(config, k)!r} (the tensors say {getattr(inferred, k)!r})" for k in _GEOMETRY
+             if getattr(config, k) != getattr(inferred, k)]
+    if wrong:
+        raise CheckpointError(f"checkpoint: {origin} contradicts the checkpoint's tensors: {', '.join(wrong)}")
+    if origin != "config":  # a protocol the file claims (a config the caller passes is the caller's choice)
+        for key in ("steps", "spontaneous_steps"):
+            value = getattr(config, key)
+            if value > MAX_STORED_STEPS:
+                raise CheckpointError(
+                    f"checkpoint: {origin}: {key}: expected at most {MAX_STORED_STEPS:,} steps, got "
+                    f"{value:,}; a file may not set a protocol that runs for hours. Pass a config "
+                    f"with the protocol you want (load_checkpoint(..., config=...)) if it is really meant")
 
 
 def _guess_dataset(num_classes: int, in_channels: int, image_size: int) -> str | None:
@@ -305,20 +367,49 @@ def _is_safetensors(path: Path) -> bool:
     return head[8:9] == b"{" and 0 < n < path.stat().st_size
 
 
+class _open_safetensors:
+    """``safe_open`` of a file sniffed as safetensors; every failure is one CheckpointError."""
+
+    def __init__(self, path: Path, device: str = "cpu") -> None:
+        self.path, self.device, self.handle = path, device, None
+
+    def __enter__(self) -> Any:
+        from safetensors import SafetensorError, safe_open
+
+        if not self.path.is_file():
+            raise FileNotFoundError(f"checkpoint: no such file {str(self.path)!r}")
+        if not _is_safetensors(self.path):
+            raise CheckpointError(f"checkpoint: {str(self.path)!r} is not in the cordsnet safetensors format "
+                                  "(a PyTorch .pth renamed, or another format?)")
+        try:
+            self.handle = safe_open(str(self.path), framework="pt", device=self.device)
+            return self.handle.__enter__()
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint: {str(self.path)!r} is not a readable safetensors file "
+                                  f"({exc})") from None
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.handle is not None:
+            self.handle.__exit__(*exc)
+
+
 def _read_safetensors(path: Path, map_location: str | torch.device
                       ) -> tuple[dict[str, Tensor], CordsNetConfig | None]:
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
 
-    try:
-        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
-            meta = f.metadata() or {}
+    with _open_safetensors(path, str(map_location)) as f:
+        meta = f.metadata() or {}
+        try:
             tensors = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("extra.")}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"checkpoint: {str(path)!r} is not a readable safetensors file ({exc})") from None
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint: {str(path)!r} is not a readable safetensors file ({exc})") from None
     config = None
     if "config" in meta:
         try:
             config = CordsNetConfig.from_json(meta["config"])
+        except RecursionError:
+            raise CheckpointError(f"checkpoint: {str(path)!r} has an invalid stored config: JSON nested too "
+                                  "deeply to parse (expected a flat object)") from None
         except (ValueError, TypeError) as exc:
             raise CheckpointError(f"checkpoint: {str(path)!r} has an invalid stored config: {exc}") from None
     return normalize_state_dict(tensors), config
@@ -332,14 +423,33 @@ def _torch_load(path: Path, map_location: str | torch.device) -> Any:
             raise CheckpointError(f"checkpoint: {str(path)!r} is neither a PyTorch checkpoint nor a "
                                   "safetensors file (truncated or another format?)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        # A file object, not the path: torch.load picks a reader from a path's suffix (a .pth renamed
+        # .safetensors would go to safetensors); the content decides here.
+        with open(path, "rb") as f, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # noise on corrupt files
+            return torch.load(f, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
-        raise CheckpointError(
-            f"checkpoint: refused to load {str(path)!r}: it holds objects other than tensors, which "
-            f"torch.load(weights_only=True) will not run ({first_line})") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, AttributeError) as exc:
-        raise CheckpointError(f"checkpoint: cannot read {str(path)!r} (truncated or corrupt?): {exc}") from None
+        reason = _unpickler_reason(str(exc))
+        if "global" in reason.lower():
+            raise CheckpointError(
+                f"checkpoint: refused to load {str(path)!r}: it holds objects other than tensors (code to run "
+                f"on load: {reason}); only tensors are read. If it is yours, re-save its state_dict() "
+                "with torch.save or convert it to safetensors") from None
+        raise CheckpointError(f"checkpoint: cannot read {str(path)!r}: not a valid PyTorch checkpoint "
+                              f"(corrupt, truncated or another format: {reason})") from None
+    except Exception as exc:  # noqa: BLE001 - torch's readers raise many types; each is "unreadable"
+        raise CheckpointError(f"checkpoint: cannot read {str(path)!r} (truncated or corrupt?): "
+                              f"{type(exc).__name__}: {_unpickler_reason(str(exc))}") from None
+
+
+def _unpickler_reason(message: str) -> str:
+    """The unpickler's own reason, without torch's advice (which suggests running the file's code)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("WeightsUnpickler error:"):
+            return line[len("WeightsUnpickler error:"):].strip()
+    keep = [line for line in lines if "weights_only" not in line and "arbitrary code" not in line]
+    return (keep[0] if keep else "unsupported content")[:200]
 
 
 def describe_state(model: CordsNet) -> dict[str, Any]:

@@ -41,8 +41,9 @@ from .config import (
     CordsNetConfig,
 )
 from . import validate
+from .decision import DEFAULT_MARGIN
 
-__all__ = ["AreaWiring", "CordsNet", "DriveTerms", "Protocol", "State", "Weights", "READOUTS",
+__all__ = ["AreaWiring", "CordsNet", "DriveTerms", "EarlyExit", "Protocol", "State", "Weights", "READOUTS",
            "SECOND_KINDS"]
 
 State = tuple[Tensor, ...]
@@ -93,6 +94,22 @@ class Protocol(NamedTuple):
     steps: int  # stimulus steps
     spontaneous_steps: int  # blank steps first (0: start from the zero state)
     alpha: float  # dt / tau
+
+
+class EarlyExit(NamedTuple):
+    """What :meth:`CordsNet.run_until` returns, per image.
+
+    Attributes:
+        logits: (B, K) at the image's stopping step.
+        steps: (B,) int64, stimulus steps it ran.
+        decided: (B,) bool: it stopped because it decided (:mod:`cordsnet.decision`).
+        converged: (B,) bool: it stopped because its state stopped changing (``tol``).
+    """
+
+    logits: Tensor
+    steps: Tensor
+    decided: Tensor
+    converged: Tensor
 
 
 class Weights(NamedTuple):
@@ -413,6 +430,90 @@ class CordsNet(nn.Module):
             return logits
         return logits, {a: torch.stack(rs) for a, rs in rates.items()}
 
+    def run_until(self, images: Tensor, threshold: float, max_steps: int | None = None, tol: float | None = None,
+                  *, margin: float = DEFAULT_MARGIN, spontaneous_steps: int | None = None,
+                  alpha: float | None = None) -> EarlyExit:
+        """Anytime inference: run each image only until it has decided (or converged, or max_steps).
+
+        The decision is :func:`cordsnet.decision.decide` (also what reaction times use): at step t the
+        top class has softmax probability >= `threshold` *and* the image has widened its lead over the
+        no-image baseline at step t by >= `margin`, so a blank image never stops early on a confident
+        resting answer. A batch keeps running only the images still undecided.
+
+        Args:
+            images: (B, C, S, S) shown at every step.
+            threshold: probability in (1/K, 1].
+            max_steps: the most stimulus steps (default ``config.steps``).
+            tol: also stop an image when its largest state change in one step is below `tol`
+                (converged; None: never).
+            margin: evidence in logits the image must add (see :mod:`cordsnet.decision`).
+            spontaneous_steps, alpha: as for :meth:`run`.
+
+        Returns:
+            :class:`EarlyExit`: logits (B, K) at each image's stopping step, steps (B,), decided (B,)
+            (False: stopped at max_steps or on convergence without deciding), converged (B,).
+        """
+        from .decision import check_threshold, decide
+
+        x = self.validate_images(images)
+        if x.dim() != 4:
+            raise ValueError(f"images: run_until expects (B, C, S, S) images shown at every step, got shape "
+                             f"{tuple(x.shape)}; for a sequence use run(..., readout='all') and "
+                             "cordsnet.decision.first_decisions")
+        protocol = self.resolve_protocol(max_steps, spontaneous_steps, alpha,
+                                         names=("max_steps", "spontaneous_steps", "alpha"))
+        threshold = check_threshold(threshold, self.num_classes)
+        margin = validate.number("margin", margin, low=0.0, low_open=True)
+        if tol is not None:
+            tol = validate.number("tol", tol, low=0.0, low_open=True)
+        weights = self.effective_weights()
+        batch = x.shape[0]
+        spont = self.cached_spontaneous_state(protocol.spontaneous_steps, protocol.alpha)
+        state: State = tuple(r.expand(batch, *r.shape[1:]) for r in spont)
+        terms = self.unchecked_drive_terms(weights, self.unchecked_drive(weights, x))
+        logits = torch.empty(batch, self.num_classes, device=self.device, dtype=self.dtype)
+        steps = torch.full((batch,), protocol.steps, dtype=torch.int64)
+        decided = torch.zeros(batch, dtype=torch.bool)
+        converged = torch.zeros(batch, dtype=torch.bool)
+        rows = torch.arange(batch)  # original indices of the running rows
+        run = self.unchecked_trajectory(weights, state, terms, protocol.steps, protocol.alpha)
+        rest = self.unchecked_trajectory(weights, spont, None, protocol.steps, protocol.alpha)  # the baseline
+        keep: Tensor | None = None
+        previous = state
+        with torch.no_grad():
+            for t in range(protocol.steps):
+                state = run.send(keep) if t else next(run)
+                base = self.unchecked_readout(weights, next(rest))[0]
+                out = self.unchecked_readout(weights, state)
+                if not bool(torch.isfinite(out).all()):
+                    raise ValueError(f"images: the logits became NaN or infinite at step {t + 1}; expected "
+                                     f"normalised pixels, got values up to {float(x.abs().max()):.3g}")
+                verdict = decide(out.detach().to("cpu", torch.float64).numpy(),
+                                 base.to("cpu", torch.float64).numpy(), threshold, margin)
+                done = torch.from_numpy(verdict.decided)
+                calm = torch.zeros_like(done)
+                if tol is not None:
+                    change = torch.stack([(a - b).abs().flatten(1).amax(1) for a, b in zip(state, previous)]).amax(0)
+                    calm = (change < tol).cpu()
+                stop = done | calm if t + 1 < protocol.steps else torch.ones_like(done)
+                if bool(stop.any()):
+                    ids = rows[stop]
+                    logits[ids.to(self.device)] = out[stop.to(out.device)]
+                    steps[ids] = t + 1
+                    decided[ids] = done[stop]
+                    converged[ids] = calm[stop]
+                keep_mask = ~stop
+                if not bool(keep_mask.any()):
+                    break
+                keep = torch.nonzero(keep_mask).flatten() if bool(stop.any()) else None
+                rows = rows[keep_mask]
+                previous = state if keep is None else tuple(r[keep.to(r.device)] for r in state)
+                if keep is not None:
+                    keep = keep.to(self.device)
+        run.close()
+        rest.close()
+        return EarlyExit(logits, steps, decided, converged)
+
     def forward(self, images: Tensor) -> Tensor:
         """``run(images)`` with the config's protocol: logits (B, classes)."""
         return self.run(images)
@@ -495,14 +596,25 @@ class CordsNet(nn.Module):
                 ``t -> DriveTerms | None`` (a sequence: frame t drives step t).
             steps: number of steps.
             alpha: dt / tau.
+
+        A consumer may ``send`` an index tensor of the rows to continue with (into the current
+        batch); later steps then run only those rows. Plain iteration sends nothing: every row runs.
         """
         source = drive if callable(drive) else None
         terms = None if callable(drive) else drive
+        rows: Tensor | None = None  # rows of the original batch still running (None: all)
         for t in range(steps):
             if source is not None:
                 terms = source(t)
+                if rows is not None and terms is not None:
+                    terms = DriveTerms(terms.skip[rows], terms.ff0[rows])
             state = self.unchecked_step(weights, state, terms, alpha)
-            yield tuple(state)
+            keep = yield tuple(state)
+            if keep is not None:  # the consumer sent the rows to continue (early exit); see run_until
+                state = tuple(r[keep] for r in state)
+                if source is None and terms is not None:
+                    terms = DriveTerms(terms.skip[keep], terms.ff0[keep])
+                rows = keep if rows is None else rows[keep]
 
     def _as_terms(self, weights: Weights, drive: DriveLike, batch: int) -> DriveTerms | None:
         if drive is None or isinstance(drive, DriveTerms):

@@ -1,4 +1,4 @@
-"""An independent, functional re-statement of the specification's §3, for parity tests.
+"""An independent, functional re-statement of §3 of docs/specification.md, for parity tests.
 
 Written straight from the raw state-dict tensors (published layout), in float64, with none of the
 package's code: weight norm is derived here, the drive is recomputed from the image, every area is

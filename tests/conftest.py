@@ -1,37 +1,14 @@
-"""Shared fixtures: state dicts of the published layout with non-trivial (non-zero bias) weights."""
+"""Shared fixtures. Builders live in ``tests/helpers.py`` (import them from there, not from this file)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from cordsnet.config import CordsNetConfig
 from cordsnet.model import CordsNet
+from helpers import make_images, make_published_state_dict
 
-
-def make_published_state_dict(depth: int = 2, num_classes: int = 10, in_channels: int = 3,
-                              image_size: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A random state dict with the exact published layout (§2), stable dynamics and non-zero biases.
-
-    Weight-norm magnitudes g are drawn so the recurrent dynamics stay bounded; every conv_bias is a
-    non-zero spatial map, so the spontaneous phase does real work.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    cfg = CordsNetConfig(depth=depth, num_classes=num_classes, in_channels=in_channels,
-                         image_size=image_size, dataset=None)
-    template = CordsNet(cfg).state_dict()
-    sd = {}
-    for key, t in template.items():
-        if key.endswith("original1"):  # v: direction
-            sd[key] = torch.randn(t.shape, generator=gen)
-        elif key.endswith("original0"):  # g: per-output-channel norm of the effective weight
-            scale = {"area_conv": 0.3, "out_fc": 0.9}.get(key.split(".")[0], 1.6)
-            sd[key] = (0.5 + 0.5 * torch.rand(t.shape, generator=gen)) * scale
-        elif key.startswith("conv_bias"):
-            sd[key] = 0.2 * torch.randn(t.shape, generator=gen) + 0.05
-        else:  # out_fc.bias
-            sd[key] = 0.1 * torch.randn(t.shape, generator=gen)
-    return sd
+__all__ = ["make_published_state_dict"]  # kept importable for modules not yet moved to helpers
 
 
 @pytest.fixture
@@ -40,20 +17,44 @@ def published_sd():
     return make_published_state_dict
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def small_model():
-    """A CordsNet-R2 on 32-px RGB images, 10 classes, loaded from a published-layout state dict."""
+    """A CordsNet-R2 on 32-px RGB images, 10 classes, from a published-layout state dict. Shared by the
+    whole session: tests must not change it (use helpers.published_model for a model of one's own)."""
     from cordsnet.checkpoint import load_checkpoint
 
     return load_checkpoint(make_published_state_dict(depth=2, num_classes=10, in_channels=3, image_size=32))
 
 
+@pytest.fixture(scope="session")
+def bundled_model():
+    """The bundled digits model (cordsnet/weights/digits_r4.safetensors), shared: tests must not change it."""
+    from cordsnet.checkpoint import load_checkpoint
+
+    return load_checkpoint(None)
+
+
 @pytest.fixture
 def images():
     """Factory: images(batch, channels, size, seed) -> (B, C, S, S) float32."""
-    def make(batch: int = 2, channels: int = 3, size: int = 32, seed: int = 1) -> torch.Tensor:
-        return torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
-    return make
+    return make_images
+
+
+@pytest.fixture
+def file_size_limit():
+    """limit(n): writes past n bytes fail with OSError (EFBIG), like a full disk; restored afterwards."""
+    resource = pytest.importorskip("resource")
+    import signal
+
+    before = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of the default kill
+
+    def limit(n: int) -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (n, before[1]))
+
+    yield limit
+    resource.setrlimit(resource.RLIMIT_FSIZE, before)
+    signal.signal(signal.SIGXFSZ, handler)
 
 
 # ---------------------------------------------------------------------------- exported graphs

@@ -222,24 +222,53 @@ def test_dynamics_jvp_matches_autograd(published_sd):
 # ------------------------------------------------------------------------------- reaction times
 def test_reaction_times_on_constructed_logits():
     big = 10.0
-    logits = torch.zeros(5, 3, 3)  # (steps, B, K); zeros = probability 1/3 each
+    logits = torch.zeros(5, 4, 3)  # (steps, B, K); zeros = probability 1/3 each, the baseline here
     logits[2:, 0, 1] = big  # trial 0: class 1 from step index 2 on
     logits[:, 1, 0] = 0.5  # trial 1: never confident
     logits[:, 2, 2] = big  # trial 2: class 2 from the first step
-    rt = reaction_times(logits, 0.9, alpha=0.2, tau_ms=10.0)
-    assert rt.steps.tolist() == [3, -1, 1]
-    assert rt.classes.tolist() == [1, -1, 2]
-    assert rt.final_classes.tolist() == [1, 0, 2]
-    np.testing.assert_allclose(rt.ms, [6.0, np.nan, 2.0])
-    assert rt.crossed.tolist() == [True, False, True]
+    baseline = torch.zeros(3)
+    rt = reaction_times(logits, 0.9, baseline=baseline, alpha=0.2, tau_ms=10.0)
+    assert rt.steps.tolist() == [3, -1, 1, -1]  # trial 3 is the baseline itself: never
+    assert rt.classes.tolist() == [1, -1, 2, -1]
+    assert rt.final_classes.tolist() == [1, 0, 2, 0]
+    np.testing.assert_allclose(rt.ms, [6.0, np.nan, 2.0, np.nan])
+    assert rt.crossed.tolist() == [True, False, True, False]
     assert rt.probabilities[0] == pytest.approx(math.exp(big) / (math.exp(big) + 2))
-    later = reaction_times(logits.numpy(), 0.9, alpha=0.1, tau_ms=20.0, onset=1)  # numpy in, onset
-    assert later.steps.tolist() == [2, -1, 1] and later.ms[0] == pytest.approx(4.0)
-    assert json.loads(json.dumps(rt.to_dict()))["ms"][1] is None
+    assert rt.evidence[0] == pytest.approx(big)  # lead of class 1 went from 0 to big
+    assert not rt.baseline_crosses and rt.baseline_probability == pytest.approx(1 / 3)
+    later = reaction_times(logits.numpy(), 0.9, baseline=np.zeros((5, 3)), alpha=0.1, tau_ms=20.0, onset=1)
+    assert later.steps.tolist() == [2, -1, 1, -1] and later.ms[0] == pytest.approx(4.0)
+    data = json.loads(json.dumps(rt.to_dict()))
+    assert data["ms"][1] is None and data["evidence"][1] is None and data["margin"] == 1.0
     with pytest.raises(ValueError, match="threshold"):
-        reaction_times(logits, 1.5)
+        reaction_times(logits, 1.5, baseline=baseline)
+    with pytest.raises(ValueError, match="threshold"):  # 1/K: every top class passes, no condition
+        reaction_times(logits, 1 / 3, baseline=baseline)
     with pytest.raises(ValueError, match="steps, B, K"):
-        reaction_times(logits[0], 0.5)
+        reaction_times(logits[0], 0.5, baseline=baseline)
+    with pytest.raises(ValueError, match="baseline"):
+        reaction_times(logits, 0.9, baseline=torch.zeros(4))
+    with pytest.raises(TypeError, match="baseline"):
+        reaction_times(logits, 0.9)  # no default: a reaction time needs the no-image baseline
+
+
+def test_a_confident_baseline_is_flagged_and_does_not_make_trials_react():
+    """The resting network outputs class 0 at p ~ 0.9999: a plain threshold would react at step 1."""
+    baseline = torch.tensor([10.0, 0.0, 0.0])
+    logits = baseline.repeat(6, 2, 1)  # (6, 2, 3): trial 0 stays at rest
+    logits[3:, 1] = torch.tensor([0.0, 12.0, 0.0])  # trial 1: class 1 from step index 3
+    with pytest.warns(UserWarning, match="already predicts class 0 at p = 1.000 >= threshold 0.9"):
+        rt = reaction_times(logits, 0.9, baseline=baseline)
+    assert rt.baseline_crosses and rt.baseline_class == 0
+    assert rt.steps.tolist() == [-1, 4] and rt.classes.tolist() == [-1, 1]
+    # The same class as the baseline is decided only once the image makes the model surer of it.
+    surer = baseline.repeat(4, 1, 1)
+    surer[2:, 0, 0] = 10.5  # lead +0.5: below the margin of 1
+    with pytest.warns(UserWarning, match="already predicts"):
+        assert reaction_times(surer, 0.9, baseline=baseline).steps.tolist() == [-1]
+    surer[3:, 0, 0] = 11.5  # lead +1.5
+    with pytest.warns(UserWarning, match="already predicts"):
+        assert reaction_times(surer, 0.9, baseline=baseline).steps.tolist() == [4]
 
 
 def test_measure_reaction_times_uses_the_run_logits(small_model, images):
@@ -247,12 +276,13 @@ def test_measure_reaction_times_uses_the_run_logits(small_model, images):
     rt = measure_reaction_times(small_model, x, 0.2, steps=6, spontaneous_steps=4)
     with torch.no_grad():
         logits = small_model.run(x, steps=6, spontaneous_steps=4, readout="all")
-    expected = reaction_times(logits, 0.2, alpha=small_model.config.alpha)
-    np.testing.assert_array_equal(rt.steps, expected.steps)
-    np.testing.assert_array_equal(rt.final_classes, logits[-1].argmax(-1).numpy())
+        base = small_model.run(torch.zeros(1, 3, 32, 32), steps=6, spontaneous_steps=4, readout="all")[:, 0]
+    expected = reaction_times(logits, 0.2, baseline=base, alpha=small_model.config.alpha)
+    assert rt.steps.tolist() == expected.steps.tolist() and rt.classes.tolist() == expected.classes.tolist()
+    blank = measure_reaction_times(small_model, torch.zeros(2, 3, 32, 32), 0.2, steps=6, spontaneous_steps=4)
+    assert blank.steps.tolist() == [-1, -1]  # the blank image is the baseline: never reacts
 
 
-# ------------------------------------------------------------------------------------ recording
 def test_recording_to_disk_equals_in_memory_recording(small_model, images, tmp_path):
     x = images(3)
     spont, steps = 5, 7
@@ -269,7 +299,8 @@ def test_recording_to_disk_equals_in_memory_recording(small_model, images, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rates_area0.npy", "rates_area1.npy"]  # no temp files
     np.testing.assert_allclose(rec.times_ms, (np.arange(steps) + 1) * 2.0)
 
-    # Chunked batches give the same numbers.
+    # Chunked batches give the same numbers. float32 on other batch shapes: a CPU's kernels may round
+    # differently, by ~1e-7 relative per step over these few steps; 1e-5 leaves 100x room on any machine.
     chunked = record_activity(small_model, x, 1, out=tmp_path / "chunk.npy", window=(spont, spont + steps),
                               steps=steps, spontaneous_steps=spont, batch_size=2)
     np.testing.assert_allclose(chunked.load(1), rates[1].numpy(), rtol=1e-5, atol=1e-6)
@@ -290,6 +321,7 @@ def test_recording_full_window_spatial_mean_float16(small_model, images, tmp_pat
             state = small_model.step(state, None)
             spont_means.append(state[1].mean(dim=(2, 3))[0].numpy())
         _, rates = small_model.run(x, steps=steps, spontaneous_steps=spont, record=[1])
+    # float16 storage: 2^-11 ~ 4.9e-4 relative precision, so 2e-3 is 4 half-precision ulps.
     for t in range(spont):
         np.testing.assert_allclose(data[t], np.broadcast_to(spont_means[t], (2, 64)), rtol=2e-3, atol=1e-3)
     np.testing.assert_allclose(data[spont:], rates[1].mean(dim=(3, 4)).numpy(), rtol=2e-3, atol=1e-3)
@@ -353,6 +385,7 @@ def test_protocol_drives_run_and_errors(small_model, images):
         static = small_model.run(x, steps=3, spontaneous_steps=2, readout="all")
     assert logits.shape == (5, 2, 10)
     # Blank frames = the model's blank: 2 blank + 3 stimulus frames == 2 spontaneous + 3 image steps.
+    # (float32, 5 steps, the drive computed per frame vs once: ~1e-7 relative rounding; 1e-5 leaves room.)
     torch.testing.assert_close(logits[2:], static, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="whole number"):
         protocol_segments([{"kind": "blank", "ms": 3}], alpha=0.2)

@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from conftest import make_published_state_dict
+from helpers import make_published_state_dict
 from cordsnet.checkpoint import (
     CheckpointError,
     infer_config,
@@ -136,7 +136,7 @@ def test_layout_errors_name_the_keys():
 
 def test_explicit_config_must_match_the_tensors():
     sd = make_published_state_dict(depth=2, image_size=32)
-    with pytest.raises(CheckpointError, match="conv_bias.0"):
+    with pytest.raises(CheckpointError, match=r"config contradicts .* image_size=64 \(the tensors say 32\)"):
         load_checkpoint(sd, config=CordsNetConfig(depth=2, num_classes=10, image_size=64))
 
 
@@ -147,23 +147,166 @@ def test_normalize_refuses_collisions():
         normalize_state_dict(both)
 
 
-def test_failed_save_keeps_the_existing_file(tmp_path, monkeypatch):
-    import safetensors.torch
-
+def test_failed_save_keeps_the_existing_file(tmp_path, file_size_limit):
     model = load_checkpoint(make_published_state_dict(depth=2))
     path = save_checkpoint(model, tmp_path / "m.safetensors")
     before = path.read_bytes()
-
-    def broken(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"partial")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(safetensors.torch, "save_file", broken)
-    with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(model, path)
+    file_size_limit(len(before) // 2)  # the write dies half-way
+    try:
+        with pytest.raises(OSError):
+            save_checkpoint(model, path)
+    finally:
+        file_size_limit(2**62)
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["m.safetensors"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_checkpoints_follow_the_umask_like_every_output(tmp_path, umask, mode):
+    """A checkpoint gets 0o666 & ~umask, as open() gives any new file (safetensors' own writer made 0600)."""
+    model = load_checkpoint(make_published_state_dict(depth=2))
+    old = os.umask(umask)
+    try:
+        path = save_checkpoint(model, tmp_path / "m.safetensors")
+        text = tmp_path / "reference.txt"
+        text.write_text("x")
+        replaced = save_checkpoint(model, path)  # replacing an existing checkpoint too
+    finally:
+        os.umask(old)
+    assert replaced.stat().st_mode & 0o777 == mode
+    assert text.stat().st_mode & 0o777 == mode  # what the umask gives an ordinary file
+
+
+# ------------------------------------------------------------------ hostile and corrupt files
+def _with_config(tmp_path, name: str, sd: dict, config_json: str):
+    """A safetensors file holding `sd` and a stored config of our choosing (as a hostile file would)."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / name
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path),
+              metadata={"format": "cordsnet", "format_version": "1", "config": config_json})
+    return path
+
+
+@pytest.mark.parametrize("claim", [
+    {"image_size": 8192},  # ~3.7 GB of state if it were built
+    {"image_size": 1_000_000_000},  # torch overflow if it were built
+    {"image_size": 64},  # plausible, but not what the tensors are
+    {"num_classes": 1000},
+    {"in_channels": 1},
+    {"depth": 4},
+])
+def test_stored_config_contradicting_the_tensors_is_refused_before_building(tmp_path, claim):
+    import json
+    import tracemalloc
+
+    sd = make_published_state_dict(depth=2, num_classes=10, in_channels=3, image_size=32)
+    config = dict(depth=2, num_classes=10, in_channels=3, image_size=32, dataset=None, **{})
+    config.update(claim)
+    path = _with_config(tmp_path, "lying.safetensors", sd, json.dumps(config))
+    key = next(iter(claim))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=f"{key}"):
+            load_checkpoint(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20  # nothing of the claimed size was allocated (the file holds ~1 MB of tensors)
+
+
+@pytest.mark.parametrize("key, value", [("spontaneous_steps", 1_000_000_000), ("steps", 10**12)])
+def test_stored_protocol_is_bounded(tmp_path, key, value):
+    """A file may not make `info` (spontaneous phase) or `export` (unrolled steps) run for hours."""
+    import json
+    import time
+
+    sd = make_published_state_dict(depth=2, num_classes=10, in_channels=3, image_size=32)
+    config = dict(depth=2, num_classes=10, in_channels=3, image_size=32, dataset=None, **{key: value})
+    path = _with_config(tmp_path, "long.safetensors", sd, json.dumps(config))
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=f"{key}.*10,?000"):
+        load_checkpoint(path)
+    assert time.perf_counter() - t0 < 30  # refused, not simulated
+    # The caller may still ask for a long protocol explicitly.
+    model = load_checkpoint(sd, config=CordsNetConfig(depth=2, num_classes=10, image_size=32, dataset=None,
+                                                      spontaneous_steps=5))
+    assert model.config.spontaneous_steps == 5
+
+
+def test_deeply_nested_config_json_is_one_clear_error(tmp_path):
+    sd = make_published_state_dict(depth=2)
+    path = _with_config(tmp_path, "nested.safetensors", sd, "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError, match="stored config") as info:
+        load_checkpoint(path)
+    assert "Recursion" not in str(info.value) or "nested" in str(info.value)
+
+
+def test_pth_renamed_safetensors_and_safetensors_renamed_pth(tmp_path):
+    """The content decides the reader, never the suffix; the metadata readers refuse a .pth cleanly."""
+    from cordsnet.checkpoint import read_extra_tensors
+
+    sd = make_published_state_dict(depth=2)
+    reference = _logits(load_checkpoint(sd))
+    pth = tmp_path / "really_a_pth.safetensors"
+    torch.save(sd, pth)
+    assert torch.equal(_logits(load_checkpoint(pth)), reference)
+    for reader in (read_metadata, read_extra_tensors):
+        with pytest.raises(CheckpointError, match="not in the cordsnet safetensors format"):
+            reader(pth)
+    own = save_checkpoint(load_checkpoint(sd), tmp_path / "own.safetensors")
+    renamed = tmp_path / "really_safetensors.pth"
+    renamed.write_bytes(own.read_bytes())
+    assert torch.equal(_logits(load_checkpoint(renamed)), reference)
+
+
+@pytest.mark.parametrize("head", [b"\x80\x02", b"\x80\x04", b"PK\x03\x04", b"\x08" + b"\x00" * 7 + b"{", b""])
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors", ".bin"])
+def test_random_bytes_are_one_clear_error_that_never_suggests_running_code(tmp_path, head, suffix):
+    import numpy as np
+
+    path = tmp_path / f"random{suffix}"
+    path.write_bytes(head + np.random.default_rng(len(head)).bytes(4096))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert message.startswith("checkpoint:") and "\n" not in message
+    assert "weights_only" not in message and "arbitrary code" not in message
+    assert "objects other than tensors" not in message  # random bytes are corrupt, not hostile
+
+
+def test_hostile_pickle_message_never_suggests_running_code(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "hostile.pth"
+    torch.save({"x": _Hostile(str(marker))}, path)
+    with pytest.raises(CheckpointError, match="objects other than tensors") as info:
+        load_checkpoint(path)
+    assert "weights_only=False" not in str(info.value) and "weights_only` set to `False" not in str(info.value)
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------ presets
+@pytest.mark.parametrize("classes, channels, preset, ok", [
+    (10, 3, "imagenet", False),  # 1000-class names on a 10-class head
+    (10, 3, "mnist", False),  # 1-channel normalisation on an RGB model
+    (10, 1, "cifar10", False),
+    (1000, 3, "imagenet", True),
+    (10, 3, "cifar10", True),
+    (10, 1, "mnist", True),
+    (10, 1, "digits", True),
+])
+def test_a_preset_must_fit_the_checkpoint(tmp_path, classes, channels, preset, ok):
+    sd = make_published_state_dict(depth=2, num_classes=classes, in_channels=channels, image_size=32)
+    path = tmp_path / "m.pth"
+    torch.save(sd, path)
+    for source in (sd, path):
+        if ok:
+            assert load_checkpoint(source, dataset=preset).config.dataset == preset
+        else:
+            with pytest.raises(CheckpointError, match=f"dataset: the '{preset}' preset is for"):
+                load_checkpoint(source, dataset=preset)
+    with pytest.raises(ValueError, match="dataset"):
+        load_checkpoint(sd, dataset="no-such-preset")
 
 
 def test_bundled_default_is_named_when_missing_or_loads():

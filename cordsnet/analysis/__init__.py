@@ -1,10 +1,11 @@
-"""Analysis and neuroscience outputs for CordsNet (specification §3 and §6).
+"""Analysis and neuroscience outputs for CordsNet (docs/specification.md §3 and §6).
 
 * Spectra (:mod:`cordsnet.analysis.spectra`): a convolution as a dense matrix, Arnoldi eigenvalues of
   large linear operators (recurrent convolutions, the Jacobian of the dynamics), the top eigenvector
   by batched power iteration, spectral radii.
-* Reaction times (:mod:`cordsnet.analysis.reaction`): first threshold crossing of the top-class
-  probability, in steps and milliseconds.
+* Reaction times (:mod:`cordsnet.analysis.reaction`): the first step at which a trial has decided
+  (confident, with evidence from the image relative to the no-image baseline; the criterion of
+  :mod:`cordsnet.decision`), in steps and milliseconds.
 * Activity recording (:mod:`cordsnet.analysis.recording`): chosen areas, a step window, optional
   spatial averaging and float16, streamed step by step into ``.npy`` memory maps.
 * Stimulus protocols (:mod:`cordsnet.analysis.protocols`): blank / stimulus / blank sequences with
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from .images import load_images
 from .protocols import SEGMENT_KINDS, Segment, build_stimulus, parse_protocol, protocol_segments
-from .reaction import ReactionTimes, measure_reaction_times, reaction_times
+from .reaction import ReactionTimes, baseline_logits, measure_reaction_times, reaction_times
 from .recording import RECORD_DTYPES, Recording, record_activity
 from .spectra import (
     EIGEN_METHODS,
@@ -47,6 +48,7 @@ __all__ = [
     "Spectrum",
     "arnoldi",
     "arnoldi_eigenvalues",
+    "baseline_logits",
     "build_stimulus",
     "conv_to_matrix",
     "dynamics_operator",

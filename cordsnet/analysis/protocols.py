@@ -26,12 +26,13 @@ spontaneous (blank) phase still runs first unless ``spontaneous_steps=0``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch
 from torch import Tensor
+
+from .. import validate
 
 __all__ = ["SEGMENT_KINDS", "Segment", "build_stimulus", "parse_protocol", "protocol_segments", "TAU_MS"]
 
@@ -109,13 +110,8 @@ def _steps_of(spec: Mapping[str, Any], dt_ms: float, where: str) -> int:
     if has_ms == has_steps:
         raise ValueError(f"protocol{where}: expected exactly one of 'ms' or 'steps', got keys {sorted(spec)}")
     if has_steps:
-        steps = spec["steps"]
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"protocol{where}: steps: expected a positive int, got {steps!r}")
-        return steps
-    ms = spec["ms"]
-    if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not ms > 0:
-        raise ValueError(f"protocol{where}: ms: expected a positive number, got {ms!r}")
+        return validate.positive_int(f"protocol{where}: steps", spec["steps"])
+    ms = validate.number(f"protocol{where}: ms", spec["ms"], low=0.0, low_open=True)
     ratio = float(ms) / dt_ms
     steps = round(ratio)
     if steps < 1 or abs(ratio - steps) > 1e-6 * max(1.0, ratio):
@@ -141,11 +137,7 @@ def protocol_segments(protocol: Sequence[SegmentSpec] | str, *, alpha: float = 0
         protocol = parse_protocol(protocol)
     if isinstance(protocol, Mapping) or not isinstance(protocol, Sequence) or not protocol:
         raise ValueError(f"protocol: expected a non-empty list of segments, got {protocol!r}")
-    if not 0 < float(alpha) <= 1:
-        raise ValueError(f"alpha: expected a float in (0, 1], got {alpha!r}")
-    if not float(tau_ms) > 0:
-        raise ValueError(f"tau_ms: expected a positive number, got {tau_ms!r}")
-    dt_ms = float(alpha) * float(tau_ms)
+    dt_ms = validate.fraction("alpha", alpha) * validate.number("tau_ms", tau_ms, low=0.0, low_open=True)
     out: list[Segment] = []
     start = 0
     for idx, spec in enumerate(protocol):
@@ -163,11 +155,8 @@ def protocol_segments(protocol: Sequence[SegmentSpec] | str, *, alpha: float = 0
         steps = _steps_of(spec, dt_ms, where)
         contrast = spec.get("contrast", kind.default_contrast)
         noise = spec.get("noise", 0.0)
-        for name, value in (("contrast", contrast), ("noise", noise)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"protocol{where}: {name}: expected a finite number, got {value!r}")
-        if noise < 0:
-            raise ValueError(f"protocol{where}: noise: expected a standard deviation >= 0, got {noise!r}")
+        contrast = validate.number(f"protocol{where}: contrast", contrast)
+        noise = validate.number(f"protocol{where}: noise", noise, low=0.0)  # a standard deviation
         frozen = spec.get("frozen", False)
         if not isinstance(frozen, bool):
             raise ValueError(f"protocol{where}: frozen: expected true or false, got {frozen!r}")

@@ -1,4 +1,4 @@
-"""Spectra of linear operators: recurrent convolutions and the linearised dynamics (specification §6).
+"""Spectra of linear operators: recurrent convolutions and the linearised dynamics (docs/specification.md §6).
 
 * :func:`conv_to_matrix` applies an operator to every basis vector of its input (in batches): the
   dense matrix, for exact eigenvalues of small layers.
@@ -36,12 +36,15 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, NamedTuple, Sequence, Union
 
 import numpy as np
 import torch
 import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .. import validate
 
 __all__ = [
     "DEFAULT_KRYLOV_DIM",
@@ -60,7 +63,7 @@ __all__ = [
 ]
 
 _DGKS = 1 / math.sqrt(2)  # Daniel-Gragg-Kaufman-Stewart criterion for a second Gram-Schmidt pass
-DEFAULT_KRYLOV_DIM = 300  # "a few hundred Krylov vectors" (§6), capped by the dimension
+DEFAULT_KRYLOV_DIM = 300  # "a few hundred Krylov vectors" (docs/specification.md §6), capped by the dimension
 Operator = Union[nn.Module, Callable[[Tensor], Tensor]]
 _MatVec = Callable[[Tensor], Tensor]  # (b, n) -> (b, n), flat rows
 
@@ -115,7 +118,7 @@ class Spectrum:
         }
 
 
-class PowerIterationResult(tuple):
+class PowerIterationResult(NamedTuple):
     """``(vector, eigenvalue, residual, iterations, agreement)`` from :func:`top_eigenvector`.
 
     Attributes:
@@ -126,17 +129,11 @@ class PowerIterationResult(tuple):
         agreement: min over starts of ``|<x_i, v>|``: 1 when every start found the same direction.
     """
 
-    __slots__ = ()
-
-    def __new__(cls, vector: Tensor, eigenvalue: float, residual: float, iterations: int,
-                agreement: float) -> "PowerIterationResult":
-        return super().__new__(cls, (vector, eigenvalue, residual, iterations, agreement))
-
-    vector = property(lambda self: self[0])
-    eigenvalue = property(lambda self: self[1])
-    residual = property(lambda self: self[2])
-    iterations = property(lambda self: self[3])
-    agreement = property(lambda self: self[4])
+    vector: Tensor
+    eigenvalue: float
+    residual: float
+    iterations: int
+    agreement: float
 
     def __repr__(self) -> str:
         return (f"PowerIterationResult(eigenvalue={self.eigenvalue:.6g}, residual={self.residual:.3g}, "
@@ -144,16 +141,11 @@ class PowerIterationResult(tuple):
 
 
 # ----------------------------------------------------------------------------- operator helpers
-def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
-    if isinstance(shape, int):
-        shape = (shape,)
-    try:
-        out = tuple(int(s) for s in shape)
-    except TypeError:
-        raise TypeError(f"shape: expected a tuple of positive ints such as (c, H, W), got {shape!r}") from None
-    if not out or any(s <= 0 for s in out) or any(isinstance(s, bool) for s in shape):
+def _check_shape(shape: Sequence[int] | int) -> tuple[int, ...]:
+    items = (shape,) if isinstance(shape, int) and not isinstance(shape, bool) else shape
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or not items:
         raise ValueError(f"shape: expected a non-empty tuple of positive ints such as (c, H, W), got {shape!r}")
-    return out
+    return tuple(validate.positive_int(f"shape[{i}]", s) for i, s in enumerate(items))
 
 
 def _operator_device(operator: Operator, device: torch.device | str | None) -> torch.device:
@@ -170,8 +162,12 @@ def _tensor_fn(operator: Operator, dtype: torch.dtype, device: torch.device) -> 
         with torch.no_grad():
             weight = operator.weight.detach().to(device=device, dtype=dtype)  # effective (weight-norm) weight
 
-        def conv(x: Tensor) -> Tensor:
-            return operator._conv_forward(x, weight, None)  # the module's stride/padding/mode, no bias
+        if operator.padding_mode != "zeros":
+            raise ValueError(f"operator: expected a convolution with zero padding, got padding_mode "
+                             f"{operator.padding_mode!r}")
+
+        def conv(x: Tensor) -> Tensor:  # the module's stride / padding / dilation / groups, no bias
+            return F.conv2d(x, weight, None, operator.stride, operator.padding, operator.dilation, operator.groups)
 
         return conv
     if isinstance(operator, nn.Module) or callable(operator):
@@ -211,16 +207,7 @@ def _flat_matvec(operator: Operator, shape: tuple[int, ...], dtype: torch.dtype,
     return matvec, (n if square else n_out)
 
 
-def _check_positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return value
-
-
-def _check_dtype(dtype: Any) -> torch.dtype:
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype: expected torch.float32 or torch.float64, got {dtype!r}")
-    return dtype
+_DTYPES = (torch.float32, torch.float64)
 
 
 # ------------------------------------------------------------------------------- dense matrix
@@ -246,8 +233,8 @@ def conv_to_matrix(conv: Operator, input_shape: Sequence[int], *, batch_size: in
         (n_out, n_in) float64 numpy array, n_in = c * H * W.
     """
     shape = _check_shape(input_shape)
-    _check_positive("batch_size", batch_size)
-    dtype = _check_dtype(dtype)
+    validate.positive_int("batch_size", batch_size)
+    dtype = validate.choice("dtype", dtype, _DTYPES)
     dev = _operator_device(conv, device)
     matvec, n_out = _flat_matvec(conv, shape, dtype, dev, square=False)
     n_in = math.prod(shape)
@@ -269,10 +256,10 @@ def _arnoldi_matvec(matvec: _MatVec, n: int, k: int, *, krylov_dim: int | None, 
                     shape: tuple[int, ...], name: str, v0: Tensor | None = None) -> Spectrum:
     """Arnoldi on a flat matvec; see :func:`arnoldi`."""
     t0 = time.perf_counter()
-    _check_positive("k", k)
+    validate.positive_int("k", k)
     if k > n:
         raise ValueError(f"k: expected at most the operator's dimension {n}, got {k}")
-    m = min(DEFAULT_KRYLOV_DIM if krylov_dim is None else _check_positive("krylov_dim", krylov_dim), n)
+    m = min(DEFAULT_KRYLOV_DIM if krylov_dim is None else validate.positive_int("krylov_dim", krylov_dim), n)
     if m < k:
         raise ValueError(f"krylov_dim: expected at least k={k} Krylov vectors, got {m}")
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -350,10 +337,10 @@ def _arpack_matvec(matvec: _MatVec, n: int, k: int, *, krylov_dim: int | None, s
     except ImportError:  # scipy comes with scikit-learn, a dependency; guard anyway
         raise ValueError("method: 'arpack' needs scipy (pip install scipy)") from None
     t0 = time.perf_counter()
-    _check_positive("k", k)
+    validate.positive_int("k", k)
     if k >= n - 1:
         raise ValueError(f"k: method 'arpack' needs k < n - 1 = {n - 1}, got {k}; use method='arnoldi'")
-    ncv = min(n, max(2 * k + 1, 100 if krylov_dim is None else _check_positive("krylov_dim", krylov_dim)))
+    ncv = min(n, max(2 * k + 1, 100 if krylov_dim is None else validate.positive_int("krylov_dim", krylov_dim)))
     calls = 0
 
     def apply(v: np.ndarray) -> np.ndarray:
@@ -429,7 +416,7 @@ def arnoldi(operator: Operator, shape: Sequence[int], k: int = 20, *, krylov_dim
     """
     solver = _method(method)
     shape = _check_shape(shape)
-    dtype = _check_dtype(dtype)
+    dtype = validate.choice("dtype", dtype, _DTYPES)
     dev = _operator_device(operator, device)
     matvec, n = _flat_matvec(operator, shape, dtype, dev)
     return solver(matvec, n, k, krylov_dim=krylov_dim, seed=seed, dtype=dtype, device=dev,
@@ -476,11 +463,10 @@ def top_eigenvector(operator: Operator, shape: Sequence[int], *, starts: int = 3
         agreement).
     """
     shape = _check_shape(shape)
-    dtype = _check_dtype(dtype)
-    _check_positive("starts", starts)
-    _check_positive("iterations", iterations)
-    if not tol > 0:
-        raise ValueError(f"tol: expected a positive float, got {tol!r}")
+    dtype = validate.choice("dtype", dtype, _DTYPES)
+    validate.positive_int("starts", starts)
+    validate.positive_int("iterations", iterations)
+    validate.number("tol", tol, low=0.0, low_open=True)
     dev = _operator_device(operator, device)
     matvec, n = _flat_matvec(operator, shape, dtype, dev)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -522,10 +508,8 @@ def _check_model(model: Any) -> Any:
 
 
 def _check_area(model: Any, area: Any) -> int:
-    if isinstance(area, bool) or not isinstance(area, int) or not 0 <= area < model.depth:
-        raise ValueError(f"area: expected an area index in 0..{model.depth - 1} or one of "
-                         f"{sorted(SPECTRUM_TARGETS)}, got {area!r}")
-    return area
+    return validate.integer("area", area, min=0, max=model.depth - 1,
+                            why=f"or use one of {sorted(SPECTRUM_TARGETS)} for the whole dynamics")
 
 
 def recurrent_spectrum(model: Any, area: int, k: int = 20, **kwargs: Any) -> Spectrum:
@@ -566,7 +550,7 @@ def dynamics_operator(model: Any, *, state: Sequence[Tensor] | None = None, alph
         ``fixed_point_residual`` = ``||F(r) - r|| / ||r||`` at the state (0 at a true fixed point).
     """
     model = _check_model(model)
-    dtype = _check_dtype(dtype)
+    dtype = validate.choice("dtype", dtype, _DTYPES)
     alpha = model.resolve_protocol(alpha=alpha).alpha
     ref = next(model.parameters())
     net = model if ref.dtype == dtype else copy.deepcopy(model).to(dtype)
@@ -651,8 +635,6 @@ def spectral_radius(model: Any, area: int | str = "dynamics", *, k: int = 2, **k
     """
     model = _check_model(model)
     if isinstance(area, str):
-        if area not in SPECTRUM_TARGETS:
-            raise ValueError(f"area: expected an area index in 0..{model.depth - 1} or one of "
-                             f"{sorted(SPECTRUM_TARGETS)}, got {area!r}")
+        validate.choice("area", area, SPECTRUM_TARGETS)
         return SPECTRUM_TARGETS[area](model, k, **kwargs).radius
     return recurrent_spectrum(model, area, k, **kwargs).radius

@@ -1,4 +1,4 @@
-"""The feedforward forward modes of a :class:`~cordsnet.model.CordsNet` (specification §4.1-§4.2).
+"""The feedforward forward modes of a :class:`~cordsnet.model.CordsNet` (docs/specification.md §4.1-§4.2).
 
 The compatibility CNN and the folded CNN are not new model classes: they are forward passes over the
 model's own convolution modules. What they need besides the model lives in small trainer-side
@@ -39,7 +39,7 @@ BN_EPS = 1e-5
 
 
 class BatchNormSet(nn.Module):
-    """The BatchNorm layers of the compatibility CNN of a model (§4.1).
+    """The BatchNorm layers of the compatibility CNN of a model (docs/specification.md §4.1).
 
     Attributes:
         inp: after ``inp_conv`` (64 channels), before the avgpool.
@@ -122,7 +122,7 @@ def _feedforward_input(model: CordsNet, W: Weights, i: int, xs: list[Tensor], in
 
 
 def compat_forward(model: CordsNet, bn: BatchNormSet, images: Tensor) -> Tensor:
-    """The compatibility CNN of §4.1: every convolution followed by its BatchNorm.
+    """The compatibility CNN of docs/specification.md §4.1: every convolution followed by its BatchNorm.
 
     Args:
         model: supplies every convolution (weight-normalised) and ``out_fc``; ``conv_bias`` is unused.
@@ -224,7 +224,7 @@ def fold_batchnorm(model: CordsNet, bn: BatchNormSet) -> FoldedCNN:
 
 # --------------------------------------------------------------------------------- folded CNN
 def folded_activity(model: CordsNet, folded: FoldedCNN, images: Tensor) -> CNNActivity:
-    """The folded CNN of §4.2: ``x_i = relu(rec_i(area_area_i(h_i) + area_bias_i) + rec_bias_i)``.
+    """The folded CNN of docs/specification.md §4.2: ``x_i = relu(rec_i(area_area_i(h_i) + area_bias_i) + rec_bias_i)``.
 
     The feedforward convolutions are the model's; the recurrent ones are the frozen CNN copies in
     `folded` (so the folded CNN stays the inverse stage's fixed target while the RNN's

@@ -1,4 +1,4 @@
-"""Loss terms and schedules of the staged training (specification §4.3-§4.6)."""
+"""Loss terms and schedules of the staged training (docs/specification.md §4.3-§4.6)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .. import validate
 
 __all__ = [
     "anneal_slope",
@@ -48,7 +50,7 @@ def time_weighted_ce(logits: Tensor, target: Tensor, weights: Tensor | None = No
 
 
 def spontaneous_penalty(states: Sequence[Sequence[Tensor]], spontaneous: Sequence[Tensor]) -> Tensor:
-    """The spontaneous-stability penalty of §4.5.
+    """The spontaneous-stability penalty of docs/specification.md §4.5.
 
     The mean squared distance of every area's rates from its pre-stimulus spontaneous state, summed
     over the given (late, post-stimulus blank) steps and the areas, divided by ``steps * depth``.
@@ -82,7 +84,7 @@ def contraction_penalty(weight: Tensor, drive: Tensor, power: int = 3) -> Tensor
 
 def inverse_loss(weight: Tensor, bias: Tensor, ff: Tensor, target: Tensor, *, iterations: int = 3,
                  contraction: float = 10.0) -> tuple[Tensor, Tensor]:
-    """The inverse-initialisation loss of one area (§4.3).
+    """The inverse-initialisation loss of one area (docs/specification.md §4.3).
 
     The steady state of the linear recurrence ``r = W r + b + u`` is approximated by `iterations`
     fixed-point iterations from ``r = b + u`` and compared with the CNN's pre-activation.
@@ -108,6 +110,5 @@ def inverse_loss(weight: Tensor, bias: Tensor, ff: Tensor, target: Tensor, *, it
 
 def anneal_slope(epoch: int, *, start: float = 0.95, decrement: float = 0.05) -> float:
     """The PReLU slope of annealing epoch `epoch` (0-based): ``max(0, start - decrement * epoch)``."""
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise ValueError(f"epoch: expected an int >= 0, got {epoch!r}")
+    validate.integer("epoch", epoch, min=0)
     return max(0.0, start - decrement * epoch)

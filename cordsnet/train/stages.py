@@ -1,4 +1,4 @@
-"""The training stages as data (specification §4): one :class:`StageSpec` per stage, one registry.
+"""The training stages as data (docs/specification.md §4): one :class:`StageSpec` per stage, one registry.
 
 A stage says which forward wiring it uses (``kind``), which parameters train, which loss terms are
 on, the optimiser and its schedule, the update nonlinearity's slope, how it is evaluated and for how
@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from .. import validate
 from .losses import anneal_slope
 
 __all__ = [
@@ -95,24 +96,18 @@ class StageSpec:
     eval_every: int = 1
 
     def __post_init__(self) -> None:
+        where = f"stage {self.name!r}: "
         for name, value, valid in (("kind", self.kind, KINDS), ("trainable", self.trainable, TRAINABLE),
                                    ("optimizer", self.optimizer, OPTIMIZERS),
                                    ("schedule", self.schedule, SCHEDULES), ("slope", self.slope, SLOPES),
                                    ("eval", self.eval, EVALS)):
-            if value not in valid:
-                raise ValueError(f"stage {self.name!r}: {name} expected one of {list(valid)}, got {value!r}")
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
-            raise ValueError(f"stage {self.name!r}: epochs expected an int >= 0, got {self.epochs!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"stage {self.name!r}: lr expected a positive float, got {self.lr!r}")
-        for name in ("batches",):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"stage {self.name!r}: {name} expected a positive int or None, got {v!r}")
-        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 0:
-            raise ValueError(f"stage {self.name!r}: eval_every expected an int >= 0, got {self.eval_every!r}")
-        if self.clip is not None and not self.clip > 0:
-            raise ValueError(f"stage {self.name!r}: clip expected a positive float or None, got {self.clip!r}")
+            validate.choice(where + name, value, valid)
+        validate.integer(where + "epochs", self.epochs, min=0)
+        validate.number(where + "lr", self.lr, low=0, low_open=True)
+        validate.optional_integer(where + "batches", self.batches, 1, min=1)
+        validate.integer(where + "eval_every", self.eval_every, min=0)
+        if self.clip is not None:
+            validate.number(where + "clip", self.clip, low=0, low_open=True)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

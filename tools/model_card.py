@@ -1,9 +1,14 @@
-"""Held-out evaluation on scikit-learn's digits and the bundled model's card.
+"""Maintainer script: the facts of the bundled model's card, from a finished digits training run.
 
-``python -m cordsnet.train.model_card RUN_DIR`` evaluates a finished digits run (the directory a
-``cordsnet-cli train --dataset digits`` wrote) on the held-out split under the published protocol,
-measures the held-out accuracy of every stage's checkpoint, draws the time-resolved accuracy curve and,
-with ``--bundle``, writes the bundled model (``cordsnet/weights/``) and its card.
+``python tools/model_card.py RUN_DIR [RUN_DIR ...]`` (from a source checkout) evaluates a finished digits
+run (the directory a ``cordsnet-cli train --dataset digits`` wrote) on the held-out split under the
+published protocol, measures the held-out accuracy of every stage's checkpoint, draws the time-resolved
+accuracy curve (``--png``) and prints the facts as JSON (``--json`` also writes them to a file). With
+``--bundle DIR`` it also writes the final model as ``DIR/digits_r4.safetensors`` with its provenance in
+the metadata. The card itself (``docs/model_card.md``, ``cordsnet/weights/MODEL_CARD.md``) is written by
+hand from these facts.
+
+This is not part of the installed package: it writes into a source tree.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._io import atomic_path
-from ..checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, read_extra_tensors, read_metadata, save_checkpoint
-from ..data import digits_split, digits_to_tensor
-from ..model import CordsNet
+from cordsnet._io import atomic_path
+from cordsnet.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, read_extra_tensors, read_metadata, save_checkpoint
+from cordsnet.data import digits_split, digits_to_tensor
+from cordsnet.model import CordsNet
+from cordsnet.train import BatchNormSet, EVALUATORS, FoldedCNN, StageContext, parse_train_state, unpack_extras
+from cordsnet.train.forwards import Protocol
 
 __all__ = ["heldout_accuracy", "heldout_data", "stage_heldout_accuracy", "time_resolved_accuracy"]
 
@@ -53,29 +60,28 @@ def heldout_accuracy(model: CordsNet, **protocol: Any) -> float:
 
 
 @torch.no_grad()
-def stage_heldout_accuracy(path: Path, *, steps: int = 100, spontaneous_steps: int = 100, alpha: float = 0.2) -> float:
-    """Held-out accuracy of one stage checkpoint, evaluated the way that stage is (CNN, linear RNN, RNN)."""
-    from .cnn import BatchNormSet, FoldedCNN, compat_forward, folded_forward
-
+def stage_heldout_accuracy(path: Path, *, steps: int = 100, spontaneous_steps: int = 100, alpha: float = 0.2,
+                           batch: int = 120) -> float:
+    """Held-out accuracy of one stage checkpoint, evaluated the way the trainer evaluates that stage
+    (:data:`cordsnet.train.EVALUATORS`: compat CNN, folded CNN, linear RNN or RNN)."""
     meta = read_metadata(path)
     spec = json.loads(meta["train.stage_spec"])
-    state = json.loads(meta["train.state"])
     model = load_checkpoint(path)
-    model.update_slope = float(state["update_slope"])
-    extra = read_extra_tensors(path)
-    images, labels = heldout_data(model.config.image_size)
-    if spec["eval"] == "compat":
-        bn = BatchNormSet(model)
-        bn.load_state_dict({k[3:]: v for k, v in extra.items() if k.startswith("bn.")})
-        logits = compat_forward(model, bn.eval(), images)
-    elif spec["eval"] == "folded":
+    model.update_slope = parse_train_state(meta, str(path)).update_slope
+    extras = unpack_extras(read_extra_tensors(path))
+    bn = BatchNormSet(model)
+    if extras.bn:
+        bn.load_state_dict(extras.bn)
+    folded = None
+    if extras.folded:
         folded = FoldedCNN(model)
-        folded.load_state_dict({k[7:]: v for k, v in extra.items() if k.startswith("folded.")})
-        logits = folded_forward(model, folded, images)
-    else:
-        spont = 0 if spec["eval"] == "linear" else spontaneous_steps
-        logits = torch.cat([model.run(images[i:i + 120], steps=steps, spontaneous_steps=spont, alpha=alpha)
-                            for i in range(0, len(labels), 120)])
+        folded.load_state_dict(extras.folded)
+    protocol = Protocol(steps=steps, spontaneous_steps=spontaneous_steps, alpha=alpha, recovery_steps=0,
+                        penalty_window=0, ce_window=1)
+    ctx = StageContext(model, bn.eval(), folded, protocol)
+    evaluate = EVALUATORS[spec["eval"]]
+    images, labels = heldout_data(model.config.image_size)
+    logits = torch.cat([evaluate(ctx, images[i:i + batch]) for i in range(0, len(labels), batch)])
     return float((logits.argmax(1) == labels).float().mean())
 
 

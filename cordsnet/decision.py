@@ -1,0 +1,183 @@
+"""When has the network decided? One criterion, torch-free, for reaction times and early exit.
+
+A CordsNet's answer forms over time, but its readout is never silent: at rest (no image, after the
+spontaneous phase) a trained model already outputs a confident class. The bundled digits model
+outputs class 8 at p = 0.998 with no image at all, so "the first step at which the top-class
+probability reaches a threshold" is step 1 for every image and measures nothing. The criterion here
+asks for two things at step t, given the logits ``z_t`` and the logits ``b_t`` of the no-image
+baseline (the same protocol with a blank image, i.e. zero drive) at the same step:
+
+1. **Confidence**: the top class ``c = argmax z_t`` has softmax probability ``p_t >= threshold``.
+2. **Evidence from the image** for that class: the image has widened c's lead over its strongest
+   rival by at least ``margin`` compared with where the resting network has it::
+
+       lead(x)[c]     = x[c] - max_{k != c} x[k]          (log-odds of c against its best rival)
+       evidence_t(c)  = lead(z_t)[c] - lead(b_t)[c]  >=  margin
+
+   i.e. the image multiplied the odds of c against its best rival by at least ``exp(margin)``
+   compared with no image. Adding a constant to every logit changes neither term.
+
+The decision is made at the first step where both hold (an online rule: it needs only the past, so
+the runtime's early exit and :meth:`cordsnet.model.CordsNet.run_until` use it as it is). A blank
+image never decides: its logits *are* the baseline, so its evidence is exactly 0 < margin. The cost:
+a class the resting network already reports (8 for the bundled model) is decided only when the image
+makes the network surer of it than it is at rest; an image the model reads exactly as its resting
+answer does not "react".
+
+Arrays are numpy; ``logits`` are (T, B, K) over steps (or (B, K) for one step), the baseline (K,)
+(a constant baseline) or (T, K) (its own trajectory, e.g. when the spontaneous phase has not fully
+settled). See docs/analysis.md ("Reaction times") for the measured distribution on the bundled model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import validate
+
+__all__ = ["DEFAULT_MARGIN", "Decisions", "StepDecision", "baseline_confidence", "check_threshold", "decide",
+           "evidence", "first_decisions"]
+
+DEFAULT_MARGIN = 1.0  # logits: the image raised the odds of its class against its best rival by e (2.7x)
+
+
+class StepDecision(NamedTuple):
+    """The criterion at one step, per image (all (B,)).
+
+    Attributes:
+        decided: both conditions hold.
+        classes: the top class.
+        probabilities: its softmax probability.
+        evidence: the image's evidence for it (logits, relative to the baseline).
+    """
+
+    decided: np.ndarray
+    classes: np.ndarray
+    probabilities: np.ndarray
+    evidence: np.ndarray
+
+
+class Decisions(NamedTuple):
+    """The first decision of each trial over a trajectory (all (B,)).
+
+    Attributes:
+        steps: 1-based step of the decision (1: the logits after the first step); -1 if never.
+        classes: the class decided; -1 if never.
+        probabilities: its softmax probability at that step; NaN if never.
+        evidence: its evidence at that step; NaN if never.
+    """
+
+    steps: np.ndarray
+    classes: np.ndarray
+    probabilities: np.ndarray
+    evidence: np.ndarray
+
+
+def check_threshold(threshold: Any, num_classes: int) -> float:
+    """A probability threshold that means something for K classes: in (1/K, 1].
+
+    (The top class of K always has p >= 1/K, so a lower threshold would be no condition.)
+    """
+    value = validate.number("threshold", threshold, low=1.0 / num_classes, high=1.0, low_open=True)
+    return value
+
+
+def _as_logits(name: str, a: Any, ranks: tuple[int, ...]) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.ndim not in ranks or not np.issubdtype(arr.dtype, np.floating) or arr.shape[-1] < 2:
+        expected = " or ".join({1: "(K,)", 2: "(B, K) / (T, K)", 3: "(T, B, K)"}[r] for r in ranks)
+        raise ValueError(f"{name}: expected floating-point logits {expected} with K >= 2 classes, got "
+                         f"{arr.dtype} of shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name}: expected finite logits, got NaN or infinity")
+    return arr.astype(np.float64, copy=False)
+
+
+def _softmax_max(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(argmax, max probability) over the last axis, computed stably."""
+    top = z.argmax(axis=-1)
+    zmax = np.take_along_axis(z, top[..., None], axis=-1)
+    p = 1.0 / np.exp(z - zmax).sum(axis=-1)
+    return top, p
+
+
+def lead(logits: Any) -> np.ndarray:
+    """Every class's log-odds against its strongest rival: ``x[c] - max_{k != c} x[k]`` (same shape)."""
+    x = np.asarray(logits, dtype=np.float64)
+    order = np.argsort(x, axis=-1)
+    first = np.take_along_axis(x, order[..., -1:], axis=-1)
+    second = np.take_along_axis(x, order[..., -2:-1], axis=-1)
+    is_top = np.arange(x.shape[-1]) == order[..., -1:]
+    return x - np.where(is_top, second, first)
+
+
+def evidence(logits: Any, baseline: Any) -> np.ndarray:
+    """The image's evidence for every class: ``lead(z)[k] - lead(b)[k]`` (the shape of `logits`).
+
+    Args:
+        logits: (..., K).
+        baseline: broadcastable to `logits` ((K,), or (T, 1, K) against (T, B, K)).
+    """
+    return lead(logits) - lead(baseline)
+
+
+def decide(logits: Any, baseline: Any, threshold: float, margin: float = DEFAULT_MARGIN) -> StepDecision:
+    """The criterion at one step (online use: early exit).
+
+    Args:
+        logits: (B, K) at this step.
+        baseline: (K,) the no-image logits at this step.
+        threshold: probability in (1/K, 1].
+        margin: evidence in logits (> 0).
+    """
+    z = _as_logits("logits", logits, (2,))
+    b = _as_logits("baseline", baseline, (1,))
+    if b.shape[-1] != z.shape[-1]:
+        raise ValueError(f"baseline: expected {z.shape[-1]} classes like the logits, got {b.shape[-1]}")
+    threshold = check_threshold(threshold, z.shape[-1])
+    margin = validate.number("margin", margin, low=0.0, low_open=True)
+    top, p = _softmax_max(z)
+    ev = np.take_along_axis(evidence(z, b), top[..., None], axis=-1)[..., 0]
+    return StepDecision((p >= threshold) & (ev >= margin), top.astype(np.int64), p, ev)
+
+
+def first_decisions(logits: Any, baseline: Any, threshold: float, margin: float = DEFAULT_MARGIN) -> Decisions:
+    """The first step at which each trial decides (the criterion of :func:`decide` at every step).
+
+    Args:
+        logits: (T, B, K), the logits after every step.
+        baseline: (K,) or (T, K): the no-image logits (after every step, or one constant vector).
+        threshold: probability in (1/K, 1].
+        margin: evidence in logits (> 0).
+    """
+    z = _as_logits("logits", logits, (3,))
+    b = _as_logits("baseline", baseline, (1, 2))
+    steps_, batch, k = z.shape
+    if b.shape[-1] != k or (b.ndim == 2 and b.shape[0] != steps_):
+        raise ValueError(f"baseline: expected ({k},) or ({steps_}, {k}) like the logits (T, B, K) = "
+                         f"{z.shape}, got {b.shape}")
+    threshold = check_threshold(threshold, k)
+    margin = validate.number("margin", margin, low=0.0, low_open=True)
+    top, p = _softmax_max(z)  # (T, B)
+    ev = np.take_along_axis(evidence(z, b[:, None, :] if b.ndim == 2 else b), top[..., None], axis=-1)[..., 0]
+    hit = (p >= threshold) & (ev >= margin)
+    crossed = hit.any(axis=0)
+    first = hit.argmax(axis=0)  # first True (0 when none: masked below)
+    cols = np.arange(batch)
+    return Decisions(
+        steps=np.where(crossed, first + 1, -1).astype(np.int64),
+        classes=np.where(crossed, top[first, cols], -1).astype(np.int64),
+        probabilities=np.where(crossed, p[first, cols], np.nan),
+        evidence=np.where(crossed, ev[first, cols], np.nan),
+    )
+
+
+def baseline_confidence(baseline: Any) -> tuple[int, float]:
+    """(class, probability) of the no-image baseline's most confident step: what a plain
+    "top-class probability >= threshold" rule would already see with no image."""
+    b = _as_logits("baseline", baseline, (1, 2))
+    top, p = _softmax_max(b.reshape(-1, b.shape[-1]))
+    i = int(p.argmax())
+    return int(top[i]), float(p[i])

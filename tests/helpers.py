@@ -1,0 +1,55 @@
+"""Builders shared by the tests (and benchmarks): import them, don't copy them, don't import conftest.
+
+``from helpers import published_model`` works in every test module (pytest puts ``tests/`` on the path
+through ``conftest.py``); a benchmark adds ``tests/`` to ``sys.path`` first.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cordsnet.config import CordsNetConfig
+from cordsnet.model import CordsNet
+
+__all__ = ["make_images", "make_published_state_dict", "published_model"]
+
+
+def make_published_state_dict(depth: int = 2, num_classes: int = 10, in_channels: int = 3,
+                              image_size: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random state dict with the exact published layout (docs/specification.md §2), stable dynamics and
+    non-zero biases.
+
+    Weight-norm magnitudes g are drawn so the recurrent dynamics stay bounded; every conv_bias is a
+    non-zero spatial map, so the spontaneous phase does real work.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    cfg = CordsNetConfig(depth=depth, num_classes=num_classes, in_channels=in_channels,
+                         image_size=image_size, dataset=None)
+    template = CordsNet(cfg).state_dict()
+    sd = {}
+    for key, t in template.items():
+        if key.endswith("original1"):  # v: direction
+            sd[key] = torch.randn(t.shape, generator=gen)
+        elif key.endswith("original0"):  # g: per-output-channel norm of the effective weight
+            scale = {"area_conv": 0.3, "out_fc": 0.9}.get(key.split(".")[0], 1.6)
+            sd[key] = (0.5 + 0.5 * torch.rand(t.shape, generator=gen)) * scale
+        elif key.startswith("conv_bias"):
+            sd[key] = 0.2 * torch.randn(t.shape, generator=gen) + 0.05
+        else:  # out_fc.bias
+            sd[key] = 0.1 * torch.randn(t.shape, generator=gen)
+    return sd
+
+
+def published_model(depth: int = 2, size: int = 32, classes: int = 10, channels: int = 3, seed: int = 0,
+                    dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], CordsNet]:
+    """(state dict, model loaded from it) for a random published-layout checkpoint; a fresh model each call."""
+    from cordsnet.checkpoint import load_checkpoint
+
+    sd = make_published_state_dict(depth=depth, num_classes=classes, in_channels=channels, image_size=size,
+                                   seed=seed)
+    return sd, load_checkpoint(sd).to(dtype)
+
+
+def make_images(batch: int = 2, channels: int = 3, size: int = 32, seed: int = 1) -> torch.Tensor:
+    """Seeded standard-normal images (B, C, S, S), float32."""
+    return torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
