@@ -38,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import make_published_state_dict  # noqa: E402
+from helpers import make_published_state_dict  # noqa: E402
 
 from cordsnet import _cli_web as web  # noqa: E402
 from cordsnet.checkpoint import load_checkpoint  # noqa: E402

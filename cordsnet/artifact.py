@@ -40,7 +40,7 @@ import numpy as np
 
 from . import __version__, validate
 from ._io import file_sha256
-from .config import CordsNetConfig
+from .config import MAX_STEPS, CordsNetConfig
 
 __all__ = [
     "ArtifactFormat",
@@ -93,10 +93,9 @@ MIN_OPSET = 14
 MAX_OPSET = 20
 IR_VERSION = 10
 
-# Longest protocol (stimulus or spontaneous steps) an artifact may claim: 10,000 steps are 20 s of
-# simulated time at alpha 0.2 (the published protocol is 100 + 100). A claim beyond it is refused as
-# corrupt metadata instead of hanging a reader; run longer with StepSession.step in your own loop.
-MAX_STEPS = 10_000
+# Longest protocol (stimulus or spontaneous steps) an artifact may claim: the config's bound (one
+# definition, cordsnet.config.MAX_STEPS). A claim beyond it is refused as corrupt metadata instead of
+# hanging a reader; run longer with StepSession.step in your own loop.
 
 READOUTS: tuple[str, ...] = ("last", "all")  # "last": logits (B, K); "all": logits at every step (T, B, K)
 

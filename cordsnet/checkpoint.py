@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ._io import atomic_path, file_sha256
-from .config import PRESETS, CordsNetConfig, get_preset
+from .config import MAX_STEPS, PRESETS, CordsNetConfig, get_preset
 from .model import CordsNet
 
 __all__ = [
@@ -48,9 +48,9 @@ DEFAULT_CHECKPOINT = "digits_r4.safetensors"  # file name inside cordsnet/weight
 Source = Union[str, os.PathLike, Mapping[str, Tensor], None]
 
 # The protocol a checkpoint stores is what every command runs when the user gives none (``info`` runs
-# its spontaneous phase, ``export`` unrolls its steps). A file may not make those run for hours: 10,000
-# steps is 100 times the published protocol (20 s of model time at alpha 0.2).
-MAX_STORED_STEPS = 10_000
+# its spontaneous phase, ``export`` unrolls its steps). A file may not make those run for hours: the
+# config's bound (cordsnet.config.MAX_STEPS, 100 times the published protocol) applies.
+MAX_STORED_STEPS = MAX_STEPS
 
 
 class CheckpointError(ValueError):

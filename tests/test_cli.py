@@ -7,7 +7,7 @@ import json
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_published_state_dict
+from helpers import make_published_state_dict
 from cordsnet.checkpoint import load_checkpoint
 from cordsnet.cli import app
 

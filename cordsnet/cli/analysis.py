@@ -183,6 +183,9 @@ def record(
 def reaction_time(
     paths: AnalysisPathsArg,
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Top-class probability to reach.")] = 0.9,
+    margin: Annotated[float, typer.Option(
+        min=0.0, help="Evidence the image must add (logits) to its class's lead over the strongest rival, "
+                      "relative to the no-image baseline at the same step.")] = 1.0,
     steps: Annotated[Optional[int], typer.Option(min=1, help="Stimulus steps (default: the config's).")] = None,
     spontaneous_steps: Annotated[Optional[int], typer.Option(min=0, help="Blank steps first.")] = None,
     tau_ms: Annotated[float, typer.Option(min=0.0, help="Time constant in ms (dt = alpha * tau).")] = 10.0,
@@ -190,7 +193,8 @@ def reaction_time(
     seed: Annotated[int, typer.Option(help="Seed of the protocol's noise.")] = 0,
     as_json: JsonOpt = False,
 ) -> None:
-    """When each image's top-class probability first reaches --threshold (steps and ms after onset)."""
+    """When each image decides: its top class reaches --threshold AND the image (not the resting state)
+    put it there (--margin logits of evidence over the no-image baseline). A blank image never reacts."""
     from ..analysis import measure_reaction_times
 
     checkpoint, image_paths = split_model_and_images(paths)
@@ -198,8 +202,8 @@ def reaction_time(
         model = load_model(checkpoint)
         stimulus, onset = _stimulus(model, image_paths, protocol, seed)
         say(f"simulating {len(image_paths)} image(s)")
-        rt = measure_reaction_times(model, stimulus, threshold, steps=steps, spontaneous_steps=spontaneous_steps,
-                                    tau_ms=tau_ms, onset=onset)
+        rt = measure_reaction_times(model, stimulus, threshold, margin=margin, steps=steps,
+                                    spontaneous_steps=spontaneous_steps, tau_ms=tau_ms, onset=onset)
     preset = model.config.preset
     names = preset.class_names if preset is not None else None
 
@@ -221,3 +225,6 @@ def reaction_time(
                       f"{rt.ms[i]:g}" if crossed else "-", f"{rt.probabilities[i]:.3f}" if crossed else "-",
                       label(int(rt.final_classes[i])))
     console().print(table)
+    if rt.baseline_crosses:
+        typer.echo(f"note: with no image the model already answers {label(int(rt.baseline_class))} at "
+                   f"p = {rt.baseline_probability:.3f} >= {threshold:g}; only evidence beyond that baseline counts.")

@@ -60,6 +60,9 @@ def train(
     lr: Annotated[Optional[str], typer.Option(help="Learning rate: X for every stage or e.g. 'linear=1e-4'.")] = None,
     out: Annotated[Path, typer.Option(help="Output directory (checkpoints, metrics.jsonl).")] = Path("runs/train"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.safetensors.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace the run already in OUT (its checkpoints and metrics.jsonl); without it "
+                            "a directory holding a run is refused unless --resume.")] = False,
     init: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False,
                                                  help="Start from this checkpoint.")] = None,
     steps: Annotated[int, typer.Option(help="Stimulus steps of the recurrent stages.")] = 100,
@@ -93,6 +96,7 @@ def train(
         recovery_steps=recovery_steps, alpha=alpha, seed=seed, device=device,
         data_root=str(data_root) if data_root is not None else None, download=download, augment=augment,
         dense=dense, num_workers=workers, init=init, progress=progress and sys.stderr.isatty(), threads=threads,
+        overwrite=overwrite,
     )
     def on_epoch(metrics: dict[str, Any]) -> None:
         typer.echo(json.dumps(metrics))
