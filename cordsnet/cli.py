@@ -682,11 +682,18 @@ def _plot_spectra(spectra: list[Any], path: Path) -> None:
     plt.close(fig)
 
 
+from . import _cli_dataset as _ds  # noqa: E402 - dataset mode (record --dataset/--store, evaluate)
+
+
 @app.command("record", cls=_VariadicOptions)
 def record_command(
-    paths: AnalysisPathsArg,
     areas: Annotated[list[int], typer.Option("--areas", help="Areas to record: --areas 6 7.")],
-    out: Annotated[Path, typer.Option(dir_okay=False, help="Destination .npy (several areas: <stem>_area<i>.npy).")],
+    paths: Annotated[Optional[list[Path]], typer.Argument(
+        exists=True, dir_okay=False, metavar="[CHECKPOINT] [IMAGE]...",
+        help="An optional checkpoint (.safetensors/.pth/.pt/.ckpt; default: the bundled model), then image files "
+             "(none with --dataset).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        dir_okay=False, help="Destination .npy (several areas: <stem>_area<i>.npy); image files only.")] = None,
     window: Annotated[Optional[tuple[int, int]], typer.Option(
         help="START STOP global step indices (0..P-1 spontaneous, then stimulus); default: all steps.")] = None,
     spatial_mean: Annotated[bool, typer.Option(help="Average each channel over space: (steps, B, c).")] = False,
@@ -697,11 +704,26 @@ def record_command(
     seed: Annotated[int, typer.Option(help="Seed of the protocol's noise.")] = 0,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Trials simulated at a time.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    dataset: _ds.DatasetOpt = None,
+    split: _ds.SplitOpt = _ds.DatasetSplit.test,
+    data_root: _ds.DataRootOpt = None,
+    limit: _ds.LimitOpt = None,
+    store: _ds.StoreOpt = None,
 ) -> None:
-    """Record the rates of chosen areas at every step into .npy memory maps (streamed to disk)."""
+    """Record the rates of chosen areas at every step: image files into .npy memory maps, or a whole dataset
+    split (--dataset) into a Zarr store (--store), sharded under torchrun and resumable."""
     from .analysis import record_activity
 
-    checkpoint, image_paths = _split_model_and_images(paths)
+    if dataset is not None:
+        checkpoint = paths[0] if paths and paths[0].suffix.lower() in CHECKPOINT_SUFFIXES else None
+        if len(paths or []) > (checkpoint is not None) or protocol is not None:
+            raise ValueError("--dataset: takes no image files and no --protocol (only an optional checkpoint)")
+        _ds.record_dataset_command(checkpoint, areas, store, dataset, split, data_root, limit, window, spatial_mean,
+                                   float16, steps, spontaneous_steps, batch_size, as_json=as_json)
+        return
+    if out is None:
+        raise ValueError("--out: expected a destination .npy for image files (or --dataset NAME --store DIR)")
+    checkpoint, image_paths = _split_model_and_images(paths or [])
     model = _load_model(checkpoint)
     stimulus, _ = _stimulus(model, image_paths, protocol, seed)
     rec = record_activity(model, stimulus, areas, out=out, window=window, spatial_mean=spatial_mean,
@@ -759,6 +781,9 @@ def reaction_time_command(
     Console().print(table)
 
 
+
+
+_ds.register(app)  # dataset mode: evaluate (record --dataset is a branch of record)
 
 
 def main() -> None:  # console-script entry point
