@@ -2,7 +2,8 @@
 
 A store holds one recording of one model over the first N images of a dataset split:
 
-* ``area_<a>``: (image, time, channel, y, x) rates, or (image, time, channel) with a spatial mean;
+* ``area_<a>``: (image, time, channel, y, x) rates, or (image, time, channel) with a spatial mean (when
+  the recorded areas differ in shape, their own dimensions carry the area: channel_<a>, y_<a>, x_<a>);
 * ``logits``: (image, time, class), or (image, class) for the readout after the last step only;
 * coordinates ``index`` (image,) — the image's index in the split —, ``label`` (image,) and
   ``time_ms`` (time,) — milliseconds after stimulus onset (see :mod:`cordsnet.analysis.recording`);
@@ -173,6 +174,18 @@ def _time_chunk(shape: Sequence[int], chunk_images: int, length: int, itemsize: 
     return max(1, min(length, CHUNK_BYTES // max(1, per_step)))
 
 
+def _area_dims(plan: RecordPlan, name: str) -> tuple[str, ...]:
+    """(image, time, channel, y, x), or with a spatial mean (image, time, channel); when the recorded areas
+    differ in shape, each area's own dimensions carry its index (channel_2, y_2, x_2) so that xarray can
+    hold them side by side."""
+    dims = _DIMS["area_mean" if plan.spatial_mean else "area"]
+    shapes = {shape for key, shape in plan.shapes.items() if key.startswith("area_")}
+    if len(shapes) <= 1:
+        return dims
+    suffix = name[len("area"):]
+    return dims[:2] + tuple(d + suffix for d in dims[2:])
+
+
 def _create(path: str, identity: dict[str, Any], plan: RecordPlan, n: int, chunk_images: int,
             readout: str | None, index: np.ndarray) -> None:
     zarr = _zarr()
@@ -184,7 +197,7 @@ def _create(path: str, identity: dict[str, Any], plan: RecordPlan, n: int, chunk
         else:
             tc = _time_chunk(shape, chunk_images, plan.length, plan.np_dtype.itemsize)
             full, chunks = (n, plan.length, *shape), (chunk_images, tc, *shape)
-            dims = _DIMS["logits"] if name == "logits" else _DIMS["area_mean" if plan.spatial_mean else "area"]
+            dims = _DIMS["logits"] if name == "logits" else _area_dims(plan, name)
             coords = "index label time_ms"
         # "coordinates" (CF convention) makes xarray attach index/label/time_ms as coordinates.
         group.create_array(name, shape=full, chunks=chunks, dtype=plan.np_dtype, fill_value=np.nan,
