@@ -7,10 +7,10 @@ Cases (short protocols, so the figures measure the recording path, not the publi
   areas 6 and 7 (the areas compared with IT), every step.
 
 Each case runs ``torchrun --nproc-per-node P`` of this file in worker mode (the library calls the
-CLI's ``record --dataset`` makes), with ``OMP_NUM_THREADS = cores // P`` so 1 and 2 processes use the
-same cores. Images/s is the whole job's: images / wall-clock time of the recording (store creation,
-barriers and writing included, model loading and torch start-up excluded); bytes per image is the
-store's size on disk / images.
+CLI's ``record --dataset`` makes), one thread per process (``--threads``; on a shared CPU several
+threads per process oversubscribe the cores), so P processes use P cores. Images/s is the whole
+job's: images / wall-clock time of the recording (store creation, barriers and writing included, model
+loading and torch start-up excluded); bytes per image is the store's size on disk / images.
 
     python benchmarks/bench_record.py            # both cases, 1 and 2 processes
     python benchmarks/bench_record.py --quick    # fewer images
@@ -77,19 +77,19 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="fewer images")
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--procs", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--worker", nargs=3, metavar=("CASE", "STORE", "IMAGES"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         worker(args.worker[0], args.worker[1], int(args.worker[2]))
         return
-    cores = os.cpu_count() or 1
     rows = []
     for case in args.cases:
         images = CASES[case][1 if args.quick else 0]
         for procs in args.procs:
             with tempfile.TemporaryDirectory() as tmp:
                 store = Path(tmp) / "s.zarr"
-                env = dict(os.environ, OMP_NUM_THREADS=str(max(1, cores // procs)),
+                env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
                            PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
                 cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs),
                        __file__, "--worker", case, str(store), str(images)]
@@ -98,7 +98,7 @@ def main() -> None:
                     sys.exit(run.stderr[-3000:])
                 result = json.loads(run.stdout.strip().splitlines()[-1])
                 size = _du(store)
-            row = {"case": case, "processes": procs, "threads_per_process": max(1, cores // procs),
+            row = {"case": case, "processes": procs, "threads_per_process": args.threads,
                    "images": result["images"], "seconds": round(result["seconds"], 2),
                    "images_per_second": round(result["images"] / result["seconds"], 2),
                    "bytes_per_image": int(size / result["images"])}
