@@ -73,9 +73,11 @@ def _zarr() -> Any:
 
 
 def _compressor() -> Any:
-    from zarr.codecs import BloscCodec  # numcodecs' Blosc: zstd with bit shuffling suits float rates
+    # numcodecs' Blosc: zstd level 1 with byte shuffling compressed float32 rates better and about twice as
+    # fast as level 3 with bit shuffling (digits area 0: 1.38x in 0.23 s vs 1.27x in 0.41 s per 64 images).
+    from zarr.codecs import BloscCodec
 
-    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+    return BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,8 @@ def _exists(path: str) -> bool:
         zarr.open_group(path, mode="r")
         return True
     except Exception:  # noqa: BLE001 - any failure to open means "no group there"
-        if "://" not in path and Path(path).exists() and any(Path(path).iterdir()):
+        local = Path(path)
+        if "://" not in path and local.exists() and (not local.is_dir() or any(local.iterdir())):
             raise ValueError(f"store: {path!r} exists and is not a Zarr store; choose another path") from None
         return False
 
@@ -258,24 +261,19 @@ def dist_context() -> Iterator[DistContext]:
     """The torchrun environment as a :class:`DistContext` (rank 0 of 1 without it).
 
     Under torchrun (``WORLD_SIZE`` > 1) a gloo process group is started if none is (it carries only
-    barriers and one error message, never activity) and destroyed on exit.
+    barriers, one error message and a count, never activity). It is kept for the rest of the process,
+    so that later calls reuse it: tearing it down and starting another one in the same torchrun job can
+    hang in the rendezvous.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     if world <= 1:
         yield DistContext(0, 1, False)
         return
     import torch.distributed as dist
 
-    started = False
     if not dist.is_initialized():
         dist.init_process_group("gloo")
-        started = True
-    try:
-        yield DistContext(dist.get_rank(), dist.get_world_size(), True)
-    finally:
-        if started:
-            dist.destroy_process_group()
+    yield DistContext(dist.get_rank(), dist.get_world_size(), True)
 
 
 # ------------------------------------------------------------------------------- recording
@@ -336,7 +334,7 @@ def record_dataset(model: Any, dataset: Any, store: str | os.PathLike, plan: Rec
                 _check_identity(path, open_store(path, "r").attrs.get("cordsnet", {}), identity)
             else:
                 _create(path, identity, plan, n, chunk_images, readout, np.arange(n, dtype=np.int64))
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:  # shared, so that no rank waits for rank 0 forever
             error = str(exc)
     ctx.share_error(error)
     group = _zarr().open_group(path, mode="r+")
@@ -453,12 +451,20 @@ def accuracy_report(store: str | os.PathLike, *, class_names: Sequence[str] | No
     if not done.all():
         raise ValueError(f"store: {int((~done).sum())} of {done.size} images of {str(store)!r} are not written yet; "
                          "rerun the same command to finish it")
-    logits = np.asarray(group["logits"][:], dtype=np.float64)
     labels = np.asarray(group["label"][:])
-    if logits.ndim == 2:
-        logits = logits[:, None]
-    correct = logits.argmax(-1) == labels[:, None]  # (N, T)
-    top1 = correct.mean(0)
+    logits = group["logits"]
+    # Chunk by chunk along the image axis: a store may hold far more logits than memory.
+    step = logits.chunks[0]
+    correct_per_step = np.zeros(logits.shape[1] if logits.ndim == 3 else 1, dtype=np.int64)
+    correct_last = np.zeros(labels.size, dtype=bool)
+    for i0 in range(0, labels.size, step):
+        block = np.asarray(logits[i0:i0 + step])
+        if block.ndim == 2:
+            block = block[:, None]
+        hit = block.argmax(-1) == labels[i0:i0 + step, None]  # (n, T)
+        correct_per_step += hit.sum(0)
+        correct_last[i0:i0 + step] = hit[:, -1]
+    top1 = correct_per_step / labels.size
     times = np.asarray(group["time_ms"][:]) if "time_ms" in group else None
     if class_names is None:
         from ..config import CordsNetConfig
@@ -470,7 +476,7 @@ def accuracy_report(store: str | os.PathLike, *, class_names: Sequence[str] | No
         rows = labels == k
         name = class_names[k] if class_names is not None and 0 <= k < len(class_names) else str(int(k))
         per_class.append({"class": int(k), "name": name, "images": int(rows.sum()),
-                          "top1": float(correct[rows, -1].mean())})
+                          "top1": float(correct_last[rows].mean())})
     above = np.flatnonzero(top1 >= 0.9)
     return {"store": str(store), "model_state_dict_sha256": attrs["state_dict_sha256"],
             "checkpoint_sha256": attrs["checkpoint_sha256"], "source": attrs["source"], "protocol": attrs["protocol"],
