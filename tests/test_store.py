@@ -222,3 +222,21 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     a = json.loads((tmp_path / "ddp" / "report.json").read_text())
     b = json.loads((tmp_path / "one" / "report.json").read_text())
     assert a["top1"] == b["top1"] and a["per_class"] == b["per_class"] and a["run"]["world"] == 2
+
+
+def test_record_dataset_argument_errors(bundled, digits, tmp_path):
+    ds, source = digits
+    areas_plan = make_plan(bundled, [1], steps=STEPS, spontaneous_steps=SPONT)
+    with pytest.raises(ValueError, match="readout: expected one of"):
+        record_dataset(bundled, ds, tmp_path / "a.zarr", areas_plan, source=source, readout="first", limit=4)
+    with pytest.raises(ValueError, match="needs a plan with logits=True"):
+        record_dataset(bundled, ds, tmp_path / "a.zarr", areas_plan, source=source, readout="all", limit=4)
+    full = make_plan(bundled, (), logits=True, steps=STEPS, spontaneous_steps=SPONT)
+    with pytest.raises(ValueError, match="readout 'last' records the last index only"):
+        record_dataset(bundled, ds, tmp_path / "a.zarr", full, source=source, readout="last", limit=4)
+    with pytest.raises(ValueError, match="chunk_images: expected"):
+        record_dataset(bundled, ds, tmp_path / "a.zarr", areas_plan, source=source, chunk_images=0, limit=4)
+    with pytest.raises(ValueError, match="holds no logits"):
+        _record(bundled, digits, tmp_path / "r.zarr", limit=4)
+        accuracy_report(tmp_path / "r.zarr")
+    assert not (tmp_path / "a.zarr").exists()  # nothing was created by the refused calls
