@@ -44,8 +44,8 @@ def _record(model, digits, store, **kw):
     ds, source = digits
     plan = make_plan(model, kw.pop("areas", [1, 3]), steps=kw.pop("steps", STEPS), spontaneous_steps=SPONT,
                      spatial_mean=kw.pop("spatial_mean", False))
-    return record_dataset(model, ds, store, plan, source=source, limit=kw.pop("limit", N), chunk_images=CHUNK,
-                          progress=False, **kw)
+    kw.setdefault("progress", False)
+    return record_dataset(model, ds, store, plan, source=source, limit=kw.pop("limit", N), chunk_images=CHUNK, **kw)
 
 
 def _arrays(path) -> dict[str, np.ndarray]:
@@ -116,7 +116,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(bundled, digits, tmp_path):
 
 def test_a_store_of_another_model_protocol_or_dataset_is_refused(bundled, digits, tmp_path):
     path = tmp_path / "s.zarr"
-    _record(bundled, digits, path, limit=CHUNK)
+    _record(bundled, digits, path, limit=CHUNK, progress=True)  # the TTY bar's code path
     other = load_checkpoint(None)
     with torch.no_grad():
         other.conv_bias[0].add_(1e-3)

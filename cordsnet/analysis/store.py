@@ -165,7 +165,8 @@ def _exists(path: str) -> bool:
 
 def _check_identity(path: str, stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
     if stored.get("format") != "cordsnet-activity":
-        raise ValueError(f"store: {path!r} is a Zarr group but not a cordsnet recording; choose another path")
+        raise ValueError(f"store: {path!r} is a Zarr group but not a cordsnet recording (or its creation was "
+                         "interrupted); choose another path or delete it")
     for key, what in _IDENTITY.items():
         if stored.get(key) != wanted.get(key):
             raise ValueError(f"store: {path!r} was made with another {what} ({key}: stored {stored.get(key)!r}, "
