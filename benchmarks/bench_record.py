@@ -31,8 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {
     # name: (images, quick images, chunk, steps, spontaneous steps, areas)
-    "digits": (96, 32, 8, 20, 10, [0, 1, 2, 3]),
-    "r8": (16, 8, 4, 4, 2, [6, 7]),
+    "digits": (192, 32, 8, 20, 10, [0, 1, 2, 3]),
+    "r8": (32, 8, 4, 4, 2, [6, 7]),
 }
 
 
@@ -58,7 +58,9 @@ def worker(case: str, store: str, images: int) -> None:
             model = CordsNet(depth=8, image_size=224, num_classes=1000, in_channels=3)  # random, published layout
             ds = build_dataset("fake", "test", image_size=224, in_channels=3, num_classes=1000, fake_size=4 * images)
             source = {"dataset": "fake", "split": "test"}
-        model.eval()
+        from cordsnet._cli_dataset import _device
+
+        model = model.to(_device(None)).eval()  # as the CLI: CUDA device LOCAL_RANK where present, else the CPU
         plan = make_plan(model, areas, steps=steps, spontaneous_steps=spont)
         start = time.perf_counter()
         report = record_dataset(model, ds, store, plan, source=source, limit=images, chunk_images=chunk,
@@ -68,6 +70,12 @@ def worker(case: str, store: str, images: int) -> None:
     raw = sum(math.prod(shape) for shape in plan.shapes.values()) * plan.length * plan.np_dtype.itemsize
     if ctx.rank == 0:
         print(json.dumps({"images": total, "seconds": wall, "raw_bytes_per_image": raw}))
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _du(path: Path) -> int:
@@ -107,7 +115,8 @@ def main() -> None:
                    "raw_bytes_per_image": result["raw_bytes_per_image"]}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print("\n| case | processes | images | seconds | images/s | MB per image on disk (uncompressed) |")
+    print(f"\ndevice: {'CUDA' if _cuda() else 'CPU'}")
+    print("| case | processes | images | seconds | images/s | MB per image on disk (uncompressed) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['case']} | {r['processes']} | {r['images']} | {r['seconds']} | {r['images_per_second']} | "
