@@ -76,3 +76,19 @@ def test_npy_writer_chunks_and_float16_equal_the_core(small_model, images, tmp_p
     assert stored.shape == (5, 5, 64) and stored.dtype == np.float16
     np.testing.assert_array_equal(stored, full.astype(np.float16))
     assert rec.shapes[0] == (5, 5, 64) and rec.to_dict()["window"] == [1, 6]
+
+
+def test_blank_phase_reuse_gives_the_same_variables(small_model, images):
+    from cordsnet.analysis.recording import blank_phase
+
+    x = images(2, 3, 32, seed=7)
+    plan = make_plan(small_model, [0, 1], logits=True, window=(1, 6), steps=3, spontaneous_steps=3)
+    blank = blank_phase(small_model, plan)
+    assert blank is not None and len(blank) == 2 and blank[0]["area_0"].shape == (1, 64, 8, 8)
+    fresh = [(t, {k: v.clone() for k, v in vals.items()}) for t, vals in simulate_batch(small_model, x, plan)]
+    reused = [(t, {k: v.clone() for k, v in vals.items()}) for t, vals in simulate_batch(small_model, x, plan, blank)]
+    assert [t for t, _ in fresh] == [t for t, _ in reused] == [1, 2, 3, 4, 5]
+    for (_, a), (_, b) in zip(fresh, reused):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert blank_phase(small_model, plan, max_bytes=0) is None  # too large to keep: simulated per batch
+    assert blank_phase(small_model, make_plan(small_model, [0], window=(3, 6), steps=3, spontaneous_steps=3)) is None

@@ -22,11 +22,12 @@ interrupted recording never leaves a truncated ``.npy`` behind.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -36,8 +37,8 @@ from .. import validate
 from .._io import atomic_path
 from .protocols import TAU_MS
 
-__all__ = ["RECORD_DTYPES", "RecordPlan", "Recording", "area_paths", "make_plan", "record_activity",
-           "simulate_batch", "NumpyConverter"]
+__all__ = ["RECORD_DTYPES", "NumpyConverter", "RecordPlan", "Recording", "area_paths", "blank_phase", "make_plan",
+           "record_activity", "simulate_batch"]
 
 RECORD_DTYPES: dict[str, np.dtype] = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16)}
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -157,17 +158,54 @@ def make_plan(model: Any, areas: Iterable[int] | int = (), *, window: tuple[int,
                       bool(spatial_mean), dtype, bool(logits), frames, tau, shapes)
 
 
-def simulate_batch(model: Any, images: Tensor, plan: RecordPlan) -> Iterator[tuple[int, dict[str, Tensor]]]:
+BLANK_CACHE_BYTES = 512 << 20  # the blank phase's variables are kept for reuse up to this size
+
+
+def _variables(model: Any, plan: RecordPlan, state: Sequence[Tensor], weights: Any, batch: int) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for a in plan.areas:
+        r = state[a].mean(dim=(2, 3)) if plan.spatial_mean else state[a]
+        out[f"area_{a}"] = r.expand(batch, *r.shape[1:])
+    if plan.logits:
+        z = model.unchecked_readout(weights, state)
+        out["logits"] = z.expand(batch, *z.shape[1:])
+    return out
+
+
+def blank_phase(model: Any, plan: RecordPlan, *, max_bytes: int = BLANK_CACHE_BYTES) -> list[dict[str, Tensor]] | None:
+    """The plan's variables in the recorded part of the blank phase, at batch 1, to reuse for every batch.
+
+    The blank phase is the same for every trial; a writer that simulates many batches computes it once
+    with this and passes it to :func:`simulate_batch`. Returns None when the window has no blank step or
+    the variables would take more than `max_bytes` (then each batch simulates it again, at batch 1).
+    """
+    start, stop = plan.window
+    spont = plan.spontaneous_steps
+    if start >= spont:
+        return None
+    per_step = sum(math.prod(shape) for shape in plan.shapes.values()) * torch.finfo(model.dtype).bits // 8
+    if per_step * (min(spont, stop) - start) > max_bytes:
+        return None
+    with torch.no_grad():
+        weights = model.effective_weights()
+        blank = model.unchecked_trajectory(weights, model.initial_state(1), None, min(spont, stop), plan.alpha)
+        return [{k: v.clone() for k, v in _variables(model, plan, state, weights, 1).items()}
+                for t, state in enumerate(blank) if t >= start]
+
+
+def simulate_batch(model: Any, images: Tensor, plan: RecordPlan,
+                   blank: Sequence[Mapping[str, Tensor]] | None = None) -> Iterator[tuple[int, dict[str, Tensor]]]:
     """THE recording core: the plan's variables at each recorded index, for one batch.
 
-    The blank phase is the same for every trial, so it is simulated once at batch 1 (from the zero
-    state, exactly as :meth:`CordsNet.trajectory` starts) and its variables are expanded to the batch;
-    the stimulus phase runs :meth:`CordsNet.trajectory` only up to the window's end.
+    The blank phase is the same for every trial, so it is simulated at batch 1 (from the zero state,
+    exactly as :meth:`CordsNet.trajectory` starts; or taken from `blank`) and its variables are expanded
+    to the batch; the stimulus phase runs :meth:`CordsNet.trajectory` only up to the window's end.
 
     Args:
         model: a CordsNet (called without gradients).
         images: (B, C, S, S), or (B, T, C, S, S) with T == ``plan.frames``.
         plan: from :func:`make_plan`.
+        blank: the blank phase's variables from :func:`blank_phase` (same model and plan), or None.
 
     Yields:
         (t, {variable: (B, ...) tensor}) for t in ``range(*plan.window)``, in order; tensors are on
@@ -180,24 +218,17 @@ def simulate_batch(model: Any, images: Tensor, plan: RecordPlan) -> Iterator[tup
     if video and (images.dim() != 5 or images.shape[1] != plan.frames):
         raise ValueError(f"images: expected a (B, {plan.frames}, C, S, S) sequence for this plan, "
                          f"got {tuple(images.shape)}")
-
-    def variables(state: tuple[Tensor, ...], weights: Any, b: int) -> dict[str, Tensor]:
-        out: dict[str, Tensor] = {}
-        for a in plan.areas:
-            r = state[a].mean(dim=(2, 3)) if plan.spatial_mean else state[a]
-            out[f"area_{a}"] = r.expand(b, *r.shape[1:])
-        if plan.logits:
-            z = model.unchecked_readout(weights, state)
-            out["logits"] = z.expand(b, *z.shape[1:])
-        return out
-
     with torch.no_grad():
         weights = model.effective_weights()
-        if start < spont:
-            blank = model.unchecked_trajectory(weights, model.initial_state(1), None, min(spont, stop), plan.alpha)
-            for t, state in enumerate(blank):
+        if start < spont and blank is not None:
+            for t, values in enumerate(blank, start=start):
+                yield t, {k: v.expand(batch, *v.shape[1:]) for k, v in values.items()}
+        elif start < spont:
+            trajectory = model.unchecked_trajectory(weights, model.initial_state(1), None, min(spont, stop),
+                                                    plan.alpha)
+            for t, state in enumerate(trajectory):
                 if t >= start:
-                    yield t, variables(state, weights, batch)
+                    yield t, _variables(model, plan, state, weights, batch)
         if stop > spont:
             # Only the steps up to the window's end (a sequence: only their frames).
             stimulus = images[:, :stop - spont] if video else images
@@ -205,7 +236,7 @@ def simulate_batch(model: Any, images: Tensor, plan: RecordPlan) -> Iterator[tup
                                           spontaneous_steps=spont, alpha=plan.alpha)
             for t, state in enumerate(trajectory, start=spont):
                 if t >= start:
-                    yield t, variables(state, weights, batch)
+                    yield t, _variables(model, plan, state, weights, batch)
 
 
 class NumpyConverter:
@@ -329,9 +360,10 @@ def record_activity(model: Any, images: Tensor, areas: Iterable[int] | int, *, o
         tmps = {a: stack.enter_context(atomic_path(p)) for a, p in paths.items()}
         maps = {a: np.lib.format.open_memmap(tmps[a], mode="w+", dtype=plan.np_dtype, shape=shapes[a])
                 for a in plan.areas}
+        blank = blank_phase(model, plan) if len(starts) > 1 else None
         for b0 in starts:
             xb = images[b0:b0 + chunk]
-            for t, values in simulate_batch(model, xb, plan):
+            for t, values in simulate_batch(model, xb, plan, blank):
                 for a in plan.areas:
                     maps[a][t - plan.window[0], b0:b0 + xb.shape[0]] = convert(values[f"area_{a}"])
                 advance()

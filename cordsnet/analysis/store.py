@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from .. import validate
-from .recording import NumpyConverter, RecordPlan, simulate_batch
+from .recording import NumpyConverter, RecordPlan, blank_phase, simulate_batch
 
 __all__ = ["STORE_FORMAT", "READOUT_KINDS", "StoreReport", "accuracy_report", "dist_context", "open_store",
            "plot_accuracy", "record_dataset", "store_identity"]
@@ -357,11 +357,12 @@ def record_dataset(model: Any, dataset: Any, store: str | os.PathLike, plan: Rec
     convert = NumpyConverter(plan.dtype)
     squeeze = readout == "last"
     start = time.perf_counter()
+    blank = blank_phase(model, plan) if len(batches) > 1 else None  # the same for every chunk
     written = 0
     with _RankProgress(ctx.rank, ctx.world, todo, progress, log_every) as bar:
         for rows, (images, labels) in zip(batches, loader):
             i0, i1 = rows[0], rows[-1] + 1
-            _write_chunk(model, images, plan, arrays, convert, i0, i1, squeeze)
+            _write_chunk(model, images, plan, arrays, convert, i0, i1, squeeze, blank)
             group["label"][i0:i1] = np.asarray(labels, dtype=np.int64)
             group["done"][i0:i1] = True  # last: the images are complete
             written += i1 - i0
@@ -376,13 +377,13 @@ def record_dataset(model: Any, dataset: Any, store: str | os.PathLike, plan: Rec
 
 
 def _write_chunk(model: Any, images: Tensor, plan: RecordPlan, arrays: Mapping[str, Any],
-                 convert: Callable[[Tensor], np.ndarray], i0: int, i1: int, squeeze: bool) -> None:
+                 convert: Callable[[Tensor], np.ndarray], i0: int, i1: int, squeeze: bool, blank: Any) -> None:
     """Simulate one chunk of images and write its time blocks as they fill (one chunk file each)."""
     nb = i1 - i0
     start = plan.window[0]
     blocks = {name: arr.chunks[1] if not squeeze else 1 for name, arr in arrays.items()}
     buffers = {name: np.empty((nb, blocks[name], *shape), dtype=plan.np_dtype) for name, shape in plan.shapes.items()}
-    for t, values in simulate_batch(model, images, plan):
+    for t, values in simulate_batch(model, images, plan, blank):
         rel = t - start
         for name, value in values.items():
             block = blocks[name]
