@@ -44,10 +44,19 @@ StoreOpt = Annotated[Optional[Path], typer.Option(
     "--store", help="Destination Zarr v3 store (a directory); rerun the same command to resume it.")]
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Log lines to whatever ``sys.stderr`` is at the time (a test runner may swap it between commands)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def _logging() -> None:
-    log = logging.getLogger("cordsnet")
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    """Progress log lines (one per --log-every images) on stderr, once per process."""
+    log = logging.getLogger("cordsnet.record")
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)

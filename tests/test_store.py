@@ -186,6 +186,12 @@ def test_cli_record_and_evaluate_errors(tmp_path):
     assert res.exit_code == 1 and "dataset: expected one of" in res.output
     res = runner.invoke(app, ["record", "--areas", "1", "--out", str(tmp_path / "x.npy")])
     assert res.exit_code == 1 and "IMAGES" in res.output
+    common = ["--limit", "4", "--spontaneous-steps", "1", "--batch-size", "4", "--store", str(tmp_path / "e.zarr")]
+    res = runner.invoke(app, ["evaluate", "--steps", "2", "--json", *common])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["images"] == 4
+    res = runner.invoke(app, ["evaluate", "--steps", "3", *common])  # the store was made with 2 steps
+    assert res.exit_code == 1 and "another protocol" in res.output and "Traceback" not in res.output
 
 
 @pytest.mark.distributed
