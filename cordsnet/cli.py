@@ -716,8 +716,9 @@ def record_command(
 
     if dataset is not None:
         checkpoint = paths[0] if paths and paths[0].suffix.lower() in CHECKPOINT_SUFFIXES else None
-        if len(paths or []) > (checkpoint is not None) or protocol is not None:
-            raise ValueError("--dataset: takes no image files and no --protocol (only an optional checkpoint)")
+        if len(paths or []) > (checkpoint is not None) or protocol is not None or out is not None:
+            raise ValueError("--dataset: takes no image files, --protocol or --out (an optional checkpoint, and "
+                             "--store for the output)")
         _ds.record_dataset_command(checkpoint, areas, store, dataset, split, data_root, limit, window, spatial_mean,
                                    float16, steps, spontaneous_steps, batch_size, as_json=as_json)
         return

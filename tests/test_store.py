@@ -182,6 +182,8 @@ def test_cli_record_and_evaluate_errors(tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["record", "--dataset", "digits", "--areas", "1"])
     assert res.exit_code == 1 and "--store" in res.output
+    res = runner.invoke(app, ["record", "--dataset", "digits", "--areas", "1", "--out", str(tmp_path / "x.npy")])
+    assert res.exit_code == 1 and "takes no image files, --protocol or --out" in res.output
     res = runner.invoke(app, ["evaluate", "--dataset", "nope", "--store", str(tmp_path / "e.zarr")])
     assert res.exit_code == 1 and "dataset: expected one of" in res.output
     res = runner.invoke(app, ["record", "--areas", "1", "--out", str(tmp_path / "x.npy")])
