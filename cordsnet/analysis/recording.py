@@ -1,4 +1,5 @@
-"""Activity recording that scales: rates of chosen areas streamed step by step into ``.npy`` memory maps.
+"""Activity recording: one recording core, two writers (``.npy`` memory maps here, Zarr stores in
+:mod:`cordsnet.analysis.store`).
 
 The time axis follows the published ``record``: with ``P`` spontaneous and ``N`` stimulus steps,
 index ``t`` in ``0 .. P + N - 1`` is the state *after* step ``t + 1``; indices ``0 .. P - 1`` are
@@ -6,31 +7,255 @@ the spontaneous (blank) phase and ``P .. P + N - 1`` the stimulus phase. A windo
 keeps indices ``start <= t < stop``. Relative to stimulus onset, index t is at
 ``(t + 1 - P) * dt_ms`` milliseconds.
 
-Only the current state and one step's rates are in memory at a time (per batch chunk); the
-recording itself lives in ``numpy.lib.format.open_memmap`` files, written to a temporary name and
-renamed when complete, so an interrupted recording never leaves a truncated ``.npy`` behind.
+The core is :func:`simulate_batch`: for one batch of images and a :class:`RecordPlan` it yields, for
+each recorded index, the requested variables (``area_<a>`` rates, optionally spatially averaged, and
+``logits``) with the batch first. It is built on the model's one time loop
+(:meth:`CordsNet.unchecked_trajectory` for the blank phase, :meth:`CordsNet.trajectory` for the
+stimulus), so a recording equals :meth:`CordsNet.run` with ``record=``/``readout="all"``.
+
+:func:`record_activity` streams it into ``.npy`` memory maps of (steps, B, ...) for small,
+single-process recordings; only the current state and one step's rates are in memory at a time (per
+batch chunk), and the files are written to a temporary name and renamed when complete, so an
+interrupted recording never leaves a truncated ``.npy`` behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .. import validate
 from .._io import atomic_path
 from .protocols import TAU_MS
 
-__all__ = ["Recording", "record_activity", "RECORD_DTYPES", "area_paths"]
+__all__ = ["RECORD_DTYPES", "NumpyConverter", "RecordPlan", "Recording", "area_paths", "blank_phase", "make_plan",
+           "record_activity", "simulate_batch"]
 
 RECORD_DTYPES: dict[str, np.dtype] = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16)}
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+@dataclass(frozen=True)
+class RecordPlan:
+    """What to record, resolved against a model: the protocol, the window and the variables.
+
+    Build it with :func:`make_plan`. Variables are named ``area_<a>`` (rates of area a) and
+    ``logits`` (the readout at each recorded index).
+
+    Attributes:
+        steps: N, stimulus steps.
+        spontaneous_steps: P, blank steps before the stimulus.
+        alpha: dt / tau.
+        window: (start, stop) global step indices recorded.
+        areas: recorded areas.
+        spatial_mean: rates averaged over space, (c,) instead of (c, H, W) per image and step.
+        dtype: "float32" or "float16" on disk.
+        logits: record the logits (K,) at each recorded index.
+        frames: T of a (B, T, C, S, S) stimulus sequence, None for static images.
+        tau_ms: time constant in ms (for the time axis).
+        shapes: variable -> per-image, per-step shape, e.g. {"area_1": (64, 8, 8), "logits": (10,)}.
+    """
+
+    steps: int
+    spontaneous_steps: int
+    alpha: float
+    window: tuple[int, int]
+    areas: tuple[int, ...]
+    spatial_mean: bool
+    dtype: str
+    logits: bool
+    frames: int | None
+    tau_ms: float
+    shapes: dict[str, tuple[int, ...]]
+
+    @property
+    def total(self) -> int:
+        """P + N, the number of global step indices."""
+        return self.spontaneous_steps + self.steps
+
+    @property
+    def length(self) -> int:
+        """Steps in the window."""
+        return self.window[1] - self.window[0]
+
+    @property
+    def dt_ms(self) -> float:
+        """Milliseconds per step (alpha * tau)."""
+        return self.alpha * self.tau_ms
+
+    @property
+    def times_ms(self) -> np.ndarray:
+        """(steps_in_window,) time of each recorded index relative to stimulus onset, in ms."""
+        start, stop = self.window
+        return (np.arange(start, stop) + 1 - self.spontaneous_steps) * self.dt_ms
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return RECORD_DTYPES[self.dtype]
+
+    def protocol_dict(self) -> dict[str, Any]:
+        """The protocol as plain data (stored with every recording)."""
+        return {"steps": self.steps, "spontaneous_steps": self.spontaneous_steps, "alpha": self.alpha,
+                "dt_ms": self.dt_ms, "tau_ms": self.tau_ms, "frames": self.frames}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"protocol": self.protocol_dict(), "window": list(self.window), "areas": list(self.areas),
+                "spatial_mean": self.spatial_mean, "dtype": self.dtype, "logits": self.logits,
+                "shapes": {k: list(v) for k, v in self.shapes.items()}}
+
+
+def make_plan(model: Any, areas: Iterable[int] | int = (), *, window: tuple[int, int] | None = None,
+              spatial_mean: bool = False, dtype: str = "float32", logits: bool = False, steps: int | None = None,
+              spontaneous_steps: int | None = None, alpha: float | None = None, frames: int | None = None,
+              tau_ms: float = TAU_MS) -> RecordPlan:
+    """Validate what to record against `model` and fill in the config's protocol.
+
+    Args:
+        model: a CordsNet.
+        areas: area indices whose rates to record (may be empty when `logits` is set).
+        window: (start, stop) global step indices (module docstring); default: every step,
+            spontaneous phase included, like the published ``record``.
+        spatial_mean: average each channel over space.
+        dtype: "float32" or "float16" (half the disk; rates above 65504 overflow: warned).
+        logits: also record the readout at every recorded index.
+        steps, spontaneous_steps, alpha: the protocol (defaults: the config's).
+        frames: T of a (B, T, C, S, S) sequence (it then drives exactly T steps).
+        tau_ms: time constant in ms.
+
+    Raises:
+        ValueError: naming the argument, what was expected and what was received.
+    """
+    from ..model import CordsNet
+
+    if not isinstance(model, CordsNet):
+        raise TypeError(f"model: expected a CordsNet, got {type(model).__name__}")
+    if isinstance(areas, int) and not isinstance(areas, bool):
+        areas = [areas]
+    areas_t = model.validate_areas(list(areas), name="areas")
+    if not areas_t and not logits:
+        raise ValueError("areas: expected at least one area to record, got none")
+    validate.choice("dtype", dtype, RECORD_DTYPES)
+    tau = validate.number("tau_ms", tau_ms, low=0.0, low_open=True)
+    protocol = model.resolve_protocol(steps, spontaneous_steps, alpha, frames=frames)
+    total = protocol.spontaneous_steps + protocol.steps
+    window_t = (0, total) if window is None else _check_window(window, total)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for a in areas_t:
+        c, h, w = model.config.state_shapes[a]
+        shapes[f"area_{a}"] = (c,) if spatial_mean else (c, h, w)
+    if logits:
+        shapes["logits"] = (model.config.num_classes,)
+    return RecordPlan(protocol.steps, protocol.spontaneous_steps, protocol.alpha, window_t, areas_t,
+                      bool(spatial_mean), dtype, bool(logits), frames, tau, shapes)
+
+
+BLANK_CACHE_BYTES = 512 << 20  # the blank phase's variables are kept for reuse up to this size
+
+
+def _variables(model: Any, plan: RecordPlan, state: Sequence[Tensor], weights: Any, batch: int) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for a in plan.areas:
+        r = state[a].mean(dim=(2, 3)) if plan.spatial_mean else state[a]
+        out[f"area_{a}"] = r.expand(batch, *r.shape[1:])
+    if plan.logits:
+        z = model.unchecked_readout(weights, state)
+        out["logits"] = z.expand(batch, *z.shape[1:])
+    return out
+
+
+def blank_phase(model: Any, plan: RecordPlan, *, max_bytes: int = BLANK_CACHE_BYTES) -> list[dict[str, Tensor]] | None:
+    """The plan's variables in the recorded part of the blank phase, at batch 1, to reuse for every batch.
+
+    The blank phase is the same for every trial; a writer that simulates many batches computes it once
+    with this and passes it to :func:`simulate_batch`. Returns None when the window has no blank step or
+    the variables would take more than `max_bytes` (then each batch simulates it again, at batch 1).
+    """
+    start, stop = plan.window
+    spont = plan.spontaneous_steps
+    if start >= spont:
+        return None
+    per_step = sum(math.prod(shape) for shape in plan.shapes.values()) * torch.finfo(model.dtype).bits // 8
+    if per_step * (min(spont, stop) - start) > max_bytes:
+        return None
+    with torch.no_grad():
+        weights = model.effective_weights()
+        blank = model.unchecked_trajectory(weights, model.initial_state(1), None, min(spont, stop), plan.alpha)
+        return [{k: v.clone() for k, v in _variables(model, plan, state, weights, 1).items()}
+                for t, state in enumerate(blank) if t >= start]
+
+
+def simulate_batch(model: Any, images: Tensor, plan: RecordPlan,
+                   blank: Sequence[Mapping[str, Tensor]] | None = None) -> Iterator[tuple[int, dict[str, Tensor]]]:
+    """THE recording core: the plan's variables at each recorded index, for one batch.
+
+    The blank phase is the same for every trial, so it is simulated at batch 1 (from the zero state,
+    exactly as :meth:`CordsNet.trajectory` starts; or taken from `blank`) and its variables are expanded
+    to the batch; the stimulus phase runs :meth:`CordsNet.trajectory` only up to the window's end.
+
+    Args:
+        model: a CordsNet (called without gradients).
+        images: (B, C, S, S), or (B, T, C, S, S) with T == ``plan.frames``.
+        plan: from :func:`make_plan`.
+        blank: the blank phase's variables from :func:`blank_phase` (same model and plan), or None.
+
+    Yields:
+        (t, {variable: (B, ...) tensor}) for t in ``range(*plan.window)``, in order; tensors are on
+        the model's device, in its dtype (views: convert before the next step).
+    """
+    start, stop = plan.window
+    spont = plan.spontaneous_steps
+    batch = images.shape[0]
+    video = plan.frames is not None
+    if video and (images.dim() != 5 or images.shape[1] != plan.frames):
+        raise ValueError(f"images: expected a (B, {plan.frames}, C, S, S) sequence for this plan, "
+                         f"got {tuple(images.shape)}")
+    with torch.no_grad():
+        weights = model.effective_weights()
+        if start < spont and blank is not None:
+            for t, values in enumerate(blank, start=start):
+                yield t, {k: v.expand(batch, *v.shape[1:]) for k, v in values.items()}
+        elif start < spont:
+            trajectory = model.unchecked_trajectory(weights, model.initial_state(1), None, min(spont, stop),
+                                                    plan.alpha)
+            for t, state in enumerate(trajectory):
+                if t >= start:
+                    yield t, _variables(model, plan, state, weights, batch)
+        if stop > spont:
+            # Only the steps up to the window's end (a sequence: only their frames).
+            stimulus = images[:, :stop - spont] if video else images
+            trajectory = model.trajectory(stimulus, steps=None if video else stop - spont,
+                                          spontaneous_steps=spont, alpha=plan.alpha)
+            for t, state in enumerate(trajectory, start=spont):
+                if t >= start:
+                    yield t, _variables(model, plan, state, weights, batch)
+
+
+class NumpyConverter:
+    """Tensors to host arrays of the plan's dtype, remembering float16 overflow (warned once at the end)."""
+
+    def __init__(self, dtype: str) -> None:
+        self.dtype = RECORD_DTYPES[dtype]
+        self.overflow = False
+
+    def __call__(self, r: Tensor) -> np.ndarray:
+        arr = r.detach().to("cpu", torch.float32).numpy()
+        if self.dtype == np.float16 and not self.overflow and float(np.abs(arr).max(initial=0.0)) > _FLOAT16_MAX:
+            self.overflow = True
+        return arr.astype(self.dtype, copy=False)
+
+    def warn(self, where: str) -> None:
+        if self.overflow:
+            warnings.warn(f"{where}: some rates exceed the float16 range (65504) and were stored as inf; "
+                          "record with dtype='float32'", RuntimeWarning, stacklevel=3)
 
 
 @dataclass(frozen=True)
@@ -95,6 +320,9 @@ def record_activity(model: Any, images: Tensor, areas: Iterable[int] | int, *, o
                     batch_size: int | None = None, tau_ms: float = TAU_MS, progress: bool = False) -> Recording:
     """Run the published protocol and stream the rates of `areas` to ``.npy`` files on disk.
 
+    For small single-process recordings; datasets go to a Zarr store with
+    :func:`cordsnet.analysis.store.record_dataset` (same core, same numbers).
+
     Args:
         model: a CordsNet.
         images: (B, C, S, S) shown for every stimulus step, or a (B, T, C, S, S) sequence whose frame t
@@ -115,81 +343,36 @@ def record_activity(model: Any, images: Tensor, areas: Iterable[int] | int, *, o
     Returns:
         A :class:`Recording` describing the files.
     """
-    from ..model import CordsNet
-
-    if not isinstance(model, CordsNet):
-        raise TypeError(f"model: expected a CordsNet, got {type(model).__name__}")
-    if isinstance(areas, int):
-        areas = [areas]
-    areas_t = model.validate_areas(list(areas), name="areas")
-    if not areas_t:
-        raise ValueError("areas: expected at least one area to record, got none")
-    if dtype not in RECORD_DTYPES:
-        raise ValueError(f"dtype: expected one of {sorted(RECORD_DTYPES)}, got {dtype!r}")
-    np_dtype = RECORD_DTYPES[dtype]
     if not isinstance(images, Tensor) or images.dim() not in (4, 5):
         raise ValueError(f"images: expected a (B, C, S, S) or (B, T, C, S, S) tensor, got "
                          f"{getattr(images, 'shape', type(images).__name__)}")
     video = images.dim() == 5
-    n_steps, spont, alpha = model.resolve_protocol(steps, spontaneous_steps, alpha,
-                                                   frames=images.shape[1] if video else None)
-    total = spont + n_steps
-    start, stop = (0, total) if window is None else _check_window(window, total)
+    plan = make_plan(model, areas, window=window, spatial_mean=spatial_mean, dtype=dtype, steps=steps,
+                     spontaneous_steps=spontaneous_steps, alpha=alpha, frames=images.shape[1] if video else None,
+                     tau_ms=tau_ms)
     batch = images.shape[0]
-    chunk = batch if batch_size is None else batch_size
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
-    paths = area_paths(out, areas_t)
-    shapes = {}
-    for a in areas_t:
-        c, h, w = model.config.state_shapes[a]
-        shapes[a] = (stop - start, batch, c) if spatial_mean else (stop - start, batch, c, h, w)
-
-    overflow = False
-
-    def to_numpy(r: Tensor) -> np.ndarray:
-        nonlocal overflow
-        if spatial_mean:
-            r = r.mean(dim=(2, 3))
-        arr = r.detach().to("cpu", torch.float32).numpy()
-        if np_dtype == np.float16 and not overflow and float(np.abs(arr).max(initial=0.0)) > _FLOAT16_MAX:
-            overflow = True
-        return arr.astype(np_dtype, copy=False)
-
-    work = (min(stop, spont) if start < spont else 0) + max(0, stop - spont) * -(-batch // chunk)
-    with contextlib.ExitStack() as stack, _progress(progress, work) as advance:
+    chunk = batch if batch_size is None else validate.positive_int("batch_size", batch_size)
+    paths = area_paths(out, plan.areas)
+    shapes = {a: (plan.length, batch, *plan.shapes[f"area_{a}"]) for a in plan.areas}
+    convert = NumpyConverter(dtype)
+    starts = range(0, batch, chunk)
+    with contextlib.ExitStack() as stack, _progress(progress, plan.length * len(starts)) as advance:
         tmps = {a: stack.enter_context(atomic_path(p)) for a, p in paths.items()}
-        maps = {a: np.lib.format.open_memmap(tmps[a], mode="w+", dtype=np_dtype, shape=shapes[a]) for a in areas_t}
-        with torch.no_grad():
-            if start < spont:  # the blank phase is the same for every trial: simulate one, broadcast
-                weights = model.effective_weights()
-                blank = model.unchecked_trajectory(weights, model.initial_state(1), None, min(spont, stop), alpha)
-                for t, state in enumerate(blank):
-                    if t >= start:
-                        for a in areas_t:
-                            maps[a][t - start] = to_numpy(state[a])  # broadcast over the batch
-                    advance()
-            if stop > spont:
-                for b0 in range(0, batch, chunk):
-                    xb = images[b0:b0 + chunk]
-                    nb = xb.shape[0]
-                    # Only the steps up to the window's end (a sequence: only their frames).
-                    stimulus = xb[:, :stop - spont] if video else xb
-                    trajectory = model.trajectory(stimulus, steps=None if video else stop - spont,
-                                                  spontaneous_steps=spont, alpha=alpha)
-                    for t, state in enumerate(trajectory, start=spont):
-                        if t >= start:
-                            for a in areas_t:
-                                maps[a][t - start, b0:b0 + nb] = to_numpy(state[a])
-                        advance()
-        for a in areas_t:
+        maps = {a: np.lib.format.open_memmap(tmps[a], mode="w+", dtype=plan.np_dtype, shape=shapes[a])
+                for a in plan.areas}
+        blank = blank_phase(model, plan) if len(starts) > 1 else None
+        for b0 in starts:
+            xb = images[b0:b0 + chunk]
+            for t, values in simulate_batch(model, xb, plan, blank):
+                for a in plan.areas:
+                    maps[a][t - plan.window[0], b0:b0 + xb.shape[0]] = convert(values[f"area_{a}"])
+                advance()
+        for a in plan.areas:
             maps[a].flush()
         del maps
-    if overflow:
-        warnings.warn("record_activity: some rates exceed the float16 range (65504) and were stored as inf; "
-                      "record with dtype='float32'", RuntimeWarning, stacklevel=2)
-    return Recording(paths=paths, shapes=shapes, window=(start, stop), spontaneous_steps=spont, steps=n_steps,
-                     dt_ms=alpha * float(tau_ms), dtype=dtype, spatial_mean=spatial_mean)
+    convert.warn("record_activity")
+    return Recording(paths=paths, shapes=shapes, window=plan.window, spontaneous_steps=plan.spontaneous_steps,
+                     steps=plan.steps, dt_ms=plan.dt_ms, dtype=dtype, spatial_mean=plan.spatial_mean)
 
 
 def _check_window(window: Any, total: int) -> tuple[int, int]:

@@ -26,7 +26,7 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from . import analysis, export, foundation, runtime, train
+from . import analysis, dataset, export, foundation, runtime, train
 from ._shared import one_line, wide_console_env
 
 __all__ = ["COMMANDS", "USER_ERRORS", "app", "main"]
@@ -100,6 +100,7 @@ COMMANDS: dict[str, tuple[typer.Typer, Callable[..., Any]]] = {
     "bench": (app, runtime.bench),
     "train": (app, train.train),
     "record": (app, analysis.record),
+    "evaluate": (app, dataset.evaluate_command),
     "reaction-time": (app, analysis.reaction_time),
     "spectrum": (analyze_app, analysis.spectrum),
 }

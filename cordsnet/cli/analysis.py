@@ -13,6 +13,15 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ._shared import CheckpointArg, JsonOpt, console, echo_json, load_model, phases
+from .dataset import (  # the dataset mode of record
+    DataRootOpt,
+    DatasetOpt,
+    DatasetSplit,
+    LimitOpt,
+    SplitOpt,
+    StoreOpt,
+    record_dataset_command,
+)
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")  # a first path with one of these is the model
 RECORD_SUFFIXES = (".npy",)
@@ -134,10 +143,14 @@ def spectrum(
 
 # -------------------------------------------------------------------------------------- record
 def record(
-    paths: AnalysisPathsArg,
     areas: Annotated[list[str], typer.Option(
         "--area", "--areas", "-a", help="Areas to record, comma-separated and/or repeated: --area 2,3.")],
-    out: Annotated[Path, typer.Option(dir_okay=False, help="Destination .npy (several areas: <stem>_area<i>.npy).")],
+    paths: Annotated[Optional[list[Path]], typer.Argument(
+        exists=True, dir_okay=False, metavar="[CHECKPOINT] [IMAGE]...",
+        help="An optional checkpoint (.safetensors/.pth/.pt/.ckpt; default: the bundled model), then image files "
+             "(none with --dataset).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        dir_okay=False, help="Destination .npy for image files (several areas: <stem>_area<i>.npy).")] = None,
     window: Annotated[Optional[tuple[int, int]], typer.Option(
         help="START STOP global step indices (0..P-1 spontaneous, then stimulus); default: all steps.")] = None,
     spatial_mean: Annotated[bool, typer.Option(help="Average each channel over space: (steps, B, c).")] = False,
@@ -146,16 +159,34 @@ def record(
     spontaneous_steps: Annotated[Optional[int], typer.Option(min=0, help="Blank steps first.")] = None,
     protocol: AnalysisProtocolOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the protocol's noise.")] = 0,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Trials simulated at a time.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        min=1, help="Trials simulated at a time (with --dataset: images per store chunk, default 8).")] = None,
+    dataset: DatasetOpt = None,
+    split: SplitOpt = DatasetSplit.test,
+    data_root: DataRootOpt = None,
+    limit: LimitOpt = None,
+    store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Record the rates of chosen areas at every step into .npy memory maps (streamed to disk)."""
+    """Record the rates of chosen areas at every step: image files into .npy memory maps (--out), or a
+    whole dataset split (--dataset) into a Zarr store (--store), sharded under torchrun and resumable."""
     from .. import validate
     from .._io import check_output
     from ..analysis import record_activity
     from ..analysis.recording import area_paths
     from ._shared import checkpoint_source
 
+    paths = paths or []
+    if dataset is not None:
+        checkpoint = paths[0] if paths and paths[0].suffix.lower() in CHECKPOINT_SUFFIXES else None
+        if len(paths) > (checkpoint is not None) or protocol is not None or out is not None:
+            raise ValueError("--dataset: takes no image files, --protocol or --out (an optional checkpoint, and "
+                             "--store for the output)")
+        record_dataset_command(checkpoint, areas, store, dataset, split, data_root, limit, window, spatial_mean,
+                               float16, steps, spontaneous_steps, batch_size, as_json=as_json)
+        return
+    if out is None:
+        raise ValueError("--out: expected a destination .npy for image files (or --dataset NAME --store DIR)")
     checkpoint, image_paths = split_model_and_images(paths)
     check_output(out, suffixes=RECORD_SUFFIXES, name="--out")
     bar = not as_json and sys.stderr.isatty()  # record_activity's own progress bar on a terminal
