@@ -175,5 +175,12 @@ bench b64_f16         45 "$W/r8.unrolled.f16.b64.onnx"  --batch 64 --warmup 2 --
 bench step_b1_graph   35 "$W/r8.drive.f32.onnx"         --batch 1  --warmup 1 --iterations 5 --cuda-graph
 bench step_b1         35 "$W/r8.drive.f32.onnx"         --batch 1  --warmup 1 --iterations 5
 
+# Dataset-scale recording into a Zarr store on the GPU (issue 14): R8 at 224, short protocol, 1 process.
+if (( $(limit 120) > 0 )); then
+    log "record throughput (timeout $(limit 120) s)"
+    timeout "$(limit 120)" python benchmarks/bench_record.py --cases r8 --procs 1 2>&1 | tee -a "$LOG" \
+        || log "  record throughput failed or timed out (see above)"
+fi
+
 log "done in $((SECONDS - START)) s; results in $OUT_DIR"
 rm -rf "$WORK"
