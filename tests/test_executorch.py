@@ -47,7 +47,7 @@ def test_xnnpack_forms_equal_the_model(small_model, images):
 @needs_executorch
 @pytest.mark.parametrize("graph", ["unrolled", "stepwise", "stepwise-drive"])
 def test_export_verifies_and_delegates_every_conv_pool_linear(small_model, tmp_path, graph):
-    from cordsnet.artifact import check_manifest, read_info, read_manifest, read_metadata
+    from cordsnet.artifact import check_manifest, describe_artifact, read_info, read_manifest, read_metadata
     from cordsnet.export import export
 
     path = tmp_path / f"r2-{graph}.pte"
@@ -70,6 +70,8 @@ def test_export_verifies_and_delegates_every_conv_pool_linear(small_model, tmp_p
     assert manifest is not None and manifest.format == "executorch" and manifest.info == read_info(path)
     assert [c["role"] for c in manifest.companions] == (["encode"] if graph == "stepwise-drive" else [])
     assert read_manifest(path).info.graph == graph
+    described = describe_artifact(path)  # what `cordsnet-cli info m.pte` prints
+    assert described["format"] == "executorch" and described["manifest"] == str(manifest.path)
 
 
 @needs_executorch

@@ -226,10 +226,13 @@ def load(path: str | Path) -> Any:
 
 def runner_name() -> str:
     """How verification reports name this runner."""
-    import executorch
+    from importlib.metadata import PackageNotFoundError, version
 
-    version = getattr(executorch, "__version__", "")
-    return " ".join(f"executorch.runtime {version} (XNNPACK)".split())
+    try:
+        v = version("executorch")
+    except PackageNotFoundError:  # a source build without package metadata
+        v = ""
+    return " ".join(f"executorch.runtime {v} (XNNPACK)".split())
 
 
 def open_runner(path: Path, info: ArtifactInfo, providers: object = None
