@@ -12,7 +12,7 @@ batch 1, in:
 * onnxruntime-node (examples/node/classify.mjs);
 * onnxruntime-web WASM (its WASM-only build) in headless Debian chromium (the web app's
   ``cordsnetDemo.classify``), on min(4, cores) threads (cross-origin isolated) and on one thread;
-* ExecuTorch with the XNNPACK delegate (:class:`cordsnet.runtime_executorch.PteStepSession`).
+* ExecuTorch with the XNNPACK delegate (:class:`cordsnet.runtime.executorch.PteStepSession`).
 
 Every runtime first runs the steps once (warm-up: session initialisation, kernel selection) and is
 then timed over the same number of steps; the figure is the mean time of one step. Prints a table and
@@ -40,10 +40,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers import make_published_state_dict  # noqa: E402
 
-from cordsnet import _cli_web as web  # noqa: E402
+from cordsnet.cli import web  # noqa: E402
 from cordsnet.checkpoint import load_checkpoint  # noqa: E402
 from cordsnet.export import export  # noqa: E402
-from cordsnet.export.metadata import decode_spontaneous_state, read_metadata  # noqa: E402
+from cordsnet.artifact import decode_spontaneous_state, read_metadata  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -120,7 +120,7 @@ def executorch(model: Any, pte: Path, image: np.ndarray, steps: int, spont: int)
 
     if executorch_missing():
         return f"not installed ({executorch_missing()})", {}
-    from cordsnet.runtime_executorch import PteStepSession
+    from cordsnet.runtime.executorch import PteStepSession
 
     t0 = time.perf_counter()
     report = export(model, pte, format="executorch", graph="stepwise", batch=1, spontaneous_steps=spont,
@@ -132,7 +132,7 @@ def executorch(model: Any, pte: Path, image: np.ndarray, steps: int, spont: int)
     t0 = time.perf_counter()
     for _ in range(steps):
         session.step()
-    d = report.backend_details["delegation"][0]
+    d = report.details["delegation"][0]
     return (time.perf_counter() - t0) / steps, {"lowering_s": round(lowering, 1), "pte_mb": round(report.size_bytes / 1e6, 1),
                                                  "delegated_nodes": d["delegated_nodes"],
                                                  "portable_nodes": d["portable_nodes"], "portable_ops": d["portable_ops"]}
@@ -144,7 +144,6 @@ def bench(name: str, steps: int, tmp: Path) -> dict[str, Any]:
     spont = cfg.spontaneous_steps if name == "bundled" else 2  # the spontaneous phase is not timed
     onnx = tmp / f"{name}-stepwise.onnx"
     export(model, onnx, format="onnx", graph="stepwise", spontaneous_steps=spont, verify=False)
-    web.manifest_path(onnx).write_text(json.dumps(web.standin_manifest(onnx)))
     image = np.random.default_rng(0).standard_normal((1, *cfg.input_shape)).astype(np.float32)
     row: dict[str, Any] = {"model": name, "depth": cfg.depth, "image_size": cfg.image_size, "steps_timed": steps,
                            "onnx_mb": round(onnx.stat().st_size / 1e6, 1)}

@@ -8,8 +8,8 @@ the runtime (:mod:`cordsnet.runtime`), the CLI and clients in other languages ag
   :meth:`ArtifactInfo.io_table`) and how it is run. Adding a kind is one entry here (plus its
   traced wrapper in ``cordsnet/export/wrappers.py``).
 * :data:`FORMATS`: the file formats (``onnx`` ``.onnx``, ``torchscript`` ``.pt``, ``exported-program``
-  ``.pt2``), each with its suffix, its backend module and where its metadata lives. Adding a format
-  (e.g. ExecuTorch ``.pte``) is one entry here plus its backend module.
+  ``.pt2``, ``executorch`` ``.pte``), each with its suffix, its backend module and where its metadata
+  lives. Adding a format is one entry here plus its backend module.
 * The ``cordsnet.*`` metadata map every artifact carries (ONNX ``metadata_props``; for the torch
   formats the JSON extra file ``cordsnet.json``), parsed by ONE parser into :class:`ArtifactInfo`,
   which also checks it against the graph's own inputs and outputs (:meth:`ArtifactInfo.check_graph_io`).
@@ -18,7 +18,8 @@ the runtime (:mod:`cordsnet.runtime`), the CLI and clients in other languages ag
   with the sha256 of the artifact it belongs to. It is the metadata's second serialisation and is
   read back through the same parser.
 
-Only the standard library and numpy are needed (``onnx`` to read ``.onnx`` files, imported on use).
+Only the standard library and numpy are needed (``onnx`` to read ``.onnx`` files, ``executorch`` to
+read ``.pte`` files, both imported on use).
 See ``docs/export.md`` for the contract in prose.
 """
 
@@ -61,6 +62,7 @@ __all__ = [
     "MIN_OPSET",
     "Manifest",
     "PREFIX",
+    "PTE_METADATA_METHOD",
     "READOUTS",
     "SUPPORTED_FORMAT_VERSIONS",
     "artifact_format",
@@ -85,6 +87,7 @@ SUPPORTED_FORMAT_VERSIONS: tuple[str, ...] = ("1",)
 EXTRA_FILE = "cordsnet.json"  # TorchScript / ExportedProgram extra file holding the map as JSON
 MANIFEST_SUFFIX = ".cordsnet.json"  # the client manifest: <artifact file name> + this
 MANIFEST_VERSION = 1
+PTE_METADATA_METHOD = "cordsnet_metadata"  # ExecuTorch: constant method of a .pte returning the map as JSON
 
 # ONNX: opsets the exporter writes (the legacy exporter's range) and the IR version files are pinned
 # to (onnx >= 1.23 writes IR 14 by default, which onnxruntime 1.31 refuses; IR 10 loads from 1.20 on).
@@ -213,6 +216,9 @@ FORMATS: dict[str, ArtifactFormat] = {f.name: f for f in (
                    "TorchScript (libtorch, C++); metadata in the extra file cordsnet.json"),
     ArtifactFormat("exported-program", ".pt2", (".pt2",), "cordsnet.export.exported_program", "zip-extra",
                    "torch.export ExportedProgram; metadata in the extra file cordsnet.json"),
+    ArtifactFormat("executorch", ".pte", (".pte",), "cordsnet.export.executorch", "pte",
+                   "ExecuTorch program (XNNPACK delegate, on-device); metadata from its constant method "
+                   "cordsnet_metadata"),
 )}
 
 
@@ -719,11 +725,33 @@ def _read_manifest_only(path: Path) -> tuple[dict[str, str], None]:
     return _manifest_to_metadata(_load_manifest_json(manifest_path(path)), str(manifest_path(path))), None
 
 
+def _read_pte(path: Path) -> tuple[dict[str, str], None]:
+    """ExecuTorch: the map the program returns from its constant method :data:`PTE_METADATA_METHOD`
+    (``executorch.runtime``, imported on use); without executorch, the manifest beside the program."""
+    try:
+        from executorch.runtime import Runtime
+    except ImportError:
+        return _read_manifest_only(path)
+    try:
+        program = Runtime.get().load_program(path)
+    except Exception as exc:  # the runtime raises RuntimeError for a bad flatbuffer
+        first = " ".join(str(exc).split())[:200]
+        raise ValueError(f"model: {str(path)!r} is not a loadable ExecuTorch program: {first}") from None
+    if PTE_METADATA_METHOD not in program.method_names:
+        return {}, None
+    (text,) = program.load_method(PTE_METADATA_METHOD).execute([])
+    data = _loads(text) if isinstance(text, str) else None
+    if not isinstance(data, dict):
+        raise ValueError(f"model: {str(path)!r} has a malformed {PTE_METADATA_METHOD} (expected a JSON object)")
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}, None
+
+
 # How each format stores its cordsnet.* map: reader(path) -> (map, graph I/O or None when unknown).
 METADATA_READERS: dict[str, Callable[[Path], tuple[dict[str, str], Any]]] = {
     "onnx": _read_onnx,
     "zip-extra": _read_zip_extra,
     "manifest": _read_manifest_only,
+    "pte": _read_pte,
 }
 
 

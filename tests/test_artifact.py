@@ -56,7 +56,7 @@ def test_io_names_follow_the_registry():
 
 def test_formats_and_paths():
     assert {n: f.suffix for n, f in A.FORMATS.items()} == {"onnx": ".onnx", "torchscript": ".pt",
-                                                           "exported-program": ".pt2"}
+                                                           "exported-program": ".pt2", "executorch": ".pte"}
     assert A.artifact_format("a/b.ONNX") == "onnx" and A.artifact_format("m.ts") == "torchscript"
     with pytest.raises(ValueError, match="suffix one of"):
         A.artifact_format("m.safetensors")

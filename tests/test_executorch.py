@@ -47,15 +47,16 @@ def test_xnnpack_forms_equal_the_model(small_model, images):
 @needs_executorch
 @pytest.mark.parametrize("graph", ["unrolled", "stepwise", "stepwise-drive"])
 def test_export_verifies_and_delegates_every_conv_pool_linear(small_model, tmp_path, graph):
+    from cordsnet.artifact import check_manifest, describe_artifact, read_info, read_manifest, read_metadata
     from cordsnet.export import export
-    from cordsnet.export.metadata import read_metadata
 
     path = tmp_path / f"r2-{graph}.pte"
     report = export(small_model, path, format="executorch", graph=graph, **KW)
     assert report.verification.passed and report.verification.runner.startswith("executorch.runtime")
     assert report.verification.max_abs < 1e-4
-    programs = report.to_dict()["delegation"]
-    assert len(programs) == (2 if graph == "stepwise-drive" else 1) and all(f.is_file() for f in report.files)
+    programs = report.to_dict()["details"]["delegation"]
+    assert [d["graph"] for d in programs] == ([graph, "encode"] if graph == "stepwise-drive" else [graph])
+    assert all(f.is_file() for f in report.files) and report.manifest in report.files
     for d in programs:
         assert d["delegated_nodes"] > 0 and d["delegated_subgraphs"] >= 1
         assert not [op for op in d["portable_ops"] if any(k in op for k in ("convolution", "pool", "linear", "mm"))]
@@ -63,15 +64,21 @@ def test_export_verifies_and_delegates_every_conv_pool_linear(small_model, tmp_p
     assert programs[0]["by_operator"]["aten_convolution_default"]["delegated"] > 0
     if graph != "stepwise-drive":  # the pool sits in the drive (encode program for stepwise-drive)
         assert programs[0]["by_operator"]["aten_avg_pool2d_default"] == {"delegated": 1, "portable": 0}
-    meta = read_metadata(path)
+    meta = read_metadata(path)  # from the program's own constant method
     assert meta["cordsnet.graph"] == graph and meta["cordsnet.max_batch"] == str(MAX_BATCH)
+    manifest = check_manifest(path)  # the client manifest beside it belongs to these bytes
+    assert manifest is not None and manifest.format == "executorch" and manifest.info == read_info(path)
+    assert [c["role"] for c in manifest.companions] == (["encode"] if graph == "stepwise-drive" else [])
+    assert read_manifest(path).info.graph == graph
+    described = describe_artifact(path)  # what `cordsnet-cli info m.pte` prints
+    assert described["format"] == "executorch" and described["manifest"] == str(manifest.path)
 
 
 @needs_executorch
 @pytest.mark.parametrize("graph", ["stepwise", "stepwise-drive"])
 def test_step_session_matches_the_model(small_model, images, tmp_path, graph):
     from cordsnet.export import export
-    from cordsnet.runtime_executorch import PteStepSession
+    from cordsnet.runtime.executorch import PteStepSession
 
     path = tmp_path / f"r2-{graph}.pte"
     export(small_model, path, format="executorch", graph=graph, verify=False, **KW)
@@ -84,8 +91,9 @@ def test_step_session_matches_the_model(small_model, images, tmp_path, graph):
             want, rates = m.run(x.double(), steps=5, spontaneous_steps=3, record=[0, 1])
     finally:
         small_model.float()
-    assert (logits.double() - want).abs().max() <= 1e-4 * want.abs().max()
-    torch.testing.assert_close(session.state[1].double(), rates[1][-1], atol=1e-5, rtol=1e-4)
+    assert isinstance(logits, np.ndarray) and logits.shape == (4, 10)
+    assert np.abs(logits - want.numpy()).max() <= 1e-4 * float(want.abs().max())
+    np.testing.assert_allclose(session.state[1], rates[1][-1].numpy(), atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match=f"at most {MAX_BATCH} images"):
         session.start(images(MAX_BATCH + 1, 3, 32))
 
@@ -93,7 +101,7 @@ def test_step_session_matches_the_model(small_model, images, tmp_path, graph):
 @needs_executorch
 def test_a_fixed_batch_program_refuses_another_batch(small_model, images, tmp_path):
     from cordsnet.export import export
-    from cordsnet.runtime_executorch import PteStepSession
+    from cordsnet.runtime.executorch import PteStepSession
 
     path = tmp_path / "r2-b2.pte"
     export(small_model, path, format="executorch", graph="stepwise", batch=2, **KW)
@@ -118,11 +126,23 @@ def test_failed_verification_fails_the_export(small_model, tmp_path, monkeypatch
 
 
 @needs_executorch
-def test_unsupported_kinds_are_refused(small_model, tmp_path):
+def test_unsupported_kinds_are_refused_before_any_work(small_model, tmp_path, monkeypatch):
+    import cordsnet.export.executorch as backend
     from cordsnet.export import export
 
+    def no_work(*args, **kwargs):
+        raise AssertionError("the backend was asked to write")
+
+    monkeypatch.setattr(backend, "write", no_work)
     with pytest.raises(ValueError, match="graph: the executorch format exports one of"):
         export(small_model, tmp_path / "x.pte", format="executorch", graph="loop", **KW)
     with pytest.raises(ValueError, match="dtype: the executorch format exports float32"):
         export(small_model, tmp_path / "x.pte", format="executorch", graph="stepwise", dtype="float16", **KW)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_executorch_is_a_registered_format():
+    from cordsnet.artifact import FORMATS, artifact_format
+
+    assert FORMATS["executorch"].suffix == ".pte" and artifact_format("m.pte") == "executorch"
+    assert FORMATS["executorch"].backend == "cordsnet.export.executorch"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from cordsnet import _cli_web as web
+from cordsnet.cli import web
 from cordsnet.checkpoint import load_checkpoint
 from cordsnet.data import digits_split, digits_to_tensor
 

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from cordsnet import _cli_web as web
+from cordsnet.cli import web
 from cordsnet.checkpoint import load_checkpoint
 from cordsnet.data import digits_split, digits_to_tensor
 
@@ -100,16 +100,17 @@ def held_out(classes: tuple[int, ...] = (2, 5, 8, 9)) -> tuple[np.ndarray, np.nd
 
 
 # ---------------------------------------------------------------------------------- no browser
-def test_manifest_stand_in_follows_the_schema(artifact, bundled):
+def test_the_exporter_manifest_is_what_the_page_reads(artifact, bundled):
+    """The manifest the exporter wrote beside the default graph follows the schema the page relies on."""
     from cordsnet._io import file_sha256
-    from cordsnet.export.metadata import decode_spontaneous_state, read_metadata
+    from cordsnet.artifact import manifest_path, read_info, read_manifest
 
-    m = web.load_manifest(artifact)
-    assert web.manifest_path(artifact).is_file()  # written beside the artifact on export
+    m = web.load_manifest(artifact).data
+    assert m == json.loads(manifest_path(artifact).read_text())  # the exporter's own file, checked
     keys = ["cordsnet_manifest", "format_version", "cordsnet_version", "artifact", "companions", "graph", "config",
             "protocol", "dtype", "batch", "inputs", "outputs", "preset", "spontaneous_state", "checkpoint_sha256",
             "state_dict_sha256"]
-    assert list(m) == keys
+    assert set(keys) <= set(m)  # extra keys (e.g. "exporter") are allowed; the page ignores them
     assert m["artifact"] == {"file": artifact.name, "format": "onnx", "sha256": file_sha256(artifact),
                              "size_bytes": artifact.stat().st_size}
     assert m["graph"] == "stepwise" and m["batch"] is None and m["companions"] == []
@@ -118,22 +119,48 @@ def test_manifest_stand_in_follows_the_schema(artifact, bundled):
     assert m["inputs"][0] == {"name": "image", "shape": ["batch", 1, 32, 32], "dtype": "float32"}
     assert m["outputs"][0] == {"name": "logits", "shape": ["batch", 10], "dtype": "float32"}
     assert m["preset"]["class_names"] == [str(d) for d in range(10)] and m["preset"]["mean"] == [0.3051]
+    assert read_manifest(artifact).info == read_info(artifact)  # the same facts as the ONNX metadata
     # The spontaneous state decodes (as JavaScript does: base64 of little-endian float32) to the artifact's own.
-    spont = decode_spontaneous_state(read_metadata(artifact))
+    spont = read_info(artifact).spontaneous_state()
     areas = m["spontaneous_state"]["areas"]
     assert m["spontaneous_state"]["encoding"] == "base64-float32-le" and len(areas) == len(spont) == 4
-    for a, want in zip(areas, spont):
+    for i, (a, want) in enumerate(zip(areas, spont)):
         got = np.frombuffer(base64.b64decode(a["data"]), dtype="<f4").reshape(a["shape"])
         np.testing.assert_array_equal(got, want)
-        assert a["shape"] == [1, *m["inputs"][1 + areas.index(a)]["shape"][1:]]
+        assert a["shape"] == [1, *m["inputs"][1 + i]["shape"][1:]]
+
+
+def test_an_artifact_without_a_manifest_is_refused(artifact, tmp_path):
+    lonely = tmp_path / artifact.name
+    shutil.copy(artifact, lonely)
+    with pytest.raises(ValueError, match="artifact: .* has no client manifest beside it"):
+        web.make_server(lonely, port=0)
+
+
+def test_the_server_hands_out_the_exporter_manifest_with_extra_keys(artifact, tmp_path):
+    """Byte for byte what the exporter wrote (an extra key such as "exporter" passes through)."""
+    from cordsnet.artifact import manifest_path
+
+    if not (web.ORT_DIST / "ort.wasm.min.mjs").is_file():
+        pytest.skip(f"onnxruntime-web is not installed: run `npm ci` in {web.WEB_DIR}")
+    server, url = web.serve_in_thread(artifact)
+    try:
+        with urllib.request.urlopen(url + "model/manifest.json") as r:
+            assert r.read() == manifest_path(artifact).read_bytes()
+        assert "exporter" in json.loads(manifest_path(artifact).read_text())
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_manifest_of_another_artifact_is_refused(artifact, tmp_path):
     other = tmp_path / artifact.name
     shutil.copy(artifact, other)
-    manifest = json.loads(web.manifest_path(artifact).read_text())
+    from cordsnet.artifact import manifest_path
+
+    manifest = json.loads(manifest_path(artifact).read_text())
     manifest["artifact"]["sha256"] = "0" * 64
-    web.manifest_path(other).write_text(json.dumps(manifest))
+    manifest_path(other).write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="belongs to another artifact"):
         web.make_server(other, port=0)
 

@@ -26,7 +26,7 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from . import analysis, dataset, export, foundation, runtime, train
+from . import analysis, dataset, export, foundation, runtime, train, web
 from ._shared import one_line, wide_console_env
 
 __all__ = ["COMMANDS", "USER_ERRORS", "app", "main"]
@@ -103,6 +103,7 @@ COMMANDS: dict[str, tuple[typer.Typer, Callable[..., Any]]] = {
     "evaluate": (app, dataset.evaluate_command),
     "reaction-time": (app, analysis.reaction_time),
     "spectrum": (analyze_app, analysis.spectrum),
+    "web": (app, web.web_command),
 }
 for _name, (_group, _function) in COMMANDS.items():
     _group.command(_name)(_function)

@@ -76,6 +76,7 @@ class ExportReport:
     verify_seconds: float = 0.0  # running the written graph against the PyTorch model
     verification: Any | None = None  # a VerificationReport, None with verify=False
     manifest: Path | None = None  # the client manifest written beside the artifact
+    details: dict[str, Any] = field(default_factory=dict)  # the backend's own report (executorch: delegation)
     metadata: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -97,6 +98,7 @@ class ExportReport:
             "total_seconds": round(self.total_seconds, 3),
             "size_bytes": self.size_bytes,
             "verification": self.verification.to_dict() if self.verification is not None else None,
+            "details": self.details,
         }
 
 
@@ -189,18 +191,18 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
         if exc.filename is None or str(exc.filename) in {str(t) for t in [*targets, manifest_path(output)]}:
             raise
         raise type(exc)(exc.errno, f"output: cannot write {str(output)!r}: {exc.strerror or exc}") from None
-    export_seconds, verify_seconds, report, size, data = result
+    export_seconds, verify_seconds, report, size, data, details = result
     files = targets + ([output.with_name(output.name + ".data")] if data is not None else []) + \
         [manifest_path(output)]
     return ExportReport(path=output, format=spec.format, graph=spec.graph, exporter=exporter_name, files=files,
                         export_seconds=export_seconds, size_bytes=size, spontaneous_seconds=spontaneous_seconds,
                         verify_seconds=verify_seconds, verification=report, manifest=manifest_path(output),
-                        metadata=meta)
+                        metadata=meta, details=details or {})
 
 
 def _write_all(source: CordsNet, spec: ExportSpec, backend: Any, output: Path, targets: list[Path],
                infos: list[ArtifactInfo], roles: Sequence[str], *, verify: bool, atol: float, rtol: float,
-               say: ProgressFn) -> tuple[float, float, Any, int, Path | None]:
+               say: ProgressFn) -> tuple[float, float, Any, int, Path | None, dict[str, Any] | None]:
     """Write, verify and hash every file in temporaries, then rename them into place (the manifest last)."""
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack, torch.no_grad():
@@ -208,7 +210,7 @@ def _write_all(source: CordsNet, spec: ExportSpec, backend: Any, output: Path, t
         manifest_tmp = stack.enter_context(atomic_path(manifest_path(output)))
         temps = [stack.enter_context(backend.staged(t)) for t in targets]
         say(f"exporting the {spec.graph} graph ({spec.format}, {spec.steps} steps)")
-        backend.write(source, spec, list(zip(temps, infos)), progress=say)
+        details = backend.write(source, spec, list(zip(temps, infos)), progress=say)
         export_seconds = time.perf_counter() - t0
         report = None
         t_verify = time.perf_counter()
@@ -229,7 +231,7 @@ def _write_all(source: CordsNet, spec: ExportSpec, backend: Any, output: Path, t
                                     size_bytes=temps[0].stat().st_size, companions=companions)
         manifest_tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         size = sum(_size(t) for t in temps)
-    return export_seconds, verify_seconds, report, size, data
+    return export_seconds, verify_seconds, report, size, data, details
 
 
 def _check_output(output: Path, format: str) -> Path:

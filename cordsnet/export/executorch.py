@@ -10,13 +10,17 @@
   ``AvgPool2d(3, 2, padding=1, count_include_pad=True)`` becomes zero padding then ``avg_pool2d(3, 2)``
   (the divisor is 9 everywhere in both), and ``mean(dim=(2, 3))`` becomes ``mean(keepdim=True)`` then
   a reshape. ``tests/test_executorch.py`` checks both are equal to the model's forms.
+  Other kinds and float16 are refused by ``make_spec`` (:func:`check_spec`) before any work.
 * Batch: a ``.pte`` plans its memory for a bound. ``batch=N`` exports for exactly N images; without it
   the program takes 1..:data:`MAX_BATCH` images (memory planned for the maximum), recorded as
-  ``cordsnet.max_batch``; :class:`cordsnet.runtime_executorch.PteStepSession` refuses more with a clear error.
+  ``cordsnet.max_batch``; :class:`cordsnet.runtime.executorch.PteStepSession` refuses more with a clear error.
 * Metadata: the ``cordsnet.*`` map (plus ``cordsnet.max_batch``) as JSON returned by the constant
-  method ``cordsnet_metadata`` of the program (read with :func:`read_pte_metadata`).
+  method ``cordsnet_metadata`` of the program, read by :func:`cordsnet.artifact.read_metadata`
+  (the ``pte`` reader); the client manifest beside the program carries the same facts.
+* Verification: :func:`open_runner` runs the program with ``executorch.runtime``, like the other formats.
 * The export report: :func:`write` returns ``{"delegation": [...]}``, per program the delegated and
-  portable (non-delegated) node counts in total and by operator (:func:`delegation`).
+  portable (non-delegated) node counts in total and by operator (:func:`delegation`); the export
+  report carries it as ``details``.
 """
 
 from __future__ import annotations
@@ -26,20 +30,24 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import validate
+from ..artifact import PREFIX, PTE_METADATA_METHOD, ArtifactInfo, io_names
 from ..model import CordsNet, DriveTerms, Weights
 from . import wrappers as W
 from ._staging import staged
+from .spec import ExportSpec
 
-__all__ = ["EXPORTER_NAME", "MAX_BATCH", "METADATA_METHOD", "build", "delegation", "executorch_missing", "load",
-           "read_pte_metadata", "staged", "verify_runner", "write"]
+__all__ = ["EXPORTER_NAME", "GRAPHS", "MAX_BATCH", "METADATA_METHOD", "check_spec", "delegation",
+           "executorch_missing", "load", "open_runner", "staged", "write"]
 
 EXPORTER_NAME = "executorch/xnnpack"
 MAX_BATCH = 8  # largest batch of a program exported without a fixed batch (its planned memory bound)
-METADATA_METHOD = "cordsnet_metadata"  # constant method of the program returning the metadata JSON
+METADATA_METHOD = PTE_METADATA_METHOD  # constant method of the program returning the metadata JSON
 GRAPHS = ("unrolled", "stepwise", "stepwise-drive")  # the kinds this backend exports
 _MUST_DELEGATE = ("convolution", "pool", "linear", "addmm", "mm")  # op names that must never run portable
 
@@ -89,34 +97,57 @@ class XnnpackEncode(_XnnpackForms, W.Encode):
     """:class:`~cordsnet.export.wrappers.Encode` in XNNPACK's forms."""
 
 
-def graphs(model: CordsNet, spec: Any) -> list[tuple[torch.nn.Module, tuple[Tensor, ...]]]:
-    """(wrapper, example inputs) of `spec.graph`: [graph] or, for stepwise-drive, [step graph, encode graph]."""
+# The wrapper of each graph kind this backend writes (the encode kind: a stepwise-drive export's companion).
+WRAPPERS: dict[str, type[torch.nn.Module]] = {
+    "unrolled": XnnpackUnrolled,
+    "stepwise": XnnpackStepwise,
+    "stepwise-drive": XnnpackStepwiseDrive,
+    "encode": XnnpackEncode,
+}
+
+
+def check_spec(spec: ExportSpec) -> None:
+    """Refuse what this backend cannot write, before any work (called by ``make_spec``).
+
+    Raises:
+        ValueError: a graph kind other than :data:`GRAPHS` (the loop: ExecuTorch runs a step program
+            in the application's own loop), or a dtype other than float32.
+    """
     if spec.graph not in GRAPHS:
-        raise ValueError(f"graph: the executorch format exports one of {list(GRAPHS)}, got {spec.graph!r}")
+        raise ValueError(f"graph: the executorch format exports one of {list(GRAPHS)}, got {spec.graph!r} "
+                         "(run a stepwise program in your own loop instead of a loop graph)")
     if spec.dtype != "float32":
         raise ValueError(f"dtype: the executorch format exports float32 programs, got {spec.dtype!r}")
+
+
+def _wrapper(model: CordsNet, spec: ExportSpec, kind: str) -> tuple[torch.nn.Module, tuple[Tensor, ...]]:
+    """(XNNPACK-form wrapper, example inputs) of one graph kind."""
     ex = W.example_inputs(model, spec)
     kw = spec.wrapper_kwargs()
-    states = tuple(ex[f"state_{i}"] for i in range(model.depth))
-    kinds: dict[str, Callable[[], list[tuple[torch.nn.Module, tuple[Tensor, ...]]]]] = {
-        "unrolled": lambda: [(XnnpackUnrolled(model, steps=spec.steps, readout=spec.readout, record=spec.record,
-                                              **kw), (ex["image"],))],
-        "stepwise": lambda: [(XnnpackStepwise(model, **kw), (ex["image"], *states))],
-        "stepwise-drive": lambda: [(XnnpackStepwiseDrive(model, **kw), (ex["skip"], ex["ff0"], *states)),
-                                   (XnnpackEncode(model, **kw), (ex["image"],))],
-    }
-    return kinds[spec.graph]()
+    if kind == "unrolled":
+        module = XnnpackUnrolled(model, steps=spec.steps, readout=spec.readout, record=spec.record, **kw)
+    else:
+        module = WRAPPERS[validate.choice("graph", kind, list(WRAPPERS))](model, **kw)
+    ins, _ = io_names(kind, model.depth)
+    return module, tuple(ex[n] for n in ins)
 
 
 # ------------------------------------------------------------------------------------ export
-def _lower(module: torch.nn.Module, args: tuple, spec: Any, meta: Mapping[str, str]) -> tuple[Any, dict[str, Any]]:
+def _bounded(shapes: Any, dim: Any) -> Any:
+    """The wrappers' ``dynamic_shapes`` with every batch dimension replaced by `dim` (its planned bound)."""
+    if isinstance(shapes, dict):
+        return {axis: dim for axis in shapes}
+    if isinstance(shapes, (tuple, list)):
+        return type(shapes)(_bounded(s, dim) for s in shapes)
+    return shapes
+
+
+def _lower(module: torch.nn.Module, args: tuple, spec: ExportSpec, meta: Mapping[str, str]) -> tuple[Any, dict[str, Any]]:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     module.eval()
-    dynamic = None
-    if spec.batch is None:
-        dynamic = W.batch_dynamic_shapes(module, args, torch.export.Dim("batch", min=1, max=MAX_BATCH))
+    dynamic = _bounded(W.dynamic_shapes(module, args, spec), torch.export.Dim("batch", min=1, max=MAX_BATCH))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         ep = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
@@ -146,42 +177,41 @@ def delegation(graph_module: torch.fx.GraphModule) -> dict[str, Any]:
             "by_operator": by_op}
 
 
-def build(model: CordsNet, spec: Any, meta: Mapping[str, str] | None = None) -> list[tuple[Any, dict[str, Any]]]:
-    """The lowered program(s) of `spec` with their delegation reports: [(ExecutorchProgramManager, report)]."""
-    from .metadata import encode_metadata
+def program_metadata(spec: ExportSpec, info: ArtifactInfo) -> dict[str, str]:
+    """The map a program returns from :data:`METADATA_METHOD`: the ``cordsnet.*`` metadata plus
+    ``cordsnet.max_batch`` (the planned memory bound: the fixed batch, else :data:`MAX_BATCH`)."""
+    meta = info.to_metadata()
+    meta[PREFIX + "max_batch"] = str(spec.batch if spec.batch is not None else MAX_BATCH)
+    return meta
 
-    meta = dict(meta or {})
-    return [_lower(module, args, spec, meta if k == 0 else encode_metadata(meta))
-            for k, (module, args) in enumerate(graphs(model, spec))]
 
-
-def write(model: CordsNet, spec: Any, meta: dict[str, str], paths: Sequence[Path],
+def write(model: CordsNet, spec: ExportSpec, targets: Sequence[tuple[Path, ArtifactInfo]],
           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Lower and save the program(s) of `spec` to `paths` (metadata as the constant method
-    :data:`METADATA_METHOD`).
+    """Lower and save one program per target (the export's graph, then its companions), each with
+    its metadata as the constant method :data:`METADATA_METHOD`.
 
     Returns:
-        {"delegation": [report per program]} (see :func:`delegation`) for the export report.
+        ``{"delegation": [report per program]}`` (see :func:`delegation`), which the export report
+        carries as ``details``.
 
     Raises:
         ValueError: a conv, pool or linear layer was left to the portable kernels (never expected:
-            the wrappers use forms XNNPACK takes), or an unsupported graph kind / dtype.
+            the wrappers use forms XNNPACK takes).
     """
     say = progress or (lambda msg: None)
-    meta = dict(meta)
-    meta["cordsnet.max_batch"] = str(spec.batch if spec.batch is not None else MAX_BATCH)
-    say(f"lowering the {spec.graph} graph to XNNPACK")
     reports = []
-    for (program, report), path in zip(build(model, spec, meta), paths):
+    for path, info in targets:
+        say(f"lowering the {info.graph} graph to XNNPACK")
+        program, report = _lower(*_wrapper(model, spec, info.graph), spec, program_metadata(spec, info))
         bad = {op: n for op, n in report["portable_ops"].items() if any(k in op for k in _MUST_DELEGATE)}
         if bad:
             raise ValueError(f"executorch: XNNPACK left {bad} to the portable kernels; expected every conv, "
                              "pool and linear layer delegated")
         with open(path, "wb") as f:
             program.write_to_file(f)
-        reports.append(report)
-        say(f"XNNPACK: {report['delegated_nodes']} delegated nodes, {report['portable_nodes']} portable "
-            f"({report['portable_ops'] or 'none'})")
+        reports.append({"graph": info.graph, **report})
+        say(f"XNNPACK ({info.graph}): {report['delegated_nodes']} delegated nodes, {report['portable_nodes']} "
+            f"portable ({report['portable_ops'] or 'none'})")
     return {"delegation": reports}
 
 
@@ -194,37 +224,29 @@ def load(path: str | Path) -> Any:
     return program.load_method("forward")
 
 
-def read_pte_metadata(path: str | Path) -> dict[str, str]:
-    """The ``cordsnet.*`` map of a ``.pte`` program (its constant method :data:`METADATA_METHOD`).
+def runner_name() -> str:
+    """How verification reports name this runner."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    Raises:
-        ValueError: not a loadable program, or it carries no cordsnet metadata.
-    """
-    from executorch.runtime import Runtime
-
-    path = Path(path)
     try:
-        program = Runtime.get().load_program(path)
-    except Exception as exc:  # the runtime raises RuntimeError for a bad flatbuffer
-        raise ValueError(f"artifact: {str(path)!r} is not a loadable ExecuTorch program ({exc})") from None
-    if METADATA_METHOD not in program.method_names:
-        raise ValueError(f"artifact: {str(path)!r} carries no cordsnet metadata (not exported by cordsnet?)")
-    (text,) = program.load_method(METADATA_METHOD).execute([])
-    return {str(k): str(v) for k, v in json.loads(text).items()}
+        v = version("executorch")
+    except PackageNotFoundError:  # a source build without package metadata
+        v = ""
+    return " ".join(f"executorch.runtime {v} (XNNPACK)".split())
 
 
-def verify_runner(path: Path, meta: Mapping[str, str]) -> tuple[Callable[[Mapping[str, Any]], dict[str, Any]],
-                                                                  str, list[str], list[str]]:
-    """(run, runner name, input names, output names) for :func:`cordsnet.export.verify.verify_artifact`."""
-    import executorch
-    import numpy as np
+def open_runner(path: Path, info: ArtifactInfo, providers: object = None
+                ) -> tuple[Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]], str, list[str], list[str]]:
+    """(run(feeds) -> outputs by name, runner description, input names, output names) with executorch.runtime.
 
+    `providers` is ignored (the program runs on the CPU with its XNNPACK delegate). The outputs are
+    copied: the program reuses its planned memory on the next call.
+    """
     method = load(path)
-    ins, outs = json.loads(meta["cordsnet.inputs"]), json.loads(meta["cordsnet.outputs"])
+    ins, outs = info.io_names()
 
-    def run(feeds: Mapping[str, Any]) -> dict[str, Any]:
+    def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         res = method.execute([torch.from_numpy(np.array(feeds[k], dtype=np.float32, copy=True)) for k in ins])
-        return {k: v.detach().numpy() for k, v in zip(outs, res)}
+        return {k: np.array(v.detach().numpy(), copy=True) for k, v in zip(outs, res)}
 
-    version = getattr(executorch, "__version__", "")
-    return run, f"executorch.runtime {version} (XNNPACK)".replace("  ", " "), ins, outs
+    return run, runner_name(), ins, outs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -84,6 +85,10 @@ def make_spec(model: CordsNet, *, format: str, graph: str, steps: int | None, sp
         if format != "onnx":
             raise ValueError(f"opset: only applies to --format onnx, got format {format!r}")
         validate.integer("opset", opset, min=MIN_OPSET, max=MAX_OPSET)
-    return ExportSpec(graph=graph, format=format, steps=steps, spontaneous_steps=spont, alpha=alpha,
+    spec = ExportSpec(graph=graph, format=format, steps=steps, spontaneous_steps=spont, alpha=alpha,
                       batch=batch, readout=readout, record=tuple(areas), dtype=dtype, opset=opset,
                       exporter=exporter)
+    check = getattr(importlib.import_module(FORMATS[format].backend), "check_spec", None)
+    if check is not None:  # a backend refuses what it cannot write (e.g. executorch: no loop, float32 only)
+        check(spec)
+    return spec

@@ -2,11 +2,13 @@
 
 The page (``web/index.html``) runs the graph with onnxruntime-web, step by step, and reads everything
 else it needs (protocol, preset normalisation, class names, the spontaneous state) from the client
-manifest ``<artifact>.cordsnet.json``. The server:
+manifest ``<artifact>.cordsnet.json`` that the exporter writes beside every artifact
+(:mod:`cordsnet.artifact`); a manifest that belongs to another artifact is refused. The server:
 
 * ``/`` and the page's own files: from ``web/`` of the source checkout;
 * ``/vendor/ort/<file>``: onnxruntime-web's ``dist`` files from ``web/node_modules`` (``npm ci`` in web/);
-* ``/model/manifest.json`` and ``/model/<artifact file>``: the served graph and its manifest;
+* ``/model/manifest.json`` and ``/model/<artifact file>``: the served graph's manifest (the exporter's
+  file, byte for byte) and the graph;
 * every response carries the cross-origin isolation headers (COOP/COEP) that threaded WASM needs.
 
 Without an ARTIFACT the bundled model's stepwise graph is exported (and verified) once into a cache
@@ -17,29 +19,25 @@ Torch is imported only to export the default graph on first use.
 
 from __future__ import annotations
 
-import base64
 import http.server
-import json
 import logging
 import os
 import threading
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import numpy as np
 import typer
 
-from . import __version__
-from ._io import atomic_path, file_sha256
+from .._io import file_sha256
+from ..artifact import Manifest, check_manifest, manifest_path
 
-__all__ = ["DEFAULT_PORT", "MANIFEST_SUFFIX", "WEB_DIR", "cache_dir", "default_artifact", "load_manifest",
-           "manifest_path", "make_server", "register", "standin_manifest"]
+__all__ = ["DEFAULT_PORT", "WEB_DIR", "cache_dir", "default_artifact", "load_manifest", "make_server",
+           "serve_in_thread", "web_command"]
 
 logger = logging.getLogger("cordsnet.web")
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"  # the page's static files (source checkout)
+WEB_DIR = Path(__file__).resolve().parents[2] / "web"  # the page's static files (source checkout)
 ORT_DIST = WEB_DIR / "node_modules" / "onnxruntime-web" / "dist"  # vendored by `npm ci` in web/
-MANIFEST_SUFFIX = ".cordsnet.json"  # <artifact file name> + this suffix: the client manifest
 DEFAULT_PORT = 8765  # port of `cordsnet-cli web` unless --port is given (0: any free port)
 # Cross-origin isolation (SharedArrayBuffer, hence WASM threads) and no caching of changing files.
 ISOLATION_HEADERS = {
@@ -54,107 +52,33 @@ MIME_TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "app
 
 
 # ------------------------------------------------------------------------------- manifest
-def manifest_path(artifact: str | os.PathLike) -> Path:
-    """Where the client manifest of `artifact` lives: ``<artifact file name>.cordsnet.json`` beside it."""
-    artifact = Path(artifact)
-    return artifact.with_name(artifact.name + MANIFEST_SUFFIX)
-
-
-def standin_manifest(artifact: str | os.PathLike) -> dict[str, Any]:
-    """STAND-IN client manifest of an exported artifact, built from its ``cordsnet.*`` metadata.
-
-    This follows the schema agreed in the project brief (issue 12) field by field. It stands in for
-    the artifact contract module's manifest writer until that lands; the lead replaces this function
-    with that writer at merge (``load_manifest`` then only reads the file the exporter wrote).
-
-    Args:
-        artifact: an exported graph (.onnx, .pt, .pt2) carrying cordsnet metadata.
-
-    Returns:
-        The manifest as a JSON-ready dict.
-    """
-    from .export.metadata import artifact_format, decode_spontaneous_state, encode_path, parse_metadata, \
-        read_metadata
-
-    artifact = Path(artifact)
-    meta = read_metadata(artifact)
-    info = parse_metadata(meta)
-    spont = decode_spontaneous_state(meta)
-    cfg, preset = info["config"], info["preset"]
-    batch = None if info["batch"] == "dynamic" else int(info["batch"])
-    b: Any = "batch" if batch is None else batch
-    k, c, s = cfg["num_classes"], cfg["in_channels"], cfg["image_size"]
-    drive = [b, 64, s // 4, s // 4]
-    shapes: dict[str, list[Any]] = {"image": [b, c, s, s], "skip": drive, "ff0": drive, "steps": [],
-                                    "logits": [info["steps"], b, k] if info["readout"] == "all" else [b, k]}
-    for i, r in enumerate(spont):
-        shapes[f"state_{i}"] = shapes[f"next_state_{i}"] = [b, *r.shape[1:]]
-        shapes[f"rates_{i}"] = [info["steps"], b, *r.shape[1:]]
-    dtype = info["dtype"]
-
-    def io(name: str) -> dict[str, Any]:
-        return {"name": name, "shape": shapes[name], "dtype": "int64" if name == "steps" else dtype}
-
-    companions = []
-    if info["graph"] == "stepwise-drive":
-        enc = encode_path(artifact)
-        companions.append({"role": "encode", "file": enc.name, "sha256": file_sha256(enc)})
-    return {
-        "cordsnet_manifest": 1,
-        "format_version": info["format_version"],
-        "cordsnet_version": info["version"] or __version__,
-        "artifact": {"file": artifact.name, "format": artifact_format(artifact), "sha256": file_sha256(artifact),
-                     "size_bytes": artifact.stat().st_size},
-        "companions": companions,
-        "graph": info["graph"],
-        "config": cfg,
-        "protocol": {"steps": info["steps"], "spontaneous_steps": info["spontaneous_steps"], "alpha": info["alpha"],
-                     "dt_ms": info["alpha"] * 10.0, "readout": info["readout"], "record": info["record"]},
-        "dtype": dtype,
-        "batch": batch,
-        "inputs": [io(n) for n in info["inputs"]],
-        "outputs": [io(n) for n in info["outputs"]],
-        "preset": preset,
-        "spontaneous_state": {
-            "encoding": "base64-float32-le",
-            "areas": [{"shape": list(r.shape),
-                       "data": base64.b64encode(np.ascontiguousarray(r, dtype="<f4").tobytes()).decode("ascii")}
-                      for r in spont],
-        },
-        "checkpoint_sha256": info["checkpoint_sha256"],
-        "state_dict_sha256": info["state_dict_sha256"],
-    }
-
-
-def load_manifest(artifact: str | os.PathLike) -> dict[str, Any]:
-    """The client manifest of `artifact`: the file beside it, else the stand-in built from its metadata.
+def load_manifest(artifact: str | os.PathLike) -> Manifest:
+    """The client manifest the exporter wrote beside `artifact`, checked to belong to its bytes.
 
     Raises:
-        ValueError: the manifest file is malformed or belongs to another artifact (sha256 differs).
+        ValueError: there is no manifest beside the artifact, it is malformed, or it belongs to
+            another artifact (its sha256 or size differs).
     """
     artifact = Path(artifact)
-    path = manifest_path(artifact)
-    if not path.is_file():
-        return standin_manifest(artifact)
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        want = manifest["artifact"]["sha256"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"manifest: {str(path)!r} is not a cordsnet client manifest ({exc})") from None
-    got = file_sha256(artifact)
-    if want != got:
-        raise ValueError(f"manifest: {str(path)!r} belongs to another artifact (sha256 {want[:12]}..., "
-                         f"expected {got[:12]}... of {artifact.name})")
+    if not manifest_path(artifact).is_file():
+        raise ValueError(f"artifact: {str(artifact)!r} has no client manifest beside it "
+                         f"({manifest_path(artifact).name}); export it with `cordsnet-cli export --graph stepwise`, "
+                         "which writes both")
+    manifest = check_manifest(artifact)
+    assert manifest is not None
     return manifest
 
 
-def _check_servable(manifest: dict[str, Any], artifact: Path) -> None:
-    fmt, graph = manifest["artifact"]["format"], manifest["graph"]
+def _check_servable(manifest: Manifest, artifact: Path) -> None:
+    fmt, graph = manifest.format, manifest.info.graph
     if fmt != "onnx" or graph != "stepwise":
         raise ValueError(f"artifact: the web app runs a stepwise ONNX graph, got {graph!r} ({fmt}) in "
                          f"{str(artifact)!r}; export one with `cordsnet-cli export --graph stepwise`")
-    if manifest["dtype"] != "float32":
-        raise ValueError(f"artifact: the web app runs float32 graphs, got dtype {manifest['dtype']!r}")
+    if manifest.info.dtype != "float32":
+        raise ValueError(f"artifact: the web app runs float32 graphs, got dtype {manifest.info.dtype!r}")
+    if any(c["role"] == "external-data" for c in manifest.companions):
+        raise ValueError(f"artifact: {str(artifact)!r} keeps its weights in an external data file; the web app "
+                         "loads single-file ONNX graphs")
 
 
 # ----------------------------------------------------------------------------- default graph
@@ -175,23 +99,24 @@ def default_artifact(folder: str | os.PathLike | None = None) -> Path:
     Returns:
         Path of the ``.onnx`` file (named after the bundled weights' hash, so new weights export anew).
     """
-    from .checkpoint import default_checkpoint_path
+    from ..checkpoint import default_checkpoint_path
 
     source = default_checkpoint_path()
     digest = file_sha256(source)
     folder = Path(folder) if folder is not None else cache_dir() / "web"
     path = folder / f"{source.name.split('.')[0]}-stepwise-{digest[:12]}.onnx"
     if path.is_file() and manifest_path(path).is_file():
-        return path
+        try:
+            check_manifest(path)
+            return path
+        except ValueError as exc:  # a stale or damaged cache: export anew
+            logger.warning("re-exporting the cached graph: %s", exc)
     folder.mkdir(parents=True, exist_ok=True)
-    from .checkpoint import load_checkpoint
-    from .export import export
+    from ..checkpoint import load_checkpoint
+    from ..export import export
 
     logger.info("exporting the bundled model's stepwise graph to %s (first use)", path)
-    export(load_checkpoint(None), path, format="onnx", graph="stepwise", checkpoint_sha256=digest)
-    if not manifest_path(path).is_file():  # the exporter writes it once the artifact module lands
-        with atomic_path(manifest_path(path)) as tmp:
-            tmp.write_text(json.dumps(standin_manifest(path)), encoding="utf-8")
+    export(load_checkpoint(None), path, format="onnx", graph="stepwise", checkpoint_sha256=digest)  # + its manifest
     return path
 
 
@@ -216,10 +141,9 @@ def make_server(artifact: str | os.PathLike, host: str = "127.0.0.1", port: int 
     artifact = Path(artifact)
     manifest = load_manifest(artifact)
     _check_servable(manifest, artifact)
-    manifest_bytes = json.dumps(manifest).encode("utf-8")
-    routes: dict[str, tuple[Path | bytes, str]] = {
-        "/model/manifest.json": (manifest_bytes, "application/json"),
-        f"/model/{manifest['artifact']['file']}": (artifact, "application/octet-stream"),
+    routes: dict[str, tuple[Path | bytes, str]] = {  # the manifest as the exporter wrote it, and its artifact
+        "/model/manifest.json": (manifest.path.read_bytes(), "application/json"),
+        f"/model/{manifest.file}": (artifact, "application/octet-stream"),
     }
 
     class Handler(http.server.SimpleHTTPRequestHandler):
@@ -299,8 +223,3 @@ def web_command(
         pass
     finally:
         server.server_close()
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``web`` command to the CLI `app`."""
-    app.command("web")(web_command)
