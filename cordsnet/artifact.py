@@ -29,6 +29,7 @@ import base64
 import binascii
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
@@ -728,6 +729,8 @@ def _read_manifest_only(path: Path) -> tuple[dict[str, str], None]:
 def _read_pte(path: Path) -> tuple[dict[str, str], None]:
     """ExecuTorch: the map the program returns from its constant method :data:`PTE_METADATA_METHOD`
     (``executorch.runtime``, imported on use); without executorch, the manifest beside the program."""
+    # executorch imports torch, whose pytree module logs a deprecation about executorch's own enums.
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     try:
         from executorch.runtime import Runtime
     except ImportError:
