@@ -137,10 +137,10 @@ def make_server(artifact: str | os.PathLike, host: str = "127.0.0.1", port: int 
         ValueError: the artifact is not a float32 stepwise ONNX graph, or its manifest is another's.
         FileNotFoundError: web/ or its onnxruntime-web files are missing.
     """
-    _web_dir_ready()
     artifact = Path(artifact)
-    manifest = load_manifest(artifact)
+    manifest = load_manifest(artifact)  # the user's input first, then the installation
     _check_servable(manifest, artifact)
+    _web_dir_ready()
     routes: dict[str, tuple[Path | bytes, str]] = {  # the manifest as the exporter wrote it, and its artifact
         "/model/manifest.json": (manifest.path.read_bytes(), "application/json"),
         f"/model/{manifest.file}": (artifact, "application/octet-stream"),
