@@ -20,13 +20,15 @@ from typing import Any
 from ..artifact import GRAPH_KINDS, ArtifactInfo
 from .preprocess import Preprocessor, load_image
 from .providers import PROVIDER_ALIASES, ProviderError, resolve_providers
-from .session import Prediction, Session, read_artifact_info
+from .session import BACKENDS, EarlyExit, Prediction, Session, read_artifact_info
 from .step_session import StepSession
 
 __all__ = [
+    "BACKENDS",
     "GRAPH_KINDS",
     "PROVIDER_ALIASES",
     "ArtifactInfo",
+    "EarlyExit",
     "Prediction",
     "Preprocessor",
     "ProviderError",
