@@ -185,7 +185,7 @@ class OpenVINOSession:
     def run(self, names: Sequence[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Outputs `names` for the input arrays `feeds` (copies)."""
         with self._lock:
-            self._request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
+            self._request.infer({k: np.asarray(v, order="C") for k, v in feeds.items()})  # keeps 0-d scalars
             return [np.array(self._request.get_tensor(n).data, copy=True) for n in names]
 
 

@@ -319,6 +319,13 @@ class _Base:
         """onnxruntime's NodeArg of the graph input that takes the images."""
         return self._inputs["image"]
 
+    def rank(self, logits: Any, top_k: int = 5) -> Prediction:
+        """The top-k classes of (B, K) logits (e.g. ``run_until(...).logits``), with names and probabilities."""
+        z = np.asarray(logits)
+        if z.ndim != 2 or z.shape[1] != self.config.num_classes or not np.issubdtype(z.dtype, np.floating):
+            raise ValueError(f"logits: expected float (B, {self.config.num_classes}), got {z.dtype} {z.shape}")
+        return self._predict_from_logits(z, top_k)
+
     def _predict_from_logits(self, logits: np.ndarray, top_k: int) -> Prediction:
         top_k = validate.positive_int("top_k", top_k)
         check_finite("logits", logits)
