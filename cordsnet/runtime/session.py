@@ -365,6 +365,10 @@ class Session(_Base):
             one set per batch size, bound once (what CUDA graphs need; default False).
         session_options: onnxruntime ``SessionOptions`` (threads, optimisation level, ...).
         provider_options: extra options per onnxruntime provider name.
+        backend: "onnxruntime" (default) or "openvino" (the same ONNX file compiled by OpenVINO;
+            `providers` is then the OpenVINO device, "auto"/"cpu" meaning "CPU").
+        precision: OpenVINO only: "f32" (default), "bf16" or "f16" as a compile hint; an error where
+            the device does not report it (never a silent fallback).
 
     Raises:
         FileNotFoundError: no such file.

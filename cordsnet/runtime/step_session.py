@@ -75,6 +75,13 @@ class StepSession(_Base):
         session_options: onnxruntime ``SessionOptions``; default: onnxruntime's, except that idle
             intra-op threads sleep between calls (``session.intra_op.allow_spinning = 0``).
         provider_options: extra options per onnxruntime provider name.
+        backend: "onnxruntime" (default) or "openvino" (:mod:`cordsnet.runtime.openvino_backend`: the
+            state in OpenVINO tensors bound to two infer requests; `providers` is then the OpenVINO
+            device, "auto"/"cpu" meaning "CPU").
+        precision: OpenVINO only: "f32" (default), "bf16" or "f16" as a compile hint; an error where
+            the device does not report it.
+
+    Anytime inference: :meth:`run_until` stops each image when it has decided (see docs/anytime.md).
 
     Example:
         >>> s = StepSession("r4.stepwise.onnx", providers="cpu")   # doctest: +SKIP
