@@ -158,3 +158,28 @@ def test_bf16_keeps_the_bundled_models_answers(bundled_model, tmp_path):
     agree = (out.argmax(1) == ref.argmax(1)).mean()
     assert agree >= 0.99, agree
     assert (out.argmax(1) == y).mean() >= 0.97
+
+
+def test_cli_predict_and_bench_with_openvino(exported_onnx, tmp_path):
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from cordsnet.cli import app
+
+    img = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(img)
+    run = CliRunner().invoke
+    res = run(app, ["predict", str(exported_onnx["stepwise"]), str(img), "--backend", "openvino", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["providers"] == ["OpenVINO:CPU:f32"]
+    want = StepSession(exported_onnx["stepwise"], providers="cpu").predict([str(img)], top_k=5).indices[0]
+    assert [t["index"] for t in data["predictions"][0]["top"]] == want.tolist()
+    res = run(app, ["bench", str(exported_onnx["stepwise"]), "--backend", "openvino", "--iterations", "2",
+                    "--warmup", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["providers"] == ["OpenVINO:CPU:f32"]
+    res = run(app, ["predict", str(exported_onnx["stepwise"]), str(img), "--precision", "bf16"])
+    assert res.exit_code == 1 and "precision: applies to backend='openvino'" in res.output

@@ -136,6 +136,8 @@ def bench(
         min=1, help="Stimulus steps per image (loop/stepwise graphs; default: the exported protocol's).")] = None,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed runs first.")] = 2,
     iterations: Annotated[int, typer.Option(min=1, help="Timed runs.")] = 10,
+    backend: BackendOpt = Backend.onnxruntime,
+    precision: PrecisionOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Latency percentiles (per image, per step) and throughput of an exported graph."""
@@ -147,7 +149,8 @@ def bench(
                   transient=True, disable=as_json) as bar:
         task = bar.add_task("runs", total=warmup + iterations)
         result = benchmark(model, batch=batch, providers=provider, cuda_graph=cuda_graph, steps=steps,
-                           warmup=warmup, iterations=iterations,
+                           warmup=warmup, iterations=iterations, backend=backend.value,
+                           precision=None if precision is None else precision.value,
                            progress=lambda done, total: bar.update(task, completed=done))
     if as_json:
         echo_json(result)
