@@ -218,9 +218,12 @@ class OpenVINOStepper:
         self.drives = {n: self._tensor((batch, *(self.input_shape if n == "image" else self._drive_shapes[n])))
                        for n in self.drive_inputs}
         self.logits_tensor = self._tensor((batch, self.num_classes))
-        self.requests = []
+        if not hasattr(self, "requests"):  # created once; a batch change only re-binds tensors
+            self.requests = [self.step_graph.compiled.create_infer_request() for _ in range(2)]
+            if self.encode_graph is not None:
+                self.encode_request = self.encode_graph.compiled.create_infer_request()
         for k in range(2):
-            req = self.step_graph.compiled.create_infer_request()
+            req = self.requests[k]
             for name, t in self.drives.items():
                 req.set_tensor(name, t)
             for name, t in zip(self.state_in, self.sets[k]):
@@ -228,10 +231,8 @@ class OpenVINOStepper:
             for name, t in zip(self.state_out, self.sets[1 - k]):
                 req.set_tensor(name, t)
             req.set_tensor("logits", self.logits_tensor)
-            self.requests.append(req)
         if self.encode_graph is not None:
             self.encode_image = self._tensor((batch, *self.input_shape))
-            self.encode_request = self.encode_graph.compiled.create_infer_request()
             self.encode_request.set_tensor("image", self.encode_image)
             for name in ("skip", "ff0"):
                 self.encode_request.set_tensor(name, self.drives[name])
