@@ -25,6 +25,13 @@ optimisations off) and opening the loop graph, plus one prediction with each::
 
     python benchmarks/bench_runtime.py --open --bundled     # the bundled digits model (R4, 32 px)
     python benchmarks/bench_runtime.py --open --depth 4 --size 64
+
+``--backends`` times one stimulus step of the ``stepwise-drive`` graph under :class:`StepSession` with
+onnxruntime float32 (the reference), OpenVINO float32 and OpenVINO bf16 (``precision="bf16"``, where the
+CPU reports BF16), in interleaved rounds (the order rotates every round), and reports each backend's
+median per-step time and its ratio to onnxruntime paired round by round (needs ``cordsnet[openvino]``)::
+
+    python benchmarks/bench_runtime.py --backends --steps 20 --repeats 5   # R8, 224 px, batch 1
 """
 
 from __future__ import annotations
@@ -65,7 +72,16 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--open", action="store_true", help="measure session-open costs instead (see above)")
     ap.add_argument("--bundled", action="store_true", help="with --open: the bundled model instead of a random one")
+    ap.add_argument("--backends", action="store_true",
+                    help="per-step time of onnxruntime fp32 vs OpenVINO fp32/bf16 instead (see above)")
     args = ap.parse_args()
+    if args.backends:
+        result = backend_steps(args)
+        text = json.dumps(result, indent=2)
+        print(text)
+        if args.json is not None:
+            args.json.write_text(text + "\n")
+        return
     if args.open:
         result = open_costs(args)
         text = json.dumps(result, indent=2)
@@ -157,6 +173,55 @@ def main() -> None:
     print(text)
     if args.json is not None:
         args.json.write_text(text + "\n")
+
+
+def backend_steps(args: argparse.Namespace) -> dict:
+    """Median per-step ms of each backend (stepwise-drive, batch 1) and its per-round ratio to onnxruntime fp32."""
+    from cordsnet.runtime.openvino_backend import available_precisions
+
+    torch.manual_seed(0)
+    cfg = CordsNetConfig(depth=args.depth, image_size=args.size, num_classes=1000, steps=args.steps,
+                         spontaneous_steps=args.spontaneous, dataset="imagenet")
+    model = CordsNet(cfg).eval()
+    with torch.no_grad():
+        for b in model.conv_bias:
+            b.normal_(0.05, 0.2)
+    xn = np.random.default_rng(0).standard_normal((1, *cfg.input_shape)).astype(np.float32)
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    with tempfile.TemporaryDirectory() as tmp:
+        drive = export(model, Path(tmp) / "drive.onnx", graph="stepwise-drive", steps=2, spontaneous_steps=2,
+                       verify=False).path
+        sessions = {"onnxruntime_fp32": StepSession(drive, providers="cpu")}
+        sessions["openvino_fp32"] = StepSession(drive, backend="openvino", precision="f32")
+        if "bf16" in available_precisions("CPU"):
+            sessions["openvino_bf16"] = StepSession(drive, backend="openvino", precision="bf16")
+        ref = sessions["onnxruntime_fp32"].run(xn, steps=args.steps)
+        parity = {name: float(np.abs(s.run(xn, steps=args.steps) - ref).max()) for name, s in sessions.items()}
+        names = list(sessions)
+        per_round: dict[str, list[float]] = {n: [] for n in names}
+        for rnd in range(args.repeats + 1):  # round 0: warm-up
+            for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+                s = sessions[name]
+                s.reset(1)
+                s.set_image(xn)
+                t0 = time.perf_counter()
+                for k in range(args.steps):
+                    s.step(fetch=k == args.steps - 1)
+                if rnd > 0:
+                    per_round[name].append((time.perf_counter() - t0) / args.steps)
+    ref_times = np.asarray(per_round["onnxruntime_fp32"])
+    return {
+        "command": f"python benchmarks/bench_runtime.py --backends --depth {args.depth} --size {args.size} "
+                   f"--steps {args.steps} --repeats {args.repeats}",
+        "model": f"CordsNet-R{args.depth} at {args.size} px (random weights), stepwise-drive, batch 1",
+        "openvino_precisions_on_this_cpu": available_precisions("CPU"),
+        "max_abs_logits_vs_onnxruntime": parity,
+        "per_step_ms_median": {n: round(float(np.median(v)) * 1e3, 2) for n, v in per_round.items()},
+        "speedup_vs_onnxruntime_fp32_per_round": {
+            n: [round(float(r), 2) for r in ref_times / np.asarray(v)] for n, v in per_round.items()},
+        "load_average_before": load_before, "load_average_after": [round(v, 2) for v in os.getloadavg()],
+        "cpus": os.cpu_count(),
+    }
 
 
 def open_costs(args: argparse.Namespace) -> dict:

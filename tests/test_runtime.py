@@ -775,3 +775,13 @@ def test_cli_refuses_lying_metadata_and_bad_tolerances_in_one_line(model, graphs
         lines = [ln for ln in res.output.splitlines() if ln.strip()]
         assert res.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), (args, res.output)
         assert match in lines[0], (args, res.output)
+
+
+def test_openvino_backend_without_openvino_says_how_to_install(graphs, monkeypatch):
+    """Runs everywhere: with openvino unimportable, backend="openvino" is one clear error, never a fallback."""
+    from cordsnet.runtime import openvino_backend
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    monkeypatch.setattr(openvino_backend, "_CORE", None)
+    with pytest.raises(ProviderError, match=r"pip install 'cordsnet\[openvino\]'"):
+        StepSession(graphs["stepwise"], backend="openvino")

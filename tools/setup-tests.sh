@@ -2,7 +2,7 @@
 # Install everything the test suite uses, on a fresh Debian/Ubuntu machine (the README's test set-up
 # command runs this, then pytest; CI runs exactly that):
 #   - the package with its test extras (pytest, matplotlib, zarr/xarray), the browser test's Playwright
-#     for Python and ExecuTorch, constrained to the torch/torchvision already installed (never replaced);
+#     for Python, ExecuTorch and OpenVINO, constrained to the torch/torchvision already installed (never replaced);
 #   - Debian's chromium, which Playwright drives by path (never `playwright install`);
 #   - the npm packages of web/ and examples/node/, pinned by their package-lock.json (onnxruntime-node's
 #     install script would fetch CUDA binaries: skipped, the CPU library ships in the package).
@@ -22,7 +22,7 @@ for name in ("torch", "torchvision"):
     except md.PackageNotFoundError:
         pass
 PY
-python -m pip install -c "$constraints" -e ".[test,web,executorch]"
+python -m pip install -c "$constraints" -e ".[test,web,executorch,openvino]"
 
 $SUDO apt-get update
 $SUDO apt-get install -y chromium

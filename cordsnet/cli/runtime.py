@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -11,6 +12,28 @@ from ._shared import JsonOpt, console, echo_json, load_model, verification_lines
 
 ProviderOpt = Annotated[str, typer.Option(
     "--provider", help="Execution provider: auto (CUDA if usable, else CPU with a warning), cuda, tensorrt, cpu.")]
+
+
+class Backend(str, Enum):
+    """Engines of cordsnet.runtime.BACKENDS."""
+
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
+
+class Precision(str, Enum):
+    """OpenVINO compile precisions (cordsnet.runtime.openvino_backend.PRECISIONS)."""
+
+    f32 = "f32"
+    bf16 = "bf16"
+    f16 = "f16"
+
+
+BackendOpt = Annotated[Backend, typer.Option(
+    "--backend", help="onnxruntime (providers) or openvino (pip install 'cordsnet[openvino]'; --provider auto/cpu "
+                      "or an OpenVINO device).")]
+PrecisionOpt = Annotated[Optional[Precision], typer.Option(
+    "--precision", help="OpenVINO only: compute precision hint (bf16 needs a CPU that has it; never a fallback).")]
 ModelArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An exported .onnx graph (any kind).")]
 
 
@@ -20,20 +43,53 @@ def predict(
                                                  help="Image files (any format Pillow reads).")],
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes to list per image.")] = 5,
     provider: ProviderOpt = "auto",
+    until: Annotated[Optional[float], typer.Option(
+        "--until", help="Anytime inference: stop each image once it has decided at this probability (in (1/K, 1]) "
+                        "with evidence over the no-image baseline; prints the steps used. Stepwise graphs stop "
+                        "early; readout-all graphs run every step and report where each image decided.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(
+        "--max-steps", min=1, help="With --until: the most stimulus steps (default: the exported protocol's).")] = None,
+    margin: Annotated[Optional[float], typer.Option(
+        "--margin", help="With --until: evidence in logits the image must add (default: cordsnet.decision's).")] = None,
+    backend: BackendOpt = Backend.onnxruntime,
+    precision: PrecisionOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Classify images with an exported model (onnxruntime, preprocessing from the model's preset)."""
+    """Classify images with an exported model (preprocessing from the model's preset)."""
     from ..runtime import open_session
 
-    session = open_session(model, provider)
-    # Any number of images: a static-batch graph is fed in padded chunks by the runtime itself.
-    preds = session.predict([str(p) for p in images], top_k).to_list()
+    if until is None and (max_steps is not None or margin is not None):
+        raise ValueError(f"{'--max-steps' if max_steps is not None else '--margin'}: applies with --until only")
+    session = open_session(model, provider, backend=backend.value,
+                           precision=None if precision is None else precision.value)
+    files = [str(p) for p in images]
+    steps: list[int] | None = None
+    decided: list[bool] | None = None
+    if until is None:
+        # Any number of images: a static-batch graph is fed in padded chunks by the runtime itself.
+        preds = session.predict(files, top_k).to_list()
+    else:
+        from ..decision import DEFAULT_MARGIN
+
+        # StepSession: stops each image early (batch compaction); Session: needs a readout="all" graph
+        # (one call runs every step, so nothing is saved) and says so otherwise.
+        result = session.run_until(files, until, max_steps, margin=DEFAULT_MARGIN if margin is None else margin)
+        preds = session.rank(result.logits, top_k).to_list()
+        steps, decided = result.steps.tolist(), result.decided.tolist()
     if as_json:
-        echo_json({"model": str(model), "providers": session.providers,
-                   "predictions": [{"image": str(p), "top": top} for p, top in zip(images, preds)]})
+        out: dict[str, Any] = {"model": str(model), "providers": session.providers, "predictions": [
+            {"image": str(p), "top": top} for p, top in zip(images, preds)]}
+        if steps is not None and decided is not None:
+            for item, n, d in zip(out["predictions"], steps, decided):
+                item.update(steps=n, decided=d)
+        echo_json(out)
         return
-    for path, top in zip(images, preds):
-        typer.echo(f"{path}:")
+    for i, (path, top) in enumerate(zip(images, preds)):
+        if steps is not None and decided is not None:
+            state = "decided" if decided[i] else "undecided (ran to the last step)"
+            typer.echo(f"{path}: {steps[i]} steps, {state}")
+        else:
+            typer.echo(f"{path}:")
         for rank, item in enumerate(top, 1):
             typer.echo(f"  {rank}. {item['name']:<24} {item['probability']:.4f}  (class {item['index']})")
 
@@ -80,6 +136,8 @@ def bench(
         min=1, help="Stimulus steps per image (loop/stepwise graphs; default: the exported protocol's).")] = None,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed runs first.")] = 2,
     iterations: Annotated[int, typer.Option(min=1, help="Timed runs.")] = 10,
+    backend: BackendOpt = Backend.onnxruntime,
+    precision: PrecisionOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Latency percentiles (per image, per step) and throughput of an exported graph."""
@@ -91,7 +149,8 @@ def bench(
                   transient=True, disable=as_json) as bar:
         task = bar.add_task("runs", total=warmup + iterations)
         result = benchmark(model, batch=batch, providers=provider, cuda_graph=cuda_graph, steps=steps,
-                           warmup=warmup, iterations=iterations,
+                           warmup=warmup, iterations=iterations, backend=backend.value,
+                           precision=None if precision is None else precision.value,
                            progress=lambda done, total: bar.update(task, completed=done))
     if as_json:
         echo_json(result)

@@ -3,6 +3,10 @@
 * :class:`Session`: whole-protocol graphs (``unrolled``, ``loop``): ``run``, ``predict``.
 * :class:`StepSession`: ``stepwise`` / ``stepwise-drive`` graphs, one step at a time, the state kept
   in device buffers between steps (IO binding, optional CUDA graph capture).
+* ``run_until`` on both (:class:`EarlyExit`): anytime inference, each image stopped when it has
+  decided (:mod:`cordsnet.decision`); ``StepSession`` drops decided images from the batch.
+* ``backend="openvino"`` (optional extra ``cordsnet[openvino]``): the same float32 ONNX files under
+  OpenVINO, ``precision="bf16"`` as a compile hint (:mod:`.openvino_backend`).
 * :class:`Preprocessor`: each dataset preset's torchvision test transform, re-stated in numpy/Pillow.
 * :func:`resolve_providers` / :class:`ProviderError`: execution-provider selection with no silent
   fallback to the CPU.
@@ -20,13 +24,15 @@ from typing import Any
 from ..artifact import GRAPH_KINDS, ArtifactInfo
 from .preprocess import Preprocessor, load_image
 from .providers import PROVIDER_ALIASES, ProviderError, resolve_providers
-from .session import Prediction, Session, read_artifact_info
+from .session import BACKENDS, EarlyExit, Prediction, Session, read_artifact_info
 from .step_session import StepSession
 
 __all__ = [
+    "BACKENDS",
     "GRAPH_KINDS",
     "PROVIDER_ALIASES",
     "ArtifactInfo",
+    "EarlyExit",
     "Prediction",
     "Preprocessor",
     "ProviderError",

@@ -1,4 +1,4 @@
-"""Latency and throughput of an exported graph under onnxruntime (used by ``cordsnet-cli bench``).
+"""Latency and throughput of an exported graph under onnxruntime or OpenVINO (used by ``cordsnet-cli bench``).
 
 Whole-protocol graphs (Session) are timed per call; stepwise graphs (StepSession) per step, with the
 protocol's latency the sum of its steps. Warm-up runs come first and are not counted.
@@ -33,7 +33,8 @@ def percentiles(samples_s: list[float] | np.ndarray) -> dict[str, float]:
 
 def benchmark(path: str | os.PathLike, *, batch: int = 1, providers: ProvidersLike = "auto",
               cuda_graph: bool = False, steps: int | None = None, warmup: int = 2, iterations: int = 10,
-              seed: int = 0, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+              seed: int = 0, progress: Callable[[int, int], None] | None = None, backend: str = "onnxruntime",
+              precision: str | None = None) -> dict[str, Any]:
     """Time the graph at `path` on random normalised images.
 
     Args:
@@ -46,6 +47,7 @@ def benchmark(path: str | os.PathLike, *, batch: int = 1, providers: ProvidersLi
         iterations: timed protocol runs.
         seed: seed of the random input.
         progress: called as ``progress(done, total)`` after every run (warm-up included).
+        backend, precision: as for :class:`~cordsnet.runtime.Session` ("openvino" with "f32"/"bf16"/"f16").
 
     Returns:
         A JSON-ready dict: graph, providers, batch, steps, per_image_ms / per_step_ms / per_batch_ms
@@ -59,10 +61,11 @@ def benchmark(path: str | os.PathLike, *, batch: int = 1, providers: ProvidersLi
     x = np.random.default_rng(seed).standard_normal((batch, *cfg.input_shape)).astype(np.float32)
     total = warmup + iterations
     stepwise = info.kind.session == "step"
+    engine = {"backend": backend, "precision": precision}
     if stepwise:
-        session: Session | StepSession = StepSession(path, providers, cuda_graph=cuda_graph)
+        session: Session | StepSession = StepSession(path, providers, cuda_graph=cuda_graph, **engine)
     else:
-        session = Session(path, providers, cuda_graph=cuda_graph)
+        session = Session(path, providers, cuda_graph=cuda_graph, **engine)
     fixed_steps = not stepwise and not info.kind.steps_input
     n_steps = validate.optional_integer("steps", steps, info.steps, min=1, max=MAX_STEPS)
     if fixed_steps and n_steps != info.steps:

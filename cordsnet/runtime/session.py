@@ -26,10 +26,11 @@ from PIL import Image
 from .. import validate
 from ..artifact import GRAPH_KINDS, MAX_STEPS, ArtifactInfo, check_artifact_file, read_info
 from ..config import CordsNetConfig
+from ..decision import DEFAULT_MARGIN, check_threshold, first_decisions
 from .preprocess import Preprocessor
 from .providers import CUDA, TENSORRT, ProvidersLike, create_session, is_gpu_provider, resolve_providers
 
-__all__ = ["ArtifactInfo", "GRAPH_KINDS", "Prediction", "Session", "read_artifact_info"]
+__all__ = ["ArtifactInfo", "BACKENDS", "EarlyExit", "GRAPH_KINDS", "Prediction", "Session", "read_artifact_info"]
 
 # ONNX element type strings (as onnxruntime reports them) -> numpy dtypes.
 _ONNX_DTYPES: dict[str, np.dtype] = {
@@ -50,6 +51,9 @@ _ORT_LOAD_ERRORS: tuple[type[BaseException], ...] = tuple(
 
 # Which session class runs each value of GraphKind.session (cordsnet.artifact.GRAPH_KINDS).
 SESSION_CLASS_NAMES: dict[str | None, str] = {"whole": "Session", "step": "StepSession", None: "StepSession"}
+
+# Engines that run the exported ONNX graphs: onnxruntime (providers) or OpenVINO (devices, precision hints).
+BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino")
 
 STEPS_WHY = ("longer runs: call StepSession.step in your own loop (memory stays flat)")
 
@@ -95,6 +99,23 @@ def check_finite(name: str, value: np.ndarray) -> np.ndarray:
     return value
 
 
+class EarlyExit(NamedTuple):
+    """What ``run_until`` returns, per image (numpy; the runtime's twin of ``cordsnet.model.EarlyExit``).
+
+    Attributes:
+        logits: (B, K) float32 at the image's stopping step.
+        steps: (B,) int64, stimulus steps it ran.
+        decided: (B,) bool: it stopped because it decided (:mod:`cordsnet.decision`); False: it ran to
+            ``max_steps`` (or converged) without deciding.
+        converged: (B,) bool: it stopped because its largest state change fell below ``tol``.
+    """
+
+    logits: np.ndarray
+    steps: np.ndarray
+    decided: np.ndarray
+    converged: np.ndarray
+
+
 class Prediction(NamedTuple):
     """Top-k classes of a batch.
 
@@ -122,13 +143,34 @@ class _Base:
 
     def __init__(self, path: str | os.PathLike, providers: ProvidersLike = "auto", *,
                  session_options: ort.SessionOptions | None = None,
-                 provider_options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+                 provider_options: Mapping[str, Mapping[str, Any]] | None = None,
+                 backend: str = "onnxruntime", precision: str | None = None) -> None:
         self.path = Path(path)
         check_artifact_file(self.path)
-        self._plan = resolve_providers(providers, provider_options=provider_options)
+        self.backend = validate.choice("backend", backend, BACKENDS)
         self._session_options = session_options
-        self._session = _load(self.path, self._plan, session_options,
-                              lambda m: warnings.warn(m, RuntimeWarning, stacklevel=7))
+        if self.backend == "openvino":
+            from .openvino_backend import OpenVINOSession, resolve_device, resolve_precision
+
+            for name, value in (("session_options", session_options), ("provider_options", provider_options)):
+                if value:
+                    raise ValueError(f"{name}: onnxruntime options do not apply to backend='openvino', got {value!r}")
+            info = read_artifact_info(self.path)
+            if info.dtype != "float32":
+                raise ValueError(f"backend: 'openvino' runs float32 graphs (reduced precision is its compile hint, "
+                                 f"precision='bf16'), got a {info.dtype} graph {str(self.path)!r}")
+            device = resolve_device(providers)
+            self.precision: str | None = resolve_precision("f32" if precision is None else precision, device)
+            self._plan = None
+            self._session: Any = OpenVINOSession(self.path, device, self.precision)
+        else:
+            if precision is not None:
+                raise ValueError(f"precision: applies to backend='openvino' (a compile hint); onnxruntime runs the "
+                                 f"graph's own dtype (export --dtype), got precision={precision!r}")
+            self.precision = None
+            self._plan = resolve_providers(providers, provider_options=provider_options)
+            self._session = _load(self.path, self._plan, session_options,
+                                  lambda m: warnings.warn(m, RuntimeWarning, stacklevel=7))
         source = repr(str(self.path))
         self.info = ArtifactInfo.from_metadata(self._session.get_modelmeta().custom_metadata_map, source)
         kind = self.info.kind
@@ -167,7 +209,7 @@ class _Base:
 
     @property
     def onnx_session(self) -> ort.InferenceSession:
-        """The underlying ``onnxruntime.InferenceSession``."""
+        """The underlying ``onnxruntime.InferenceSession`` (an :class:`OpenVINOSession` with backend="openvino")."""
         return self._session
 
     def _device(self) -> tuple[str, int]:
@@ -277,6 +319,13 @@ class _Base:
         """onnxruntime's NodeArg of the graph input that takes the images."""
         return self._inputs["image"]
 
+    def rank(self, logits: Any, top_k: int = 5) -> Prediction:
+        """The top-k classes of (B, K) logits (e.g. ``run_until(...).logits``), with names and probabilities."""
+        z = np.asarray(logits)
+        if z.ndim != 2 or z.shape[1] != self.config.num_classes or not np.issubdtype(z.dtype, np.floating):
+            raise ValueError(f"logits: expected float (B, {self.config.num_classes}), got {z.dtype} {z.shape}")
+        return self._predict_from_logits(z, top_k)
+
     def _predict_from_logits(self, logits: np.ndarray, top_k: int) -> Prediction:
         top_k = validate.positive_int("top_k", top_k)
         check_finite("logits", logits)
@@ -316,6 +365,10 @@ class Session(_Base):
             one set per batch size, bound once (what CUDA graphs need; default False).
         session_options: onnxruntime ``SessionOptions`` (threads, optimisation level, ...).
         provider_options: extra options per onnxruntime provider name.
+        backend: "onnxruntime" (default) or "openvino" (the same ONNX file compiled by OpenVINO;
+            `providers` is then the OpenVINO device, "auto"/"cpu" meaning "CPU").
+        precision: OpenVINO only: "f32" (default), "bf16" or "f16" as a compile hint; an error where
+            the device does not report it (never a silent fallback).
 
     Raises:
         FileNotFoundError: no such file.
@@ -333,9 +386,16 @@ class Session(_Base):
 
     def __init__(self, path: str | os.PathLike, providers: ProvidersLike = "auto", *, cuda_graph: bool = False,
                  io_binding: bool = False, session_options: ort.SessionOptions | None = None,
-                 provider_options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
-        provider_options = _cuda_graph_options(providers, cuda_graph, provider_options)
-        super().__init__(path, providers, session_options=session_options, provider_options=provider_options)
+                 provider_options: Mapping[str, Mapping[str, Any]] | None = None,
+                 backend: str = "onnxruntime", precision: str | None = None) -> None:
+        if backend == "openvino" and (cuda_graph or io_binding):
+            raise ValueError(f"{'cuda_graph' if cuda_graph else 'io_binding'}: onnxruntime options; not for "
+                             "backend='openvino'")
+        provider_options = None if backend == "openvino" else _cuda_graph_options(providers, cuda_graph,
+                                                                                   provider_options)
+        super().__init__(path, providers, session_options=session_options, provider_options=provider_options,
+                         backend=backend, precision=precision)
+        self._baseline: np.ndarray | None = None
         self.cuda_graph = bool(cuda_graph)
         if self.cuda_graph:
             _require_gpu(self, "cuda_graph=True")
@@ -394,6 +454,70 @@ class Session(_Base):
         if logits.ndim == 3:
             logits = logits[-1]
         return self._predict_from_logits(logits, top_k)
+
+    def baseline_logits(self, steps: int | None = None) -> np.ndarray:
+        """The no-image baseline: logits after every step of a blank image, (T, K) float32 (cached).
+
+        Needs a readout="all" graph. A blank image is a zero image, whose drive is exactly zero (the
+        input convolution has no bias), i.e. the protocol with no stimulus.
+        """
+        self._need_all("baseline_logits")
+        n = self._until_steps(steps)
+        if self._baseline is None or self._baseline.shape[0] < n:
+            blank = np.zeros((1, *self.config.input_shape), _dtype_of(self._image_arg()))
+            self._baseline = self._all_logits(blank, n)[:, 0].astype(np.float32)
+        return self._baseline[:n].copy()
+
+    def run_until(self, images: Any, threshold: float, max_steps: int | None = None, tol: float | None = None,
+                  *, margin: float = DEFAULT_MARGIN) -> EarlyExit:
+        """Each image's answer at the step it decided (:mod:`cordsnet.decision`), from a readout="all" graph.
+
+        A whole-protocol graph runs all its steps in one call and has no state inputs, so it cannot
+        stop early: this runs the full `max_steps` and then reads off, per image, the first step at
+        which the criterion holds (the same steps, decisions and logits as
+        :meth:`StepSession.run_until`, but no work saved). For early exit that saves work, export a
+        ``stepwise`` graph and use :meth:`StepSession.run_until`.
+
+        Args:
+            images: see :meth:`preprocess`.
+            threshold: probability in (1/K, 1].
+            max_steps: the most stimulus steps (loop graphs: any; unrolled: at most the exported ones).
+            tol: not available here (a whole graph does not output its states): must be None.
+            margin: evidence in logits the image must add (see :mod:`cordsnet.decision`).
+
+        Returns:
+            :class:`EarlyExit` (``converged`` all False).
+        """
+        self._need_all("run_until")
+        if tol is not None:
+            raise ValueError(f"tol: convergence needs the state after every step, which a whole-protocol graph does "
+                             f"not output; use StepSession.run_until with a stepwise graph, got tol={tol!r}")
+        n = self._until_steps(max_steps)
+        threshold = check_threshold(threshold, self.config.num_classes)
+        margin = validate.number("margin", margin, low=0.0, low_open=True)
+        z = self._all_logits(self.preprocess(images, check_batch=False), n)  # (T, B, K)
+        first = first_decisions(z, self.baseline_logits(n), threshold, margin)
+        decided = first.steps > 0
+        steps = np.where(decided, first.steps, n).astype(np.int64)
+        logits = z[steps - 1, np.arange(z.shape[1])].astype(np.float32)
+        return EarlyExit(logits, steps, decided, np.zeros_like(decided))
+
+    def _need_all(self, what: str) -> None:
+        if self.info.readout != "all":
+            raise ValueError(f"{what}: needs the logits after every step; {str(self.path)!r} is a {self.info.graph!r} "
+                             "graph with readout 'last' (export with --readout all, or a stepwise graph for "
+                             "StepSession.run_until, which also stops early)")
+
+    def _until_steps(self, steps: int | None) -> int:
+        if self.info.kind.steps_input:
+            return validate.optional_integer("max_steps", steps, self.info.steps, min=1, max=MAX_STEPS, why=STEPS_WHY)
+        return validate.optional_integer("max_steps", steps, self.info.steps, min=1, max=self.info.steps,
+                                         why=f"this {self.info.graph!r} graph runs {self.info.steps} steps")
+
+    def _all_logits(self, x: np.ndarray, n: int) -> np.ndarray:
+        if self.info.kind.steps_input:
+            return self.run(x, steps=n)
+        return self.run(x)[:n]
 
     def _run_bound(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Run with inputs and outputs in fixed OrtValues on the session's device (one set per batch)."""

@@ -18,10 +18,13 @@ import numpy as np
 import onnxruntime as ort
 
 from .. import validate
-from ..artifact import READOUTS, ArtifactInfo, companion_path
+from ..artifact import MAX_STEPS, READOUTS, ArtifactInfo, companion_path
+from ..decision import DEFAULT_MARGIN, check_threshold, decide
 from .providers import ProvidersLike, resolve_providers
 from .session import (
     _ONNX_DTYPES,
+    STEPS_WHY,
+    EarlyExit,
     Prediction,
     _Base,
     _cuda_graph_options,
@@ -72,6 +75,13 @@ class StepSession(_Base):
         session_options: onnxruntime ``SessionOptions``; default: onnxruntime's, except that idle
             intra-op threads sleep between calls (``session.intra_op.allow_spinning = 0``).
         provider_options: extra options per onnxruntime provider name.
+        backend: "onnxruntime" (default) or "openvino" (:mod:`cordsnet.runtime.openvino_backend`: the
+            state in OpenVINO tensors bound to two infer requests; `providers` is then the OpenVINO
+            device, "auto"/"cpu" meaning "CPU").
+        precision: OpenVINO only: "f32" (default), "bf16" or "f16" as a compile hint; an error where
+            the device does not report it.
+
+    Anytime inference: :meth:`run_until` stops each image when it has decided (see docs/anytime.md).
 
     Example:
         >>> s = StepSession("r4.stepwise.onnx", providers="cpu")   # doctest: +SKIP
@@ -84,15 +94,20 @@ class StepSession(_Base):
 
     def __init__(self, path: str | os.PathLike, providers: ProvidersLike = "auto", *, cuda_graph: bool = False,
                  session_options: ort.SessionOptions | None = None,
-                 provider_options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
-        provider_options = _cuda_graph_options(providers, cuda_graph, provider_options)
-        if session_options is None:
+                 provider_options: Mapping[str, Mapping[str, Any]] | None = None,
+                 backend: str = "onnxruntime", precision: str | None = None) -> None:
+        openvino = backend == "openvino"
+        if openvino and cuda_graph:
+            raise ValueError("cuda_graph: an onnxruntime option; not for backend='openvino'")
+        provider_options = {} if openvino else _cuda_graph_options(providers, cuda_graph, provider_options)
+        if session_options is None and not openvino:
             # Steps are separate short calls with the application's own work in between: idle intra-op
             # threads should sleep, not busy-wait (spinning cost 1.41x vs 1.15x the unrolled graph's
             # per-step time for R8 at 224 px on a shared 2-core CPU; see benchmarks/bench_runtime.py).
             session_options = ort.SessionOptions()
             session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        super().__init__(path, providers, session_options=session_options, provider_options=provider_options)
+        super().__init__(path, providers, session_options=session_options, provider_options=provider_options,
+                         backend=backend, precision=precision)
         self._lock = threading.RLock()
         self.cuda_graph = bool(cuda_graph)
         if self.cuda_graph:
@@ -102,7 +117,7 @@ class StepSession(_Base):
         self._state_out = [f"next_{n}" for n in self._state_in]
         self._drive_inputs = tuple(n for n in ins if not n.startswith("state_"))
         self._state_dtype = _dtype_of(self._inputs["state_0"])
-        self._encode: ort.InferenceSession | None = None
+        self._encode: Any = None  # ort.InferenceSession, or an OpenVINOSession
         for role in self.info.kind.companions:  # the encode graph: image -> the step graph's drive inputs
             encode_path = companion_path(self.path, role)  # the exporter's naming rule
             if not encode_path.exists():
@@ -110,10 +125,16 @@ class StepSession(_Base):
                                         f"{str(encode_path)!r} does not exist")
             # Same providers as the step graph, without CUDA-graph capture (it runs once per image) and
             # without a second fallback warning.
-            encode_plan = resolve_providers(providers, provider_options={
-                k: {o: v for o, v in d.items() if o not in ("enable_cuda_graph", "trt_cuda_graph_enable")}
-                for k, d in provider_options.items()})
-            self._encode = _load(encode_path, encode_plan, session_options, lambda m: None)
+            if openvino:
+                from .openvino_backend import OpenVINOSession
+
+                assert self.precision is not None
+                self._encode = OpenVINOSession(encode_path, self._session.device, self.precision)
+            else:
+                encode_plan = resolve_providers(providers, provider_options={
+                    k: {o: v for o, v in d.items() if o not in ("enable_cuda_graph", "trt_cuda_graph_enable")}
+                    for k, d in provider_options.items()})
+                self._encode = _load(encode_path, encode_plan, session_options, lambda m: None)
             source = repr(str(encode_path))
             enc = ArtifactInfo.from_metadata(self._encode.get_modelmeta().custom_metadata_map, source)
             if enc.graph != role or enc.config != self.info.config or enc.dtype != self.info.dtype:
@@ -122,10 +143,17 @@ class StepSession(_Base):
             enc.check_graph_io(_graph_io(self._encode.get_inputs()), _graph_io(self._encode.get_outputs()), source)
             self._encode_inputs = {a.name: a for a in self._encode.get_inputs()}
         self._spontaneous = self.info.spontaneous_state()
+        self._baseline: np.ndarray | None = None
         self._batch = 0
-        self._generation = 0
-        self._cur = 0
         self._steps_taken = 0
+        if openvino:
+            from .openvino_backend import OpenVINOStepper
+
+            self._buffers: Any = OpenVINOStepper(self._session, self._encode, self._state_in, self._state_out,
+                                                 self._drive_inputs, self.config.state_shapes,
+                                                 self.config.input_shape, self.config.num_classes)
+        else:
+            self._buffers = _OrtBuffers(self)
         self.reset(1 if self.info.batch is None else self.info.batch)
 
     def _image_arg(self) -> Any:
@@ -144,50 +172,7 @@ class StepSession(_Base):
         return self._steps_taken
 
     def _allocate(self, batch: int) -> None:
-        device, device_id = self._device()
-        c_shapes = self.config.state_shapes
-
-        def new(shape: Sequence[int], dtype: np.dtype) -> ort.OrtValue:
-            value = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, device, device_id)
-            value.update_inplace(np.zeros(shape, dtype))
-            return value
-
-        self._sets = [[new((batch, *s), self._state_dtype) for s in c_shapes] for _ in range(2)]
-        self._drive_bufs = {}
-        for name in self._drive_inputs:
-            arg = self._inputs[name]
-            shape = [batch, *arg.shape[1:]] if name != "image" else [batch, *self.config.input_shape]
-            shape = [d if isinstance(d, int) else batch for d in shape]
-            self._drive_bufs[name] = new(shape, _dtype_of(arg))
-        out = self._outputs["logits"]
-        self._logits = new([batch, self.config.num_classes], _dtype_of(out))
-        self._bindings = []
-        for k in range(2):
-            binding = self._session.io_binding()
-            for name, value in self._drive_bufs.items():
-                binding.bind_ortvalue_input(name, value)
-            for name, value in zip(self._state_in, self._sets[k]):
-                binding.bind_ortvalue_input(name, value)
-            for name, value in zip(self._state_out, self._sets[1 - k]):
-                binding.bind_ortvalue_output(name, value)
-            binding.bind_ortvalue_output("logits", self._logits)
-            self._bindings.append(binding)
-        if self._encode is not None:
-            enc = self._encode.io_binding()
-            arg = self._encode_inputs["image"]
-            self._encode_image = new([batch, *self.config.input_shape], _dtype_of(arg))
-            enc.bind_ortvalue_input("image", self._encode_image)
-            for name in ("skip", "ff0"):
-                enc.bind_ortvalue_output(name, self._drive_bufs[name])
-            self._encode_binding = enc
-        self._run_options = []
-        for k in range(2):
-            options = ort.RunOptions()
-            if self.cuda_graph:
-                # One captured graph per buffer set (their addresses differ), fresh ids per allocation.
-                options.add_run_config_entry("gpu_graph_id", str(2 * self._generation + k + 1))
-            self._run_options.append(options)
-        self._generation += 1
+        self._buffers.allocate(batch)
         self._batch = batch
 
     @_locked
@@ -202,19 +187,16 @@ class StepSession(_Base):
         if batch != self._batch:
             self._allocate(batch)
         else:
-            for value in self._drive_bufs.values():
-                value.update_inplace(np.zeros(value.shape(), _ONNX_DTYPES[value.data_type()]))
-        self._cur = 0
-        for value, spont in zip(self._sets[0], self._spontaneous):
-            value.update_inplace(np.ascontiguousarray(np.broadcast_to(spont, (batch, *spont.shape[1:])),
-                                                      dtype=self._state_dtype))
+            self._buffers.zero_drives()
+        self._buffers.write_state([np.ascontiguousarray(np.broadcast_to(spont, (batch, *spont.shape[1:])),
+                                                        dtype=self._state_dtype) for spont in self._spontaneous])
         self._steps_taken = 0
 
     @property
     @_locked
     def state(self) -> list[np.ndarray]:
         """The current rates, one (B, c_i, H_i, W_i) float32 array per area (a copy, on the host)."""
-        return [np.array(v.numpy(), dtype=np.float32, copy=True) for v in self._sets[self._cur]]
+        return [np.asarray(v, dtype=np.float32) for v in self._buffers.read_state()]
 
     @state.setter
     @_locked
@@ -239,8 +221,7 @@ class StepSession(_Base):
         self._check_batch(batch, "state")
         if batch != self._batch:
             self._allocate(batch)
-        for buf, arr in zip(self._sets[self._cur], arrays):
-            buf.update_inplace(np.ascontiguousarray(arr, dtype=self._state_dtype))
+        self._buffers.write_state([np.ascontiguousarray(arr, dtype=self._state_dtype) for arr in arrays])
         self._steps_taken = 0
 
     # -------------------------------------------------------------------------------- steps
@@ -255,11 +236,7 @@ class StepSession(_Base):
         if x.shape[0] != self._batch:
             raise ValueError(f"images: expected a batch of {self._batch} (the state's batch; call reset(batch=...) "
                              f"to change it), got {x.shape[0]}")
-        if self._encode is None:
-            self._drive_bufs["image"].update_inplace(x)
-        else:
-            self._encode_image.update_inplace(x)
-            self._encode.run_with_iobinding(self._encode_binding)
+        self._buffers.set_image(x)
 
     @_locked
     def step(self, images: Any = None, *, fetch: bool = True) -> np.ndarray | None:
@@ -276,13 +253,11 @@ class StepSession(_Base):
         """
         if images is not None:
             self.set_image(images)
-        k = self._cur
-        self._session.run_with_iobinding(self._bindings[k], self._run_options[k])
-        self._cur = 1 - k
+        self._buffers.step()
         self._steps_taken += 1
         if not fetch:
             return None
-        return check_finite("logits", np.array(self._logits.numpy(), dtype=np.float32, copy=True))
+        return check_finite("logits", self._buffers.logits())
 
     @_locked
     def run(self, images: Any, steps: int | None = None, *, reset: bool = True) -> np.ndarray:
@@ -337,7 +312,206 @@ class StepSession(_Base):
             logits.append(self.step(frame))
         return logits[-1] if readout == "last" else np.stack(logits)
 
+    # ----------------------------------------------------------------------------- anytime
+    @_locked
+    def baseline_logits(self, steps: int | None = None) -> np.ndarray:
+        """The no-image baseline: the logits after each step of a blank image from the spontaneous state.
+
+        Computed once with this session (same backend, same arithmetic as the images it is compared
+        with) and cached; a longer request recomputes it. Leaves the session reset (blank, step 0).
+        A blank image is a zero image: its drive is exactly zero (the input convolution has no bias).
+
+        Args:
+            steps: how many steps (default: the exported protocol's).
+
+        Returns:
+            (steps, K) float32.
+        """
+        n = validate.optional_integer("steps", steps, self.info.steps, min=1, max=MAX_STEPS)
+        if self._baseline is None or self._baseline.shape[0] < n:
+            self.reset(1 if self.info.batch is None else self.info.batch)
+            self._baseline = np.stack([self.step()[0] for _ in range(n)])
+            self.reset(self._batch)
+        return self._baseline[:n].copy()
+
+    @_locked
+    def run_until(self, images: Any, threshold: float, max_steps: int | None = None, tol: float | None = None,
+                  *, margin: float = DEFAULT_MARGIN) -> EarlyExit:
+        """Anytime inference: run each image only until it has decided (or converged, or `max_steps`).
+
+        The criterion is :func:`cordsnet.decision.decide`, the same code as
+        :meth:`cordsnet.model.CordsNet.run_until` and reaction times: at step t the top class has
+        softmax probability >= `threshold` *and* the image has widened that class's lead over its best
+        rival by >= `margin` compared with the no-image baseline at step t (:meth:`baseline_logits`),
+        so a blank image never stops on the model's confident resting answer. After every step the
+        rows that stopped leave the batch: the state and drive buffers are rebuilt with the remaining
+        rows only (a static-batch graph keeps its batch and simply ignores the stopped rows).
+
+        Args:
+            images: one batch shown at every step, any number of images, in any form
+                :meth:`preprocess` takes.
+            threshold: probability in (1/K, 1].
+            max_steps: the most stimulus steps (default: the exported protocol's).
+            tol: also stop an image when the largest change of any rate in one step is below `tol`
+                (converged; None: never). Costs a copy of the state to the host every step.
+            margin: evidence in logits the image must add (see :mod:`cordsnet.decision`).
+
+        Returns:
+            :class:`EarlyExit`: logits (B, K) at each image's stopping step, steps (B,), decided (B,),
+            converged (B,). Leaves the session's state at the last running rows' (call :meth:`reset`).
+        """
+        n = validate.optional_integer("max_steps", max_steps, self.info.steps, min=1, max=MAX_STEPS, why=STEPS_WHY)
+        k = self.config.num_classes
+        threshold = check_threshold(threshold, k)
+        margin = validate.number("margin", margin, low=0.0, low_open=True)
+        if tol is not None:
+            tol = validate.number("tol", tol, low=0.0, low_open=True)
+        x = self.preprocess(images, check_batch=False)
+        base = self.baseline_logits(n).astype(np.float64)
+        total = x.shape[0]
+        out = EarlyExit(np.zeros((total, k), np.float32), np.full(total, n, np.int64), np.zeros(total, bool),
+                        np.zeros(total, bool))
+        start = 0
+        for chunk, real in self._chunks(x):
+            self._until_chunk(chunk, base, threshold, margin, tol, n, out, start, real)
+            start += real
+        return out
+
+    def _until_chunk(self, x: np.ndarray, base: np.ndarray, threshold: float, margin: float, tol: float | None,
+                     n: int, out: EarlyExit, start: int, real: int) -> None:
+        compact = self.info.batch is None  # a static batch cannot shrink: stopped rows run on, ignored
+        self.reset(x.shape[0])
+        self.set_image(x)
+        rows = np.arange(real)  # chunk rows still running
+        previous = self._buffers.read_state() if tol is not None else None
+        for t in range(n):
+            z = self.step()
+            if not compact:
+                z = z[rows]
+            verdict = decide(z, base[t], threshold, margin)
+            calm = np.zeros(len(rows), bool)
+            current = None
+            if tol is not None:
+                current = self._buffers.read_state()
+                if not compact:
+                    current = [c[rows] for c in current]
+                assert previous is not None
+                change = np.max([np.abs(c.astype(np.float64) - p).reshape(len(rows), -1).max(1)
+                                 for c, p in zip(current, previous)], axis=0)
+                calm = change < tol
+            stop = verdict.decided | calm if t + 1 < n else np.ones(len(rows), bool)
+            if stop.any():
+                ids = start + rows[stop]
+                out.logits[ids] = z[stop]
+                out.steps[ids] = t + 1
+                out.decided[ids] = verdict.decided[stop]
+                out.converged[ids] = calm[stop]
+            keep = ~stop
+            if not keep.any():
+                return
+            if stop.any() and compact:
+                state, drives = self._buffers.read_state(), self._buffers.read_drives()
+                self._allocate(int(keep.sum()))
+                self._buffers.write_state([np.ascontiguousarray(a[keep]) for a in state])
+                self._buffers.write_drives({name: a[keep] for name, a in drives.items()})
+            if current is not None:
+                previous = [c[keep] for c in current]
+            rows = rows[keep]
+
     @_locked
     def predict(self, images: Any, top_k: int = 5, *, steps: int | None = None) -> Prediction:
         """:meth:`run` (from the spontaneous state) then the top-k classes; any number of images."""
         return self._predict_from_logits(self.run(images, steps), top_k)
+
+
+class _OrtBuffers:
+    """A StepSession's buffers in onnxruntime OrtValues on the session's device, bound with IO binding.
+
+    Two state sets alternate: step k reads set ``cur`` and writes set ``1 - cur``; the drive inputs
+    and the logits are shared by both bindings; the encode graph (stepwise-drive) writes its outputs
+    straight into the drive buffers. (:class:`~cordsnet.runtime.openvino_backend.OpenVINOStepper` is
+    the same interface on OpenVINO tensors.)
+    """
+
+    def __init__(self, session: "StepSession") -> None:
+        self.s = session
+        self.cur = 0
+        self._generation = 0
+
+    def allocate(self, batch: int) -> None:
+        s = self.s
+        device, device_id = s._device()
+
+        def new(shape: Sequence[int], dtype: np.dtype) -> ort.OrtValue:
+            value = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, device, device_id)
+            value.update_inplace(np.zeros(shape, dtype))
+            return value
+
+        self.sets = [[new((batch, *shape), s._state_dtype) for shape in s.config.state_shapes] for _ in range(2)]
+        self.drives: dict[str, ort.OrtValue] = {}
+        for name in s._drive_inputs:
+            arg = s._inputs[name]
+            shape = [batch, *arg.shape[1:]] if name != "image" else [batch, *s.config.input_shape]
+            shape = [d if isinstance(d, int) else batch for d in shape]
+            self.drives[name] = new(shape, _dtype_of(arg))
+        self.logits_value = new([batch, s.config.num_classes], _dtype_of(s._outputs["logits"]))
+        self.bindings = []
+        for k in range(2):
+            binding = s._session.io_binding()
+            for name, value in self.drives.items():
+                binding.bind_ortvalue_input(name, value)
+            for name, value in zip(s._state_in, self.sets[k]):
+                binding.bind_ortvalue_input(name, value)
+            for name, value in zip(s._state_out, self.sets[1 - k]):
+                binding.bind_ortvalue_output(name, value)
+            binding.bind_ortvalue_output("logits", self.logits_value)
+            self.bindings.append(binding)
+        if s._encode is not None:
+            enc = s._encode.io_binding()
+            self.encode_image = new([batch, *s.config.input_shape], _dtype_of(s._encode_inputs["image"]))
+            enc.bind_ortvalue_input("image", self.encode_image)
+            for name in ("skip", "ff0"):
+                enc.bind_ortvalue_output(name, self.drives[name])
+            self.encode_binding = enc
+        self.run_options = []
+        for k in range(2):
+            options = ort.RunOptions()
+            if s.cuda_graph:
+                # One captured graph per buffer set (their addresses differ), fresh ids per allocation.
+                options.add_run_config_entry("gpu_graph_id", str(2 * self._generation + k + 1))
+            self.run_options.append(options)
+        self._generation += 1
+        self.cur = 0
+
+    def zero_drives(self) -> None:
+        for value in self.drives.values():
+            value.update_inplace(np.zeros(value.shape(), _ONNX_DTYPES[value.data_type()]))
+
+    def write_state(self, arrays: Sequence[np.ndarray]) -> None:
+        for buf, arr in zip(self.sets[self.cur], arrays):
+            buf.update_inplace(arr)
+
+    def read_state(self) -> list[np.ndarray]:
+        return [np.array(v.numpy(), copy=True) for v in self.sets[self.cur]]
+
+    def read_drives(self) -> dict[str, np.ndarray]:
+        return {n: np.array(v.numpy(), copy=True) for n, v in self.drives.items()}
+
+    def write_drives(self, drives: Mapping[str, np.ndarray]) -> None:
+        for n, arr in drives.items():
+            self.drives[n].update_inplace(np.ascontiguousarray(arr))
+
+    def set_image(self, x: np.ndarray) -> None:
+        if self.s._encode is None:
+            self.drives["image"].update_inplace(x)
+        else:
+            self.encode_image.update_inplace(x)
+            self.s._encode.run_with_iobinding(self.encode_binding)
+
+    def step(self) -> None:
+        k = self.cur
+        self.s._session.run_with_iobinding(self.bindings[k], self.run_options[k])
+        self.cur = 1 - k
+
+    def logits(self) -> np.ndarray:
+        return np.array(self.logits_value.numpy(), dtype=np.float32, copy=True)

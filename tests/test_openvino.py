@@ -1,0 +1,185 @@
+"""The OpenVINO backend of the runtime: parity with onnxruntime, state kept in the backend, precision rules.
+
+Skipped as a whole where ``openvino`` cannot be imported (it is the optional extra ``cordsnet[openvino]``).
+Small graphs are the conftest's R2 at 32 px (3 spontaneous + 4 stimulus steps); the bf16 check runs the
+bundled digits model's full protocol on the 360 held-out digits.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install 'cordsnet[openvino]')")
+
+from cordsnet.runtime import ProviderError, Session, StepSession, open_session  # noqa: E402
+from cordsnet.runtime import openvino_backend  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+HAS_BF16 = "bf16" in openvino_backend.available_precisions("CPU")
+
+
+def _x(batch=3, seed=2):
+    return np.random.default_rng(seed).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+
+
+# Same float32 graph, other kernels (OpenVINO's CPU plugin vs onnxruntime's MLAS): per-operation
+# rounding differs at 1 ulp; over 3 + 4 steps of logits of magnitude ~1 that stays far below 1e-4.
+ATOL = 1e-4
+
+
+@pytest.mark.parametrize("kind", ["unrolled", "loop", "all"])
+def test_whole_graphs_match_onnxruntime_in_float32(exported_onnx, kind):
+    x = _x()
+    ref = Session(exported_onnx[kind], providers="cpu").run_outputs(x)
+    session = Session(exported_onnx[kind], backend="openvino", precision="f32")
+    assert session.providers == ["OpenVINO:CPU:f32"] and session.backend == "openvino"
+    out = session.run_outputs(x)
+    assert out.keys() == ref.keys()
+    for name in ref:
+        np.testing.assert_allclose(out[name], ref[name], atol=ATOL, rtol=0, err_msg=name)
+    if kind == "loop":  # the steps input
+        np.testing.assert_allclose(session.run(x, steps=2), Session(exported_onnx[kind], providers="cpu").run(
+            x, steps=2), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["stepwise", "stepwise-drive"])
+def test_step_sessions_keep_state_in_openvino_and_match_onnxruntime(exported_onnx, kind):
+    x = _x()
+    ref = StepSession(exported_onnx[kind], providers="cpu")
+    session = StepSession(exported_onnx[kind], backend="openvino")  # precision defaults to f32
+    assert session.precision == "f32"
+    np.testing.assert_allclose(session.run(x), ref.run(x), atol=ATOL, rtol=0)
+    # Step by step with a new image half-way (state stays in the OpenVINO tensors between calls).
+    for s in (ref, session):
+        s.reset(3)
+    frames = [x, x, x[::-1].copy(), x[::-1].copy()]
+    for frame in frames:
+        np.testing.assert_allclose(session.step(frame), ref.step(frame), atol=ATOL, rtol=0)
+    for a, b in zip(session.state, ref.state):
+        np.testing.assert_allclose(a, b, atol=ATOL, rtol=0)
+    # State assignment and a batch change re-bind the tensors.
+    session.state = ref.state
+    np.testing.assert_allclose(session.step(), ref.step(), atol=ATOL, rtol=0)
+    session.reset(1)
+    assert session.batch == 1 and session.step().shape == (1, 10)
+    # Anytime inference on this backend: the same decisions.
+    a = session.run_until(x, 0.11, margin=1e-3)
+    b = ref.run_until(x, 0.11, margin=1e-3)
+    np.testing.assert_array_equal(a.steps, b.steps)
+    np.testing.assert_array_equal(a.decided, b.decided)
+
+
+def test_open_session_and_errors(exported_onnx, monkeypatch):
+    s = open_session(exported_onnx["stepwise"], "auto", backend="openvino", precision="float32")
+    assert isinstance(s, StepSession) and s.precision == "f32"
+    with pytest.raises(ValueError, match="precision: expected one of"):
+        Session(exported_onnx["unrolled"], backend="openvino", precision="int4")
+    with pytest.raises(ValueError, match="precision: applies to backend='openvino'"):
+        Session(exported_onnx["unrolled"], providers="cpu", precision="bf16")
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        Session(exported_onnx["unrolled"], backend="tensorflow")
+    with pytest.raises(ProviderError, match="OpenVINO device 'NPU7'"):
+        Session(exported_onnx["unrolled"], providers="npu7", backend="openvino")
+    with pytest.raises(ValueError, match="io_binding"):
+        Session(exported_onnx["unrolled"], backend="openvino", io_binding=True)
+    # No silent fallback: a CPU that does not report BF16 refuses precision="bf16".
+    core = openvino_backend._core()
+    real = core.get_property
+
+    class NoBF16:
+        available_devices = core.available_devices
+
+        def get_property(self, device, name):
+            value = real(device, name)
+            return [c for c in value if c != "BF16"] if name == "OPTIMIZATION_CAPABILITIES" else value
+
+    monkeypatch.setattr(openvino_backend, "_CORE", NoBF16())
+    with pytest.raises(ProviderError, match="'bf16' needs BF16 support"):
+        StepSession(exported_onnx["stepwise"], backend="openvino", precision="bf16")
+
+
+def test_float16_graphs_are_refused(r2_cifar, tmp_path):
+    from cordsnet.export import export
+
+    path = tmp_path / "half.onnx"
+    export(r2_cifar, path, format="onnx", graph="unrolled", dtype="float16", steps=4, spontaneous_steps=3)
+    with pytest.raises(ValueError, match="runs float32 graphs"):
+        Session(path, backend="openvino")
+
+
+def test_openvino_backend_is_torch_free(exported_onnx):
+    code = textwrap.dedent(f"""
+        import sys, importlib.abc, numpy as np
+
+        class NoTorch(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch.") or name.startswith("torchvision"):
+                    raise ImportError("torch is blocked in this test")
+                return None
+
+        sys.meta_path.insert(0, NoTorch())
+        from cordsnet.runtime import StepSession
+        s = StepSession({str(exported_onnx["stepwise-drive"])!r}, backend="openvino")
+        out = s.run_until(np.zeros((2, 3, 32, 32), np.float32), 0.9)
+        assert "torch" not in sys.modules
+        print("OK", out.steps.tolist(), out.decided.tolist())
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=180)
+    assert res.returncode == 0, res.stderr
+    assert "OK [4, 4] [False, False]" in res.stdout
+
+
+@pytest.mark.heavy
+@pytest.mark.skipif(not HAS_BF16, reason="this CPU's OpenVINO plugin does not report BF16")
+def test_bf16_keeps_the_bundled_models_answers(bundled_model, tmp_path):
+    """bf16 (OpenVINO compile hint) vs float32 onnxruntime, full protocol (100 + 100 steps), 360 held-out digits.
+
+    bf16 keeps 8 bits of mantissa, so logits differ by ~0.05 after 100 recurrent steps (measured: max
+    0.06); top-1 moves only where the two best classes are closer than that, which no held-out digit is
+    (100 % agreement measured); the test asks for >= 99 %, the issue's bar for reduced precision.
+    """
+    from cordsnet.data import digits_split, digits_to_tensor
+    from cordsnet.export import export
+
+    path = tmp_path / "digits_r4.stepwise-drive.onnx"
+    export(bundled_model, path, format="onnx", graph="stepwise-drive", steps=5)
+    X, y = digits_split()["test"]
+    x = digits_to_tensor(X).numpy()
+    ref = StepSession(path, providers="cpu").run(x, steps=100)
+    out = StepSession(path, backend="openvino", precision="bf16").run(x, steps=100)
+    agree = (out.argmax(1) == ref.argmax(1)).mean()
+    assert agree >= 0.99, agree
+    assert (out.argmax(1) == y).mean() >= 0.97
+
+
+def test_cli_predict_and_bench_with_openvino(exported_onnx, tmp_path):
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from cordsnet.cli import app
+
+    img = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(img)
+    run = CliRunner().invoke
+    res = run(app, ["predict", str(exported_onnx["stepwise"]), str(img), "--backend", "openvino", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["providers"] == ["OpenVINO:CPU:f32"]
+    want = StepSession(exported_onnx["stepwise"], providers="cpu").predict([str(img)], top_k=5).indices[0]
+    assert [t["index"] for t in data["predictions"][0]["top"]] == want.tolist()
+    res = run(app, ["bench", str(exported_onnx["stepwise"]), "--backend", "openvino", "--iterations", "2",
+                    "--warmup", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["providers"] == ["OpenVINO:CPU:f32"]
+    res = run(app, ["predict", str(exported_onnx["stepwise"]), str(img), "--precision", "bf16"])
+    assert res.exit_code == 1 and "precision: applies to backend='openvino'" in res.output
