@@ -53,3 +53,34 @@ def published_model(depth: int = 2, size: int = 32, classes: int = 10, channels:
 def make_images(batch: int = 2, channels: int = 3, size: int = 32, seed: int = 1) -> torch.Tensor:
     """Seeded standard-normal images (B, C, S, S), float32."""
     return torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+# A meta-path finder that makes `import torch` (and torchvision) fail in a subprocess: code run through
+# run_without_torch proves it needs only numpy, onnxruntime (or OpenVINO) and the torch-free modules.
+NO_TORCH = """
+import sys
+class _BlockTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name in ("torch", "torchvision") or name.startswith(("torch.", "torchvision.")):
+            raise ImportError("torch is blocked in this test")
+        return None
+sys.meta_path.insert(0, _BlockTorch())
+"""
+
+
+def run_without_torch(code: str, *, cwd: str | None = None, timeout: float = 180):
+    """Run `code` in a fresh Python with torch blocked and this checkout first on the path.
+
+    Returns:
+        The ``subprocess.CompletedProcess`` (text stdout/stderr).
+    """
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-c", NO_TORCH + textwrap.dedent(code)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)

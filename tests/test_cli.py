@@ -7,7 +7,7 @@ import json
 import torch
 from typer.testing import CliRunner
 
-from helpers import make_published_state_dict
+from helpers import make_published_state_dict, run_without_torch
 from cordsnet.checkpoint import load_checkpoint
 from cordsnet.cli import app
 
@@ -307,12 +307,8 @@ def test_a_terminated_record_leaves_no_temporary_and_keeps_the_old_output(r2_fil
 
 
 def test_importing_the_cli_and_its_help_need_no_torch():
-    blocker = ("import sys\nclass _Block:\n    def find_spec(self, name, path=None, target=None):\n"
-               "        if name == 'torch' or name.startswith('torch.'):\n            raise ImportError('blocked')\n"
-               "sys.meta_path.insert(0, _Block())\n")
-    code = blocker + ("sys.argv[:] = ['cordsnet-cli', '--help']\nfrom cordsnet.cli import main\n"
-                      "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    proc = run_without_torch("sys.argv[:] = ['cordsnet-cli', '--help']\nfrom cordsnet.cli import main\n"
+                             "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n",
+                             timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "reaction-time" in proc.stdout

@@ -7,14 +7,12 @@ bundled digits model's full protocol on the 360 held-out digits.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from helpers import run_without_torch
 
 ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install 'cordsnet[openvino]')")
 
@@ -115,24 +113,15 @@ def test_float16_graphs_are_refused(r2_cifar, tmp_path):
 
 
 def test_openvino_backend_is_torch_free(exported_onnx):
-    code = textwrap.dedent(f"""
-        import sys, importlib.abc, numpy as np
-
-        class NoTorch(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch.") or name.startswith("torchvision"):
-                    raise ImportError("torch is blocked in this test")
-                return None
-
-        sys.meta_path.insert(0, NoTorch())
+    res = run_without_torch(f"""
+        import sys
+        import numpy as np
         from cordsnet.runtime import StepSession
         s = StepSession({str(exported_onnx["stepwise-drive"])!r}, backend="openvino")
         out = s.run_until(np.zeros((2, 3, 32, 32), np.float32), 0.9)
         assert "torch" not in sys.modules
         print("OK", out.steps.tolist(), out.decided.tolist())
     """)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=180)
     assert res.returncode == 0, res.stderr
     assert "OK [4, 4] [False, False]" in res.stdout
 

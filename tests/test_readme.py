@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from helpers import run_without_torch
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
-
-# A meta-path finder that makes `import torch` fail: the script must need only numpy + onnxruntime.
-NO_TORCH = """
-import sys
-class _Block:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-sys.meta_path.insert(0, _Block())
-"""
-
 
 def _code_block_after(marker: str, language: str) -> str:
     start = README.index(marker)
@@ -50,7 +39,6 @@ def test_ten_line_stepwise_script_runs_without_torch(tmp_path):
     np.save(tmp_path / "digit.npy", digits_to_tensor(X[i:i + 1]).numpy())
     script = _code_block_after("Ten lines, numpy and onnxruntime only", "python")
     assert len([line for line in script.splitlines() if line.strip()]) <= 13
-    result = subprocess.run([sys.executable, "-c", NO_TORCH + script], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300)
+    result = run_without_torch(script, cwd=str(tmp_path), timeout=300)  # needs only numpy + onnxruntime
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"prediction {y[i]}"

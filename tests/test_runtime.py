@@ -7,15 +7,14 @@ test session by the ``exported_onnx`` fixture (tests/conftest.py).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import textwrap
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from helpers import run_without_torch
 import torch
 
 from cordsnet.checkpoint import save_checkpoint
@@ -381,16 +380,9 @@ def test_no_preset_refuses_raw_images(tmp_path, r2_factory):
 
 # ------------------------------------------------------------------------------ torch-free
 def test_runtime_imports_and_runs_without_torch(graphs):
-    code = textwrap.dedent(f"""
-        import sys, importlib.abc, numpy as np
-
-        class NoTorch(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch.") or name.startswith("torchvision"):
-                    raise ImportError("torch is blocked in this test")
-                return None
-
-        sys.meta_path.insert(0, NoTorch())
+    res = run_without_torch(f"""
+        import sys
+        import numpy as np
         import cordsnet, cordsnet.runtime
         from cordsnet.runtime import Session, StepSession
         x = np.zeros((1, 3, 32, 32), np.float32)
@@ -406,9 +398,7 @@ def test_runtime_imports_and_runs_without_torch(graphs):
             raise SystemExit("torch was importable")
         assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))
         print("OK", a.shape, b.shape)
-    """)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    """, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "OK (1, 10) (1, 10)" in res.stdout
 
