@@ -31,8 +31,11 @@ def main() -> None:
     from cordsnet.data import digits_split
     from cordsnet.export import VerificationError, export
 
+    from cordsnet.export.precision import preset_images
+
     model = load_checkpoint(None)
     labels = digits_split()["test"][1]
+    heldout, _ = preset_images(model, "test")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in args.dtypes.split(","):
@@ -41,7 +44,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 row = {"graph": args.graph, "dtype": dtype, "calibration": calib}
                 try:
-                    rep = export(model, out, graph=args.graph, dtype=dtype,
+                    rep = export(model, out, graph=args.graph, dtype=dtype, verify_images=heldout,
                                  **({"calibration": calib} if dtype == "int8" else {}))
                     v = rep.verification
                 except VerificationError as exc:

@@ -151,12 +151,13 @@ def reduced_images(model: CordsNet, dtype: str, images: object, name: str, split
                    ) -> tuple[np.ndarray, str] | None:
     """The images a reduced-precision export is verified ("test") or calibrated ("train") on.
 
-    float32 exports return None (verified on random images with tolerances). Passed images are
+    float32 without images: None (verified on random images with tolerances). Passed images are
     checked ((N, C, S, S) matching the model; N >= :data:`MIN_VERIFY_IMAGES` for verification);
     without them the preset's local images are used, and a preset without local data is refused
     rather than verified on a weak default.
     """
-    if dtype not in REDUCED_DTYPES:
+    reduced = dtype in REDUCED_DTYPES
+    if images is None and not reduced:
         return None
     c = model.config
     if images is None:
@@ -177,7 +178,7 @@ def reduced_images(model: CordsNet, dtype: str, images: object, name: str, split
     if arr.ndim != 4 or tuple(arr.shape[1:]) != tuple(c.input_shape) or not np.issubdtype(arr.dtype, np.floating):
         raise ValueError(f"{name}: expected float images of shape (N, {', '.join(map(str, c.input_shape))}), got "
                          f"{arr.dtype} {tuple(arr.shape)}")
-    least = MIN_VERIFY_IMAGES if split == "test" else 1
+    least = MIN_VERIFY_IMAGES if split == "test" and reduced else 1
     if len(arr) < least:
         raise ValueError(f"{name}: expected at least {least} images (99% agreement needs at least 100 to be "
                          f"resolved), got {len(arr)}")
