@@ -202,10 +202,14 @@ def calibration_feeds(model: CordsNet, info: ArtifactInfo, input_names: Sequence
         images: (N, C, S, S) float32 calibration images.
         batch: images per feed.
     """
+    batch = info.batch or batch  # a fixed-batch graph takes its own batch (the last one padded)
     with torch.no_grad():
         w = model.effective_weights()
         for lo in range(0, len(images), batch):
-            x = torch.from_numpy(np.ascontiguousarray(images[lo:lo + batch], dtype=np.float32))
+            chunk = images[lo:lo + batch]
+            if len(chunk) < batch and info.batch is not None:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)])
+            x = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32))
             terms = model.unchecked_drive_terms(w, model.unchecked_drive(w, x))
             base = {"image": x.numpy(), "skip": terms.skip.numpy(), "ff0": terms.ff0.numpy()}
             if not any(n.startswith("state_") for n in input_names):
