@@ -337,7 +337,7 @@ def test_external_data_for_large_models(r2, tmp_path, monkeypatch):
     ({"graph": "rolled"}, r"graph: expected one of \['unrolled', 'loop', 'stepwise', 'stepwise-drive', 'multistep'\]"),
     ({"format": "tflite"}, "format: expected one of"),
     ({"dtype": "float64"}, "dtype: expected one of"),
-    ({"dtype": "int8", "format": "torchscript"}, r"dtype: the torchscript format writes dtype \['float32', 'float16'\]"),
+    ({"dtype": "int8", "format": "torchscript"}, r"dtype: a int8 graph is written in format \['onnx'\], got format 'torchscript'"),
     ({"dtype": "int8", "graph": "loop"}, "int8 export quantises graph"),
     ({"dtype": "float16"}, "verify_images: a float16 export is verified on images of the model's own preset"),
     ({"dtype": "float16", "verify_images": np.zeros((10, 3, 32, 32), np.float32)}, "expected at least 100 images"),
@@ -462,7 +462,8 @@ def test_float16_report_says_what_passed(models, tmp_path):
                     dtype="float16", verify_images=_images(100)).verification
     assert report.passed and report.failures == []
     text = report.summary()
-    assert "top-1 agreement >= 99%" in text and "every value finite" in text and "not a criterion" in text
+    assert "top-1 agreement with the float32 model >= 99%" in text and "every value finite" in text
+    assert "not a criterion" in text and "100 images passed as verify_images" in text
     assert report.to_dict()["criterion"] == report.criterion()
     f32 = export(models[4], tmp_path / "f.onnx", graph="stepwise", steps=STEPS, spontaneous_steps=SPONT).verification
     assert "within atol 0.0001 + rtol 0.001" in f32.summary()
