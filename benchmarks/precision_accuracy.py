@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float32,float16,bfloat16,int8")
     ap.add_argument("--calibrations", default="minmax,percentile,entropy")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--quantize-recurrent", default="no", help="int8: 'no', 'yes' or 'both'")
     args = ap.parse_args()
 
     from cordsnet.checkpoint import load_checkpoint
@@ -39,13 +40,15 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in args.dtypes.split(","):
-            for calib in (args.calibrations.split(",") if dtype == "int8" else ["-"]):
+            variants = {"no": [False], "yes": [True], "both": [False, True]}[args.quantize_recurrent]
+            for calib, qr in ([(c, q) for c in args.calibrations.split(",") for q in variants] if dtype == "int8"
+                              else [("-", False)]):
                 out = Path(tmp) / f"{dtype}-{calib}.onnx"
                 t0 = time.perf_counter()
-                row = {"graph": args.graph, "dtype": dtype, "calibration": calib}
+                row = {"graph": args.graph, "dtype": dtype, "calibration": calib, "quantize_recurrent": qr}
                 try:
                     rep = export(model, out, graph=args.graph, dtype=dtype, verify_images=heldout,
-                                 **({"calibration": calib} if dtype == "int8" else {}))
+                                 **({"calibration": calib, "quantize_recurrent": qr} if dtype == "int8" else {}))
                     v = rep.verification
                 except VerificationError as exc:
                     v = exc.report

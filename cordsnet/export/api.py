@@ -126,7 +126,7 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
            rtol: float = 1e-3, checkpoint_sha256: str | None = None, exporter: str | None = None,
            progress: ProgressFn | None = None, steps_per_call: int | None = None,
            verify_images: Any | None = None, calibration_images: Any | None = None,
-           calibration: str = "minmax") -> ExportReport:
+           calibration: str = "minmax", quantize_recurrent: bool = False) -> ExportReport:
     """Export `model` as a graph another application runs without the Python model.
 
     Beside the artifact ``<file>`` it writes the client manifest ``<file>.cordsnet.json`` (schema in
@@ -165,6 +165,9 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
         calibration_images: (N, C, S, S) float32 normalised images whose trajectories calibrate an
             int8 export. Default: 64 training digits for the digits preset; other presets must pass them.
         calibration: int8 calibration method: "minmax" (default), "percentile" or "entropy".
+        quantize_recurrent: int8: also quantise the recurrent convolutions (state -> state). Off by
+            default: their rounding is fed back every step and costs the bundled model 3 points of
+            held-out accuracy (docs/precision.md); on, more of the step runs in int8.
 
     Returns:
         An :class:`ExportReport` (paths, timings, the verification report).
@@ -179,6 +182,10 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
     from .precision import CALIBRATIONS, reduced_images
 
     validate.choice("calibration", calibration, CALIBRATIONS)
+    if not isinstance(quantize_recurrent, bool):
+        raise TypeError(f"quantize_recurrent: expected a bool, got {type(quantize_recurrent).__name__}")
+    if quantize_recurrent and spec.dtype != "int8":
+        raise ValueError(f"quantize_recurrent: only applies to dtype 'int8', got dtype {spec.dtype!r}")
     verify_set = reduced_images(model, spec.dtype, verify_images, "verify_images", "test") if verify else None
     calib_set = reduced_images(model, spec.dtype, calibration_images, "calibration_images", "train") \
         if spec.dtype == "int8" else None
@@ -205,7 +212,7 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
     try:
         result = _write_all(source, spec, backend, output, targets, infos, roles, verify=verify, atol=atol,
                             rtol=rtol, say=say, verify_set=verify_set, calib_set=calib_set,
-                            calibration=calibration)
+                            calibration=calibration, quantize_recurrent=quantize_recurrent)
     except OSError as exc:  # name the destination, not the temporary file the error happened on
         if exc.filename is None or str(exc.filename) in {str(t) for t in [*targets, manifest_path(output)]}:
             raise
@@ -222,7 +229,8 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
 def _write_all(source: CordsNet, spec: ExportSpec, backend: Any, output: Path, targets: list[Path],
                infos: list[ArtifactInfo], roles: Sequence[str], *, verify: bool, atol: float, rtol: float,
                say: ProgressFn, verify_set: tuple[Any, str] | None = None, calib_set: tuple[Any, str] | None = None,
-               calibration: str = "minmax") -> tuple[float, float, Any, int, Path | None]:
+               calibration: str = "minmax", quantize_recurrent: bool = False
+               ) -> tuple[float, float, Any, int, Path | None]:
     """Write, verify and hash every file in temporaries, then rename them into place (the manifest last)."""
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack, torch.no_grad():
@@ -237,7 +245,8 @@ def _write_all(source: CordsNet, spec: ExportSpec, backend: Any, output: Path, t
             for tmp, inf in zip(temps, infos):
                 say(f"quantising the {inf.graph} graph to int8 ({calibration} calibration on the trajectories of "
                     f"{calib_set[1]})")
-                quantize_int8(tmp, source, inf, calib_set[0], calibration=calibration)
+                quantize_int8(tmp, source, inf, calib_set[0], calibration=calibration,
+                              float_recurrent=not quantize_recurrent)
         export_seconds = time.perf_counter() - t0
         report = None
         t_verify = time.perf_counter()

@@ -39,6 +39,10 @@ DEFAULT_CALIBRATION_IMAGES = 64  # calibration images when the preset has local 
 
 # Calibration methods of onnxruntime's static quantiser by our name.
 CALIBRATIONS: tuple[str, ...] = ("minmax", "percentile", "entropy")
+# Ops whose inputs and weights are quantised: the convolutions and the read-out (where the arithmetic is).
+# The Euler update ((1 - alpha) r + alpha f) and the additions stay float32, so the state fed back
+# every step is not rounded to 8 bits (None quantises every op onnxruntime can).
+QUANTIZED_OPS: tuple[str, ...] | None = ("Conv", "Gemm", "MatMul")
 
 
 # ------------------------------------------------------------------------------ dead nodes
@@ -227,8 +231,18 @@ def calibration_feeds(model: CordsNet, info: ArtifactInfo, input_names: Sequence
 
 
 def quantize_int8(path: Path, model: CordsNet, info: ArtifactInfo, images: np.ndarray, *,
-                  calibration: str = "minmax") -> dict[str, int]:
+                  calibration: str = "minmax", ops: Sequence[str] | None = QUANTIZED_OPS,
+                  float_recurrent: bool = True) -> dict[str, int]:
     """Quantise the float32 ONNX graph at `path` in place (static QDQ, per-channel, U8S8); keeps its metadata.
+
+    Args:
+        path: a float32 graph written by the exporter (its metadata is kept).
+        model: the float32 model it came from (for the calibration trajectories).
+        info: its metadata.
+        images: (N, C, S, S) calibration images.
+        calibration: "minmax", "percentile" or "entropy".
+        ops: op types whose inputs and weights are quantised (None: every op onnxruntime can).
+        float_recurrent: keep the convolutions that read a ``state_i`` input (the recurrent ones) in float32.
 
     Returns:
         Counts of the quantised graph's QuantizeLinear / DequantizeLinear nodes.
@@ -253,7 +267,9 @@ def quantize_int8(path: Path, model: CordsNet, info: ArtifactInfo, images: np.nd
     quiet = _DropPreprocessHint()
     root.addFilter(quiet)  # onnxruntime's quantiser logs a pre-processing hint on the root logger
     try:
-        q = _quantize(path, _Reader(), methods[calibration], quantize_static, QuantFormat, QuantType)
+        exclude = [n.name for n in proto.graph.node if float_recurrent and n.op_type == "Conv"
+                   and any(x.startswith("state_") for x in n.input)]
+        q = _quantize(path, _Reader(), methods[calibration], quantize_static, QuantFormat, QuantType, ops, exclude)
     finally:
         root.removeFilter(quiet)
     del q.metadata_props[:]
@@ -272,11 +288,13 @@ class _DropPreprocessHint(logging.Filter):
 
 
 def _quantize(path: Path, reader: object, method: object, quantize_static: object, QuantFormat: object,
-              QuantType: object) -> onnx.ModelProto:
+              QuantType: object, ops: Sequence[str] | None, exclude: Sequence[str] = ()) -> onnx.ModelProto:
     with tempfile.TemporaryDirectory(prefix="cordsnet-int8-") as tmp:
         out = Path(tmp) / "int8.onnx"
         quantize_static(str(path), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,  # type: ignore
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,  # type: ignore
                         calibrate_method=method, use_external_data_format=False,
+                        op_types_to_quantize=list(ops) if ops is not None else None,
+                        nodes_to_exclude=list(exclude),
                         extra_options={"CalibTensorRangeSymmetric": False})
         return onnx.load(str(out))
