@@ -69,6 +69,36 @@ def test_int8_unrolled_and_multistep(r4, tmp_path):
         assert count_ops(onnx.load(str(tmp_path / f"{graph}.onnx")), "DequantizeLinear") > 0
 
 
+def _recurrent_convs_in_float(path) -> list[bool]:
+    """Per recurrent conv (reads a state_i input directly or through Q/DQ): does it read the float state?"""
+    proto = onnx.load(str(path))
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    states = {i.name for i in proto.graph.input if i.name.startswith("state_")}
+    out = []
+    for n in proto.graph.node:
+        if n.op_type != "Conv":
+            continue
+        x = n.input[0]
+        if x in states:
+            out.append(True)
+        elif x in producer and producer[x].op_type == "DequantizeLinear":
+            q = producer.get(producer[x].input[0])
+            if q is not None and q.input[0] in states:
+                out.append(False)
+    return out
+
+
+def test_int8_keeps_the_recurrent_convolutions_in_float_unless_asked(r4, tmp_path):
+    images = _images(100)
+    kw = dict(graph="stepwise", steps=STEPS, spontaneous_steps=SPONT, dtype="int8", calibration_images=images[:8])
+    export(r4, tmp_path / "a.onnx", verify_images=images, **kw)
+    assert _recurrent_convs_in_float(tmp_path / "a.onnx") == [True] * 4  # one per area, reading the float state
+    export(r4, tmp_path / "b.onnx", verify=False, quantize_recurrent=True, **kw)
+    assert _recurrent_convs_in_float(tmp_path / "b.onnx") == [False] * 4
+    with pytest.raises(ValueError, match="quantize_recurrent: only applies to dtype 'int8', got dtype 'float32'"):
+        export(r4, tmp_path / "c.onnx", graph="stepwise", quantize_recurrent=True)
+
+
 def test_reduced_precision_without_preset_images_is_refused(r4, tmp_path):
     with pytest.raises(ValueError, match=r"calibration_images: a int8 export is calibrated with images of the model's "
                                          r"own preset, and preset .* has no local images"):

@@ -267,8 +267,10 @@ def quantize_int8(path: Path, model: CordsNet, info: ArtifactInfo, images: np.nd
     quiet = _DropPreprocessHint()
     root.addFilter(quiet)  # onnxruntime's quantiser logs a pre-processing hint on the root logger
     try:
-        exclude = [n.name for n in proto.graph.node if float_recurrent and n.op_type == "Conv"
-                   and any(x.startswith("state_") for x in n.input)]
+        keep = _float_areas(float_recurrent)
+        exclude = [n.name for n in proto.graph.node if n.op_type == "Conv"
+                   and any(x.startswith("state_") and (keep is None or int(x[6:]) in keep) for x in n.input)
+                   and keep != set()]
         q = _quantize(path, _Reader(), methods[calibration], quantize_static, QuantFormat, QuantType, ops, exclude)
     finally:
         root.removeFilter(quiet)
@@ -280,6 +282,15 @@ def quantize_int8(path: Path, model: CordsNet, info: ArtifactInfo, images: np.nd
     onnx.checker.check_model(q, full_check=True)
     onnx.save_model(q, str(path))
     return {"QuantizeLinear": count_ops(q, "QuantizeLinear"), "DequantizeLinear": count_ops(q, "DequantizeLinear")}
+
+
+def _float_areas(float_recurrent: object) -> set[int] | None:
+    """True: every area (None); False: none (empty set); a collection: those areas."""
+    if float_recurrent is True:
+        return None
+    if float_recurrent is False:
+        return set()
+    return {int(a) for a in float_recurrent}  # type: ignore[union-attr]
 
 
 class _DropPreprocessHint(logging.Filter):
