@@ -67,6 +67,9 @@ def test_int8_unrolled_and_multistep(r4, tmp_path):
                    verify_images=images, calibration_images=images[:8], **kw).verification
         assert v.passed and v.top1_agreement >= 0.99
         assert count_ops(onnx.load(str(tmp_path / f"{graph}.onnx")), "DequantizeLinear") > 0
+        # the state error after every step (unrolled: read from the graph's own step tensors)
+        assert [p["step"] for p in v.per_step] == ([1, 2, 3, 4] if graph == "unrolled" else [2, 4])
+        assert all(0 < p["state_3_max_abs"] < 1.0 for p in v.per_step)
 
 
 def _recurrent_convs_in_float(path) -> list[bool]:
@@ -196,9 +199,16 @@ def test_multistep_graph_advances_k_steps_per_call(r4, tmp_path):
 
 
 @pytest.mark.heavy
-def test_bundled_model_keeps_its_answer_in_reduced_precision(bundled_model, tmp_path):
-    """Full protocol (100 steps) on the 360 held-out digits: float16 and bfloat16 agree >= 99% with float32."""
-    for dtype in ("float16", "bfloat16"):
+def test_bundled_model_keeps_its_answer_in_bfloat16_and_int8(bundled_model, tmp_path):
+    """Full protocol (100 steps) on the 360 held-out digits: >= 99% agreement with float32, >= 97.0% top-1.
+
+    Minutes, not seconds: the float32 reference and the graph each run 360 images x 100 steps per precision.
+    """
+    from cordsnet.data import digits_split
+
+    labels = np.asarray(digits_split()["test"][1])
+    for dtype in ("bfloat16", "int8"):
         v = export(bundled_model, tmp_path / f"{dtype}.onnx", graph="stepwise-drive", dtype=dtype).verification
         assert v.passed and v.batch == 360 and v.steps == 100 and "360 digits (test split" in v.images
         assert len(v.per_step) == 100 and v.top1_agreement >= 0.99
+        assert np.mean(np.asarray(v.predictions) == labels) >= 0.97  # float32: 97.50%
