@@ -65,6 +65,7 @@ __all__ = [
     "PREFIX",
     "PTE_METADATA_METHOD",
     "READOUTS",
+    "REDUCED_DTYPES",
     "SUPPORTED_FORMAT_VERSIONS",
     "artifact_format",
     "check_artifact_file",
@@ -103,8 +104,14 @@ IR_VERSION = 10
 
 READOUTS: tuple[str, ...] = ("last", "all")  # "last": logits (B, K); "all": logits at every step (T, B, K)
 
-# Floating-point precisions an artifact's weights and I/O may have (names as numpy spells them).
-DTYPES: dict[str, np.dtype] = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16)}
+# Precisions of an artifact's arithmetic (``cordsnet.dtype``) -> the numpy dtype of its floating-point
+# inputs and outputs. float32/float16: weights, activations and I/O in that type. bfloat16: weights
+# stored as bfloat16, float32 I/O (numpy has no bfloat16; a backend with bf16 units computes in it).
+# int8: static QDQ quantisation (int8 weights per channel, uint8 activations), float32 I/O.
+# See docs/precision.md.
+DTYPES: dict[str, np.dtype] = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
+                               "bfloat16": np.dtype(np.float32), "int8": np.dtype(np.float32)}
+REDUCED_DTYPES: tuple[str, ...] = ("float16", "bfloat16", "int8")  # verified by top-1 agreement, not tolerance
 
 
 # ------------------------------------------------------------------------------------- graph kinds
@@ -122,6 +129,7 @@ class GraphKind:
         per_step_outputs: readout "all" and recorded areas are possible.
         companions: roles of companion graphs written beside it (``<stem>.<role><suffix>``).
         exported: False for a kind that is only written as another kind's companion.
+        multi_step: one call advances ``steps_per_call`` Euler steps (a metadata key), not one.
     """
 
     name: str
@@ -132,6 +140,7 @@ class GraphKind:
     per_step_outputs: bool = False
     companions: tuple[str, ...] = ()
     exported: bool = True
+    multi_step: bool = False
 
     @property
     def steps_input(self) -> bool:
@@ -148,6 +157,8 @@ GRAPH_KINDS: dict[str, GraphKind] = {k.name: k for k in (
               ("image", "state_*"), ("logits", "next_state_*"), "step"),
     GraphKind("stepwise-drive", "one Euler step from precomputed drive terms (skip, ff0), with an encode graph",
               ("skip", "ff0", "state_*"), ("logits", "next_state_*"), "step", companions=("encode",)),
+    GraphKind("multistep", "K Euler steps per call (K = steps_per_call in the metadata); inputs image and "
+              "state_0..state_{D-1}", ("image", "state_*"), ("logits", "next_state_*"), "step", multi_step=True),
     GraphKind("encode", "image -> drive terms (skip, ff0): the companion of a stepwise-drive graph",
               ("image",), ("skip", "ff0"), None, exported=False),
 )}
@@ -321,8 +332,9 @@ class ArtifactInfo:
         config: the model's :class:`~cordsnet.config.CordsNetConfig`.
         steps, spontaneous_steps, alpha: the protocol baked into (or defaulted by) the graph.
         readout: "last" or "all"; record: areas whose rates are outputs ``rates_<area>``.
-        dtype: "float32" or "float16" (weights and floating-point I/O).
+        dtype: a key of :data:`DTYPES` (the arithmetic's precision; I/O dtype ``DTYPES[dtype]``).
         batch: the static batch size, or None for a dynamic batch.
+        steps_per_call: Euler steps one call of the graph advances (a "multistep" graph; 1 otherwise).
         preset: ``DatasetPreset.to_dict()`` (normalisation, class names) or None.
         spontaneous: the state after the spontaneous phase, one (1, c_i, H_i, W_i) array per area.
         version: the cordsnet version that exported it; exporter: the exporter's name.
@@ -341,6 +353,7 @@ class ArtifactInfo:
     record: tuple[int, ...] = ()
     dtype: str = "float32"
     batch: int | None = None
+    steps_per_call: int = 1
     preset: dict[str, Any] | None = None
     spontaneous: tuple[np.ndarray, ...] = field(default=(), repr=False, compare=False)
     version: str = __version__
@@ -405,8 +418,14 @@ class ArtifactInfo:
         record = parse("record", lambda t: validate.areas("record", _json_list(t), config.depth), "[]")
         dtype = parse("dtype", lambda t: validate.choice("dtype", t, list(DTYPES)), "float32")
         batch = parse("batch", _batch_text)
+        per_call = parse("steps_per_call", lambda t: validate.integer("steps_per_call", _int_text(t), min=1,
+                                                                      max=MAX_STEPS, why=why), "1")
         preset = parse("preset", lambda t: _preset(_loads(t), config), "null")
         kind = GRAPH_KINDS[graph]
+        if per_call != 1 and not kind.multi_step:
+            raise ValueError(f"{where}: a {graph!r} graph advances one step per call, got steps_per_call {per_call}")
+        if kind.multi_step and steps % per_call:
+            raise ValueError(f"{where}: steps {steps} is not a multiple of steps_per_call {per_call}")
         if not kind.per_step_outputs and (readout != "last" or record):
             raise ValueError(f"{where}: a {graph!r} graph has readout 'last' and no recorded areas, got readout "
                              f"{readout!r} and record {list(record)}")
@@ -423,6 +442,7 @@ class ArtifactInfo:
         spontaneous = _spontaneous(meta, config, spont, dtype, where)
         return cls(graph=graph, config=config, steps=steps, spontaneous_steps=spont, alpha=alpha, readout=readout,
                    record=tuple(record), dtype=dtype, batch=batch, preset=preset, spontaneous=spontaneous,
+                   steps_per_call=per_call,
                    version=get("version", ""), exporter=get("exporter", ""),
                    checkpoint_sha256=get("checkpoint_sha256", ""), state_dict_sha256=get("state_dict_sha256", ""),
                    format_version=version, metadata={str(k): v for k, v in meta.items()})
@@ -451,6 +471,7 @@ class ArtifactInfo:
             PREFIX + "inputs": json.dumps(ins),
             PREFIX + "outputs": json.dumps(outs),
             PREFIX + "exporter": self.exporter,
+            **({PREFIX + "steps_per_call": str(self.steps_per_call)} if self.steps_per_call != 1 else {}),
         }
 
     def companion(self, role: str) -> "ArtifactInfo":
@@ -474,6 +495,7 @@ class ArtifactInfo:
             "record": list(self.record),
             "dtype": self.dtype,
             "batch": self.batch,
+            "steps_per_call": self.steps_per_call,
             "preset": self.preset,
             "version": self.version,
             "exporter": self.exporter,
@@ -507,7 +529,8 @@ class ArtifactInfo:
             "graph": self.graph,
             "config": self.config.to_dict(),
             "protocol": {"steps": self.steps, "spontaneous_steps": self.spontaneous_steps, "alpha": self.alpha,
-                         "dt_ms": self.alpha * 10.0, "readout": self.readout, "record": list(self.record)},
+                         "dt_ms": self.alpha * 10.0, "readout": self.readout, "record": list(self.record),
+                         **({"steps_per_call": self.steps_per_call} if self.steps_per_call != 1 else {})},
             "dtype": self.dtype,
             "batch": self.batch,
             "inputs": ins,
@@ -550,7 +573,8 @@ class ArtifactInfo:
         ins, outs = self.io_names()
 
         def table(names: list[str]) -> list[dict[str, Any]]:
-            return [{"name": n, "shape": shapes[n], "dtype": "int64" if n == "steps" else self.dtype} for n in names]
+            return [{"name": n, "shape": shapes[n], "dtype": "int64" if n == "steps" else DTYPES[self.dtype].name}
+                    for n in names]
 
         return table(ins), table(outs)
 
@@ -885,6 +909,7 @@ def _manifest_to_metadata(data: Mapping[str, Any], source: str) -> dict[str, str
         PREFIX + "checkpoint_sha256": str(data.get("checkpoint_sha256", "")),
         PREFIX + "state_dict_sha256": str(data.get("state_dict_sha256", "")),
         PREFIX + "exporter": str(data.get("exporter", "")),
+        PREFIX + "steps_per_call": json.dumps(protocol.get("steps_per_call", 1)),
         PREFIX + "spontaneous_state": json.dumps([{"shape": need(a, "shape", "spontaneous_state.areas[]."),
                                                    "dtype": "float32",
                                                    "data": need(a, "data", "spontaneous_state.areas[].")}

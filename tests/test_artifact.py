@@ -47,11 +47,13 @@ def test_io_names_follow_the_registry():
                                                ["logits", "next_state_0", "next_state_1"])
     assert A.io_names("encode", 8) == (["image"], ["skip", "ff0"])
     with pytest.raises(ValueError, match=r"graph: expected one of \['unrolled', 'loop', 'stepwise', 'stepwise-drive', "
-                                         r"'encode'\], got 'rolled'"):
+                                         r"'multistep', 'encode'\], got 'rolled'"):
         A.io_names("rolled", 2)
-    assert list(A.GRAPHS) == ["unrolled", "loop", "stepwise", "stepwise-drive"]  # "encode" is a companion only
+    assert list(A.GRAPHS) == ["unrolled", "loop", "stepwise", "stepwise-drive", "multistep"]
+    # "encode" is a companion only
     assert {k: v.session for k, v in A.GRAPH_KINDS.items()} == {
-        "unrolled": "whole", "loop": "whole", "stepwise": "step", "stepwise-drive": "step", "encode": None}
+        "unrolled": "whole", "loop": "whole", "stepwise": "step", "stepwise-drive": "step", "multistep": "step",
+        "encode": None}
 
 
 def test_formats_and_paths():

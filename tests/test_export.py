@@ -168,7 +168,8 @@ def test_alpha_override(r2, tmp_path):
 def test_float16(models, tmp_path, fmt):
     model = models[4]
     out = tmp_path / f"h{SUFFIX[fmt]}"
-    report = export(model, out, format=fmt, graph="unrolled", steps=STEPS, spontaneous_steps=SPONT, dtype="float16")
+    report = export(model, out, format=fmt, graph="unrolled", steps=STEPS, spontaneous_steps=SPONT, dtype="float16",
+                    verify_images=_images(100))
     v = report.verification
     assert v.passed and v.top1_agreement >= 0.99 and v.dtype == "float16"
     assert 0 < v.max_abs < 0.05  # the differences are measured and reported
@@ -333,9 +334,18 @@ def test_external_data_for_large_models(r2, tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------------- validation
 @pytest.mark.parametrize("kwargs, match", [
-    ({"graph": "rolled"}, r"graph: expected one of \['unrolled', 'loop', 'stepwise', 'stepwise-drive'\]"),
+    ({"graph": "rolled"}, r"graph: expected one of \['unrolled', 'loop', 'stepwise', 'stepwise-drive', 'multistep'\]"),
     ({"format": "tflite"}, "format: expected one of"),
-    ({"dtype": "bfloat16"}, "dtype: expected one of"),
+    ({"dtype": "float64"}, "dtype: expected one of"),
+    ({"dtype": "int8", "format": "torchscript"}, r"dtype: a int8 graph is written in format \['onnx'\], got format 'torchscript'"),
+    ({"dtype": "int8", "graph": "loop"}, "int8 export quantises graph"),
+    ({"dtype": "float16"}, "verify_images: a float16 export is verified on images of the model's own preset"),
+    ({"dtype": "float16", "verify_images": np.zeros((10, 3, 32, 32), np.float32)}, "expected at least 100 images"),
+    ({"dtype": "float16", "verify_images": np.zeros((100, 1, 32, 32), np.float32)}, "verify_images: expected float"),
+    ({"graph": "multistep"}, "steps_per_call: the multistep graph needs"),
+    ({"graph": "multistep", "steps": 10, "steps_per_call": 3}, "steps_per_call: expected a divisor of steps 10"),
+    ({"graph": "stepwise", "steps_per_call": 2}, "steps_per_call: only the multistep graph"),
+    ({"calibration": "median"}, "calibration: expected one of"),
     ({"readout": "first"}, "readout: expected one of"),
     ({"steps": 0}, r"steps: expected an int in \[1, 10000\], got 0"),
     ({"steps": 10**9}, "longer protocols are not exported"),
@@ -449,10 +459,11 @@ def test_verify_refuses_bad_tolerances_and_other_weights(r2, models, tmp_path, s
 
 def test_float16_report_says_what_passed(models, tmp_path):
     report = export(models[4], tmp_path / "h.onnx", graph="stepwise", steps=STEPS, spontaneous_steps=SPONT,
-                    dtype="float16").verification
+                    dtype="float16", verify_images=_images(100)).verification
     assert report.passed and report.failures == []
     text = report.summary()
-    assert "top-1 agreement >= 99%" in text and "every value finite" in text and "not a criterion" in text
+    assert "top-1 agreement with the float32 model >= 99%" in text and "every value finite" in text
+    assert "not a criterion" in text and "100 images passed as verify_images" in text
     assert report.to_dict()["criterion"] == report.criterion()
     f32 = export(models[4], tmp_path / "f.onnx", graph="stepwise", steps=STEPS, spontaneous_steps=SPONT).verification
     assert "within atol 0.0001 + rtol 0.001" in f32.summary()

@@ -113,7 +113,7 @@ def build_metadata(model: CordsNet, spec: ExportSpec, *, checkpoint_sha256: str 
     preset = model.config.preset
     info = ArtifactInfo(graph=spec.graph, config=model.config, steps=spec.steps,
                         spontaneous_steps=spec.spontaneous_steps, alpha=float(spec.alpha), readout=spec.readout,
-                        record=spec.record, dtype=spec.dtype, batch=spec.batch,
+                        record=spec.record, dtype=spec.dtype, batch=spec.batch, steps_per_call=spec.steps_per_call,
                         preset=preset.to_dict() if preset is not None else None, spontaneous=spont,
                         version=__version__, exporter=exporter, checkpoint_sha256=checkpoint_sha256 or "",
                         state_dict_sha256=state_dict_sha256(model.state_dict()))
@@ -126,7 +126,9 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
            batch: int | None = None, readout: str = "last", record: Sequence[int] | None = None,
            opset: int | None = None, dtype: str = "float32", verify: bool = True, atol: float = 1e-4,
            rtol: float = 1e-3, checkpoint_sha256: str | None = None, exporter: str | None = None,
-           progress: ProgressFn | None = None) -> ExportReport:
+           progress: ProgressFn | None = None, steps_per_call: int | None = None,
+           verify_images: Any | None = None, calibration_images: Any | None = None,
+           calibration: str = "minmax", quantize_recurrent: bool = False) -> ExportReport:
     """Export `model` as a graph another application runs without the Python model.
 
     Beside the artifact ``<file>`` it writes the client manifest ``<file>.cordsnet.json`` (schema in
@@ -146,13 +148,28 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
         readout: "last" -> logits (B, K); "all" -> logits (steps, B, K). Not for stepwise graphs.
         record: areas whose rates (steps, B, c, H, W) become outputs ``rates_<area>``.
         opset: ONNX opset (default :data:`cordsnet.artifact.DEFAULT_OPSET`).
-        dtype: "float32" or "float16" (weights and floating-point I/O).
+        dtype: a key of :data:`cordsnet.artifact.DTYPES`: "float32", "float16" (weights, activations
+            and I/O), "bfloat16" (ONNX: bfloat16 weights, float32 I/O) or "int8" (ONNX: static QDQ
+            quantisation, float32 I/O). A reduced precision is verified by top-1 agreement with the
+            float32 model (>= 99%) over the full protocol on images of the model's preset (see
+            `verify_images`); docs/precision.md.
         verify: run the written graph against the PyTorch model before keeping it (default True).
         atol, rtol: float32 tolerances of the verification (>= 0).
         checkpoint_sha256: sha256 of the source checkpoint file ("" when not given); the hash of
             the state dict is always stored too, as ``cordsnet.state_dict_sha256``.
         exporter: ONNX exporter, "legacy" (TorchScript-based, default: the faster graph) or "dynamo".
         progress: called with a short phase description as the export proceeds.
+        steps_per_call: steps one call of a "multistep" graph advances (a divisor of `steps`); only
+            for that graph.
+        verify_images: (N, C, S, S) float32 normalised images (N >= 100) a reduced-precision export
+            is verified on. Default: the held-out images of the model's preset where they are local
+            (digits: the 360 held-out digits); other presets must pass them (or verify=False).
+        calibration_images: (N, C, S, S) float32 normalised images whose trajectories calibrate an
+            int8 export. Default: 64 training digits for the digits preset; other presets must pass them.
+        calibration: int8 calibration method: "minmax" (default), "percentile" or "entropy".
+        quantize_recurrent: int8: also quantise the recurrent convolutions (state -> state). Off by
+            default: their rounding is fed back every step and costs the bundled model 3 points of
+            held-out accuracy (docs/precision.md); on, more of the step runs in int8.
 
     Returns:
         An :class:`ExportReport` (paths, timings, the verification report).
@@ -163,7 +180,17 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
     """
     spec = make_spec(model, format=format, graph=graph, steps=steps, spontaneous_steps=spontaneous_steps,
                      alpha=alpha, batch=batch, readout=readout, record=record, opset=opset, dtype=dtype,
-                     exporter=exporter)
+                     exporter=exporter, steps_per_call=steps_per_call)
+    from .precision import CALIBRATIONS, reduced_images
+
+    validate.choice("calibration", calibration, CALIBRATIONS)
+    if not isinstance(quantize_recurrent, bool):
+        raise TypeError(f"quantize_recurrent: expected a bool, got {type(quantize_recurrent).__name__}")
+    if quantize_recurrent and spec.dtype != "int8":
+        raise ValueError(f"quantize_recurrent: only applies to dtype 'int8', got dtype {spec.dtype!r}")
+    verify_set = reduced_images(model, spec.dtype, verify_images, "verify_images", "test") if verify else None
+    calib_set = reduced_images(model, spec.dtype, calibration_images, "calibration_images", "train") \
+        if spec.dtype == "int8" else None
     atol = validate.number("atol", atol, low=0.0)
     rtol = validate.number("rtol", rtol, low=0.0)
     output = _check_output(Path(output), spec.format)
@@ -186,7 +213,8 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
 
     try:
         result = _write_all(source, spec, backend, output, targets, infos, roles, verify=verify, atol=atol,
-                            rtol=rtol, say=say)
+                            rtol=rtol, say=say, verify_set=verify_set, calib_set=calib_set,
+                            calibration=calibration, quantize_recurrent=quantize_recurrent)
     except OSError as exc:  # name the destination, not the temporary file the error happened on
         if exc.filename is None or str(exc.filename) in {str(t) for t in [*targets, manifest_path(output)]}:
             raise
@@ -202,7 +230,9 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
 
 def _write_all(source: CordsNet, spec: ExportSpec, backend: Any, output: Path, targets: list[Path],
                infos: list[ArtifactInfo], roles: Sequence[str], *, verify: bool, atol: float, rtol: float,
-               say: ProgressFn) -> tuple[float, float, Any, int, Path | None, dict[str, Any] | None]:
+               say: ProgressFn, verify_set: tuple[Any, str] | None = None, calib_set: tuple[Any, str] | None = None,
+               calibration: str = "minmax", quantize_recurrent: bool = False
+               ) -> tuple[float, float, Any, int, Path | None, dict[str, Any] | None]:
     """Write, verify and hash every file in temporaries, then rename them into place (the manifest last)."""
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack, torch.no_grad():
@@ -211,6 +241,14 @@ def _write_all(source: CordsNet, spec: ExportSpec, backend: Any, output: Path, t
         temps = [stack.enter_context(backend.staged(t)) for t in targets]
         say(f"exporting the {spec.graph} graph ({spec.format}, {spec.steps} steps)")
         details = backend.write(source, spec, list(zip(temps, infos)), progress=say)
+        if calib_set is not None:
+            from .precision import quantize_int8
+
+            for tmp, inf in zip(temps, infos):
+                say(f"quantising the {inf.graph} graph to int8 ({calibration} calibration on the trajectories of "
+                    f"{calib_set[1]})")
+                quantize_int8(tmp, source, inf, calib_set[0], calibration=calibration,
+                              float_recurrent=not quantize_recurrent)
         export_seconds = time.perf_counter() - t0
         report = None
         t_verify = time.perf_counter()
@@ -218,8 +256,10 @@ def _write_all(source: CordsNet, spec: ExportSpec, backend: Any, output: Path, t
             say("verifying against the PyTorch model")
             from .verify import verify_artifact
 
+            images, source_name = verify_set if verify_set is not None else (None, None)
             report = verify_artifact(temps[0], source, atol=atol, rtol=rtol, format=spec.format,
-                                     companions=dict(zip(roles, temps[1:])))
+                                     companions=dict(zip(roles, temps[1:])), images=images,
+                                     images_source=source_name)
             logger.info("verification: %s", report.summary())
         verify_seconds = time.perf_counter() - t_verify
         companions = [{"role": r, "file": t.name, "sha256": file_sha256(tmp)}

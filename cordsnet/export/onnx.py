@@ -40,6 +40,8 @@ from .spec import ExportSpec
 __all__ = ["DEFAULT_OPSET", "EXPORTER_NAME", "EXTERNAL_DATA_THRESHOLD", "IR_VERSION", "MAX_OPSET", "MIN_OPSET",
            "build", "export_piece", "open_runner", "save", "staged", "write"]
 
+logger = logging.getLogger("cordsnet.export")
+
 EXPORTER_NAME = None  # the ONNX exporter is the spec's ("legacy" or "dynamo")
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of initializers above which external data is used
 
@@ -323,8 +325,16 @@ def write(model: CordsNet, spec: ExportSpec, targets: Sequence[tuple[Path, Artif
           progress: Callable[[str], None] | None = None) -> None:
     """Build, check and save one graph per target (temporary paths from :func:`staged`) with its metadata."""
     say = progress or (lambda _m: None)
+    from .precision import prune_dead_nodes, to_bfloat16
+
     protos = build(model, spec, [info.graph for _, info in targets])
     for proto, (path, info) in zip(protos, targets):
+        removed = prune_dead_nodes(proto.graph)  # updates that cannot reach an output (unrolled, readout "last")
+        if removed:
+            logger.info("left out %d nodes no output depends on (%s)", sum(removed.values()),
+                        ", ".join(f"{k} {v}" for k, v in sorted(removed.items())))
+        if spec.dtype == "bfloat16":
+            to_bfloat16(proto.graph)
         helper.set_model_props(proto, info.to_metadata())
         proto.producer_name, proto.producer_version = "cordsnet", info.version
         say(f"checking the {info.graph} graph (onnx.checker, full check)")

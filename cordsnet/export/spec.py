@@ -19,7 +19,15 @@ __all__ = ["DEFAULT_EXPORTER", "EXPORTERS", "ExportSpec", "TORCH_DTYPES", "TRACE
 EXPORTERS: tuple[str, ...] = ("legacy", "dynamo")
 DEFAULT_EXPORTER = "legacy"
 TRACE_BATCH = 2  # batch of the example inputs when the batch is dynamic
-TORCH_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
+# Precision -> dtype the wrappers are traced in. bfloat16 and int8 graphs are traced in float32 and
+# converted afterwards (cordsnet.export.precision): weights to bfloat16, or static QDQ quantisation.
+TORCH_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16,
+                                        "bfloat16": torch.float32, "int8": torch.float32}
+# Precisions only some formats write (converted after tracing: ONNX only); float32 and float16 are
+# traced directly, and a format backend that cannot write one refuses it itself.
+DTYPE_FORMATS: dict[str, tuple[str, ...]] = {"bfloat16": ("onnx",), "int8": ("onnx",)}
+# Graph kinds an int8 export quantises (onnxruntime's quantiser does not reach into a Loop body).
+INT8_GRAPHS: tuple[str, ...] = ("unrolled", "stepwise", "stepwise-drive", "multistep")
 assert set(TORCH_DTYPES) == set(DTYPES), "every contract dtype needs its torch dtype"
 
 
@@ -35,9 +43,10 @@ class ExportSpec:
     batch: int | None  # static batch, None for a dynamic batch dimension
     readout: str  # "last" or "all"
     record: tuple[int, ...]  # areas whose rates are outputs
-    dtype: str  # "float32" or "float16"
-    opset: int | None  # ONNX opset (None: the default)
-    exporter: str  # ONNX exporter, "legacy" or "dynamo"
+    dtype: str  # a key of cordsnet.artifact.DTYPES
+    steps_per_call: int = 1  # Euler steps per call of a multistep graph (1 for every other kind)
+    opset: int | None = None  # ONNX opset (None: the default)
+    exporter: str = "legacy"  # ONNX exporter, "legacy" or "dynamo"
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -55,7 +64,7 @@ class ExportSpec:
 
 def make_spec(model: CordsNet, *, format: str, graph: str, steps: int | None, spontaneous_steps: int | None,
               alpha: float | None, batch: int | None, readout: str, record: Sequence[int] | None,
-              opset: int | None, dtype: str, exporter: str | None) -> ExportSpec:
+              opset: int | None, dtype: str, exporter: str | None, steps_per_call: int | None = None) -> ExportSpec:
     """Validate the export options against `model` (errors name the argument, value and expectation)."""
     if not isinstance(model, CordsNet):
         raise TypeError(f"model: expected a CordsNet, got {type(model).__name__}")
@@ -63,6 +72,12 @@ def make_spec(model: CordsNet, *, format: str, graph: str, steps: int | None, sp
     validate.choice("graph", graph, list(GRAPHS))
     validate.choice("readout", readout, READOUTS)
     validate.choice("dtype", dtype, list(DTYPES))
+    if format not in DTYPE_FORMATS.get(dtype, (format,)):
+        raise ValueError(f"dtype: a {dtype} graph is written in format {list(DTYPE_FORMATS[dtype])}, got format "
+                         f"{format!r} (it writes float32 and float16)")
+    if dtype == "int8" and graph not in INT8_GRAPHS:
+        raise ValueError(f"graph: an int8 export quantises graph {list(INT8_GRAPHS)}, got {graph!r} (onnxruntime's "
+                         "quantiser does not reach into the Loop body)")
     exporter = DEFAULT_EXPORTER if exporter is None else validate.choice("exporter", exporter, EXPORTERS)
     c = model.config
     why = "longer protocols are not exported; use a loop or stepwise graph and pass steps when running it"
@@ -85,9 +100,22 @@ def make_spec(model: CordsNet, *, format: str, graph: str, steps: int | None, sp
         if format != "onnx":
             raise ValueError(f"opset: only applies to --format onnx, got format {format!r}")
         validate.integer("opset", opset, min=MIN_OPSET, max=MAX_OPSET)
+    if GRAPH_KINDS[graph].multi_step:
+        if steps_per_call is None:
+            raise ValueError(f"steps_per_call: the {graph} graph needs the number of steps one call advances "
+                             f"(a divisor of steps {steps}), got None")
+        per_call = validate.integer("steps_per_call", steps_per_call, min=1, max=steps)
+        if steps % per_call:
+            raise ValueError(f"steps_per_call: expected a divisor of steps {steps} (the verified protocol is whole "
+                             f"calls), got {per_call}")
+    elif steps_per_call is not None and steps_per_call != 1:
+        raise ValueError(f"steps_per_call: only the multistep graph advances several steps per call; graph {graph!r} "
+                         f"advances 1, got {steps_per_call!r}")
+    else:
+        per_call = 1
     spec = ExportSpec(graph=graph, format=format, steps=steps, spontaneous_steps=spont, alpha=alpha,
                       batch=batch, readout=readout, record=tuple(areas), dtype=dtype, opset=opset,
-                      exporter=exporter)
+                      exporter=exporter, steps_per_call=per_call)
     check = getattr(importlib.import_module(FORMATS[format].backend), "check_spec", None)
     if check is not None:  # a backend refuses what it cannot write (e.g. executorch: no loop, float32 only)
         check(spec)

@@ -16,6 +16,7 @@ Graph pieces (inputs -> outputs, B the batch, D the depth, T the steps):
 * :class:`Unrolled`: image -> logits (B, K) or (T, B, K), then ``rates_<a>`` (T, B, c, H, W).
 * :class:`Stepwise`: image, state_0..D-1 -> logits, next_state_0..D-1 (one Euler step).
 * :class:`StepwiseDrive`: skip, ff0, state_0..D-1 -> logits, next_state_0..D-1.
+* :class:`MultiStep`: image, state_0..D-1 -> logits, next_state_0..D-1 after K steps (one call).
 * :class:`Encode`: image -> skip, ff0 (the drive terms).
 * :class:`Prologue`: image -> skip, ff0, state_0..D-1 (the spontaneous state, expanded to B).
 * :class:`LoopBody`: skip, ff0, state_0..D-1 -> next_state_0..D-1 [, logits] (one step, for a Loop).
@@ -44,6 +45,7 @@ __all__ = [
     "traced_graph",
     "traced_graphs",
     "Encode",
+    "MultiStep",
     "ListPrologue",
     "ListReadout",
     "ListStep",
@@ -197,6 +199,28 @@ class StepwiseDrive(_Frozen):
     def forward(self, skip: Tensor, ff0: Tensor, *state: Tensor) -> Tuple[Tensor, ...]:
         w = self.weights()
         nxt = self._step(w, state, skip, ff0)
+        return (self._readout(w, nxt), *nxt)
+
+
+class MultiStep(_Frozen):
+    """K Euler steps driven by an image: (image, state_0..D-1) -> (logits, next_state_0..D-1) after K steps.
+
+    The drive terms are computed once per call; the K steps are unrolled (the model's own time loop).
+
+    Args:
+        steps_per_call: K, the steps one call advances (>= 1).
+    """
+
+    def __init__(self, model: CordsNet, *, steps_per_call: int, **kw: object) -> None:
+        super().__init__(model, **kw)  # type: ignore[arg-type]
+        self.steps_per_call = int(steps_per_call)
+
+    def forward(self, image: Tensor, *state: Tensor) -> Tuple[Tensor, ...]:
+        w = self.weights()
+        terms = self._drive_terms(w, image)
+        nxt: Sequence[Tensor] = state
+        for nxt in self._model.unchecked_trajectory(w, state, terms, self.steps_per_call, self.alpha):
+            pass
         return (self._readout(w, nxt), *nxt)
 
 
@@ -361,6 +385,7 @@ TRACED: dict[str, Callable[[CordsNet, ExportSpec], nn.Module]] = {
     "unrolled": lambda m, s: Unrolled(m, steps=s.steps, readout=s.readout, record=s.record, **s.wrapper_kwargs()),
     "stepwise": lambda m, s: Stepwise(m, **s.wrapper_kwargs()),
     "stepwise-drive": lambda m, s: StepwiseDrive(m, **s.wrapper_kwargs()),
+    "multistep": lambda m, s: MultiStep(m, steps_per_call=s.steps_per_call, **s.wrapper_kwargs()),
     "encode": lambda m, s: Encode(m, **s.wrapper_kwargs()),
 }
 

@@ -1,0 +1,311 @@
+"""Reduced precisions of an ONNX export and the graph clean-up every export gets.
+
+* :func:`prune_dead_nodes`: removes the nodes no graph output depends on. In an unrolled graph with
+  readout "last" and no recorded areas, area i's update at the last ``D - 2 - i`` steps (the two
+  read-out areas excepted) never reaches the logits: the exporter leaves them out.
+* :func:`to_bfloat16`: weights stored as bfloat16 initializers, each followed by a ``Cast`` to float32
+  (folded once when a session is created): float32 I/O and activations in onnxruntime, which has almost
+  no bfloat16 CPU kernels; a backend with bfloat16 units (OpenVINO ``INFERENCE_PRECISION_HINT=bf16``,
+  GPUs) computes in bfloat16. The verification checks that the answer survives bfloat16 weights.
+* :func:`quantize_int8`: onnxruntime static QDQ quantisation, int8 weights per output channel, uint8
+  activations (U8S8: the MLAS VNNI fast path), calibrated on the states of every step of real
+  trajectories (:func:`calibration_feeds`), not on images only.
+* :func:`preset_images`: the images a reduced-precision export is calibrated and verified on, for
+  presets with local data (digits); other presets need the caller's images.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from ..artifact import REDUCED_DTYPES, ArtifactInfo
+from ..model import CordsNet
+
+__all__ = ["CALIBRATIONS", "MIN_VERIFY_IMAGES", "calibration_feeds", "count_ops", "preset_images",
+           "prune_dead_nodes", "quantize_int8", "reduced_images", "to_bfloat16"]
+
+logger = logging.getLogger("cordsnet.export")
+
+MIN_VERIFY_IMAGES = 100  # a reduced-precision verification on fewer images cannot resolve 99% agreement
+DEFAULT_CALIBRATION_IMAGES = 64  # calibration images when the preset has local data (x every step's state)
+
+# Calibration methods of onnxruntime's static quantiser by our name.
+CALIBRATIONS: tuple[str, ...] = ("minmax", "percentile", "entropy")
+# Ops whose inputs and weights are quantised: the convolutions and the read-out (where the arithmetic is).
+# The Euler update ((1 - alpha) r + alpha f) and the additions stay float32, so the state fed back
+# every step is not rounded to 8 bits (None quantises every op onnxruntime can).
+QUANTIZED_OPS: tuple[str, ...] | None = ("Conv", "Gemm", "MatMul")
+
+
+# ------------------------------------------------------------------------------ dead nodes
+def prune_dead_nodes(graph: onnx.GraphProto) -> dict[str, int]:
+    """Remove (in place) the nodes and initializers no graph output depends on.
+
+    Returns:
+        Removed nodes by op type (e.g. ``{"Conv": 6, "Add": 9}``).
+    """
+    producer = {o: n for n in graph.node for o in n.output if o}
+    live: set[str] = set()
+    stack = [o.name for o in graph.output]
+    while stack:
+        name = stack.pop()
+        if name in live:
+            continue
+        live.add(name)
+        node = producer.get(name)
+        if node is not None:
+            stack += [x for x in node.input if x] + _subgraph_inputs(node)
+            live.update(node.output)  # a multi-output node is kept whole
+    removed: dict[str, int] = {}
+    kept = []
+    for n in graph.node:
+        if any(o in live for o in n.output):
+            kept.append(n)
+        else:
+            removed[n.op_type] = removed.get(n.op_type, 0) + 1
+    if removed:
+        del graph.node[:]
+        graph.node.extend(kept)
+        used = {x for n in kept for x in [*n.input, *_subgraph_inputs(n)]} | {o.name for o in graph.output}
+        inits = [t for t in graph.initializer if t.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(inits)
+    return removed
+
+
+def _subgraph_inputs(node: onnx.NodeProto) -> list[str]:
+    """Outer-scope names a node's subgraphs (Loop body) read."""
+    names: list[str] = []
+    for a in node.attribute:
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for n in g.node:
+                names += list(n.input) + _subgraph_inputs(n)
+    return names
+
+
+def count_ops(proto: onnx.ModelProto | onnx.GraphProto, op_type: str) -> int:
+    """Nodes of `op_type` in a graph and its subgraphs (each Loop body counted once)."""
+    graph = proto.graph if isinstance(proto, onnx.ModelProto) else proto
+    total = 0
+    for n in graph.node:
+        total += n.op_type == op_type
+        for a in n.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                total += count_ops(g, op_type)
+    return total
+
+
+# -------------------------------------------------------------------------------- bfloat16
+def to_bfloat16(graph: onnx.GraphProto) -> int:
+    """Store every float32 initializer of `graph` (and its subgraphs) as bfloat16 + ``Cast`` to float32.
+
+    Rounding is to nearest even (``ml_dtypes.bfloat16``). Returns the number of converted tensors.
+    """
+    import ml_dtypes
+
+    converted = 0
+    for n in graph.node:
+        for a in n.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                converted += to_bfloat16(g)
+    keep, casts = [], []
+    for t in graph.initializer:
+        if t.data_type != TensorProto.FLOAT or len(t.dims) == 0:
+            keep.append(t)
+            continue
+        arr = numpy_helper.to_array(t).astype(ml_dtypes.bfloat16)
+        bf = helper.make_tensor(t.name + "/bf16", TensorProto.BFLOAT16, list(arr.shape),
+                                arr.view(np.uint16).tobytes(), raw=True)
+        keep.append(bf)
+        casts.append(helper.make_node("Cast", [bf.name], [t.name], to=TensorProto.FLOAT, name=t.name + "/to_float"))
+        converted += 1
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return converted
+
+
+# ------------------------------------------------------------------------------------ int8
+def preset_images(model: CordsNet, split: str) -> tuple[np.ndarray, str] | None:
+    """Images of the model's own preset with local data: ((N, C, S, S) float32 normalised, description).
+
+    Only the digits preset has local data (scikit-learn's digits): ``split`` "test" is the 360
+    held-out digits (verification), "train" the training digits (calibration). None for other presets.
+    """
+    c = model.config
+    if c.dataset != "digits" or c.in_channels != 1:
+        return None
+    from ..data import digits_split, digits_to_tensor
+
+    X, _ = digits_split()[split]
+    return digits_to_tensor(X, c.image_size).numpy(), f"{len(X)} digits ({split} split, cordsnet.data.digits_split)"
+
+
+def reduced_images(model: CordsNet, dtype: str, images: object, name: str, split: str
+                   ) -> tuple[np.ndarray, str] | None:
+    """The images a reduced-precision export is verified ("test") or calibrated ("train") on.
+
+    float32 without images: None (verified on random images with tolerances). Passed images are
+    checked ((N, C, S, S) matching the model; N >= :data:`MIN_VERIFY_IMAGES` for verification);
+    without them the preset's local images are used, and a preset without local data is refused
+    rather than verified on a weak default.
+    """
+    reduced = dtype in REDUCED_DTYPES
+    if images is None and not reduced:
+        return None
+    c = model.config
+    if images is None:
+        found = preset_images(model, split)
+        if found is None:
+            what = "verified on" if split == "test" else "calibrated with"
+            raise ValueError(f"{name}: a {dtype} export is {what} images of the model's own preset, and preset "
+                             f"{c.dataset!r} has no local images; pass {name}=(N, {c.in_channels}, {c.image_size}, "
+                             f"{c.image_size}) normalised float32 images" + (" or verify=False" if split == "test"
+                                                                              else ""))
+        arr, desc = found
+        if split == "train":
+            step = max(1, len(arr) // DEFAULT_CALIBRATION_IMAGES)
+            arr = arr[::step][:DEFAULT_CALIBRATION_IMAGES]
+            desc = f"{len(arr)} of the " + desc
+        return arr, desc
+    arr = np.asarray(images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images)
+    if arr.ndim != 4 or tuple(arr.shape[1:]) != tuple(c.input_shape) or not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"{name}: expected float images of shape (N, {', '.join(map(str, c.input_shape))}), got "
+                         f"{arr.dtype} {tuple(arr.shape)}")
+    least = MIN_VERIFY_IMAGES if split == "test" and reduced else 1
+    if len(arr) < least:
+        raise ValueError(f"{name}: expected at least {least} images (99% agreement needs at least 100 to be "
+                         f"resolved), got {len(arr)}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name}: expected finite values, got NaN or infinity")
+    return np.ascontiguousarray(arr, dtype=np.float32), f"{len(arr)} images passed as {name}"
+
+
+def calibration_feeds(model: CordsNet, info: ArtifactInfo, input_names: Sequence[str], images: np.ndarray,
+                      batch: int = 32) -> Iterator[dict[str, np.ndarray]]:
+    """Feeds for a graph's inputs from real trajectories of `images` (float32 model, every step).
+
+    A graph reading ``state_i`` gets the state before every step of the artifact's protocol (every
+    ``steps_per_call``-th for a multistep graph), so the calibrated ranges cover the whole trajectory
+    from the spontaneous state to the last step; a graph reading only the image gets the images.
+
+    Args:
+        model: the float32 model the graph was exported from.
+        info: the graph's metadata (protocol, kind).
+        input_names: the graph's inputs.
+        images: (N, C, S, S) float32 calibration images.
+        batch: images per feed.
+    """
+    batch = info.batch or batch  # a fixed-batch graph takes its own batch (the last one padded)
+    with torch.no_grad():
+        w = model.effective_weights()
+        for lo in range(0, len(images), batch):
+            chunk = images[lo:lo + batch]
+            if len(chunk) < batch and info.batch is not None:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)])
+            x = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32))
+            terms = model.unchecked_drive_terms(w, model.unchecked_drive(w, x))
+            base = {"image": x.numpy(), "skip": terms.skip.numpy(), "ff0": terms.ff0.numpy()}
+            if not any(n.startswith("state_") for n in input_names):
+                yield {n: base[n] for n in input_names}
+                continue
+            spont = model.cached_spontaneous_state(info.spontaneous_steps, info.alpha)
+            state = tuple(s.expand(x.shape[0], *s.shape[1:]).clone() for s in spont)
+            every = info.steps_per_call
+            for t in range(info.steps):
+                if t % every == 0:
+                    feed = dict(base)
+                    feed.update({f"state_{i}": s.numpy().copy() for i, s in enumerate(state)})
+                    yield {n: feed[n] for n in input_names}
+                state = model.unchecked_step(w, state, terms, info.alpha)
+
+
+def quantize_int8(path: Path, model: CordsNet, info: ArtifactInfo, images: np.ndarray, *,
+                  calibration: str = "minmax", ops: Sequence[str] | None = QUANTIZED_OPS,
+                  float_recurrent: bool = True) -> dict[str, int]:
+    """Quantise the float32 ONNX graph at `path` in place (static QDQ, per-channel, U8S8); keeps its metadata.
+
+    Args:
+        path: a float32 graph written by the exporter (its metadata is kept).
+        model: the float32 model it came from (for the calibration trajectories).
+        info: its metadata.
+        images: (N, C, S, S) calibration images.
+        calibration: "minmax", "percentile" or "entropy".
+        ops: op types whose inputs and weights are quantised (None: every op onnxruntime can).
+        float_recurrent: keep the convolutions that read a ``state_i`` input (the recurrent ones) in float32.
+
+    Returns:
+        Counts of the quantised graph's QuantizeLinear / DequantizeLinear nodes.
+    """
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    proto = onnx.load(str(path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    input_names = [i.name for i in proto.graph.input]
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = calibration_feeds(model, info, input_names, images)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.it, None)
+
+    root = logging.getLogger()
+    quiet = _DropPreprocessHint()
+    root.addFilter(quiet)  # onnxruntime's quantiser logs a pre-processing hint on the root logger
+    try:
+        keep = _float_areas(float_recurrent)
+        exclude = [n.name for n in proto.graph.node if n.op_type == "Conv"
+                   and any(x.startswith("state_") and (keep is None or int(x[6:]) in keep) for x in n.input)
+                   and keep != set()]
+        q = _quantize(path, _Reader(), methods[calibration], quantize_static, QuantFormat, QuantType, ops, exclude)
+    finally:
+        root.removeFilter(quiet)
+    del q.metadata_props[:]
+
+    helper.set_model_props(q, props)
+    q.ir_version = proto.ir_version
+    q.producer_name, q.producer_version = proto.producer_name, proto.producer_version
+    onnx.checker.check_model(q, full_check=True)
+    onnx.save_model(q, str(path))
+    return {"QuantizeLinear": count_ops(q, "QuantizeLinear"), "DequantizeLinear": count_ops(q, "DequantizeLinear")}
+
+
+def _float_areas(float_recurrent: object) -> set[int] | None:
+    """True: every area (None); False: none (empty set); a collection: those areas."""
+    if float_recurrent is True:
+        return None
+    if float_recurrent is False:
+        return set()
+    return {int(a) for a in float_recurrent}  # type: ignore[union-attr]
+
+
+class _DropPreprocessHint(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing" not in record.getMessage()
+
+
+def _quantize(path: Path, reader: object, method: object, quantize_static: object, QuantFormat: object,
+              QuantType: object, ops: Sequence[str] | None, exclude: Sequence[str] = ()) -> onnx.ModelProto:
+    with tempfile.TemporaryDirectory(prefix="cordsnet-int8-") as tmp:
+        out = Path(tmp) / "int8.onnx"
+        quantize_static(str(path), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,  # type: ignore
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,  # type: ignore
+                        calibrate_method=method, use_external_data_format=False,
+                        op_types_to_quantize=list(ops) if ops is not None else None,
+                        nodes_to_exclude=list(exclude),
+                        extra_options={"CalibTensorRangeSymmetric": False})
+        return onnx.load(str(out))
