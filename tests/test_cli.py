@@ -312,3 +312,22 @@ def test_importing_the_cli_and_its_help_need_no_torch():
                              timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "reaction-time" in proc.stdout
+
+
+def test_export_multistep_and_reduced_precision_options(r2_files, tmp_path):
+    ckpt, _ = r2_files
+    out = tmp_path / "m.onnx"
+    result = runner.invoke(app, ["export", str(ckpt), "--graph", "multistep", "--steps", "4", "--steps-per-call", "2",
+                                 "--spontaneous-steps", "1", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    from cordsnet.artifact import read_info
+
+    assert read_info(out).steps_per_call == 2
+    result = runner.invoke(app, ["export", str(ckpt), "--graph", "multistep", "--steps", "4", "--steps-per-call", "3",
+                                 "-o", str(tmp_path / "bad.onnx")])
+    assert result.exit_code == 1 and "steps_per_call" in result.output and not (tmp_path / "bad.onnx").exists()
+    junk = tmp_path / "images.npy"
+    junk.write_bytes(b"not an array")
+    result = runner.invoke(app, ["export", str(ckpt), "--dtype", "int8", "--verify-images", str(junk),
+                                 "-o", str(tmp_path / "q.onnx")])
+    assert result.exit_code == 1 and "--verify-images" in result.output and "Traceback" not in result.output

@@ -776,3 +776,29 @@ def test_openvino_backend_without_openvino_says_how_to_install(graphs, monkeypat
     monkeypatch.setattr(openvino_backend, "_CORE", None)
     with pytest.raises(ProviderError, match=r"pip install 'cordsnet\[openvino\]'"):
         StepSession(graphs["stepwise"], backend="openvino")
+
+
+def test_step_session_counts_the_steps_of_a_multistep_graph(r2_cifar, tmp_path):
+    """A multistep graph advances K Euler steps per call: run(steps) makes steps / K calls, steps_taken
+    counts Euler steps, and run_until stops at call boundaries (multiples of K)."""
+    import torch
+
+    from cordsnet.export import export
+    from cordsnet.runtime import StepSession
+
+    path = tmp_path / "r2.multistep.onnx"
+    export(r2_cifar, path, graph="multistep", steps=4, spontaneous_steps=3, steps_per_call=2)
+    s = StepSession(path, providers="cpu")
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    got = s.run(x, steps=4)
+    assert s.steps_taken == 4
+    with torch.no_grad():
+        want = r2_cifar.run(torch.from_numpy(x), steps=4, spontaneous_steps=3).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)  # float32 graph vs float32 model
+    with pytest.raises(ValueError, match="advances 2 steps per call"):
+        s.run(x, steps=3)
+    with pytest.raises(ValueError, match="one frame per step"):
+        s.run_video(np.stack([x, x], axis=1))
+    out = s.run_until(x, 0.99, max_steps=4)
+    assert set(out.steps.tolist()) <= {2, 4}
+    assert s.baseline_logits(4).shape == (2, 10)  # one row per call

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -31,6 +31,14 @@ class ExportReadout(str, Enum):
 class ExportExporter(str, Enum):
     legacy = "legacy"
     dynamo = "dynamo"
+
+
+class Calibration(str, Enum):
+    """int8 calibration methods (cordsnet.export.precision.CALIBRATIONS)."""
+
+    minmax = "minmax"
+    percentile = "percentile"
+    entropy = "entropy"
 
 
 # The suffixes each format may be written to; the first is the default output's.
@@ -70,9 +78,23 @@ def export_command(
     rtol: Annotated[float, typer.Option(min=0.0, help="Relative tolerance of the verification.")] = 1e-3,
     exporter: Annotated[ExportExporter, typer.Option(
         help="ONNX exporter: legacy (TorchScript-based, faster graph) or dynamo.")] = ExportExporter.legacy,
+    steps_per_call: Annotated[Optional[int], typer.Option(
+        "--steps-per-call", min=1, help="Euler steps one call advances (graph multistep; a divisor of --steps).")] = None,
+    verify_images: Annotated[Optional[Path], typer.Option(
+        "--verify-images", exists=True, dir_okay=False,
+        help="A .npy of (N, C, S, S) normalised images (N >= 100) verifying a float16/bfloat16/int8 export by "
+             "top-1 agreement (default: the preset's held-out images where the package has them, e.g. digits).")] = None,
+    calibration_images: Annotated[Optional[Path], typer.Option(
+        "--calibration-images", exists=True, dir_okay=False,
+        help="A .npy of (N, C, S, S) normalised images whose trajectories calibrate an int8 export.")] = None,
+    calibration: Annotated[Calibration, typer.Option(help="int8 calibration method.")] = Calibration.minmax,
+    quantize_recurrent: Annotated[bool, typer.Option(
+        "--quantize-recurrent/--float-recurrent",
+        help="int8: also quantise the recurrent convolutions (faster; the default keeps them in float, "
+             "which keeps the answer: docs/precision.md).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Export a model as an ONNX, TorchScript or ExportedProgram graph, verified against PyTorch."""
+    """Export a model as an ONNX, TorchScript, ExportedProgram or ExecuTorch graph, verified against PyTorch."""
     from .. import validate
     from .._io import check_output, file_sha256
     from ..artifact import companion_path, manifest_path
@@ -96,7 +118,10 @@ def export_command(
         report = export(model, output, format=format.value, graph=graph.value, steps=steps,
                         spontaneous_steps=spontaneous_steps, alpha=alpha, batch=batch, readout=readout.value,
                         record=list(areas), opset=opset, dtype=dtype.value, verify=verify, atol=atol, rtol=rtol,
-                        checkpoint_sha256=sha, exporter=exporter.value, progress=say)
+                        checkpoint_sha256=sha, exporter=exporter.value, progress=say, steps_per_call=steps_per_call,
+                        verify_images=_npy("--verify-images", verify_images),
+                        calibration_images=_npy("--calibration-images", calibration_images),
+                        calibration=calibration.value, quantize_recurrent=quantize_recurrent)
     total = watch.total
     v = report.verification
     parts = {"loading": watch.parts["loading"], "spontaneous state": report.spontaneous_seconds,
@@ -116,3 +141,17 @@ def export_command(
     typer.echo(f"verification {v.summary()}")
     for line in verification_lines(v):
         typer.echo(line)
+
+
+def _npy(name: str, path: Optional[Path]) -> Any:
+    """The array in a .npy file (no pickles), or None."""
+    if path is None:
+        return None
+    import numpy as np
+
+    if path.suffix.lower() != ".npy":
+        raise ValueError(f"{name}: expected a .npy file of (N, C, S, S) images, got {str(path)!r}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{name}: {str(path)!r} is not a readable .npy array ({exc})") from None

@@ -146,6 +146,7 @@ class StepSession(_Base):
         self._baseline: np.ndarray | None = None
         self._batch = 0
         self._steps_taken = 0
+        self._per_call = int(self.info.steps_per_call)  # Euler steps one call advances (a multistep graph: K)
         if openvino:
             from .openvino_backend import OpenVINOStepper
 
@@ -240,7 +241,7 @@ class StepSession(_Base):
 
     @_locked
     def step(self, images: Any = None, *, fetch: bool = True) -> np.ndarray | None:
-        """One synchronous step of every area.
+        """One synchronous step of every area (a multistep graph: ``info.steps_per_call`` steps per call).
 
         Args:
             images: a new image batch to show from this step on (e.g. the next video frame), or None
@@ -254,7 +255,7 @@ class StepSession(_Base):
         if images is not None:
             self.set_image(images)
         self._buffers.step()
-        self._steps_taken += 1
+        self._steps_taken += self._per_call
         if not fetch:
             return None
         return check_finite("logits", self._buffers.logits())
@@ -270,7 +271,7 @@ class StepSession(_Base):
                 :data:`cordsnet.artifact.MAX_STEPS`).
             reset: start from the spontaneous state (True) or continue from the current state.
         """
-        n = self._steps(steps)
+        n = self._calls(self._steps(steps), "steps")
         x = self.preprocess(images, check_batch=not reset)
         parts = []
         for chunk, real in (self._chunks(x) if reset else [(x, x.shape[0])]):
@@ -293,6 +294,9 @@ class StepSession(_Base):
             reset: start from the spontaneous state first.
         """
         validate.choice("readout", readout, READOUTS)
+        if self._per_call != 1:
+            raise ValueError(f"frames: a {self.info.graph!r} graph shows one image for {self._per_call} steps per "
+                             "call; one frame per step needs a 'stepwise' or 'stepwise-drive' graph")
         if isinstance(frames, np.ndarray):
             if frames.ndim != 5:
                 raise ValueError(f"frames: expected a (B, T, C, S, S) array, got shape {frames.shape}")
@@ -322,12 +326,12 @@ class StepSession(_Base):
         A blank image is a zero image: its drive is exactly zero (the input convolution has no bias).
 
         Args:
-            steps: how many steps (default: the exported protocol's).
+            steps: how many steps (default: the exported protocol's; a multiple of ``steps_per_call``).
 
         Returns:
-            (steps, K) float32.
+            (steps, K) float32; for a multistep graph (steps / steps_per_call, K), the logits after each call.
         """
-        n = validate.optional_integer("steps", steps, self.info.steps, min=1, max=MAX_STEPS)
+        n = self._calls(validate.optional_integer("steps", steps, self.info.steps, min=1, max=MAX_STEPS), "steps")
         if self._baseline is None or self._baseline.shape[0] < n:
             self.reset(1 if self.info.batch is None else self.info.batch)
             self._baseline = np.stack([self.step()[0] for _ in range(n)])
@@ -361,6 +365,7 @@ class StepSession(_Base):
             converged (B,). Leaves the session's state at the last running rows' (call :meth:`reset`).
         """
         n = validate.optional_integer("max_steps", max_steps, self.info.steps, min=1, max=MAX_STEPS, why=STEPS_WHY)
+        self._calls(n, "max_steps")  # a multistep graph decides at call boundaries: whole calls only
         k = self.config.num_classes
         threshold = check_threshold(threshold, k)
         margin = validate.number("margin", margin, low=0.0, low_open=True)
@@ -371,6 +376,7 @@ class StepSession(_Base):
         total = x.shape[0]
         out = EarlyExit(np.zeros((total, k), np.float32), np.full(total, n, np.int64), np.zeros(total, bool),
                         np.zeros(total, bool))
+        n = base.shape[0]  # calls: the steps, or steps / steps_per_call for a multistep graph
         start = 0
         for chunk, real in self._chunks(x):
             self._until_chunk(chunk, base, threshold, margin, tol, n, out, start, real)
@@ -403,7 +409,7 @@ class StepSession(_Base):
             if stop.any():
                 ids = start + rows[stop]
                 out.logits[ids] = z[stop]
-                out.steps[ids] = t + 1
+                out.steps[ids] = (t + 1) * self._per_call
                 out.decided[ids] = verdict.decided[stop]
                 out.converged[ids] = calm[stop]
             keep = ~stop
@@ -417,6 +423,13 @@ class StepSession(_Base):
             if current is not None:
                 previous = [c[keep] for c in current]
             rows = rows[keep]
+
+    def _calls(self, steps: int, name: str) -> int:
+        """Graph calls for `steps` Euler steps: the steps, or steps / K for a multistep graph (whole calls)."""
+        if steps % self._per_call:
+            raise ValueError(f"{name}: this {self.info.graph!r} graph advances {self._per_call} steps per call; "
+                             f"expected a multiple of {self._per_call}, got {steps}")
+        return steps // self._per_call
 
     @_locked
     def predict(self, images: Any, top_k: int = 5, *, steps: int | None = None) -> Prediction:
