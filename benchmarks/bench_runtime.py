@@ -75,20 +75,13 @@ def main() -> None:
     ap.add_argument("--backends", action="store_true",
                     help="per-step time of onnxruntime fp32 vs OpenVINO fp32/bf16 instead (see above)")
     args = ap.parse_args()
-    if args.backends:
-        result = backend_steps(args)
-        text = json.dumps(result, indent=2)
-        print(text)
-        if args.json is not None:
-            args.json.write_text(text + "\n")
-        return
-    if args.open:
-        result = open_costs(args)
-        text = json.dumps(result, indent=2)
-        print(text)
-        if args.json is not None:
-            args.json.write_text(text + "\n")
-        return
+    for chosen, measure in ((args.backends, backend_steps), (args.open, open_costs)):
+        if chosen:  # another measurement instead of the default one
+            text = json.dumps(measure(args), indent=2)
+            print(text)
+            if args.json is not None:
+                args.json.write_text(text + "\n")
+            return
 
     torch.manual_seed(0)
     cfg = CordsNetConfig(depth=args.depth, image_size=args.size, num_classes=1000, steps=args.steps,

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ..artifact import DTYPES, FORMATS, GRAPHS, GRAPH_KINDS
+from ..artifact import DTYPES, FORMATS, GRAPHS, GRAPH_KINDS, READOUTS
 from ._shared import CheckpointArg, Stopwatch, checkpoint_source, echo_json, load_model, phases, verification_lines
 
 
@@ -21,11 +21,7 @@ def _choices(name: str, keys: object) -> type[Enum]:
 ExportFormat = _choices("ExportFormat", FORMATS)
 ExportGraph = _choices("ExportGraph", GRAPHS)
 ExportDtype = _choices("ExportDtype", DTYPES)
-
-
-class ExportReadout(str, Enum):
-    last = "last"
-    all = "all"
+ExportReadout = _choices("ExportReadout", READOUTS)
 
 
 class ExportExporter(str, Enum):
@@ -63,7 +59,7 @@ def export_command(
     alpha: Annotated[Optional[float], typer.Option(help="dt / tau (default: the config's).")] = None,
     batch: Annotated[Optional[int], typer.Option(min=1, help="Fixed batch size (default: dynamic).")] = None,
     readout: Annotated[ExportReadout, typer.Option(
-        help="last: logits (B, K); all: logits at every step (steps, B, K).")] = ExportReadout.last,
+        help="last: logits (B, K); all: logits at every step (steps, B, K).")] = ExportReadout("last"),
     record: Annotated[Optional[list[str]], typer.Option(
         help="Areas whose rates become outputs rates_<area>: comma-separated and/or repeated, "
              "e.g. --record 2,3 (R4) or --record 6 --record 7 (R8).")] = None,
