@@ -455,22 +455,15 @@ class CordsNet(nn.Module):
         """
         from .decision import check_threshold, decide
 
-        x = self.validate_images(images)
-        if x.dim() != 4:
-            raise ValueError(f"images: run_until expects (B, C, S, S) images shown at every step, got shape "
-                             f"{tuple(x.shape)}; for a sequence use run(..., readout='all') and "
-                             "cordsnet.decision.first_decisions")
-        protocol = self.resolve_protocol(max_steps, spontaneous_steps, alpha,
-                                         names=("max_steps", "spontaneous_steps", "alpha"))
+        weights, state, terms, protocol = self._begin(images, max_steps, spontaneous_steps, alpha,
+                                                      names=("max_steps", "spontaneous_steps", "alpha"),
+                                                      still_only="run_until")
         threshold = check_threshold(threshold, self.num_classes)
         margin = validate.number("margin", margin, low=0.0, low_open=True)
         if tol is not None:
             tol = validate.number("tol", tol, low=0.0, low_open=True)
-        weights = self.effective_weights()
-        batch = x.shape[0]
-        spont = self.cached_spontaneous_state(protocol.spontaneous_steps, protocol.alpha)
-        state: State = tuple(r.expand(batch, *r.shape[1:]) for r in spont)
-        terms = self.unchecked_drive_terms(weights, self.unchecked_drive(weights, x))
+        batch = state[0].shape[0]
+        spont = self.cached_spontaneous_state(protocol.spontaneous_steps, protocol.alpha)  # batch 1, cached
         logits = torch.empty(batch, self.num_classes, device=self.device, dtype=self.dtype)
         steps = torch.full((batch,), protocol.steps, dtype=torch.int64)
         decided = torch.zeros(batch, dtype=torch.bool)
@@ -487,7 +480,7 @@ class CordsNet(nn.Module):
                 out = self.unchecked_readout(weights, state)
                 if not bool(torch.isfinite(out).all()):
                     raise ValueError(f"images: the logits became NaN or infinite at step {t + 1}; expected "
-                                     f"normalised pixels, got values up to {float(x.abs().max()):.3g}")
+                                     f"normalised pixels, got values up to {float(images.abs().max()):.3g}")
                 verdict = decide(out.detach().to("cpu", torch.float64).numpy(),
                                  base.to("cpu", torch.float64).numpy(), threshold, margin)
                 done = torch.from_numpy(verdict.decided)
@@ -523,12 +516,22 @@ class CordsNet(nn.Module):
         return (f"depth={c.depth}, num_classes={c.num_classes}, in_channels={c.in_channels}, "
                 f"image_size={c.image_size}, alpha={c.alpha}")
 
-    def _begin(self, images: Tensor, steps: int | None, spontaneous_steps: int | None,
-               alpha: float | None) -> tuple[Weights, State, DriveSource, Protocol]:
-        """Validated start of the protocol: weights, the spontaneous state at the batch, the drive source."""
+    def _begin(self, images: Tensor, steps: int | None, spontaneous_steps: int | None, alpha: float | None, *,
+               names: tuple[str, str, str] = ("steps", "spontaneous_steps", "alpha"),
+               still_only: str | None = None) -> tuple[Weights, State, DriveSource, Protocol]:
+        """Validated start of the protocol: weights, the spontaneous state at the batch, the drive source.
+
+        `names` are the protocol's argument names in messages; `still_only` names a caller that takes
+        (B, C, S, S) images shown at every step, not sequences.
+        """
         x = self.validate_images(images)
         video = x.dim() == 5
-        protocol = self.resolve_protocol(steps, spontaneous_steps, alpha, frames=x.shape[1] if video else None)
+        if video and still_only is not None:
+            raise ValueError(f"images: {still_only} expects (B, C, S, S) images shown at every step, got shape "
+                             f"{tuple(x.shape)}; for a sequence use run(..., readout='all') and "
+                             "cordsnet.decision.first_decisions")
+        protocol = self.resolve_protocol(steps, spontaneous_steps, alpha, frames=x.shape[1] if video else None,
+                                         names=names)
         weights = self.effective_weights()
         batch = x.shape[0]
         spont = self.cached_spontaneous_state(protocol.spontaneous_steps, protocol.alpha)
