@@ -24,13 +24,12 @@ import torch
 from torch import Tensor
 
 from ._io import atomic_path, file_sha256
-from .config import MAX_STEPS, PRESETS, CordsNetConfig, get_preset
+from .config import PRESETS, CordsNetConfig, get_preset
 from .model import CordsNet
 
 __all__ = [
     "CheckpointError",
     "DEFAULT_CHECKPOINT",
-    "MAX_STORED_STEPS",
     "check_preset",
     "default_checkpoint_path",
     "file_sha256",
@@ -47,10 +46,6 @@ DEFAULT_CHECKPOINT = "digits_r4.safetensors"  # file name inside cordsnet/weight
 
 Source = Union[str, os.PathLike, Mapping[str, Tensor], None]
 
-# The protocol a checkpoint stores is what every command runs when the user gives none (``info`` runs
-# its spontaneous phase, ``export`` unrolls its steps). A file may not make those run for hours: the
-# config's bound (cordsnet.config.MAX_STEPS, 100 times the published protocol) applies.
-MAX_STORED_STEPS = MAX_STEPS
 
 
 class CheckpointError(ValueError):
@@ -301,19 +296,14 @@ _GEOMETRY = ("depth", "num_classes", "in_channels", "image_size")
 
 
 def _check_geometry(config: CordsNetConfig, inferred: CordsNetConfig, origin: str) -> None:
-    """The config's geometry must be the tensors' (checked before a model is built), its protocol bounded."""
+    """The config's geometry must be the tensors' (checked before a model is built).
+
+    A stored protocol is bounded by CordsNetConfig itself (``config.MAX_STEPS``) when it is parsed.
+    """
     wrong = [f"{k}={getattr(config, k)!r} (the tensors say {getattr(inferred, k)!r})" for k in _GEOMETRY
              if getattr(config, k) != getattr(inferred, k)]
     if wrong:
         raise CheckpointError(f"checkpoint: {origin} contradicts the checkpoint's tensors: {', '.join(wrong)}")
-    if origin != "config":  # a protocol the file claims (a config the caller passes is the caller's choice)
-        for key in ("steps", "spontaneous_steps"):
-            value = getattr(config, key)
-            if value > MAX_STORED_STEPS:
-                raise CheckpointError(
-                    f"checkpoint: {origin}: {key}: expected at most {MAX_STORED_STEPS:,} steps, got "
-                    f"{value:,}; a file may not set a protocol that runs for hours. Pass a config "
-                    f"with the protocol you want (load_checkpoint(..., config=...)) if it is really meant")
 
 
 def _guess_dataset(num_classes: int, in_channels: int, image_size: int) -> str | None:

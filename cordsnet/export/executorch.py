@@ -133,21 +133,12 @@ def _wrapper(model: CordsNet, spec: ExportSpec, kind: str) -> tuple[torch.nn.Mod
 
 
 # ------------------------------------------------------------------------------------ export
-def _bounded(shapes: Any, dim: Any) -> Any:
-    """The wrappers' ``dynamic_shapes`` with every batch dimension replaced by `dim` (its planned bound)."""
-    if isinstance(shapes, dict):
-        return {axis: dim for axis in shapes}
-    if isinstance(shapes, (tuple, list)):
-        return type(shapes)(_bounded(s, dim) for s in shapes)
-    return shapes
-
-
 def _lower(module: torch.nn.Module, args: tuple, spec: ExportSpec, meta: Mapping[str, str]) -> tuple[Any, dict[str, Any]]:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     module.eval()
-    dynamic = _bounded(W.dynamic_shapes(module, args, spec), torch.export.Dim("batch", min=1, max=MAX_BATCH))
+    dynamic = W.dynamic_shapes(module, args, spec, max_batch=MAX_BATCH)  # the planned memory bound
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         ep = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)

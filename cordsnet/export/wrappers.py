@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 
-def dynamic_shapes(module: nn.Module, args: tuple, spec: ExportSpec) -> tuple | None:
+def dynamic_shapes(module: nn.Module, args: tuple, spec: ExportSpec, max_batch: int = 65536) -> tuple | None:
     """``dynamic_shapes`` for torch.export: dim 0 of every non-scalar input is the batch, or None if static.
 
     Shaped like forward's signature (a ``*state`` parameter takes one tuple of specs); a 0-d input
@@ -71,7 +71,7 @@ def dynamic_shapes(module: nn.Module, args: tuple, spec: ExportSpec) -> tuple | 
 
     if spec.batch is not None:
         return None
-    dim = torch.export.Dim("batch", min=1, max=65536)
+    dim = torch.export.Dim("batch", min=1, max=max_batch)
 
     def one(a: Tensor) -> dict[int, object] | None:
         return None if a.dim() == 0 else {0: dim}
