@@ -272,15 +272,15 @@ class _Base:
                              f"(shape {tuple(arr.shape)}); pass raw images to have them resized")
         if arr.shape[0] == 0:
             raise ValueError(f"images: expected a non-empty batch, got shape {tuple(arr.shape)}")
-        if not np.isfinite(arr).all():
-            raise ValueError("images: expected finite pixel values, got NaN or infinity")
-        if check_batch:
-            self._check_batch(arr.shape[0], "images")
-        with np.errstate(over="ignore"):  # checked right below
+        with np.errstate(over="ignore", invalid="ignore"):  # checked right below
             out = np.ascontiguousarray(arr, dtype=dtype)
-        if not np.isfinite(out).all():  # finite in float32/64, beyond the range of the graph's dtype
+        if not np.isfinite(out).all():  # one scan; the input itself tells which of the two it was
+            if not np.isfinite(arr).all():
+                raise ValueError("images: expected finite pixel values, got NaN or infinity")
             raise ValueError(f"images: pixel values up to {float(np.abs(arr).max()):.3g} overflow the graph's "
                              f"{dtype.name} input; expected normalised pixels (a few units at most)")
+        if check_batch:
+            self._check_batch(arr.shape[0], "images")
         return out
 
     def _raw(self, images: list[Any]) -> np.ndarray:

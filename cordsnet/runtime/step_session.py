@@ -233,7 +233,10 @@ class StepSession(_Base):
         Args:
             images: a batch matching the state's batch size, in any form :meth:`preprocess` takes.
         """
-        x = self.preprocess(images)
+        self._show(self.preprocess(images))
+
+    def _show(self, x: np.ndarray) -> None:
+        """Show an already preprocessed (B, C, S, S) batch (the protocol methods preprocess once)."""
         if x.shape[0] != self._batch:
             raise ValueError(f"images: expected a batch of {self._batch} (the state's batch; call reset(batch=...) "
                              f"to change it), got {x.shape[0]}")
@@ -277,7 +280,7 @@ class StepSession(_Base):
         for chunk, real in (self._chunks(x) if reset else [(x, x.shape[0])]):
             if reset:
                 self.reset(chunk.shape[0])
-            self.set_image(chunk)
+            self._show(chunk)
             for _ in range(n - 1):
                 self.step(fetch=False)
             parts.append(self.step()[:real])
@@ -311,7 +314,8 @@ class StepSession(_Base):
         first = self.preprocess(seq[0])
         if reset:
             self.reset(first.shape[0])
-        logits = [self.step(first)]
+        self._show(first)
+        logits = [self.step()]
         for frame in seq[1:]:
             logits.append(self.step(frame))
         return logits[-1] if readout == "last" else np.stack(logits)
@@ -387,7 +391,7 @@ class StepSession(_Base):
                      n: int, out: EarlyExit, start: int, real: int) -> None:
         compact = self.info.batch is None  # a static batch cannot shrink: stopped rows run on, ignored
         self.reset(x.shape[0])
-        self.set_image(x)
+        self._show(x)
         rows = np.arange(real)  # chunk rows still running
         previous = self._buffers.read_state() if tol is not None else None
         for t in range(n):
