@@ -54,6 +54,8 @@ class _StderrHandler(logging.StreamHandler):
 
 def _logging() -> None:
     """Progress log lines (one per --log-every images) on stderr, once per process."""
+    if any(type(h) is logging.StreamHandler and h.stream is sys.stderr for h in logging.getLogger().handlers):
+        return  # main() already sends cordsnet's log lines to stderr: adding a handler would print each twice
     log = logging.getLogger("cordsnet.record")
     if not any(isinstance(h, _StderrHandler) for h in log.handlers):
         handler = _StderrHandler()

@@ -44,18 +44,18 @@ def is_artifact(path: Path) -> bool:
     """
     import zipfile
 
-    from ..artifact import EXTRA_FILE, FORMATS
+    from ..artifact import EXTRA_FILE, FORMATS, artifact_format
 
-    suffix = path.suffix.lower()
-    for f in FORMATS.values():
-        if suffix not in f.read_suffixes:
-            continue
-        if f.metadata != "zip-extra":
-            return True
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                return any(name.endswith("extra/" + EXTRA_FILE) for name in archive.namelist())
-    return False
+    try:
+        fmt = FORMATS[artifact_format(path)]
+    except ValueError:  # no artifact suffix
+        return False
+    if fmt.metadata != "zip-extra":
+        return True
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("extra/" + EXTRA_FILE) for name in archive.namelist())
 
 
 def _print_info(data: dict[str, Any]) -> None:
@@ -95,7 +95,7 @@ def convert(
     from ..checkpoint import load_checkpoint, save_checkpoint
 
     check_output(output, inputs=[source], suffixes=CHECKPOINT_OUTPUT_SUFFIXES, name="OUTPUT")
-    if dataset is not None:
+    if dataset is not None:  # a misspelt option fails before the file is read
         from ..config import get_preset
 
         get_preset(dataset)

@@ -15,7 +15,7 @@ import numpy as np
 from .providers import ProvidersLike
 from .. import validate
 from ..artifact import MAX_STEPS
-from .session import Session, read_artifact_info
+from .session import Session
 from .step_session import StepSession
 
 __all__ = ["benchmark", "percentiles"]
@@ -56,16 +56,14 @@ def benchmark(path: str | os.PathLike, *, batch: int = 1, providers: ProvidersLi
     validate.positive_int("batch", batch)
     validate.integer("warmup", warmup, min=0)
     validate.positive_int("iterations", iterations)
-    info = read_artifact_info(path)
+    from . import open_session  # the package's dispatch on the graph kind (imports this module)
+
+    session = open_session(path, providers, cuda_graph=cuda_graph, backend=backend, precision=precision)
+    info = session.info
     cfg = info.config
     x = np.random.default_rng(seed).standard_normal((batch, *cfg.input_shape)).astype(np.float32)
     total = warmup + iterations
-    stepwise = info.kind.session == "step"
-    engine = {"backend": backend, "precision": precision}
-    if stepwise:
-        session: Session | StepSession = StepSession(path, providers, cuda_graph=cuda_graph, **engine)
-    else:
-        session = Session(path, providers, cuda_graph=cuda_graph, **engine)
+    stepwise = isinstance(session, StepSession)
     fixed_steps = not stepwise and not info.kind.steps_input
     n_steps = validate.optional_integer("steps", steps, info.steps, min=1, max=MAX_STEPS)
     if fixed_steps and n_steps != info.steps:

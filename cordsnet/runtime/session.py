@@ -63,9 +63,7 @@ def read_artifact_info(path: str | os.PathLike) -> ArtifactInfo:
 
     Checked against the graph's declared inputs and outputs (:meth:`ArtifactInfo.check_graph_io`).
     """
-    path = Path(path)
-    check_artifact_file(path)
-    return read_info(path, "onnx")
+    return read_info(path, "onnx")  # refuses a missing, directory or empty file itself
 
 
 def _load(path: Path, plan: Any, options: ort.SessionOptions | None, warn: Any) -> ort.InferenceSession:
