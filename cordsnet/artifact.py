@@ -701,8 +701,9 @@ def _spontaneous(meta: Mapping[str, str], config: CordsNetConfig, steps: int, dt
 
 
 # ------------------------------------------------------------------------------------ reading
-def _read_onnx(path: Path) -> tuple[dict[str, str], tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
-    """(cordsnet.* map, (inputs, outputs)) of an ONNX file, without loading external data or a session."""
+def _read_onnx(path: Path) -> tuple[dict[str, str], tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]]:
+    """(cordsnet.* map, (inputs, outputs, {"ir_version", "opset"})) of an ONNX file, without loading
+    external data or a session (one parse serves every reader)."""
     import onnx
 
     try:
@@ -712,7 +713,9 @@ def _read_onnx(path: Path) -> tuple[dict[str, str], tuple[list[dict[str, Any]], 
         raise ValueError(f"model: {str(path)!r} is not a readable ONNX file (truncated, corrupt or not ONNX): "
                          f"{first}") from None
     meta = {p.key: p.value for p in proto.metadata_props if p.key.startswith(PREFIX)}
-    return meta, ([_value_info(v) for v in proto.graph.input], [_value_info(v) for v in proto.graph.output])
+    versions = {"ir_version": int(proto.ir_version),
+                "opset": {op.domain or "ai.onnx": int(op.version) for op in proto.opset_import}}
+    return meta, ([_value_info(v) for v in proto.graph.input], [_value_info(v) for v in proto.graph.output], versions)
 
 
 def _value_info(v: Any) -> dict[str, Any]:
@@ -821,12 +824,16 @@ def read_info(path: str | os.PathLike, format: str | None = None, *, check_io: b
     Reads the file directly (``onnx.load(..., load_external_data=False)`` for ONNX): no onnxruntime
     session is created, so this is fast even for a 100-step unrolled graph.
     """
-    path = Path(path)
-    meta, io, _ = _read(path, format)
+    return _read_info(Path(path), format, check_io)[0]
+
+
+def _read_info(path: Path, format: str | None, check_io: bool = True) -> tuple[ArtifactInfo, Any, str]:
+    """(info, what the format declares of its graph or None, format): one read of the file."""
+    meta, io, fmt = _read(path, format)
     info = ArtifactInfo.from_metadata(meta, repr(str(path)))
     if check_io and io is not None:
         info.check_graph_io(io[0], io[1], repr(str(path)))
-    return info
+    return info, io, fmt
 
 
 # ----------------------------------------------------------------------------------- manifest
@@ -1005,19 +1012,12 @@ def describe_artifact(path: str | os.PathLike) -> dict[str, Any]:
         "ir_version".
     """
     path = Path(path)
-    meta, io, fmt = _read(path, None)
-    info = ArtifactInfo.from_metadata(meta, repr(str(path)))
-    if io is not None:
-        info.check_graph_io(io[0], io[1], repr(str(path)))
+    info, io, fmt = _read_info(path, None)
     manifest = check_manifest(path)
     out: dict[str, Any] = {"path": str(path), "format": fmt, "size_bytes": path.stat().st_size}
     out.update(info.to_dict())
     out["manifest"] = str(manifest.path) if manifest is not None else None
     if fmt == "onnx":
-        import onnx
-
-        proto = onnx.load(str(path), load_external_data=False)
-        out["ir_version"] = int(proto.ir_version)
-        out["opset"] = {op.domain or "ai.onnx": int(op.version) for op in proto.opset_import}
-        out["graph_inputs"], out["graph_outputs"] = io
+        out["graph_inputs"], out["graph_outputs"], versions = io
+        out.update(versions)
     return out
