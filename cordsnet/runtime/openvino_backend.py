@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+from ..artifact import read_metadata
 from .providers import ProviderError
 
 __all__ = ["DEFAULT_DEVICE", "PRECISIONS", "OpenVINOSession", "OpenVINOStepper", "available_precisions",
@@ -146,8 +147,6 @@ class OpenVINOSession:
 
     def __init__(self, path: str | os.PathLike, device: str, precision: str,
                  config: dict[str, Any] | None = None) -> None:
-        import onnx
-
         self.path = Path(path)
         self.device, self.precision = device, precision
         core = _core()
@@ -159,8 +158,7 @@ class OpenVINOSession:
         properties = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision][0], "PERFORMANCE_HINT": "LATENCY",
                       **(config or {})}
         self.compiled = core.compile_model(model, device, properties)
-        proto = onnx.load(str(self.path), load_external_data=False)
-        self._meta = _Meta({p.key: p.value for p in proto.metadata_props})
+        self._meta = _Meta(read_metadata(self.path, "onnx"))  # the contract's one reader (cordsnet.* keys)
         self._inputs = _args(model.inputs)
         self._outputs = _args(model.outputs)
         self._request = self.compiled.create_infer_request()
