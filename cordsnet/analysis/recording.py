@@ -188,9 +188,18 @@ def blank_phase(model: Any, plan: RecordPlan, *, max_bytes: int = BLANK_CACHE_BY
         return None
     with torch.no_grad():
         weights = model.effective_weights()
-        blank = model.unchecked_trajectory(weights, model.initial_state(1), None, min(spont, stop), plan.alpha)
         return [{k: v.clone() for k, v in _variables(model, plan, state, weights, 1).items()}
-                for t, state in enumerate(blank) if t >= start]
+                for _, state in _blank_states(model, plan, weights)]
+
+
+def _blank_states(model: Any, plan: RecordPlan, weights: Any) -> Iterator[tuple[int, tuple[Tensor, ...]]]:
+    """(t, batch-1 state) at the recorded indices of the blank phase, from the zero state (the one time loop)."""
+    start, stop = plan.window
+    blank = model.unchecked_trajectory(weights, model.initial_state(1), None, min(plan.spontaneous_steps, stop),
+                                       plan.alpha)
+    for t, state in enumerate(blank):
+        if t >= start:
+            yield t, state
 
 
 def simulate_batch(model: Any, images: Tensor, plan: RecordPlan,
@@ -224,11 +233,8 @@ def simulate_batch(model: Any, images: Tensor, plan: RecordPlan,
             for t, values in enumerate(blank, start=start):
                 yield t, {k: v.expand(batch, *v.shape[1:]) for k, v in values.items()}
         elif start < spont:
-            trajectory = model.unchecked_trajectory(weights, model.initial_state(1), None, min(spont, stop),
-                                                    plan.alpha)
-            for t, state in enumerate(trajectory):
-                if t >= start:
-                    yield t, _variables(model, plan, state, weights, batch)
+            for t, state in _blank_states(model, plan, weights):
+                yield t, _variables(model, plan, state, weights, batch)
         if stop > spont:
             # Only the steps up to the window's end (a sequence: only their frames).
             stimulus = images[:, :stop - spont] if video else images
