@@ -86,11 +86,9 @@ def stage_heldout_accuracy(path: Path, *, steps: int = 100, spontaneous_steps: i
 
 
 def _plot(curve: Tensor, png: Path, title: str) -> None:
-    import matplotlib
+    from cordsnet.analysis.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     steps = torch.arange(1, len(curve) + 1)
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
     ax.plot(steps.numpy(), (100 * curve).numpy(), color="tab:blue")
@@ -103,9 +101,7 @@ def _plot(curve: Tensor, png: Path, title: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format=Path(png).suffix.lstrip(".") or "png")
-    plt.close(fig)
+    save_figure(fig, Path(png))
 
 
 def build_card(runs: list[Path], *, png: Path, bundle: Path | None, reproduce: str) -> dict[str, Any]:

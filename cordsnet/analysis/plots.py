@@ -7,9 +7,36 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["PLOT_SUFFIXES", "plot_spectra"]
+__all__ = ["PLOT_SUFFIXES", "plot_spectra", "pyplot", "save_figure"]
 
 PLOT_SUFFIXES: tuple[str, ...] = (".png", ".svg", ".pdf")  # formats matplotlib writes without extra packages
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend.
+
+    Raises:
+        ValueError: matplotlib is not installed (the message names the extra to install).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("plotting needs matplotlib: pip install 'cordsnet[plot]'") from None
+    return plt
+
+
+def save_figure(fig: Any, path: Path, **savefig: Any) -> None:
+    """Write `fig` atomically to `path` in the format its suffix names (png without one), then close it."""
+    from .._io import atomic_path
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix.lower().lstrip(".") or "png", **savefig)
+    finally:
+        pyplot().close(fig)
 
 
 def plot_spectra(spectra: Sequence[Any], path: str | os.PathLike, *, dpi: int = 120) -> Path:
@@ -30,18 +57,11 @@ def plot_spectra(spectra: Sequence[Any], path: str | os.PathLike, *, dpi: int = 
         ValueError: no spectra, another suffix, or matplotlib is not installed.
     """
     from .. import validate
-    from .._io import atomic_path
 
     path = validate.suffix("path", path, PLOT_SUFFIXES)
     if len(spectra) == 0:
         raise ValueError("spectra: expected at least one spectrum, got none")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ValueError("plotting needs matplotlib: pip install 'cordsnet[plot]'") from None
+    plt = pyplot()
     import numpy as np
 
     cols = min(4, len(spectra))
@@ -61,8 +81,8 @@ def plot_spectra(spectra: Sequence[Any], path: str | os.PathLike, *, dpi: int = 
         for ax in list(axes.flat)[len(spectra):]:
             ax.set_visible(False)
         fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=path.suffix.lower()[1:], dpi=dpi)
-    finally:
+    except BaseException:
         plt.close(fig)
+        raise
+    save_figure(fig, path, dpi=dpi)
     return path

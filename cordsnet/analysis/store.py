@@ -491,15 +491,9 @@ def accuracy_report(store: str | os.PathLike, *, class_names: Sequence[str] | No
 
 def plot_accuracy(report: Mapping[str, Any], png: str | os.PathLike) -> None:
     """The time-resolved accuracy curve of :func:`accuracy_report` (matplotlib, Agg) into `png`."""
-    try:
-        import matplotlib
+    from .plots import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ValueError("plot: needs matplotlib: pip install 'cordsnet[plot]'") from None
-    from .._io import atomic_path
-
+    plt = pyplot()
     top1 = np.asarray(report["top1"]) * 100
     steps = np.arange(1, top1.size + 1)
     protocol = report["protocol"]
@@ -518,10 +512,7 @@ def plot_accuracy(report: Mapping[str, Any], png: str | os.PathLike) -> None:
                  f"{report['top1_last']:.2%} at the last step", fontsize=10)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    png = Path(png)
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format=png.suffix.lstrip(".") or "png")
-    plt.close(fig)
+    save_figure(fig, Path(png))
 
 
 def evaluation_dataset(model: Any, name: str, split: str, data_root: str | os.PathLike | None = None) -> tuple[Any, dict[str, Any]]:
