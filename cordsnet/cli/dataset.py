@@ -65,13 +65,10 @@ def _logging() -> None:
 
 
 def _device(device: Optional[str]) -> Any:
-    import torch
+    """This rank's device: --device if given, else CUDA device LOCAL_RANK where present, else the CPU."""
+    from ..train.trainer import pick_device
 
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    return torch.device("cpu")
+    return pick_device(device, int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def _model_and_sha(checkpoint: Optional[Path], device: Any) -> tuple[Any, str]:

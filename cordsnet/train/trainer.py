@@ -48,7 +48,7 @@ from .run_state import (METRICS_KEY, OPTIMIZER_KEY, OPTIONS_KEY, SPEC_KEY, SUMMA
                         pack_extras, parse_train_state, unpack_extras)
 from .stages import STAGES, StageSpec, lr_at, resolve_stage, resolve_stages, slope_at
 
-__all__ = ["DTYPES", "EVALUATORS", "FORWARDS", "TrainOptions", "Trainer", "evaluate_accuracy", "train"]
+__all__ = ["DTYPES", "EVALUATORS", "FORWARDS", "TrainOptions", "Trainer", "evaluate_accuracy", "pick_device", "train"]
 
 log = logging.getLogger("cordsnet.train")
 
@@ -204,6 +204,26 @@ def _epoch_seed(seed: int, stage_index: int, epoch: int, rank: int) -> int:
 
 
 # -------------------------------------------------------------------------------------- trainer
+
+def pick_device(device: str | None, local_rank: int = 0) -> torch.device:
+    """The device a process runs on: `device` if given (checked), else CUDA device `local_rank` (modulo the
+    devices there are) where CUDA is available, else the CPU.
+
+    Raises:
+        ValueError: `device` is not a torch device name, or names CUDA on a machine without it.
+    """
+    if device is not None:
+        try:
+            chosen = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} requested but no CUDA device is available here")
+        return chosen
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
 class Trainer:
     """Runs the staged pipeline (docs/specification.md §4) for one :class:`TrainOptions`.
 
@@ -250,17 +270,7 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------- setup
     def _pick_device(self) -> torch.device:
-        if self.opts.device is not None:
-            try:
-                device = torch.device(self.opts.device)
-            except (RuntimeError, TypeError):
-                raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {self.opts.device!r}") from None
-            if device.type == "cuda" and not torch.cuda.is_available():
-                raise ValueError(f"device: {self.opts.device!r} requested but no CUDA device is available here")
-            return device
-        if torch.cuda.is_available():
-            return torch.device("cuda", self.local_rank if self.world > 1 else 0)
-        return torch.device("cpu")
+        return pick_device(self.opts.device, self.local_rank if self.world > 1 else 0)
 
     def _config(self) -> CordsNetConfig:
         o, spec = self.opts, self.ds_spec
