@@ -37,7 +37,7 @@ import numpy as np
 
 from . import validate
 
-__all__ = ["DEFAULT_MARGIN", "Decisions", "StepDecision", "baseline_confidence", "check_threshold", "decide",
+__all__ = ["DEFAULT_MARGIN", "Decisions", "StepDecision", "baseline_confidence", "check_criterion", "check_threshold", "check_until", "decide",
            "evidence", "first_decisions"]
 
 DEFAULT_MARGIN = 1.0  # logits: the image raised the odds of its class against its best rival by e (2.7x)
@@ -82,6 +82,19 @@ def check_threshold(threshold: Any, num_classes: int) -> float:
     """
     value = validate.number("threshold", threshold, low=1.0 / num_classes, high=1.0, low_open=True)
     return value
+
+
+def check_criterion(threshold: Any, margin: Any, num_classes: int) -> tuple[float, float]:
+    """The criterion's arguments checked: (threshold in (1/K, 1], margin > 0)."""
+    return check_threshold(threshold, num_classes), validate.number("margin", margin, low=0.0, low_open=True)
+
+
+def check_until(threshold: Any, margin: Any, tol: Any, num_classes: int) -> tuple[float, float, float | None]:
+    """The arguments every ``run_until`` takes, checked: threshold, margin, and a convergence `tol` > 0 or None."""
+    threshold, margin = check_criterion(threshold, margin, num_classes)
+    if tol is not None:
+        tol = validate.number("tol", tol, low=0.0, low_open=True)
+    return threshold, margin, tol
 
 
 def _as_logits(name: str, a: Any, ranks: tuple[int, ...]) -> np.ndarray:
@@ -136,8 +149,7 @@ def decide(logits: Any, baseline: Any, threshold: float, margin: float = DEFAULT
     b = _as_logits("baseline", baseline, (1,))
     if b.shape[-1] != z.shape[-1]:
         raise ValueError(f"baseline: expected {z.shape[-1]} classes like the logits, got {b.shape[-1]}")
-    threshold = check_threshold(threshold, z.shape[-1])
-    margin = validate.number("margin", margin, low=0.0, low_open=True)
+    threshold, margin = check_criterion(threshold, margin, z.shape[-1])
     top, p = _softmax_max(z)
     ev = np.take_along_axis(evidence(z, b), top[..., None], axis=-1)[..., 0]
     return StepDecision((p >= threshold) & (ev >= margin), top.astype(np.int64), p, ev)
@@ -158,8 +170,7 @@ def first_decisions(logits: Any, baseline: Any, threshold: float, margin: float 
     if b.shape[-1] != k or (b.ndim == 2 and b.shape[0] != steps_):
         raise ValueError(f"baseline: expected ({k},) or ({steps_}, {k}) like the logits (T, B, K) = "
                          f"{z.shape}, got {b.shape}")
-    threshold = check_threshold(threshold, k)
-    margin = validate.number("margin", margin, low=0.0, low_open=True)
+    threshold, margin = check_criterion(threshold, margin, k)
     top, p = _softmax_max(z)  # (T, B)
     ev = np.take_along_axis(evidence(z, b[:, None, :] if b.ndim == 2 else b), top[..., None], axis=-1)[..., 0]
     hit = (p >= threshold) & (ev >= margin)

@@ -453,15 +453,12 @@ class CordsNet(nn.Module):
             :class:`EarlyExit`: logits (B, K) at each image's stopping step, steps (B,), decided (B,)
             (False: stopped at max_steps or on convergence without deciding), converged (B,).
         """
-        from .decision import check_threshold, decide
+        from .decision import check_until, decide
 
         weights, state, terms, protocol = self._begin(images, max_steps, spontaneous_steps, alpha,
                                                       names=("max_steps", "spontaneous_steps", "alpha"),
                                                       still_only="run_until")
-        threshold = check_threshold(threshold, self.num_classes)
-        margin = validate.number("margin", margin, low=0.0, low_open=True)
-        if tol is not None:
-            tol = validate.number("tol", tol, low=0.0, low_open=True)
+        threshold, margin, tol = check_until(threshold, margin, tol, self.num_classes)
         batch = state[0].shape[0]
         spont = self.cached_spontaneous_state(protocol.spontaneous_steps, protocol.alpha)  # batch 1, cached
         logits = torch.empty(batch, self.num_classes, device=self.device, dtype=self.dtype)

@@ -26,7 +26,7 @@ from PIL import Image
 from .. import validate
 from ..artifact import GRAPH_KINDS, MAX_STEPS, ArtifactInfo, check_artifact_file, read_info
 from ..config import CordsNetConfig
-from ..decision import DEFAULT_MARGIN, check_threshold, first_decisions
+from ..decision import DEFAULT_MARGIN, check_criterion, first_decisions
 from .preprocess import Preprocessor
 from .providers import CUDA, TENSORRT, ProvidersLike, create_session, is_gpu_provider, resolve_providers
 
@@ -491,8 +491,7 @@ class Session(_Base):
             raise ValueError(f"tol: convergence needs the state after every step, which a whole-protocol graph does "
                              f"not output; use StepSession.run_until with a stepwise graph, got tol={tol!r}")
         n = self._until_steps(max_steps)
-        threshold = check_threshold(threshold, self.config.num_classes)
-        margin = validate.number("margin", margin, low=0.0, low_open=True)
+        threshold, margin = check_criterion(threshold, margin, self.config.num_classes)
         z = self._all_logits(self.preprocess(images, check_batch=False), n)  # (T, B, K)
         first = first_decisions(z, self.baseline_logits(n), threshold, margin)
         decided = first.steps > 0

@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 from .. import validate
 from ..artifact import MAX_STEPS, READOUTS, ArtifactInfo, companion_path
-from ..decision import DEFAULT_MARGIN, check_threshold, decide
+from ..decision import DEFAULT_MARGIN, check_until, decide
 from .providers import ProvidersLike, resolve_providers
 from .session import (
     _ONNX_DTYPES,
@@ -371,10 +371,7 @@ class StepSession(_Base):
         n = validate.optional_integer("max_steps", max_steps, self.info.steps, min=1, max=MAX_STEPS, why=STEPS_WHY)
         self._calls(n, "max_steps")  # a multistep graph decides at call boundaries: whole calls only
         k = self.config.num_classes
-        threshold = check_threshold(threshold, k)
-        margin = validate.number("margin", margin, low=0.0, low_open=True)
-        if tol is not None:
-            tol = validate.number("tol", tol, low=0.0, low_open=True)
+        threshold, margin, tol = check_until(threshold, margin, tol, k)
         x = self.preprocess(images, check_batch=False)
         base = self.baseline_logits(n).astype(np.float64)
         total = x.shape[0]
