@@ -81,13 +81,18 @@ def prune_dead_nodes(graph: onnx.GraphProto) -> dict[str, int]:
     return removed
 
 
+def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The subgraphs a node carries (a Loop's body, an If's branches)."""
+    for a in node.attribute:
+        yield from ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs))
+
+
 def _subgraph_inputs(node: onnx.NodeProto) -> list[str]:
     """Outer-scope names a node's subgraphs (Loop body) read."""
     names: list[str] = []
-    for a in node.attribute:
-        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-            for n in g.node:
-                names += list(n.input) + _subgraph_inputs(n)
+    for g in _subgraphs(node):
+        for n in g.node:
+            names += list(n.input) + _subgraph_inputs(n)
     return names
 
 
@@ -97,9 +102,7 @@ def count_ops(proto: onnx.ModelProto | onnx.GraphProto, op_type: str) -> int:
     total = 0
     for n in graph.node:
         total += n.op_type == op_type
-        for a in n.attribute:
-            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                total += count_ops(g, op_type)
+        total += sum(count_ops(g, op_type) for g in _subgraphs(n))
     return total
 
 
@@ -113,9 +116,7 @@ def to_bfloat16(graph: onnx.GraphProto) -> int:
 
     converted = 0
     for n in graph.node:
-        for a in n.attribute:
-            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                converted += to_bfloat16(g)
+        converted += sum(to_bfloat16(g) for g in _subgraphs(n))
     keep, casts = [], []
     for t in graph.initializer:
         if t.data_type != TensorProto.FLOAT or len(t.dims) == 0:
