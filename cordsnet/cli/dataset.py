@@ -73,10 +73,10 @@ def _device(device: Optional[str]) -> Any:
 
 def _model_and_sha(checkpoint: Optional[Path], device: Any) -> tuple[Any, str]:
     from .._io import file_sha256
-    from ..checkpoint import default_checkpoint_path, load_checkpoint
+    from ._shared import checkpoint_source, load_model
 
-    source = checkpoint if checkpoint is not None else default_checkpoint_path()
-    model = load_checkpoint(checkpoint).to(device)
+    source = checkpoint_source(checkpoint)
+    model = load_model(checkpoint).to(device)
     if device.type == "cuda":
         import torch
 
