@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import validate
-from ..artifact import PREFIX, PTE_METADATA_METHOD, ArtifactInfo, io_names
+from ..artifact import PREFIX, PTE_METADATA_METHOD, ArtifactInfo
 from ..model import CordsNet, DriveTerms, Weights
 from . import wrappers as W
 from ._staging import staged
@@ -121,15 +121,9 @@ def check_spec(spec: ExportSpec) -> None:
 
 
 def _wrapper(model: CordsNet, spec: ExportSpec, kind: str) -> tuple[torch.nn.Module, tuple[Tensor, ...]]:
-    """(XNNPACK-form wrapper, example inputs) of one graph kind."""
-    ex = W.example_inputs(model, spec)
-    kw = spec.wrapper_kwargs()
-    if kind == "unrolled":
-        module = XnnpackUnrolled(model, steps=spec.steps, readout=spec.readout, record=spec.record, **kw)
-    else:
-        module = WRAPPERS[validate.choice("graph", kind, list(WRAPPERS))](model, **kw)
-    ins, _ = io_names(kind, model.depth)
-    return module, tuple(ex[n] for n in ins)
+    """(XNNPACK-form wrapper, example inputs) of one graph kind: the shared traced graph, our classes."""
+    graph = W.traced_graph(model, spec, validate.choice("graph", kind, list(WRAPPERS)), classes=WRAPPERS)
+    return graph.module, graph.args
 
 
 # ------------------------------------------------------------------------------------ export

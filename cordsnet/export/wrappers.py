@@ -28,7 +28,7 @@ Graph pieces (inputs -> outputs, B the batch, D the depth, T the steps):
 
 from __future__ import annotations
 
-from typing import Callable, List, NamedTuple, Sequence, Tuple
+from typing import Any, Callable, List, Mapping, NamedTuple, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -381,12 +381,13 @@ def example_inputs(model: CordsNet, spec: ExportSpec) -> dict[str, Tensor]:
 # Graph kind -> its traced wrapper. With the kind's entry in cordsnet.artifact.GRAPH_KINDS (names, I/O,
 # companions) this is all a new directly traced kind needs: every backend exports it from here.
 # ("loop" is missing on purpose: each backend builds its own loop.)
-TRACED: dict[str, Callable[[CordsNet, ExportSpec], nn.Module]] = {
-    "unrolled": lambda m, s: Unrolled(m, steps=s.steps, readout=s.readout, record=s.record, **s.wrapper_kwargs()),
-    "stepwise": lambda m, s: Stepwise(m, **s.wrapper_kwargs()),
-    "stepwise-drive": lambda m, s: StepwiseDrive(m, **s.wrapper_kwargs()),
-    "multistep": lambda m, s: MultiStep(m, steps_per_call=s.steps_per_call, **s.wrapper_kwargs()),
-    "encode": lambda m, s: Encode(m, **s.wrapper_kwargs()),
+# Graph kind -> (wrapper class, the spec's arguments of that kind beyond ExportSpec.wrapper_kwargs()).
+TRACED: dict[str, tuple[type[nn.Module], Callable[[ExportSpec], dict[str, Any]]]] = {
+    "unrolled": (Unrolled, lambda s: {"steps": s.steps, "readout": s.readout, "record": s.record}),
+    "stepwise": (Stepwise, lambda s: {}),
+    "stepwise-drive": (StepwiseDrive, lambda s: {}),
+    "multistep": (MultiStep, lambda s: {"steps_per_call": s.steps_per_call}),
+    "encode": (Encode, lambda s: {}),
 }
 
 
@@ -400,13 +401,22 @@ class TracedGraph(NamedTuple):
     output_names: list[str]
 
 
-def traced_graph(model: CordsNet, spec: ExportSpec, kind: str) -> TracedGraph:
-    """The wrapper of graph kind `kind` with example inputs named as the contract says."""
+def traced_graph(model: CordsNet, spec: ExportSpec, kind: str,
+                 classes: Mapping[str, type[nn.Module]] | None = None) -> TracedGraph:
+    """The wrapper of graph kind `kind` with example inputs named as the contract says.
+
+    Args:
+        classes: a backend's own wrapper class per kind (same constructor; e.g. ExecuTorch's forms
+            XNNPACK delegates), instead of :data:`TRACED`'s.
+    """
     if kind not in TRACED:
         raise ValueError(f"graph: {kind!r} is not traced directly; expected one of {sorted(TRACED)}")
+    cls, arguments = TRACED[kind]
+    cls = (classes or {}).get(kind, cls)
     ins, outs = io_names(kind, model.depth, spec.readout, spec.record)
     ex = example_inputs(model, spec)
-    return TracedGraph(kind, TRACED[kind](model, spec), tuple(ex[n] for n in ins), ins, outs)
+    module = cls(model, **arguments(spec), **spec.wrapper_kwargs())
+    return TracedGraph(kind, module, tuple(ex[n] for n in ins), ins, outs)
 
 
 def traced_graphs(model: CordsNet, spec: ExportSpec) -> list[TracedGraph]:
