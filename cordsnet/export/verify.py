@@ -234,7 +234,7 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
     per_step: list[dict[str, Any]] = []
 
     if kind.session == "whole":
-        got = _in_chunks(images, chunk, lambda x: _run_whole(run, kind, x.astype(np_dtype), steps))
+        got = _in_chunks(images, chunk, lambda x: _run_whole(run, kind, x.astype(np_dtype), steps), info.batch_axis)
         logits = got["logits"]
         diffs.add("logits", logits, ref_logits)
         for a in info.record:
@@ -254,7 +254,8 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
                 raise ValueError(f"model: {str(cpath)!r} is not the {role} graph of {str(path)!r} (its metadata differs)")
             crun[role] = backend.open_runner(cpath, cinfo, providers)[0]
         every = info.steps_per_call  # ArtifactInfo guarantees steps is a multiple of it
-        got = _in_chunks(images, chunk, lambda x: _run_steps(run, crun, info, ins, x.astype(np_dtype), steps))
+        got = _in_chunks(images, chunk, lambda x: _run_steps(run, crun, info, ins, x.astype(np_dtype), steps),
+                         lambda _: 1)  # stacked per call: (calls, B, ...)
         for k, t in enumerate(range(every, steps + 1, every)):
             step_logits = got["logits"][k]
             row = {"step": t, "logits_max_abs": float(np.max(np.abs(step_logits.astype(np.float64)
@@ -289,13 +290,10 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
     return report
 
 
-def _in_chunks(images: np.ndarray, chunk: int, fn: Callable[[np.ndarray], dict[str, np.ndarray]]
-               ) -> dict[str, np.ndarray]:
-    """``fn`` on batches of `chunk` images (the last padded with its last image), outputs concatenated.
-
-    Outputs named ``steps/<name>`` are time-major (T, B, ...): batch axis 1, returned as ``<name>``;
-    the others are (B, ...).
-    """
+def _in_chunks(images: np.ndarray, chunk: int, fn: Callable[[np.ndarray], dict[str, np.ndarray]],
+               batch_axis: Callable[[str], int]) -> dict[str, np.ndarray]:
+    """``fn`` on batches of `chunk` images (the last padded with its last image), outputs concatenated
+    along each output's batch axis (``batch_axis(name)``: 1 for time-major (T, B, ...) outputs)."""
     parts: list[dict[str, np.ndarray]] = []
     sizes = []
     for lo in range(0, len(images), chunk):
@@ -306,20 +304,17 @@ def _in_chunks(images: np.ndarray, chunk: int, fn: Callable[[np.ndarray], dict[s
         parts.append(fn(x))
     out = {}
     for name in parts[0]:
-        axis = 1 if name.startswith("steps/") else 0
-        pieces = [np.take(p[name], np.arange(n), axis=axis) for p, n in zip(parts, sizes)]
-        out[name] = np.concatenate(pieces, axis=axis)
-    return {k.removeprefix("steps/"): v for k, v in out.items()}
+        axis = batch_axis(name)
+        out[name] = np.concatenate([np.take(p[name], np.arange(n), axis=axis) for p, n in zip(parts, sizes)],
+                                   axis=axis)
+    return out
 
 
 def _run_whole(run: Runner, kind: Any, images: np.ndarray, steps: int) -> dict[str, np.ndarray]:
     feeds = {"image": images}
     if kind.steps_input:
         feeds["steps"] = np.array(steps, dtype=np.int64)
-    got = run(feeds)
-    # time-major outputs (rates, readout "all" logits) keep their batch on axis 1
-    return {(f"steps/{k}" if v.ndim >= 3 and (k.startswith("rates_") or k == "logits") else k): v
-            for k, v in got.items()}
+    return run(feeds)
 
 
 def _run_steps(run: Runner, crun: Mapping[str, Runner], info: Any, ins: Sequence[str], images: np.ndarray,
@@ -339,7 +334,7 @@ def _run_steps(run: Runner, crun: Mapping[str, Runner], info: Any, ins: Sequence
         state = [got[f"next_state_{i}"] for i in range(len(state))]
         for k, v in got.items():
             trace.setdefault(k, []).append(v)
-    return {f"steps/{k}": np.stack(v) for k, v in trace.items()}
+    return {k: np.stack(v) for k, v in trace.items()}
 
 
 def _unrolled_per_step(path: Path, model: CordsNet, info: Any, images: np.ndarray, steps: int, chunk: int,
@@ -364,7 +359,7 @@ def _unrolled_per_step(path: Path, model: CordsNet, info: Any, images: np.ndarra
         probe = Path(tmp) / "probe.onnx"
         onnx.save(proto, str(probe))
         run, _, _, _ = open_runner(probe, info, providers)
-        got = _in_chunks(images, chunk, lambda x: run({"image": x.astype(np_dtype)}))
+        got = _in_chunks(images, chunk, lambda x: run({"image": x.astype(np_dtype)}), info.batch_axis)
     param = next(model.parameters())
     with torch.no_grad():
         _, rates = model.run(torch.from_numpy(images).to(param.device, param.dtype), steps=steps,
