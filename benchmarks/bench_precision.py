@@ -9,10 +9,12 @@ What it measures, in one run on this machine:
   figure is read against the same machine at the same load.
 * For each batch: the stepwise-drive graph (one Euler step per call, the state in and out as numpy
   arrays, as an application runs it) exported at float32, float16 and int8 (static QDQ, calibrated on
-  the trajectories of random images: timings do not depend on the values), then timed on
-  onnxruntime (CPU) at float32 / float16 / int8 and on OpenVINO (``pip install openvino``) at float32,
-  bfloat16 (``INFERENCE_PRECISION_HINT``; only where the CPU reports BF16) and int8 (the QDQ graph).
-  Also the multistep graph (``--steps-per-call`` steps per call) on onnxruntime float32.
+  the trajectories of random images: timings do not depend on the values; every convolution int8, the
+  default, and a variant with the recurrent convolutions kept float32), then timed on onnxruntime (CPU)
+  at float32 / float16 / int8 and on OpenVINO (``pip install openvino``) at float32, bfloat16
+  (``INFERENCE_PRECISION_HINT``; only where the CPU reports BF16) and int8 (the QDQ graph). Also the
+  multistep graph (``--steps-per-call`` steps per call): float32 on onnxruntime, bfloat16 and int8 on
+  OpenVINO.
 * Rounds: every configuration and onnxruntime float32 are timed in the same round; the ratio is
   taken per round (the machine is shared), and the median and range over rounds are reported.
 * The share of the peak: multiply-accumulates per step (counted by torch's FLOP counter on the
@@ -197,7 +199,8 @@ def main() -> None:
         paths = {}
         for name, dtype, kw in (("float32", "float32", {}), ("float16", "float16", {}),
                                 ("int8", "int8", {"calibration_images": calib}),
-                                ("int8 all convs", "int8", {"calibration_images": calib, "quantize_recurrent": True})):
+                                ("int8 recurrent float32", "int8", {"calibration_images": calib,
+                                                                    "quantize_recurrent": False})):
             p = Path(tmp) / f"{name.replace(' ', '_')}.onnx"
             t0 = time.perf_counter()
             export(model, p, graph="stepwise-drive", dtype=dtype, verify=False, **kw)
@@ -205,12 +208,15 @@ def main() -> None:
             paths[name] = p
         pm = Path(tmp) / "multi.onnx"
         export(model, pm, graph="multistep", steps_per_call=args.steps_per_call, verify=False)
+        pq = Path(tmp) / "multi_int8.onnx"
+        export(model, pq, graph="multistep", steps_per_call=args.steps_per_call, dtype="int8", verify=False,
+               calibration_images=calib)
         for batch in [int(b) for b in args.batches.split(",")]:
             configs = {
                 ("onnxruntime", "float32"): ort_runner(paths["float32"], 1),
                 ("onnxruntime", "float16"): ort_runner(paths["float16"], 1),
                 ("onnxruntime", "int8"): ort_runner(paths["int8"], 1),
-                ("onnxruntime", "int8 all convs"): ort_runner(paths["int8 all convs"], 1),
+                ("onnxruntime", "int8 recurrent float32"): ort_runner(paths["int8 recurrent float32"], 1),
                 ("onnxruntime", f"float32 multistep K={args.steps_per_call}"): ort_runner(pm, args.steps_per_call),
             }
             if ov_caps:
@@ -218,7 +224,12 @@ def main() -> None:
                 if "BF16" in ov_caps:
                     configs[("openvino", "bfloat16")] = ov_runner(paths["float32"], "bf16", 1, batch)
                 configs[("openvino", "int8")] = ov_runner(paths["int8"], "f32", 1, batch)
-                configs[("openvino", "int8 all convs")] = ov_runner(paths["int8 all convs"], "f32", 1, batch)
+                configs[("openvino", "int8 recurrent float32")] = ov_runner(paths["int8 recurrent float32"], "f32", 1,
+                                                                            batch)
+                k = args.steps_per_call
+                if "BF16" in ov_caps:
+                    configs[("openvino", f"bfloat16 multistep K={k}")] = ov_runner(pm, "bf16", k, batch)
+                configs[("openvino", f"int8 multistep K={k}")] = ov_runner(pq, "f32", k, batch)
             image = torch.randn(batch, *model.config.input_shape, generator=gen).numpy()
             times: dict[tuple[str, str], list[float]] = {k: [] for k in configs}
             ratios: dict[tuple[str, str], list[float]] = {k: [] for k in configs}

@@ -49,7 +49,7 @@ import onnxruntime as ort
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from published_forward import published_forward  # noqa: E402  (the baseline shared with bench_model.py)
+from published_forward import add_protocol_arguments, published_forward  # noqa: E402  (shared with bench_model.py)
 
 from cordsnet.config import CordsNetConfig
 from cordsnet.export import export
@@ -60,10 +60,7 @@ from cordsnet.runtime import Session, StepSession
 # ----------------------------------------------------------------------------------- timing
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--depth", type=int, default=8)
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--spontaneous", type=int, default=100)
+    add_protocol_arguments(ap)
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds (after one warm-up round)")
     ap.add_argument("--no-spin", action="store_true",
                     help="both onnxruntime sessions with session.intra_op.allow_spinning=0 (idle threads sleep "

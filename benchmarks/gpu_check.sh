@@ -8,7 +8,10 @@
 #      float16: top-1 agreement) and StepSession on CUDA (device-resident state, with and without a
 #      CUDA graph) against the PyTorch model on the GPU;
 #   3. `cordsnet-cli bench` at batch 1 (float32) and 64 (float16), without and with --cuda-graph, and
-#      StepSession per-step latency at batch 1 without and with --cuda-graph.
+#      StepSession per-step latency at batch 1 without and with --cuda-graph;
+#   4. reduced precision per step (issue 13): the stepwise-drive graph in float16 and int8 (static QDQ,
+#      every per-step convolution) on the CUDA provider, and int8 on TensorRT where the onnxruntime
+#      wheel has the TensorRT provider (otherwise the log says so).
 #
 # Usage (from the repository root): bash benchmarks/gpu_check.sh
 # Dry run of the script's plumbing on a CPU machine (tiny model; CUDA-graph parts then fail, logged):
@@ -52,6 +55,8 @@ JOBS = {
     "r8.unrolled.f32.b1.onnx": dict(graph="unrolled", batch=1),
     "r8.unrolled.f16.b64.onnx": dict(graph="unrolled", dtype="float16", batch=64),
     "r8.drive.f32.onnx": dict(graph="stepwise-drive"),
+    "r8.drive.f16.onnx": dict(graph="stepwise-drive", dtype="float16"),
+    "r8.drive.int8.onnx": dict(graph="stepwise-drive", dtype="int8"),  # calibrated on random images' trajectories
 }
 
 
@@ -61,8 +66,14 @@ def job(name):
     from cordsnet.export import export
 
     work = Path(os.environ["CORDSNET_GPU_WORK"])
+    kw = dict(JOBS[name])
+    model = load_checkpoint(work / "r8.safetensors")
+    if kw.get("dtype") == "int8":  # timings do not depend on the values: random calibration images
+        import numpy as np
+        kw["calibration_images"] = np.random.default_rng(0).standard_normal(
+            (4, *model.config.input_shape)).astype(np.float32)
     t0 = time.perf_counter()
-    export(load_checkpoint(work / "r8.safetensors"), work / name, verify=False, **JOBS[name])
+    export(model, work / name, verify=False, **kw)
     return f"exported {name} in {time.perf_counter() - t0:.1f} s ({(work / name).stat().st_size / 1e6:.1f} MB)"
 
 
@@ -174,6 +185,16 @@ bench b1_f32          45 "$W/r8.unrolled.f32.b1.onnx"   --batch 1  --warmup 3 --
 bench b64_f16         45 "$W/r8.unrolled.f16.b64.onnx"  --batch 64 --warmup 2 --iterations 10
 bench step_b1_graph   35 "$W/r8.drive.f32.onnx"         --batch 1  --warmup 1 --iterations 5 --cuda-graph
 bench step_b1         35 "$W/r8.drive.f32.onnx"         --batch 1  --warmup 1 --iterations 5
+
+# Reduced precision per step (issue 13): float16 and int8 stepwise-drive graphs on the CUDA provider, int8 on
+# TensorRT where the wheel has it (QDQ graphs: TensorRT's explicit int8 from the graph's own scales).
+bench step_b1_f16     35 "$W/r8.drive.f16.onnx"         --batch 1  --warmup 1 --iterations 5
+bench step_b1_int8    35 "$W/r8.drive.int8.onnx"        --batch 1  --warmup 1 --iterations 5
+if python -c 'import sys, onnxruntime as o; sys.exit("TensorrtExecutionProvider" not in o.get_available_providers())'; then
+    GPU_CHECK_PROVIDER=tensorrt bench step_b1_int8_trt 90 "$W/r8.drive.int8.onnx" --batch 1 --warmup 1 --iterations 5
+else
+    log "no TensorRT provider in this onnxruntime wheel: no TensorRT int8 row"
+fi
 
 # Dataset-scale recording into a Zarr store on the GPU (issue 14): R8 at 224, short protocol, 1 process.
 if (( $(limit 120) > 0 )); then

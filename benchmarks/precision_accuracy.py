@@ -6,6 +6,12 @@ the artifact on the held-out digits and reports top-1 against the labels, agreem
 the per-step error. Usage:
 
     PYTHONPATH=$PWD python benchmarks/precision_accuracy.py [--graph stepwise-drive] [--out results.json]
+    # the quantisation-aware model, exported from its learned ranges (also: its post-training calibrations)
+    PYTHONPATH=$PWD python benchmarks/precision_accuracy.py --checkpoint digits-qat --dtypes float32,int8 \
+        --calibrations checkpoint,minmax
+
+Every row also gives the agreement with the bundled float32 model (``digits``), the reference of a
+model fine-tuned from it.
 """
 
 from __future__ import annotations
@@ -25,18 +31,26 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float32,float16,bfloat16,int8")
     ap.add_argument("--calibrations", default="minmax,percentile,entropy")
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--quantize-recurrent", default="no", help="int8: 'no', 'yes' or 'both'")
+    ap.add_argument("--quantize-recurrent", default="yes", help="int8: 'no', 'yes' (default) or 'both'")
+    ap.add_argument("--checkpoint", default="digits", help="a bundled model's name or a checkpoint path")
     args = ap.parse_args()
 
-    from cordsnet.checkpoint import load_checkpoint
+    import torch
+
+    from cordsnet.checkpoint import BUNDLED, bundled_checkpoint_path, load_checkpoint
+    from cordsnet.quantization import read_activation_ranges
     from cordsnet.data import digits_split
     from cordsnet.export import VerificationError, export
 
     from cordsnet.export.precision import preset_images
 
-    model = load_checkpoint(None)
+    source = bundled_checkpoint_path(args.checkpoint) if args.checkpoint in BUNDLED else Path(args.checkpoint)
+    model = load_checkpoint(source)
+    ranges = read_activation_ranges(source)
     labels = digits_split()["test"][1]
     heldout, _ = preset_images(model, "test")
+    with torch.no_grad():
+        bundled = load_checkpoint(None).run(torch.from_numpy(heldout)).argmax(1).numpy()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in args.dtypes.split(","):
@@ -45,10 +59,13 @@ def main() -> None:
                               else [("-", False)]):
                 out = Path(tmp) / f"{dtype}-{calib}.onnx"
                 t0 = time.perf_counter()
-                row = {"graph": args.graph, "dtype": dtype, "calibration": calib, "quantize_recurrent": qr}
+                row = {"checkpoint": args.checkpoint, "graph": args.graph, "dtype": dtype, "calibration": calib,
+                       "quantize_recurrent": qr}
+                kw = {"calibration": calib, "quantize_recurrent": qr} if dtype == "int8" else {}
+                if calib == "checkpoint":
+                    kw["activation_ranges"] = ranges
                 try:
-                    rep = export(model, out, graph=args.graph, dtype=dtype, verify_images=heldout,
-                                 **({"calibration": calib, "quantize_recurrent": qr} if dtype == "int8" else {}))
+                    rep = export(model, out, graph=args.graph, dtype=dtype, verify_images=heldout, **kw)
                     v = rep.verification
                 except VerificationError as exc:
                     v = exc.report
@@ -63,6 +80,8 @@ def main() -> None:
                                            for p in pick]
                     if getattr(v, "predictions", None) is not None:
                         row["heldout_top1"] = float(np.mean(np.asarray(v.predictions) == labels))
+                        row["agreement_with_bundled_float32"] = float(np.mean(np.asarray(v.predictions) == bundled))
+                        row["reference"] = v.reference_model
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     if args.out:

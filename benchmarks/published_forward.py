@@ -8,6 +8,8 @@ a :class:`cordsnet.model.CordsNet`, so both run the same model.
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 from torch import Tensor
 
@@ -38,3 +40,11 @@ def published_forward(model: CordsNet, images: Tensor, steps: int = 100, spontan
             new[i] = (1 - alpha) * rs[i] + alpha * torch.relu(pre)
         rs = new
     return model.out_fc((torch.relu(rs[-1]) + torch.relu(rs[-2])).mean(dim=(2, 3)))
+
+
+def add_protocol_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options every published-protocol benchmark takes: --depth, --size, --steps, --spontaneous."""
+    ap.add_argument("--depth", type=int, default=8)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--spontaneous", type=int, default=100)

@@ -23,13 +23,16 @@ from typing import Any, Mapping, Union
 import torch
 from torch import Tensor
 
+from . import validate
 from ._io import atomic_path, file_sha256
 from .config import PRESETS, CordsNetConfig, get_preset
 from .model import CordsNet
 
 __all__ = [
     "CheckpointError",
+    "BUNDLED",
     "DEFAULT_CHECKPOINT",
+    "bundled_checkpoint_path",
     "check_preset",
     "default_checkpoint_path",
     "file_sha256",
@@ -43,6 +46,11 @@ __all__ = [
 FORMAT_NAME = "cordsnet"
 FORMAT_VERSION = "1"
 DEFAULT_CHECKPOINT = "digits_r4.safetensors"  # file name inside cordsnet/weights
+# The models installed with the package (files in cordsnet/weights), by name.
+BUNDLED: dict[str, str] = {
+    "digits": DEFAULT_CHECKPOINT,  # the default model: CordsNet-R4 on scikit-learn digits, float32
+    "digits-qat": "digits_r4_qat.safetensors",  # the same, fine-tuned for int8 (stores its activation ranges)
+}
 
 Source = Union[str, os.PathLike, Mapping[str, Tensor], None]
 
@@ -191,11 +199,22 @@ def read_extra_tensors(path: str | os.PathLike) -> dict[str, Tensor]:
 
 def default_checkpoint_path() -> Path:
     """Path of the bundled default model (a CordsNet trained on scikit-learn's digits)."""
-    ref = resources.files("cordsnet").joinpath("weights", DEFAULT_CHECKPOINT)
+    return bundled_checkpoint_path("digits")
+
+
+def bundled_checkpoint_path(name: str = "digits") -> Path:
+    """Path of a model installed with the package, by its :data:`BUNDLED` name (e.g. "digits-qat").
+
+    Raises:
+        ValueError: an unknown name (the message lists the bundled ones).
+        FileNotFoundError: the file is not installed.
+    """
+    validate.choice("checkpoint", name, BUNDLED)
+    ref = resources.files("cordsnet").joinpath("weights", BUNDLED[name])
     path = Path(str(ref))
     if not path.is_file():
         raise FileNotFoundError(
-            f"checkpoint: the bundled default model {DEFAULT_CHECKPOINT!r} is not installed in {path.parent}; "
+            f"checkpoint: the bundled model {name!r} ({BUNDLED[name]}) is not installed in {path.parent}; "
             "pass a checkpoint path explicitly")
     return path
 

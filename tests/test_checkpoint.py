@@ -315,8 +315,32 @@ def test_bundled_default_is_named_when_missing_or_loads():
     try:
         path = default_checkpoint_path()
     except FileNotFoundError as exc:
-        assert "bundled default model" in str(exc)
+        assert "bundled model 'digits'" in str(exc)
         with pytest.raises(FileNotFoundError, match="bundled"):
             load_checkpoint(None)
     else:
         assert load_checkpoint(None).config == load_checkpoint(path).config
+
+
+def test_bundled_models_by_name_in_the_library_and_the_cli():
+    from typer.testing import CliRunner
+
+    from cordsnet.checkpoint import BUNDLED, bundled_checkpoint_path
+    from cordsnet.cli import app
+    from cordsnet.cli._shared import BUNDLED_NAMES
+    from cordsnet.quantization import read_activation_ranges
+
+    assert tuple(BUNDLED) == BUNDLED_NAMES  # the CLI's copy (its --help imports no torch) is the registry
+    with pytest.raises(ValueError, match=r"checkpoint: expected one of .*'digits-qat'.*, got 'nope'"):
+        bundled_checkpoint_path("nope")
+    qat = bundled_checkpoint_path("digits-qat")
+    model = load_checkpoint(qat)
+    assert model.config == load_checkpoint(None).config  # same architecture and protocol, other weights
+    ranges = read_activation_ranges(qat)
+    assert ranges is not None
+    ranges.check(model)  # the int8 model carries its learned activation ranges
+    assert read_activation_ranges(bundled_checkpoint_path("digits")) is None
+    result = CliRunner().invoke(app, ["info", "digits-qat", "--json"])
+    assert result.exit_code == 0, result.output
+    bad = CliRunner().invoke(app, ["info", "digits-nope"])
+    assert bad.exit_code == 1 and "nor is it a bundled model: digits, digits-qat" in bad.output

@@ -113,6 +113,25 @@ def test_float16_graphs_are_refused(r2_cifar, tmp_path):
         Session(path, backend="openvino")
 
 
+def test_int8_graphs_run_as_int8_and_agree_with_onnxruntime(r2_cifar, tmp_path):
+    """OpenVINO reads the QDQ graph (its Q/DQ pairs become int8 convolutions); both backends round the same
+    values with the same scales, so their answers agree (only the kernels' summation order differs)."""
+    import numpy as np
+
+    from cordsnet.export import export
+    from cordsnet.runtime import StepSession
+
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((100, 3, 32, 32)).astype(np.float32)
+    path = tmp_path / "q.onnx"
+    export(r2_cifar, path, graph="stepwise-drive", dtype="int8", steps=6, spontaneous_steps=3,
+           calibration_images=images[:8], verify_images=images)
+    ov = StepSession(path, backend="openvino").run(images)
+    ref = StepSession(path, providers="cpu").run(images)
+    assert np.mean(ov.argmax(1) == ref.argmax(1)) >= 0.99
+    assert np.abs(ov - ref).max() <= 0.05 * np.abs(ref).max()
+
+
 def test_openvino_backend_is_torch_free(exported_onnx):
     res = run_without_torch(f"""
         import sys

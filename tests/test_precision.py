@@ -57,7 +57,9 @@ def test_reduced_precision_verifies_by_agreement_and_reports_every_step(r4, tmp_
     if dtype == "int8":
         assert count_ops(proto, "QuantizeLinear") > 0 and TensorProto.INT8 in types and TensorProto.UINT8 in types
         enc = onnx.load(str(tmp_path / "int8.encode.onnx"))
-        assert count_ops(enc, "QuantizeLinear") > 0  # the encode companion is quantised too
+        # the encode companion (the image drive, once per image) stays float32, its metadata says int8
+        assert count_ops(enc, "QuantizeLinear") == 0 and count_ops(enc, "Conv") == 3
+        assert read_info(tmp_path / "int8.encode.onnx").dtype == "int8"
 
 
 def test_int8_unrolled_and_multistep(r4, tmp_path):
@@ -91,15 +93,57 @@ def _recurrent_convs_in_float(path) -> list[bool]:
     return out
 
 
-def test_int8_keeps_the_recurrent_convolutions_in_float_unless_asked(r4, tmp_path):
+def test_int8_quantises_every_convolution_unless_the_recurrent_ones_are_kept_float(r4, tmp_path):
     images = _images(100)
     kw = dict(graph="stepwise", steps=STEPS, spontaneous_steps=SPONT, dtype="int8", calibration_images=images[:8])
     export(r4, tmp_path / "a.onnx", verify_images=images, **kw)
-    assert _recurrent_convs_in_float(tmp_path / "a.onnx") == [True] * 4  # one per area, reading the float state
-    export(r4, tmp_path / "b.onnx", verify=False, quantize_recurrent=True, **kw)
-    assert _recurrent_convs_in_float(tmp_path / "b.onnx") == [False] * 4
+    assert _recurrent_convs_in_float(tmp_path / "a.onnx") == [False] * 4  # one per area, reading the int8 state
+    export(r4, tmp_path / "b.onnx", verify=False, quantize_recurrent=False, **kw)
+    assert _recurrent_convs_in_float(tmp_path / "b.onnx") == [True] * 4
     with pytest.raises(ValueError, match="quantize_recurrent: only applies to dtype 'int8', got dtype 'float32'"):
-        export(r4, tmp_path / "c.onnx", graph="stepwise", quantize_recurrent=True)
+        export(r4, tmp_path / "c.onnx", graph="stepwise", quantize_recurrent=False)
+
+
+def test_int8_rounds_only_what_the_int8_convolutions_read(r4, tmp_path):
+    """The Euler update and the other float ops read the float state, never its 8-bit rounding; a
+    convolution's int8 output is what its consumers read (the pair the int8 kernel needs)."""
+    images = _images(100)
+    out = tmp_path / "q.onnx"
+    export(r4, out, graph="stepwise", steps=STEPS, spontaneous_steps=SPONT, dtype="int8",
+           calibration_images=images[:8], verify_images=images)
+    graph = onnx.load(str(out)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def rounded_source(name: str):  # the op whose output a DequantizeLinear output rounds, "input" for a graph input
+        dq = producer.get(name)
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in producer:
+            return None
+        q = producer[dq.input[0]]
+        return producer[q.input[0]].op_type if q.input[0] in producer else "input"
+
+    float_ops = [n for n in graph.node if n.op_type not in ("Conv", "Gemm", "QuantizeLinear", "DequantizeLinear")]
+    reads = [rounded_source(x) for n in float_ops for x in n.input]
+    assert "input" not in reads and "Relu" not in reads and "Add" not in reads  # no rounded state / sum fed back
+    assert reads.count("Conv") >= 4  # each area's recurrent conv output is read as the int8 kernel writes it
+    updates = [n for n in graph.node if n.op_type == "Mul" and any(x.startswith("state_") for x in n.input)]
+    assert len(updates) == 4  # (1 - alpha) * r reads the float state input of every area
+
+
+def test_int8_from_learned_ranges_is_checked(r4, tmp_path):
+    from cordsnet.quantization import ActivationRanges
+
+    kw = dict(graph="stepwise", steps=STEPS, spontaneous_steps=SPONT, verify=False)
+    with pytest.raises(ValueError, match="activation_ranges: calibration 'checkpoint' needs the ranges"):
+        export(r4, tmp_path / "a.onnx", dtype="int8", calibration="checkpoint", **kw)
+    with pytest.raises(ValueError, match="calibration: 'checkpoint' applies to dtype 'int8', got dtype 'float32'"):
+        export(r4, tmp_path / "a.onnx", calibration="checkpoint", activation_ranges={"state_0": (0, 1)}, **kw)
+    with pytest.raises(ValueError, match=r"activation ranges: expected the \d+ activations of a CordsNet-R4, missing"):
+        export(r4, tmp_path / "a.onnx", dtype="int8", calibration="checkpoint",
+               activation_ranges=ActivationRanges({"state_0": (0.0, 1.0)}), **kw)
+    with pytest.raises(ValueError, match="activation_ranges: only used with calibration 'checkpoint'"):
+        export(r4, tmp_path / "a.onnx", dtype="int8", activation_ranges={"state_0": (0, 1)},
+               calibration_images=_images(8), **kw)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_reduced_precision_without_preset_images_is_refused(r4, tmp_path):
@@ -200,15 +244,23 @@ def test_multistep_graph_advances_k_steps_per_call(r4, tmp_path):
 
 @pytest.mark.heavy
 def test_bundled_model_keeps_its_answer_in_bfloat16_and_int8(bundled_model, tmp_path):
-    """Full protocol (100 steps) on the 360 held-out digits: >= 99% agreement with float32, >= 97.0% top-1.
+    """Full protocol (100 steps) on the 360 held-out digits: >= 99% agreement with float32 (97.50% top-1).
 
-    Minutes, not seconds: the float32 reference and the graph each run 360 images x 100 steps per precision.
+    bfloat16 keeps >= 97.0% top-1; post-training int8 keeps >= 96.5% (what >= 99% agreement with a
+    97.50% model guarantees); the shipped int8 model, `digits-qat` exported from its learned ranges,
+    keeps >= 97.0%. Minutes, not seconds: each graph and its reference run 360 images x 100 steps.
     """
+    from cordsnet.checkpoint import bundled_checkpoint_path, load_checkpoint
     from cordsnet.data import digits_split
+    from cordsnet.quantization import read_activation_ranges
 
     labels = np.asarray(digits_split()["test"][1])
-    for dtype in ("bfloat16", "int8"):
-        v = export(bundled_model, tmp_path / f"{dtype}.onnx", graph="stepwise-drive", dtype=dtype).verification
+    qat = bundled_checkpoint_path("digits-qat")
+    cases = (("bfloat16", bundled_model, {}, 0.97), ("int8", bundled_model, {}, 0.965),
+             ("int8", load_checkpoint(qat), {"calibration": "checkpoint",
+                                            "activation_ranges": read_activation_ranges(qat)}, 0.97))
+    for k, (dtype, model, kw, least) in enumerate(cases):
+        v = export(model, tmp_path / f"{k}.onnx", graph="stepwise-drive", dtype=dtype, **kw).verification
         assert v.passed and v.batch == 360 and v.steps == 100 and "360 digits (test split" in v.images
         assert len(v.per_step) == 100 and v.top1_agreement >= 0.99
-        assert np.mean(np.asarray(v.predictions) == labels) >= 0.97  # float32: 97.50%
+        assert np.mean(np.asarray(v.predictions) == labels) >= least

@@ -404,14 +404,15 @@ def test_run_state_round_trip_and_strictness() -> None:
 
     extras = RunExtras(bn={"inp.weight": torch.ones(3)}, folded={"area_bias_0": torch.zeros(2)},
                        optim={0: {"exp_avg": torch.ones(2), "step": torch.tensor(3.0)}, 11: {"exp_avg": torch.ones(1)}},
-                       best=(0.75, {"out_fc.bias": torch.arange(3.0)}))
+                       best=(0.75, {"out_fc.bias": torch.arange(3.0)}), ranges={"quant.state_0": torch.ones(2)})
     flat = pack_extras(extras)
     assert set(flat) == {"bn.inp.weight", "folded.area_bias_0", "optim.0.exp_avg", "optim.0.step",
-                         "optim.11.exp_avg", "best_acc", "best.out_fc.bias"}
+                         "optim.11.exp_avg", "best_acc", "best.out_fc.bias", "quant.state_0"}
     back = unpack_extras(flat)
     assert back.best is not None and back.best[0] == 0.75 and torch.equal(back.best[1]["out_fc.bias"], torch.arange(3.0))
     assert set(back.optim) == {0, 11} and torch.equal(back.optim[0]["step"], torch.tensor(3.0))
     assert torch.equal(back.bn["inp.weight"], torch.ones(3)) and set(back.folded) == {"area_bias_0"}
+    assert set(back.ranges) == {"quant.state_0"}
     with pytest.raises(ValueError, match="unexpected key 'mine'"):
         unpack_extras({"mine": torch.zeros(1)})
     assert unpack_extras({"mine": torch.zeros(1)}, strict=False) == RunExtras()
@@ -467,3 +468,62 @@ def test_model_card_tool_evaluates_a_digits_run(tmp_path: Path) -> None:
     assert facts["stages"]["fold"]["heldout_acc"] == facts["stages"]["compat"]["heldout_acc"]
     assert (tmp_path / "curve.png").stat().st_size > 0
     assert load_checkpoint(tmp_path / "digits_r4.safetensors").depth == 2
+
+
+def test_qat_stage_learns_ranges_that_the_int8_export_uses(tmp_path: Path) -> None:
+    """The 'qat' stage: fake-quantised stimulus steps, ranges calibrated then tracked, stored in every checkpoint;
+    `export --calibration checkpoint` writes them into the graph; a float stage drops them."""
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from cordsnet.cli import app
+    from cordsnet.quantization import read_activation_ranges
+    from cordsnet.train.forwards import EVALUATORS, StageContext
+
+    Trainer(TrainOptions(**TINY, out=tmp_path / "float", stages="compat", epochs=1)).run()
+    init = tmp_path / "float" / "final.safetensors"
+    lines: list[dict] = []
+    opts = TrainOptions(**TINY, out=tmp_path / "qat", stages="qat", epochs={"qat": 2}, lr={"qat": 1e-3},
+                        init=str(init))
+    trainer = Trainer(opts, on_epoch=lines.append)
+    trainer.run()
+    assert [m["stage"] for m in lines] == ["qat", "qat"] and all(m["val_acc"] is not None for m in lines)
+    final = tmp_path / "qat" / "final.safetensors"
+    ranges = read_activation_ranges(final)
+    assert ranges is not None and read_activation_ranges(tmp_path / "qat" / "last.safetensors") is not None
+    model = load_checkpoint(final)
+    ranges.check(model)
+    assert ranges.as_dict() == trainer.ranges.as_dict()
+    # the stage evaluates the quantised dynamics, not the float ones
+    ctx = StageContext(model, BatchNormSet(model), None, opts.protocol(), ranges)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        q, f = EVALUATORS["qat"](ctx, x), EVALUATORS["rnn"](ctx, x)
+    assert not torch.equal(q, f) and (q - f).abs().max() < 0.2 * f.abs().max()
+    # export from the stored ranges (CLI), verified on 100 images of the checkpoint's shape
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).standard_normal((100, 3, 32, 32)).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    args = ["export", str(final), "--format", "onnx", "--graph", "stepwise", "--dtype", "int8", "--steps", "8",
+            "--spontaneous-steps", "4", "--verify-images", str(tmp_path / "v.npy"), "-o"]
+    result = CliRunner().invoke(app, [*args, str(out), "--calibration", "checkpoint"])
+    assert result.exit_code == 0, result.output
+    assert out.is_file()
+    refused = CliRunner().invoke(app, [*args, str(tmp_path / "r.onnx"), "--calibration", "checkpoint"][:1] +
+                                 [str(init)] + [*args[2:], str(tmp_path / "r.onnx"), "--calibration", "checkpoint"])
+    assert refused.exit_code == 1 and "stores no int8 activation ranges" in refused.output
+    assert "Traceback" not in refused.output and not (tmp_path / "r.onnx").exists()
+    # a float stage started from the quantisation-aware checkpoint does not carry stale ranges
+    Trainer(TrainOptions(**TINY, out=tmp_path / "after", stages="finetune", epochs=1, init=str(final))).run()
+    assert read_activation_ranges(tmp_path / "after" / "final.safetensors") is None
+
+
+def test_quantisation_aware_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="eval: 'qat' goes with quantize=True and only with it"):
+        resolve_stage("finetune", {"eval": "qat"})
+    with pytest.raises(ValueError, match="eval: 'qat' goes with quantize=True"):
+        resolve_stage("qat", {"eval": "rnn"})
+    with pytest.raises(ValueError, match="range_momentum"):
+        resolve_stage("qat", {"range_momentum": 0})
+    assert resolve_stages("qat") == ("qat",) and resolve_stages("finetune,qat") == ("finetune", "qat")
+    with pytest.raises(ValueError, match="stages must follow the order"):
+        resolve_stages("qat,finetune")

@@ -4,8 +4,9 @@
 run (the directory a ``cordsnet-cli train --dataset digits`` wrote) on the held-out split under the
 published protocol, measures the held-out accuracy of every stage's checkpoint, draws the time-resolved
 accuracy curve (``--png``) and prints the facts as JSON (``--json`` also writes them to a file). With
-``--bundle DIR`` it also writes the final model as ``DIR/digits_r4.safetensors`` with its provenance in
-the metadata. The card itself (``docs/model_card.md``, ``cordsnet/weights/MODEL_CARD.md``) is written by
+``--bundle DIR`` it also writes the final model as ``DIR/digits_r4.safetensors`` (``--name``: another
+file name, e.g. ``digits_r4_qat.safetensors`` for a quantisation-aware run, whose int8 activation ranges
+are kept) with its provenance in the metadata. The card itself (``docs/model_card.md``, ``cordsnet/weights/MODEL_CARD.md``) is written by
 hand from these facts.
 
 This is not part of the installed package: it writes into a source tree.
@@ -25,6 +26,7 @@ from cordsnet._io import atomic_path
 from cordsnet.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, read_extra_tensors, read_metadata, save_checkpoint
 from cordsnet.data import digits_split, digits_to_tensor
 from cordsnet.model import CordsNet
+from cordsnet.quantization import ActivationRanges, read_activation_ranges
 from cordsnet.train import BatchNormSet, EVALUATORS, FoldedCNN, StageContext, parse_train_state, unpack_extras
 from cordsnet.train.forwards import Protocol
 
@@ -63,7 +65,7 @@ def heldout_accuracy(model: CordsNet, **protocol: Any) -> float:
 def stage_heldout_accuracy(path: Path, *, steps: int = 100, spontaneous_steps: int = 100, alpha: float = 0.2,
                            batch: int = 120) -> float:
     """Held-out accuracy of one stage checkpoint, evaluated the way the trainer evaluates that stage
-    (:data:`cordsnet.train.EVALUATORS`: compat CNN, folded CNN, linear RNN or RNN)."""
+    (:data:`cordsnet.train.EVALUATORS`: compat CNN, folded CNN, linear RNN, RNN, or the quantisation-aware RNN)."""
     meta = read_metadata(path)
     spec = json.loads(meta["train.stage_spec"])
     model = load_checkpoint(path)
@@ -78,7 +80,8 @@ def stage_heldout_accuracy(path: Path, *, steps: int = 100, spontaneous_steps: i
         folded.load_state_dict(extras.folded)
     protocol = Protocol(steps=steps, spontaneous_steps=spontaneous_steps, alpha=alpha, recovery_steps=0,
                         penalty_window=0, ce_window=1)
-    ctx = StageContext(model, bn.eval(), folded, protocol)
+    ranges = ActivationRanges.from_tensors(extras.ranges) if extras.ranges else None
+    ctx = StageContext(model, bn.eval(), folded, protocol, ranges)
     evaluate = EVALUATORS[spec["eval"]]
     images, labels = heldout_data(model.config.image_size)
     logits = torch.cat([evaluate(ctx, images[i:i + batch]) for i in range(0, len(labels), batch)])
@@ -104,7 +107,8 @@ def _plot(curve: Tensor, png: Path, title: str) -> None:
     save_figure(fig, Path(png))
 
 
-def build_card(runs: list[Path], *, png: Path, bundle: Path | None, reproduce: str) -> dict[str, Any]:
+def build_card(runs: list[Path], *, png: Path, bundle: Path | None, reproduce: str,
+               bundle_name: str = DEFAULT_CHECKPOINT) -> dict[str, Any]:
     """Evaluate a finished digits training (one run directory, or several that continue each other via
     ``--init``), draw the curve, optionally write the bundled model; returns the facts."""
     final = runs[-1] / "final.safetensors"
@@ -146,7 +150,9 @@ def build_card(runs: list[Path], *, png: Path, bundle: Path | None, reproduce: s
     _plot(curve, png, f"CordsNet-R{model.depth} on held-out digits: {100 * facts['heldout_acc']:.2f}% at step 100")
     if bundle is not None:
         meta = read_metadata(final)
-        save_checkpoint(model, bundle / DEFAULT_CHECKPOINT, metadata={
+        ranges = read_activation_ranges(final)
+        save_checkpoint(model, bundle / bundle_name, extra_tensors=ranges.to_tensors() if ranges is not None else None,
+                        metadata={
             "description": f"CordsNet-R{model.depth} trained on scikit-learn digits ({model.config.image_size} px) "
                            "by cordsnet.train; see MODEL_CARD.md",
             "heldout_accuracy": f"{facts['heldout_acc']:.4f}",
@@ -154,7 +160,7 @@ def build_card(runs: list[Path], *, png: Path, bundle: Path | None, reproduce: s
             "train.options": meta.get("train.options", "{}"),
             "reproduce": reproduce,
         })
-        facts["bundle_bytes"] = (bundle / DEFAULT_CHECKPOINT).stat().st_size
+        facts["bundle_bytes"] = (bundle / bundle_name).stat().st_size
     return facts
 
 
@@ -164,11 +170,13 @@ def main() -> None:
                    "(several when later runs continue earlier ones with --init), in order")
     p.add_argument("--png", type=Path, default=Path("docs/digits_time_resolved_accuracy.png"))
     p.add_argument("--bundle", type=Path, default=None, help="write the bundled model into this directory")
+    p.add_argument("--name", default=DEFAULT_CHECKPOINT, help="file name of the bundled model")
     p.add_argument("--reproduce", default="", help="the command that produced the run (recorded)")
     p.add_argument("--json", type=Path, default=None, help="write the facts as JSON here")
     args = p.parse_args()
     torch.set_num_threads(1)
-    facts = build_card(args.runs, png=args.png, bundle=args.bundle, reproduce=args.reproduce)
+    facts = build_card(args.runs, png=args.png, bundle=args.bundle, reproduce=args.reproduce,
+                       bundle_name=args.name)
     text = json.dumps(facts, indent=2)
     if args.json:
         with atomic_path(args.json) as tmp:

@@ -19,10 +19,30 @@ log = logging.getLogger("cordsnet.cli")
 # option name or table column is cut; rich would otherwise assume 80 columns.
 PIPED_WIDTH = 160
 
+# The bundled models' names (cordsnet.checkpoint.BUNDLED; kept here so that --help imports no torch).
+BUNDLED_NAMES = ("digits", "digits-qat")
+
+
+def checkpoint_path(value: Optional[Path]) -> Optional[Path]:
+    """A checkpoint argument: an existing file, or the name of a bundled model (``digits-qat``)."""
+    if value is None:
+        return None
+    if not value.exists() and str(value) in BUNDLED_NAMES:
+        from ..checkpoint import bundled_checkpoint_path
+
+        return bundled_checkpoint_path(str(value))
+    if not value.exists():
+        raise typer.BadParameter(f"File '{value}' does not exist (nor is it a bundled model: "
+                                 f"{', '.join(BUNDLED_NAMES)}).")
+    if value.is_dir():
+        raise typer.BadParameter(f"File '{value}' is a directory.")
+    return value
+
+
 CheckpointArg = Annotated[
     Optional[Path],
-    typer.Argument(exists=True, dir_okay=False, help="Checkpoint (.pth published layout or .safetensors); "
-                   "default: the bundled digits model."),
+    typer.Argument(callback=checkpoint_path, help="Checkpoint (.pth published layout or .safetensors), or "
+                   "a bundled model's name (digits, digits-qat); default: the bundled digits model."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 

@@ -35,6 +35,7 @@ class Calibration(str, Enum):
     minmax = "minmax"
     percentile = "percentile"
     entropy = "entropy"
+    checkpoint = "checkpoint"
 
 
 # The suffixes each format may be written to; the first is the default output's.
@@ -83,11 +84,14 @@ def export_command(
     calibration_images: Annotated[Optional[Path], typer.Option(
         "--calibration-images", exists=True, dir_okay=False,
         help="A .npy of (N, C, S, S) normalised images whose trajectories calibrate an int8 export.")] = None,
-    calibration: Annotated[Calibration, typer.Option(help="int8 calibration method.")] = Calibration.minmax,
+    calibration: Annotated[Calibration, typer.Option(
+        help="int8 calibration: minmax / percentile / entropy on the calibration images' trajectories, or "
+             "checkpoint: the activation ranges the 'qat' training stage stored in the checkpoint.")
+    ] = Calibration.minmax,
     quantize_recurrent: Annotated[bool, typer.Option(
         "--quantize-recurrent/--float-recurrent",
-        help="int8: also quantise the recurrent convolutions (faster; the default keeps them in float, "
-             "which keeps the answer: docs/precision.md).")] = False,
+        help="int8: quantise the recurrent convolutions too (default: every convolution in int8); "
+             "--float-recurrent keeps them float32 (slower; for a model whose int8 verification fails).")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Export a model as an ONNX, TorchScript, ExportedProgram or ExecuTorch graph, verified against PyTorch."""
@@ -111,13 +115,15 @@ def export_command(
             model = load_model(checkpoint)
             areas = validate.areas("--record", record, model.depth)
             sha = file_sha256(source)
+            ranges = _learned_ranges(source) if calibration is Calibration.checkpoint else None
         report = export(model, output, format=format.value, graph=graph.value, steps=steps,
                         spontaneous_steps=spontaneous_steps, alpha=alpha, batch=batch, readout=readout.value,
                         record=list(areas), opset=opset, dtype=dtype.value, verify=verify, atol=atol, rtol=rtol,
                         checkpoint_sha256=sha, exporter=exporter.value, progress=say, steps_per_call=steps_per_call,
                         verify_images=_npy("--verify-images", verify_images),
                         calibration_images=_npy("--calibration-images", calibration_images),
-                        calibration=calibration.value, quantize_recurrent=quantize_recurrent)
+                        calibration=calibration.value, quantize_recurrent=quantize_recurrent,
+                        activation_ranges=ranges)
     total = watch.total
     v = report.verification
     parts = {"loading": watch.parts["loading"], "spontaneous state": report.spontaneous_seconds,
@@ -151,3 +157,19 @@ def _npy(name: str, path: Optional[Path]) -> Any:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise ValueError(f"{name}: {str(path)!r} is not a readable .npy array ({exc})") from None
+
+
+def _learned_ranges(source: Path) -> object:
+    """The int8 activation ranges stored in checkpoint `source` (for ``--calibration checkpoint``)."""
+    from ..quantization import read_activation_ranges
+
+    try:
+        ranges = read_activation_ranges(source)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--calibration checkpoint: cannot read activation ranges from {str(source)!r}: {exc}") \
+            from None
+    if ranges is None:
+        raise ValueError(f"--calibration checkpoint: {str(source)!r} stores no int8 activation ranges (the 'qat' "
+                         "training stage writes them: cordsnet-cli train --stage qat --init CHECKPOINT); use "
+                         "--calibration minmax")
+    return ranges

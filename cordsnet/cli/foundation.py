@@ -8,16 +8,16 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ._shared import JsonOpt, console, echo_json, load_model
+from ._shared import JsonOpt, checkpoint_path, console, echo_json, load_model
 
 CHECKPOINT_OUTPUT_SUFFIXES = (".safetensors",)
 
 
 def info(
     path: Annotated[Optional[Path], typer.Argument(
-        exists=True, dir_okay=False,
-        help="A checkpoint (.pth, .safetensors) or an exported model (.onnx, .pt, .pt2); "
-             "default: the bundled model.")] = None,
+        callback=checkpoint_path,
+        help="A checkpoint (.pth, .safetensors), a bundled model's name (digits, digits-qat) or an exported "
+             "model (.onnx, .pt, .pt2); default: the bundled model.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Describe a checkpoint (architecture, parameters, spontaneous state) or an exported model."""

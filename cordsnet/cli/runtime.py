@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ._shared import JsonOpt, console, echo_json, load_model, verification_lines
+from ._shared import JsonOpt, checkpoint_path, console, echo_json, load_model, verification_lines
 
 ProviderOpt = Annotated[str, typer.Option(
     "--provider", help="Execution provider: auto (CUDA if usable, else CPU with a warning), cuda, tensorrt, cpu.")]
@@ -98,8 +98,9 @@ def verify(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
                                           help="An exported model (.onnx, .pt, .pt2).")],
     checkpoint: Annotated[Optional[Path], typer.Option(
-        "--checkpoint", exists=True, dir_okay=False,
-        help="Checkpoint the model was exported from (default: the bundled model).")] = None,
+        "--checkpoint", callback=checkpoint_path,
+        help="Checkpoint the model was exported from, or a bundled model's name (default: the bundled "
+             "model).")] = None,
     provider: ProviderOpt = "auto",
     atol: Annotated[Optional[float], typer.Option(min=0.0, help="Absolute tolerance (default: the exporter's).")] = None,
     rtol: Annotated[Optional[float], typer.Option(min=0.0, help="Relative tolerance (default: the exporter's).")] = None,

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ._shared import log
+from ._shared import checkpoint_path, log
 
 
 def _stage_values(option: str, text: Optional[str], cast: Any) -> Any:
@@ -53,7 +53,8 @@ def train(
     depth: Annotated[int, typer.Option(help="CordsNet-R{depth}: 2, 4, 6 or 8.")] = 4,
     image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels (default: the dataset's).")] = None,
     stage: Annotated[str, typer.Option(help="'all' (compat,fold,inverse,linear,anneal,finetune), 'finetune' "
-                                            "(from random initialisation), one stage, or a comma list.")] = "all",
+                                            "(from random initialisation), 'qat' (quantisation-aware fine-tuning of --init for "
+                                            "int8), one stage, or a comma list.")] = "all",
     epochs: Annotated[Optional[str], typer.Option(help="Epochs: N for every stage or e.g. 'compat=30,linear=2' "
                                                        "(default: the published ones).")] = None,
     batch_size: Annotated[int, typer.Option(help="Global batch size (split over torchrun processes).")] = 256,
@@ -63,8 +64,9 @@ def train(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace the run already in OUT (its checkpoints and metrics.jsonl); without it "
                             "a directory holding a run is refused unless --resume.")] = False,
-    init: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False,
-                                                 help="Start from this checkpoint.")] = None,
+    init: Annotated[Optional[Path], typer.Option(callback=checkpoint_path,
+                                                 help="Start from this checkpoint, or a bundled model's name "
+                                                      "(digits, digits-qat).")] = None,
     steps: Annotated[int, typer.Option(help="Stimulus steps of the recurrent stages.")] = 100,
     spontaneous_steps: Annotated[int, typer.Option(help="Blank steps before the stimulus.")] = 100,
     recovery_steps: Annotated[int, typer.Option(help="Blank steps after the stimulus (stability penalty).")] = 100,

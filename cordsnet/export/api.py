@@ -128,7 +128,8 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
            rtol: float = 1e-3, checkpoint_sha256: str | None = None, exporter: str | None = None,
            progress: ProgressFn | None = None, steps_per_call: int | None = None,
            verify_images: Any | None = None, calibration_images: Any | None = None,
-           calibration: str = "minmax", quantize_recurrent: bool = False) -> ExportReport:
+           calibration: str = "minmax", quantize_recurrent: bool = True,
+           activation_ranges: Any | None = None) -> ExportReport:
     """Export `model` as a graph another application runs without the Python model.
 
     Beside the artifact ``<file>`` it writes the client manifest ``<file>.cordsnet.json`` (schema in
@@ -166,10 +167,15 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
             (digits: the 360 held-out digits); other presets must pass them (or verify=False).
         calibration_images: (N, C, S, S) float32 normalised images whose trajectories calibrate an
             int8 export. Default: 64 training digits for the digits preset; other presets must pass them.
-        calibration: int8 calibration method: "minmax" (default), "percentile" or "entropy".
-        quantize_recurrent: int8: also quantise the recurrent convolutions (state -> state). Off by
-            default: their rounding is fed back every step and costs the bundled model 3 points of
-            held-out accuracy (docs/precision.md); on, more of the step runs in int8.
+        calibration: int8 calibration method: "minmax" (default), "percentile" or "entropy" (onnxruntime's
+            calibrators on the trajectories of `calibration_images`), or "checkpoint": the activation
+            ranges learned by the quantisation-aware training stage (`activation_ranges`), no calibration.
+        quantize_recurrent: int8: quantise the recurrent convolutions (state -> state) too (default:
+            every convolution runs in int8). False keeps them float32: slower, for a model whose
+            verification fails with them quantised (docs/precision.md).
+        activation_ranges: for ``calibration="checkpoint"``: a
+            :class:`cordsnet.quantization.ActivationRanges` (``read_activation_ranges(checkpoint)``) or a
+            mapping name -> (low, high).
 
     Returns:
         An :class:`ExportReport` (paths, timings, the verification report).
@@ -186,11 +192,12 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
     validate.choice("calibration", calibration, CALIBRATIONS)
     if not isinstance(quantize_recurrent, bool):
         raise TypeError(f"quantize_recurrent: expected a bool, got {type(quantize_recurrent).__name__}")
-    if quantize_recurrent and spec.dtype != "int8":
+    if not quantize_recurrent and spec.dtype != "int8":
         raise ValueError(f"quantize_recurrent: only applies to dtype 'int8', got dtype {spec.dtype!r}")
+    ranges = _activation_ranges(model, spec.dtype, calibration, activation_ranges)
     verify_set = reduced_images(model, spec.dtype, verify_images, "verify_images", "test") if verify else None
     calib_set = reduced_images(model, spec.dtype, calibration_images, "calibration_images", "train") \
-        if spec.dtype == "int8" else None
+        if spec.dtype == "int8" and ranges is None else None
     atol = validate.number("atol", atol, low=0.0)
     rtol = validate.number("rtol", rtol, low=0.0)
     output = _check_output(Path(output), spec.format)
@@ -214,7 +221,7 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
     try:
         result = _write_all(source, spec, backend, output, targets, infos, roles, verify=verify, atol=atol,
                             rtol=rtol, say=say, verify_set=verify_set, calib_set=calib_set,
-                            calibration=calibration, quantize_recurrent=quantize_recurrent)
+                            calibration=calibration, quantize_recurrent=quantize_recurrent, ranges=ranges)
     except OSError as exc:  # name the destination, not the temporary file the error happened on
         if exc.filename is None or str(exc.filename) in {str(t) for t in [*targets, manifest_path(output)]}:
             raise
@@ -228,10 +235,30 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
                         metadata=meta, details=details or {})
 
 
+def _activation_ranges(model: CordsNet, dtype: str, calibration: str, given: Any | None) -> Any | None:
+    """The learned activation ranges of a ``calibration="checkpoint"`` int8 export (else None; checked)."""
+    from ..quantization import ActivationRanges
+
+    if calibration != "checkpoint":
+        if given is not None:
+            raise ValueError(f"activation_ranges: only used with calibration 'checkpoint', got calibration "
+                             f"{calibration!r}")
+        return None
+    if dtype != "int8":
+        raise ValueError(f"calibration: 'checkpoint' applies to dtype 'int8', got dtype {dtype!r}")
+    if given is None:
+        raise ValueError("activation_ranges: calibration 'checkpoint' needs the ranges a quantisation-aware "
+                         "training stage stored (cordsnet.quantization.read_activation_ranges(checkpoint))")
+    ranges = given if isinstance(given, ActivationRanges) else ActivationRanges(validate.mapping(
+        "activation_ranges", given))
+    ranges.check(model)
+    return ranges
+
+
 def _write_all(source: CordsNet, spec: ExportSpec, backend: Any, output: Path, targets: list[Path],
                infos: list[ArtifactInfo], roles: Sequence[str], *, verify: bool, atol: float, rtol: float,
                say: ProgressFn, verify_set: tuple[Any, str] | None = None, calib_set: tuple[Any, str] | None = None,
-               calibration: str = "minmax", quantize_recurrent: bool = False
+               calibration: str = "minmax", quantize_recurrent: bool = True, ranges: Any | None = None
                ) -> tuple[float, float, Any, int, Path | None, dict[str, Any] | None]:
     """Write, verify and hash every file in temporaries, then rename them into place (the manifest last)."""
     t0 = time.perf_counter()
@@ -241,14 +268,15 @@ def _write_all(source: CordsNet, spec: ExportSpec, backend: Any, output: Path, t
         temps = [stack.enter_context(backend.staged(t)) for t in targets]
         say(f"exporting the {spec.graph} graph ({spec.format}, {spec.steps} steps)")
         details = backend.write(source, spec, list(zip(temps, infos)), progress=say)
-        if calib_set is not None:
+        if spec.dtype == "int8":
             from .precision import quantize_int8
 
             for tmp, inf in zip(temps, infos):
-                say(f"quantising the {inf.graph} graph to int8 ({calibration} calibration on the trajectories of "
-                    f"{calib_set[1]})")
-                quantize_int8(tmp, source, inf, calib_set[0], calibration=calibration,
-                              float_recurrent=not quantize_recurrent)
+                say(f"quantising the {inf.graph} graph to int8 (" + (
+                    f"{calibration} calibration on the trajectories of {calib_set[1]})" if calib_set is not None
+                    else "the activation ranges learned by quantisation-aware training)"))
+                quantize_int8(tmp, source, inf, calib_set[0] if calib_set is not None else None,
+                              calibration=calibration, float_recurrent=not quantize_recurrent, ranges=ranges)
         export_seconds = time.perf_counter() - t0
         report = None
         t_verify = time.perf_counter()
@@ -259,7 +287,7 @@ def _write_all(source: CordsNet, spec: ExportSpec, backend: Any, output: Path, t
             images, source_name = verify_set if verify_set is not None else (None, None)
             report = verify_artifact(temps[0], source, atol=atol, rtol=rtol, format=spec.format,
                                      companions=dict(zip(roles, temps[1:])), images=images,
-                                     images_source=source_name)
+                                     images_source=source_name, activation_ranges=ranges)
             logger.info("verification: %s", report.summary())
         verify_seconds = time.perf_counter() - t_verify
         companions = [{"role": r, "file": t.name, "sha256": file_sha256(tmp)}

@@ -28,21 +28,30 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..artifact import REDUCED_DTYPES, ArtifactInfo
 from ..model import CordsNet
+from ..quantization import ActivationRanges, quant_points
 
 __all__ = ["CALIBRATIONS", "MIN_VERIFY_IMAGES", "calibration_feeds", "count_ops", "preset_images",
-           "prune_dead_nodes", "quantize_int8", "reduced_images", "to_bfloat16"]
+           "keep_float_consumers", "learned_ranges", "prune_dead_nodes", "quantize_int8", "reduced_images", "to_bfloat16"]
 
 logger = logging.getLogger("cordsnet.export")
 
 MIN_VERIFY_IMAGES = 100  # a reduced-precision verification on fewer images cannot resolve 99% agreement
 DEFAULT_CALIBRATION_IMAGES = 64  # calibration images when the preset has local data (x every step's state)
 
-# Calibration methods of onnxruntime's static quantiser by our name.
-CALIBRATIONS: tuple[str, ...] = ("minmax", "percentile", "entropy")
+# Calibration methods: onnxruntime's static quantiser's by our name, and "checkpoint": the activation
+# ranges a quantisation-aware training stage stored in the checkpoint (no calibration run).
+CALIBRATIONS: tuple[str, ...] = ("minmax", "percentile", "entropy", "checkpoint")
 # Ops whose inputs and weights are quantised: the convolutions and the read-out (where the arithmetic is).
 # The Euler update ((1 - alpha) r + alpha f) and the additions stay float32, so the state fed back
 # every step is not rounded to 8 bits (None quantises every op onnxruntime can).
 QUANTIZED_OPS: tuple[str, ...] | None = ("Conv", "Gemm", "MatMul")
+# The convolutions of the image drive (run once per image, not per step) stay float32: int8 saves
+# nothing there, and OpenVINO's int8 execution of them was far less exact than onnxruntime's
+# (the encode graph's outputs off by a third of their range), which no later step can undo.
+DRIVE_WEIGHTS: tuple[str, ...] = ("inp_conv", "inp_skip", "area_area_0")
+# Ops whose output stays float: the read-out's logits (rounding them to 8 bits over their range turns
+# close second choices into ties and wrong answers; it saves nothing: one small Gemm per step).
+FLOAT_OUTPUT_OPS: tuple[str, ...] = ("Gemm", "MatMul")
 
 
 # ------------------------------------------------------------------------------ dead nodes
@@ -231,19 +240,21 @@ def calibration_feeds(model: CordsNet, info: ArtifactInfo, input_names: Sequence
                 state = model.unchecked_step(w, state, terms, info.alpha)
 
 
-def quantize_int8(path: Path, model: CordsNet, info: ArtifactInfo, images: np.ndarray, *,
+def quantize_int8(path: Path, model: CordsNet, info: ArtifactInfo, images: np.ndarray | None, *,
                   calibration: str = "minmax", ops: Sequence[str] | None = QUANTIZED_OPS,
-                  float_recurrent: bool = True) -> dict[str, int]:
+                  float_recurrent: bool = False, ranges: ActivationRanges | None = None) -> dict[str, int]:
     """Quantise the float32 ONNX graph at `path` in place (static QDQ, per-channel, U8S8); keeps its metadata.
 
     Args:
         path: a float32 graph written by the exporter (its metadata is kept).
         model: the float32 model it came from (for the calibration trajectories).
         info: its metadata.
-        images: (N, C, S, S) calibration images.
-        calibration: "minmax", "percentile" or "entropy".
+        images: (N, C, S, S) calibration images (unused with ``calibration="checkpoint"``).
+        calibration: "minmax", "percentile", "entropy", or "checkpoint": the Q/DQ scales come from
+            `ranges` (learned by quantisation-aware training), none are calibrated.
         ops: op types whose inputs and weights are quantised (None: every op onnxruntime can).
         float_recurrent: keep the convolutions that read a ``state_i`` input (the recurrent ones) in float32.
+        ranges: the activation ranges for ``calibration="checkpoint"``.
 
     Returns:
         Counts of the quantised graph's QuantizeLinear / DequantizeLinear nodes.
@@ -272,17 +283,67 @@ def quantize_int8(path: Path, model: CordsNet, info: ArtifactInfo, images: np.nd
         exclude = [n.name for n in proto.graph.node if n.op_type == "Conv"
                    and any(x.startswith("state_") and (keep is None or int(x[6:]) in keep) for x in n.input)
                    and keep != set()]
-        q = _quantize(path, _Reader(), methods[calibration], quantize_static, QuantFormat, QuantType, ops, exclude)
+        exclude += [n.name for n in proto.graph.node if n.op_type == "Conv" and len(n.input) > 1
+                    and n.input[1].rsplit("/", 1)[-1] in DRIVE_WEIGHTS]
+        if calibration == "checkpoint":
+            if ranges is None:
+                raise ValueError("calibration: 'checkpoint' needs the activation ranges of a quantisation-aware "
+                                 "training stage (activation_ranges=)")
+            ranges.check(model)
+            q = _quantize(path, None, CalibrationMethod.MinMax, quantize_static, QuantFormat, QuantType, ops, exclude,
+                          cache=learned_ranges(proto.graph, model, ranges, ops or (), skip=exclude))
+        else:
+            q = _quantize(path, _Reader(), methods[calibration], quantize_static, QuantFormat, QuantType, ops,
+                          exclude)
     finally:
         root.removeFilter(quiet)
     del q.metadata_props[:]
-
+    rewired = keep_float_consumers(q.graph, ops or ())
+    if rewired:
+        logger.debug("int8: %d float consumers read their input unrounded", rewired)
     helper.set_model_props(q, props)
     q.ir_version = proto.ir_version
     q.producer_name, q.producer_version = proto.producer_name, proto.producer_version
     onnx.checker.check_model(q, full_check=True)
     onnx.save_model(q, str(path))
     return {"QuantizeLinear": count_ops(q, "QuantizeLinear"), "DequantizeLinear": count_ops(q, "DequantizeLinear")}
+
+
+def keep_float_consumers(graph: onnx.GraphProto, quantized_ops: Sequence[str]) -> int:
+    """Let the float ops read the float tensor, not its 8-bit rounding (in place); returns the inputs rewired.
+
+    onnxruntime's QDQ quantiser puts one QuantizeLinear/DequantizeLinear pair on a tensor that a
+    quantised op reads and hands the rounded value to *every* consumer. On a state that means the
+    Euler update ``(1 - alpha) r + alpha f`` reads ``r`` rounded to 8 bits: the rounding is fed back
+    every step and the trajectory drifts (the answer changed on 6 % of the held-out digits). Here the
+    consumers that are not quantised ops (the update's Mul, Relu, Add) read the original tensor
+    again; the quantised convolutions keep their rounded input. The pair after a quantised op's
+    output (a convolution's int8 output, which its consumers must read for the int8 kernel to be
+    used) is left alone.
+    """
+    producer = {o: n for n in graph.node for o in n.output if o}
+    quantized = set(quantized_ops) | {"QuantizeLinear", "DequantizeLinear"}
+    initializers = {t.name for t in graph.initializer}
+    float_of: dict[str, str] = {}  # DequantizeLinear output -> the float tensor its pair rounded
+    for n in graph.node:
+        if n.op_type != "DequantizeLinear":
+            continue
+        q = producer.get(n.input[0])
+        if q is None or q.op_type != "QuantizeLinear" or q.input[0] in initializers:
+            continue
+        source = producer.get(q.input[0])
+        if source is not None and source.op_type in quantized_ops:
+            continue  # a quantised op's own output: its consumers read the int8 result
+        float_of[n.output[0]] = q.input[0]
+    rewired = 0
+    for n in graph.node:
+        if n.op_type in quantized:
+            continue
+        for k, x in enumerate(n.input):
+            if x in float_of:
+                n.input[k] = float_of[x]
+                rewired += 1
+    return rewired
 
 
 def _float_areas(float_recurrent: object) -> set[int] | None:
@@ -299,14 +360,54 @@ class _DropPreprocessHint(logging.Filter):
         return "pre-processing" not in record.getMessage()
 
 
+def learned_ranges(graph: onnx.GraphProto, model: CordsNet, ranges: ActivationRanges,
+                   ops: Sequence[str], skip: Sequence[str] = ()) -> dict[str, tuple[float, float]]:
+    """The range of every tensor a quantised op of `graph` reads or writes, from learned `ranges`.
+
+    Each quantised op is identified by its weight initializer (``area_conv_2``, ``out_weight``, ...,
+    the exporter's names, after a wrapper's scope such as ``step/``);
+    :func:`cordsnet.quantization.quant_points` says which activation it reads and writes, in every
+    step of an unrolled graph alike.
+
+    Args:
+        skip: names of nodes left float32 (not quantised).
+
+    Raises:
+        ValueError: a quantised op whose weight is not one of the model's.
+    """
+    points = quant_points(model)
+    out: dict[str, tuple[float, float]] = {}
+    for n in graph.node:
+        if n.op_type not in ops or n.name in skip:
+            continue
+        weight = n.input[1].rsplit("/", 1)[-1] if len(n.input) > 1 else ""
+        if weight not in points:
+            raise ValueError(f"calibration 'checkpoint': the {n.op_type} node {n.name!r} has weight {weight!r}, "
+                             f"not one of the model's {sorted(points)}")
+        src, dst = points[weight]
+        out[n.input[0]] = ranges[src]
+        if dst is not None:
+            out[n.output[0]] = ranges[dst]
+    return out
+
+
 def _quantize(path: Path, reader: object, method: object, quantize_static: object, QuantFormat: object,
-              QuantType: object, ops: Sequence[str] | None, exclude: Sequence[str] = ()) -> onnx.ModelProto:
+              QuantType: object, ops: Sequence[str] | None, exclude: Sequence[str] = (),
+              cache: dict[str, tuple[float, float]] | None = None) -> onnx.ModelProto:
     with tempfile.TemporaryDirectory(prefix="cordsnet-int8-") as tmp:
         out = Path(tmp) / "int8.onnx"
+        cache_path = None
+        if cache is not None:  # onnxruntime's calibration cache: the ranges are used, no calibration run
+            from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+
+            cache_path = Path(tmp) / "ranges.json"
+            save_tensors_data(TensorsData(method, {k: TensorData(lowest=np.float32(lo), highest=np.float32(hi))
+                                                   for k, (lo, hi) in cache.items()}), cache_path)
         quantize_static(str(path), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,  # type: ignore
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,  # type: ignore
                         calibrate_method=method, use_external_data_format=False,
                         op_types_to_quantize=list(ops) if ops is not None else None,
-                        nodes_to_exclude=list(exclude),
-                        extra_options={"CalibTensorRangeSymmetric": False})
+                        nodes_to_exclude=list(exclude), calibration_cache_path=cache_path,
+                        extra_options={"CalibTensorRangeSymmetric": False,
+                                       "OpTypesToExcludeOutputQuantization": list(FLOAT_OUTPUT_OPS)})
         return onnx.load(str(out))

@@ -25,6 +25,8 @@ default) for ONNX, ``torch.jit.load`` for TorchScript, ``torch.export.load`` for
 
 from __future__ import annotations
 
+import contextlib
+
 import importlib
 import os
 import time
@@ -78,13 +80,14 @@ class VerificationReport:
     images: str = "standard-normal random images"  # what the graph was verified on
     per_step: list[dict[str, Any]] = field(default_factory=list)  # step kinds: errors after every (call's) step
     predictions: list[int] = field(default_factory=list, repr=False)  # the artifact's top-1 class per image
-    reference: list[int] = field(default_factory=list, repr=False)  # the float32 model's top-1 class per image
+    reference: list[int] = field(default_factory=list, repr=False)  # the reference model's top-1 class per image
+    reference_model: str = "the float32 model"  # or the quantisation-aware model (learned activation ranges)
 
     def criterion(self) -> str:
         """What passing means for this dtype, in words."""
         if self.dtype == "float32":
             return f"every value within atol {self.atol:g} + rtol {self.rtol:g} x |reference|"
-        return (f"every value finite and top-1 agreement with the float32 model >= {self.min_top1:.0%} after the "
+        return (f"every value finite and top-1 agreement with {self.reference_model} >= {self.min_top1:.0%} after the "
                 f"full protocol ({self.dtype} rounds every value, so elementwise tolerances would fail where the "
                 "answer agrees; the errors are reported per step, not a criterion)")
 
@@ -138,7 +141,7 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
                     encode: str | os.PathLike | Sequence[str | os.PathLike] | None = None, seed: int = 0,
                     min_top1: float = MIN_TOP1_FLOAT16, raise_on_failure: bool = True,
                     format: str | None = None, check_weights: bool = True, images: Any | None = None,
-                    images_source: str | None = None) -> VerificationReport:
+                    images_source: str | None = None, activation_ranges: Any | None = None) -> VerificationReport:
     """Run an exported artifact on deterministic images and compare it with ``model.run``.
 
     Args:
@@ -161,6 +164,10 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
             precision (float16, bfloat16, int8) needs images of the model's preset: by default the
             preset's local held-out images (digits), otherwise these (N >= 100), else an error.
         images_source: a description of `images` for the report.
+        activation_ranges: an int8 artifact exported from the ranges of quantisation-aware training
+            (``calibration="checkpoint"``) is compared with the model as that training ran it
+            (:class:`cordsnet.quantization.FakeQuant` with these ranges, float spontaneous state), the
+            model it reproduces, instead of with its float32 version.
 
     Returns:
         A :class:`VerificationReport` (max abs/rel differences, top-1 agreement, per-output checks).
@@ -212,8 +219,10 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
     step_kind = kind.session == "step"
     record = list(range(cfg.depth)) if step_kind else list(info.record)
     readout = "all" if step_kind else info.readout
+    if activation_ranges is not None and info.dtype != "int8":
+        raise ValueError(f"activation_ranges: only for an int8 artifact, got a {info.dtype} one")
     param = next(model.parameters())
-    with torch.no_grad():
+    with torch.no_grad(), _reference(model, info, activation_ranges):
         ref = model.run(torch.from_numpy(images).to(param.device, param.dtype), steps=steps,
                         spontaneous_steps=info.spontaneous_steps, alpha=info.alpha, readout=readout,
                         record=record or None)
@@ -240,7 +249,8 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
         for a in info.record:
             diffs.add(f"rates_{a}", got[f"rates_{a}"], ref_rates[a])
         if fmt == "onnx" and info.dtype != "float32" and info.graph == "unrolled":
-            per_step = _unrolled_per_step(path, model, info, images, steps, chunk, np_dtype, providers)
+            per_step = _unrolled_per_step(path, model, info, images, steps, chunk, np_dtype, providers,
+                                          activation_ranges)
     else:
         crun = {}
         given_c = dict(companions or {})
@@ -284,7 +294,9 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
         seconds=time.perf_counter() - t0, runner=runner_name, checks=checks, failures=failures, min_top1=min_top1,
         images=source, per_step=per_step,
         predictions=np.argmax(np.asarray(logits, np.float32)[-1] if np.ndim(logits) == 3 else logits, -1).tolist(),
-        reference=np.argmax(ref_logits[-1] if ref_logits.ndim == 3 else ref_logits, -1).tolist())
+        reference=np.argmax(ref_logits[-1] if ref_logits.ndim == 3 else ref_logits, -1).tolist(),
+        reference_model="the float32 model" if activation_ranges is None else
+        "the quantisation-aware model (its learned activation ranges)")
     if failures and raise_on_failure:
         raise VerificationError(f"verification failed ({'; '.join(failures)}); {report.summary()}", report)
     return report
@@ -337,8 +349,19 @@ def _run_steps(run: Runner, crun: Mapping[str, Runner], info: Any, ins: Sequence
     return {k: np.stack(v) for k, v in trace.items()}
 
 
+def _reference(model: CordsNet, info: Any, ranges: Any | None) -> Any:
+    """While active (under no_grad), ``model.run`` computes the reference: float32, or fake-quantised."""
+    if ranges is None:
+        return contextlib.nullcontext()
+    from ..quantization import FakeQuant
+
+    weights = model.effective_weights()  # the cached tensors model.run uses under no_grad
+    model.cached_spontaneous_state(info.spontaneous_steps, info.alpha)  # float, as the artifact stores it
+    return FakeQuant(model, weights, ranges)
+
+
 def _unrolled_per_step(path: Path, model: CordsNet, info: Any, images: np.ndarray, steps: int, chunk: int,
-                       np_dtype: np.dtype, providers: Any) -> list[dict[str, Any]]:
+                       np_dtype: np.dtype, providers: Any, ranges: Any | None = None) -> list[dict[str, Any]]:
     """The state error after every step of an unrolled ONNX graph (reduced precisions).
 
     A copy of the graph with each step's state tensors (``t<t>/next_state_<i>``, those the exporter
@@ -361,7 +384,7 @@ def _unrolled_per_step(path: Path, model: CordsNet, info: Any, images: np.ndarra
         run, _, _, _ = open_runner(probe, info, providers)
         got = _in_chunks(images, chunk, lambda x: run({"image": x.astype(np_dtype)}), info.batch_axis)
     param = next(model.parameters())
-    with torch.no_grad():
+    with torch.no_grad(), _reference(model, info, ranges):
         _, rates = model.run(torch.from_numpy(images).to(param.device, param.dtype), steps=steps,
                              spontaneous_steps=info.spontaneous_steps, alpha=info.alpha,
                              record=sorted({i for _, i in wanted}) or None)

@@ -114,6 +114,11 @@ class EarlyExit(NamedTuple):
     converged: np.ndarray
 
 
+# Artifact dtypes the OpenVINO backend runs: float32 graphs (with its precision hint), and int8 QDQ
+# graphs, whose Q/DQ pairs OpenVINO turns into int8 convolutions (float32 I/O both).
+OPENVINO_DTYPES: tuple[str, ...] = ("float32", "int8")
+
+
 class Prediction(NamedTuple):
     """Top-k classes of a batch.
 
@@ -154,9 +159,10 @@ class _Base:
                 if value:
                     raise ValueError(f"{name}: onnxruntime options do not apply to backend='openvino', got {value!r}")
             info = read_artifact_info(self.path)
-            if info.dtype != "float32":
+            if info.dtype not in OPENVINO_DTYPES:
                 raise ValueError(f"backend: 'openvino' runs float32 graphs (reduced precision is its compile hint, "
-                                 f"precision='bf16'), got a {info.dtype} graph {str(self.path)!r}")
+                                 f"precision='bf16') and int8 (QDQ) graphs, got a {info.dtype} graph "
+                                 f"{str(self.path)!r}")
             device = resolve_device(providers)
             self.precision: str | None = resolve_precision("f32" if precision is None else precision, device)
             self._plan = None

@@ -8,6 +8,7 @@ modes run the model's own time loop (:meth:`~cordsnet.model.CordsNet.unchecked_t
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -15,12 +16,13 @@ import torch
 from torch import Tensor, nn
 
 from ..model import CordsNet
+from ..quantization import ActivationRanges, FakeQuant
 from .cnn import BatchNormSet, FoldedCNN, compat_forward, folded_activity, folded_forward
 from .losses import inverse_loss, spontaneous_penalty, time_weighted_ce, time_weights
 from .stages import StageSpec
 
 __all__ = ["EVALUATORS", "FORWARDS", "OPTIMIZERS", "Protocol", "StageContext", "StageModule", "TRAINABLE",
-           "accuracy_counts", "evaluate_accuracy", "trainable_parameters"]
+           "accuracy_counts", "calibrate_ranges", "evaluate_accuracy", "trainable_parameters"]
 
 ForwardResult = tuple[Tensor, Tensor, dict[str, Tensor]]  # (loss, logits (B, K), detached loss terms)
 
@@ -50,13 +52,15 @@ class Protocol:
 class StageContext:
     """What a forward mode or an evaluation may use: the model, the trainer-side containers, the protocol.
 
-    ``folded`` is None until the ``fold`` stage ran (or a checkpoint written after it was loaded).
+    ``folded`` is None until the ``fold`` stage ran (or a checkpoint written after it was loaded);
+    ``ranges`` (the int8 activation ranges) until a quantisation-aware stage starts.
     """
 
     model: CordsNet
     bn: BatchNormSet
     folded: FoldedCNN | None
     protocol: Protocol
+    ranges: ActivationRanges | None = None
 
 
 # ------------------------------------------------------------------------------ forward modes
@@ -85,33 +89,82 @@ def _forward_inverse(ctx: StageContext, spec: StageSpec, x: Tensor, y: Tensor) -
 
 
 def _forward_rnn(ctx: StageContext, spec: StageSpec, x: Tensor, y: Tensor) -> ForwardResult:
-    """The recurrent dynamics through the model's own time loop: stimulus, then blank recovery steps."""
+    """The recurrent dynamics through the model's own time loop: stimulus, then blank recovery steps.
+
+    A quantisation-aware stage (``spec.quantize``) runs the stimulus and recovery steps as the int8
+    graph computes them and folds this batch's activation ranges into ``ctx.ranges``; the spontaneous
+    state stays float, as the exported artifact stores it.
+    """
     model, p = ctx.model, ctx.protocol
-    W = model.effective_weights()
-    terms = model.unchecked_drive_terms(W, model.unchecked_drive(W, x))
-    batch = x.shape[0]
     if spec.spontaneous and p.spontaneous_steps > 0:
         spont = model.cached_spontaneous_state(p.spontaneous_steps, p.alpha)  # no gradient, image-independent
     else:
         spont = model.initial_state(1)
-    state = tuple(r.expand(batch, *r.shape[1:]) for r in spont)
-    window = min(p.ce_window, p.steps)
-    logits = []
-    for t, state in enumerate(model.unchecked_trajectory(W, state, terms, p.steps, p.alpha)):
-        if t >= p.steps - window:
-            logits.append(model.unchecked_readout(W, state))
-    stacked = torch.stack(logits)
-    ce = time_weighted_ce(stacked, y, time_weights(window, device=x.device, dtype=stacked.dtype))
-    extra = {"ce": ce.detach()}
-    loss = ce
-    if spec.penalty > 0 and p.recovery_steps > 0:
-        keep = min(p.penalty_window, p.recovery_steps)
-        late = [s for t, s in enumerate(model.unchecked_trajectory(W, state, None, p.recovery_steps, p.alpha))
-                if t >= p.recovery_steps - keep]
-        pen = spontaneous_penalty(late, spont)
-        loss = loss + spec.penalty * pen
-        extra["penalty"] = pen.detach()
+    W = model.effective_weights()
+    with _quantized(ctx, spec, W, observe=True) as fq:
+        terms = model.unchecked_drive_terms(W, model.unchecked_drive(W, x))
+        batch = x.shape[0]
+        state = tuple(r.expand(batch, *r.shape[1:]) for r in spont)
+        window = min(p.ce_window, p.steps)
+        logits = []
+        for t, state in enumerate(model.unchecked_trajectory(W, state, terms, p.steps, p.alpha)):
+            if t >= p.steps - window:
+                logits.append(model.unchecked_readout(W, state))
+        stacked = torch.stack(logits)
+        ce = time_weighted_ce(stacked, y, time_weights(window, device=x.device, dtype=stacked.dtype))
+        extra = {"ce": ce.detach()}
+        loss = ce
+        if spec.penalty > 0 and p.recovery_steps > 0:
+            keep = min(p.penalty_window, p.recovery_steps)
+            late = [s for t, s in enumerate(model.unchecked_trajectory(W, state, None, p.recovery_steps, p.alpha))
+                    if t >= p.recovery_steps - keep]
+            pen = spontaneous_penalty(late, spont)
+            loss = loss + spec.penalty * pen
+            extra["penalty"] = pen.detach()
+    if fq is not None and ctx.ranges is not None:
+        ctx.ranges.update(fq.seen)
     return loss, stacked[-1], extra
+
+
+class _Float(contextlib.nullcontext):
+    """Stands in for :class:`FakeQuant` in a float stage (``with ... as fq`` gives None)."""
+
+
+def _quantized(ctx: StageContext, spec: StageSpec, W: Any, *, observe: bool) -> Any:
+    if not spec.quantize:
+        return _Float(None)
+    if ctx.ranges is None:
+        raise ValueError(f"stage {spec.name!r}: a quantisation-aware stage needs activation ranges "
+                         "(calibrated when the stage starts)")
+    return FakeQuant(ctx.model, W, ctx.ranges, observe=observe)
+
+
+@torch.no_grad()
+def calibrate_ranges(model: CordsNet, batches: Iterable[Tensor], protocol: Protocol,
+                     momentum: float = 0.05) -> ActivationRanges:
+    """The first activation ranges of a quantisation-aware stage: min / max over float trajectories.
+
+    Args:
+        model: the float model.
+        batches: (B, C, S, S) image batches (training images).
+        protocol: the stage's protocol (spontaneous state, steps, alpha).
+        momentum: the ranges' moving-average weight for the stage's batches.
+    """
+    spont = model.cached_spontaneous_state(protocol.spontaneous_steps, protocol.alpha)
+    W = model.effective_weights()
+    seen: dict[str, tuple[Tensor, Tensor]] = {}
+    for x in batches:
+        with FakeQuant(model, W, None, quantize=False, observe=True) as fq:
+            terms = model.unchecked_drive_terms(W, model.unchecked_drive(W, x))
+            state = tuple(r.expand(x.shape[0], *r.shape[1:]) for r in spont)
+            for state in model.unchecked_trajectory(W, state, terms, protocol.steps, protocol.alpha):
+                pass
+            model.unchecked_readout(W, state)
+        for k, (lo, hi) in fq.seen.items():
+            seen[k] = (torch.minimum(lo, seen[k][0]), torch.maximum(hi, seen[k][1])) if k in seen else (lo, hi)
+    ranges = ActivationRanges(momentum=momentum)
+    ranges.update(seen, replace=True)
+    return ranges
 
 
 FORWARDS: dict[str, Callable[[StageContext, StageSpec, Tensor, Tensor], ForwardResult]] = {
@@ -141,11 +194,27 @@ def _eval_rnn(ctx: StageContext, x: Tensor) -> Tensor:
     return ctx.model.run(x, steps=p.steps, spontaneous_steps=p.spontaneous_steps, alpha=p.alpha)
 
 
+def _eval_qat(ctx: StageContext, x: Tensor) -> Tensor:
+    """The full protocol as the int8 graph computes it (float spontaneous state, quantised steps)."""
+    model, p = ctx.model, ctx.protocol
+    if ctx.ranges is None:
+        raise ValueError("evaluation 'qat': needs the activation ranges of a quantisation-aware stage")
+    spont = model.cached_spontaneous_state(p.spontaneous_steps, p.alpha)
+    W = model.effective_weights()
+    with FakeQuant(model, W, ctx.ranges):
+        terms = model.unchecked_drive_terms(W, model.unchecked_drive(W, x))
+        state = tuple(r.expand(x.shape[0], *r.shape[1:]) for r in spont)
+        for state in model.unchecked_trajectory(W, state, terms, p.steps, p.alpha):
+            pass
+        return model.unchecked_readout(W, state)
+
+
 EVALUATORS: dict[str, Callable[[StageContext, Tensor], Tensor]] = {
     "compat": _eval_compat,
     "folded": _eval_folded,
     "linear": _eval_linear,
     "rnn": _eval_rnn,
+    "qat": _eval_qat,
 }
 
 

@@ -11,6 +11,9 @@ extra tensor              what
 ``optim.<index>.<key>``   the optimiser state of trainable parameter `index` (e.g. ``exp_avg``)
 ``best_acc``              validation accuracy of the best epoch of a ``select_best`` stage
 ``best.<name>``           that epoch's model state dict
+``quant.<name>``          int8 activation range (low, high) of a quantisation-aware stage
+                          (:data:`cordsnet.quantization.RANGE_PREFIX`; kept in the final checkpoint,
+                          where the exporter reads it)
 ========================  =============================================================
 
 ==========================  ===========================================================
@@ -35,6 +38,8 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from ..quantization import RANGE_PREFIX
+
 __all__ = ["RunExtras", "TrainState", "pack_extras", "parse_train_state", "unpack_extras"]
 
 BN, FOLDED, OPTIM, BEST, BEST_ACC = "bn.", "folded.", "optim.", "best.", "best_acc"
@@ -56,12 +61,14 @@ class RunExtras:
         folded: FoldedCNN state dict ({} before the ``fold`` stage).
         optim: optimiser state by parameter index ({} when no stage is in progress).
         best: (validation accuracy, model state dict) of the best epoch so far, or None.
+        ranges: int8 activation ranges ``quant.<name>`` tensors, prefix included ({} if none).
     """
 
     bn: dict[str, Tensor] = field(default_factory=dict)
     folded: dict[str, Tensor] = field(default_factory=dict)
     optim: dict[int, dict[str, Tensor]] = field(default_factory=dict)
     best: tuple[float, dict[str, Tensor]] | None = None
+    ranges: dict[str, Tensor] = field(default_factory=dict)
 
 
 def pack_extras(extras: RunExtras) -> dict[str, Tensor]:
@@ -74,6 +81,7 @@ def pack_extras(extras: RunExtras) -> dict[str, Tensor]:
     if extras.best is not None:
         out[BEST_ACC] = torch.tensor(extras.best[0], dtype=torch.float64)
         out.update({BEST + k: v for k, v in extras.best[1].items()})
+    out.update(extras.ranges)
     return out
 
 
@@ -99,12 +107,14 @@ def unpack_extras(extra: Mapping[str, Tensor], *, strict: bool = True) -> RunExt
             out.folded[key[len(FOLDED):]] = val
         elif key.startswith(BEST):
             best[key[len(BEST):]] = val
+        elif key.startswith(RANGE_PREFIX):
+            out.ranges[key] = val
         elif key.startswith(OPTIM) and key.count(".") >= 2 and key.split(".", 2)[1].isdigit():
             _, idx, name = key.split(".", 2)
             out.optim.setdefault(int(idx), {})[name] = val
         elif strict:
             raise ValueError(f"extra tensors: unexpected key {key!r}; expected the prefixes "
-                             f"{[BN, FOLDED, OPTIM, BEST]} or {BEST_ACC!r}")
+                             f"{[BN, FOLDED, OPTIM, BEST, RANGE_PREFIX]} or {BEST_ACC!r}")
     if BEST_ACC in extra:
         out.best = (float(extra[BEST_ACC]), best)
     return out

@@ -18,6 +18,7 @@ from .losses import anneal_slope
 
 __all__ = [
     "KINDS",
+    "ORDER",
     "PIPELINES",
     "STAGES",
     "StageSpec",
@@ -32,7 +33,7 @@ TRAINABLE: tuple[str, ...] = ("cnn", "recurrent", "all", "none")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 SCHEDULES: tuple[str, ...] = ("constant", "rounds")
 SLOPES: tuple[str, ...] = ("linear", "anneal", "relu")
-EVALS: tuple[str, ...] = ("compat", "folded", "linear", "rnn")
+EVALS: tuple[str, ...] = ("compat", "folded", "linear", "rnn", "qat")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,13 @@ class StageSpec:
         batches: at most this many batches per epoch (None: the whole training set). A shortened
             epoch still draws a fresh random subset, and the slope / lr schedules count these epochs.
         eval_every: validate every N epochs (0: only at the end of the stage, which always validates).
+        quantize: quantisation-aware: the convolutions and the read-out compute as the int8 export
+            does (:class:`cordsnet.quantization.FakeQuant`: int8 weights per channel, uint8
+            activations at their inputs and outputs) during the stimulus steps; the activation ranges
+            are calibrated on float trajectories when the stage starts, then follow each batch (moving
+            average, `range_momentum`) and are stored in the checkpoint.
+        range_momentum: weight of one batch in the activation ranges' moving average.
+        calibration_batches: training batches whose float trajectories give the first activation ranges.
     """
 
     name: str
@@ -94,6 +102,9 @@ class StageSpec:
     eval: str = "rnn"
     batches: int | None = None
     eval_every: int = 1
+    quantize: bool = False
+    range_momentum: float = 0.05
+    calibration_batches: int = 4
 
     def __post_init__(self) -> None:
         where = f"stage {self.name!r}: "
@@ -106,6 +117,14 @@ class StageSpec:
         validate.number(where + "lr", self.lr, low=0, low_open=True)
         validate.optional_integer(where + "batches", self.batches, 1, min=1)
         validate.integer(where + "eval_every", self.eval_every, min=0)
+        validate.fraction(where + "range_momentum", self.range_momentum)
+        validate.integer(where + "calibration_batches", self.calibration_batches, min=1)
+        if (self.eval == "qat") != self.quantize:
+            raise ValueError(f"{where}eval: 'qat' goes with quantize=True and only with it, got eval "
+                             f"{self.eval!r} with quantize={self.quantize}")
+        if self.quantize and self.kind != "rnn":
+            raise ValueError(f"{where}quantize: only a recurrent ('rnn') stage can be quantisation-aware, "
+                             f"got kind {self.kind!r}")
         if self.clip is not None:
             validate.number(where + "clip", self.clip, low=0, low_open=True)
 
@@ -128,13 +147,20 @@ STAGES: dict[str, StageSpec] = {
                         spontaneous=True, penalty=1e-3, eval="rnn", **_ADAMW),
     "finetune": StageSpec("finetune", "rnn", trainable="all", lr=1e-5, clip=1e-4, epochs=20, slope="relu",
                           spontaneous=True, penalty=1e-3, select_best=True, eval="rnn", **_ADAMW),
+    # Quantisation-aware fine-tuning of a trained float model (start it with --init): the int8 export's
+    # rounding inside the recurrent loop; export afterwards with calibration="checkpoint".
+    "qat": StageSpec("qat", "rnn", trainable="all", lr=1e-5, clip=1e-4, epochs=5, slope="relu",
+                     spontaneous=True, penalty=1e-3, quantize=True, eval="qat", **_ADAMW),
 }
 
-# Named sequences of stages. "finetune" alone trains the relu RNN from random initialisation.
+# Named sequences of stages. "finetune" alone trains the relu RNN from random initialisation; "qat"
+# fine-tunes a trained model for int8.
 PIPELINES: dict[str, tuple[str, ...]] = {
     "all": ("compat", "fold", "inverse", "linear", "anneal", "finetune"),
     "finetune": ("finetune",),
+    "qat": ("qat",),
 }
+ORDER: tuple[str, ...] = PIPELINES["all"] + ("qat",)  # the order stages run in (a run may skip some)
 
 
 def resolve_stage(name: str, overrides: Mapping[str, Any] | None = None) -> StageSpec:
@@ -167,7 +193,7 @@ def resolve_stages(stages: str | Sequence[str]) -> tuple[str, ...]:
         raise ValueError("stage: expected at least one stage")
     for n in names:
         resolve_stage(n)
-    order = PIPELINES["all"]
+    order = ORDER
     positions = [order.index(n) for n in names]
     if positions != sorted(positions) or len(set(names)) != len(names):
         raise ValueError(f"stage: stages must follow the order {list(order)} without repeats, got {list(names)}")

@@ -41,9 +41,10 @@ from ..checkpoint import read_checkpoint, read_extra_tensors, read_metadata, sav
 from ..config import CordsNetConfig, get_preset
 from ..data import batch_augment, build_dataset, get_dataset_spec
 from ..model import CordsNet
+from ..quantization import ActivationRanges
 from .cnn import BatchNormSet, FoldedCNN, fold_batchnorm
 from .forwards import (EVALUATORS, FORWARDS, OPTIMIZERS, Protocol, StageContext, StageModule, accuracy_counts,
-                       evaluate_accuracy, trainable_parameters)
+                       calibrate_ranges, evaluate_accuracy, trainable_parameters)
 from .run_state import (METRICS_KEY, OPTIMIZER_KEY, OPTIONS_KEY, SPEC_KEY, SUMMARY_KEY, RunExtras, TrainState,
                         pack_extras, parse_train_state, unpack_extras)
 from .stages import STAGES, StageSpec, lr_at, resolve_stage, resolve_stages, slope_at
@@ -256,6 +257,7 @@ class Trainer:
         self.model = CordsNet(self.config).to(device=self.device, dtype=self.dtype)
         self.bn = BatchNormSet(self.model).to(device=self.device, dtype=self.dtype)
         self.folded: FoldedCNN | None = None
+        self.ranges: ActivationRanges | None = None  # int8 activation ranges (quantisation-aware stages)
         # The run's state (what a checkpoint stores and a resume restores).
         self.history: list[dict] = []
         self.stage_summary: dict[str, dict] = {}
@@ -377,13 +379,14 @@ class Trainer:
             save_checkpoint(self.model, self.out / FINAL, metadata={
                 SUMMARY_KEY: json.dumps(self.stage_summary),
                 OPTIONS_KEY: o.to_json(),
-                "train.update_slope": repr(self.model.update_slope)})
+                "train.update_slope": repr(self.model.update_slope)},
+                extra_tensors=self.ranges.to_tensors() if self.ranges is not None else None)
             log.info("done in %.1f s: %s", summary["time_s"], self.out / FINAL)
         _barrier(self.world)
         return summary
 
     def _context(self) -> StageContext:
-        return StageContext(self.model, self.bn, self.folded, self.protocol)
+        return StageContext(self.model, self.bn, self.folded, self.protocol, self.ranges)
 
     def _run_stage(self, k: int, start_epoch: int) -> None:
         spec = self.specs[k]
@@ -427,6 +430,10 @@ class Trainer:
         for p in list(model.parameters()) + list(bn.parameters()):
             p.requires_grad_(id(p) in train_ids)
         optim = OPTIMIZERS[spec.optimizer](params, spec)
+        if spec.quantize and self.ranges is None:
+            self.ranges = self._calibrate_ranges(k, spec)
+        if self.ranges is not None:
+            self.ranges.momentum = spec.range_momentum
         if self._optim_state is not None:
             optim.load_state_dict(self._optim_state)
             self._optim_state = None
@@ -442,6 +449,20 @@ class Trainer:
         batches = min([len(loader)] + [n for n in (spec.batches, o.max_batches) if n is not None])
         mixer = batch_augment(model.num_classes) if (spec.mix and self.ds_spec.batch_mix and o.augment) else None
         return _StageRun(params, optim, module, loader, sampler, batches, mixer)
+
+    def _calibrate_ranges(self, k: int, spec: StageSpec) -> ActivationRanges:
+        """First int8 activation ranges: float trajectories of a few training batches (the same on every rank)."""
+        assert self.train_set is not None
+        g = torch.Generator().manual_seed(self.opts.seed + 104729 * (k + 1))
+        loader = DataLoader(self.train_set, batch_size=self.opts.batch_size, shuffle=True, generator=g,
+                            num_workers=self.opts.num_workers)
+        batches = (x.to(device=self.device, dtype=self.dtype) for b, (x, _) in enumerate(loader)
+                   if b < spec.calibration_batches)
+        t0 = time.perf_counter()
+        ranges = calibrate_ranges(self.model, batches, self.protocol, spec.range_momentum)
+        log.info("stage %s: int8 activation ranges of %d tensors calibrated on %d batch(es) in %.1f s",
+                 spec.name, len(ranges), spec.calibration_batches, time.perf_counter() - t0)
+        return ranges
 
     def _train_epoch(self, k: int, spec: StageSpec, epoch: int, stage: _StageRun) -> dict[str, float]:
         """One epoch of optimiser steps; returns the training metrics (mean loss terms, accuracy, lr)."""
@@ -550,7 +571,7 @@ class Trainer:
             bn=self.bn.state_dict(),
             folded=self.folded.state_dict() if self.folded is not None else {},
             optim=optim.state_dict()["state"] if optim is not None else {},
-            best=self.best))
+            best=self.best, ranges=self.ranges.to_tensors() if self.ranges is not None else {}))
 
     def _metadata(self, k: int, spec: StageSpec, epoch: int, *, done: bool,
                   optim: torch.optim.Optimizer | None = None) -> dict[str, str]:
@@ -586,6 +607,10 @@ class Trainer:
         if extras.folded:
             self.folded = FoldedCNN(self.model).to(device=self.device, dtype=self.dtype)
             self.folded.load_state_dict(extras.folded)
+        if extras.ranges and any(spec.quantize for spec in self.specs):  # others change the weights under them
+            self.ranges = ActivationRanges.from_tensors(extras.ranges)
+            assert self.ranges is not None
+            self.ranges.check(self.model)
         return extras
 
     def _restore(self, path: Path) -> tuple[int, int]:
