@@ -29,6 +29,7 @@ rounding is below 1e-6 of a logit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Iterator, Mapping
 
@@ -41,7 +42,7 @@ from torch.overrides import TorchFunctionMode
 from .model import CordsNet, Weights
 
 __all__ = ["RANGE_PREFIX", "ActivationRanges", "FakeQuant", "activation_params", "fake_quantize_weight",
-           "quant_points", "read_activation_ranges"]
+           "int8_dynamics", "quant_points", "read_activation_ranges"]
 
 RANGE_PREFIX = "quant."  # checkpoint extra tensors: quant.<tensor name> = (low, high), float32
 ACT_QMIN, ACT_QMAX = 0, 255  # uint8 activations (onnxruntime QUInt8)
@@ -105,9 +106,8 @@ class ActivationRanges:
         momentum: weight of a new batch in :meth:`update` (exponential moving average).
     """
 
-    def __init__(self, ranges: Mapping[str, tuple[float, float]] | None = None, momentum: float = 0.05) -> None:
-        self.ranges: dict[str, tuple[float, float]] = {k: (float(np.float32(lo)), float(np.float32(hi)))
-                                                       for k, (lo, hi) in (ranges or {}).items()}
+    def __init__(self, ranges: Mapping[str, Any] | None = None, momentum: float = 0.05) -> None:
+        self.ranges: dict[str, tuple[float, float]] = {k: _range(k, v) for k, v in (ranges or {}).items()}
         self.momentum = float(momentum)
 
     def __len__(self) -> int:
@@ -148,16 +148,8 @@ class ActivationRanges:
     @classmethod
     def from_tensors(cls, tensors: Mapping[str, Tensor], momentum: float = 0.05) -> "ActivationRanges | None":
         """The ranges among checkpoint extra tensors (None if there are none)."""
-        found: dict[str, tuple[float, float]] = {}
-        for k, v in tensors.items():
-            if not k.startswith(RANGE_PREFIX):
-                continue
-            name = k[len(RANGE_PREFIX):]
-            flat = v.detach().float().reshape(-1)
-            if flat.numel() != 2 or not bool(torch.isfinite(flat).all()) or float(flat[0]) > float(flat[1]):
-                raise ValueError(f"activation range {name!r}: expected finite (low, high) with low <= high, "
-                                 f"got {flat.tolist()}")
-            found[name] = (float(flat[0]), float(flat[1]))
+        found = {k[len(RANGE_PREFIX):]: v.detach().float().reshape(-1).tolist() for k, v in tensors.items()
+                 if k.startswith(RANGE_PREFIX)}
         return cls(found, momentum) if found else None
 
     def check(self, model: CordsNet) -> None:
@@ -170,6 +162,19 @@ class ActivationRanges:
 
     def as_dict(self) -> dict[str, tuple[float, float]]:
         return dict(self.ranges)
+
+
+def _range(name: str, value: Any) -> tuple[float, float]:
+    """A checked (low, high): two finite numbers, low <= high."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"activation range {name!r}: expected finite (low, high) with low <= high, "
+                         f"got {value!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo > hi:
+        raise ValueError(f"activation range {name!r}: expected finite (low, high) with low <= high, "
+                         f"got {[lo, hi]}")
+    return float(np.float32(lo)), float(np.float32(hi))
 
 
 def read_activation_ranges(path: str | os.PathLike) -> ActivationRanges | None:
@@ -231,3 +236,21 @@ class FakeQuant(TorchFunctionMode):
                 out = func(x, w, *args[2:], **kwargs)
                 return self._activation(dst, out) if dst is not None else out
         return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def int8_dynamics(model: CordsNet, ranges: ActivationRanges | None, *, spontaneous_steps: int, alpha: float,
+                  quantize: bool = True, observe: bool = False) -> Iterator[FakeQuant]:
+    """While active, ``model.run(..., spontaneous_steps=, alpha=)`` computes as the int8 graph does.
+
+    The spontaneous state stays float32 (the artifact stores it so), computed first; then every step's
+    convolutions and the read-out are fake-quantised. Use it under ``torch.no_grad()``: ``model.run``
+    then reuses the cached effective weights this context registers. Yields the :class:`FakeQuant`
+    (``quantize=False, observe=True``: float dynamics, the activations' ranges recorded in ``.seen``).
+    """
+    if torch.is_grad_enabled():
+        raise RuntimeError("int8_dynamics: use it under torch.no_grad() (training runs FakeQuant itself)")
+    weights = model.effective_weights()
+    model.cached_spontaneous_state(spontaneous_steps, alpha)
+    with FakeQuant(model, weights, ranges, quantize=quantize, observe=observe) as fq:
+        yield fq

@@ -127,6 +127,14 @@ def test_int8_rounds_only_what_the_int8_convolutions_read(r4, tmp_path):
     assert reads.count("Conv") >= 4  # each area's recurrent conv output is read as the int8 kernel writes it
     updates = [n for n in graph.node if n.op_type == "Mul" and any(x.startswith("state_") for x in n.input)]
     assert len(updates) == 4  # (1 - alpha) * r reads the float state input of every area
+    # ... and every per-step convolution still becomes onnxruntime's int8 kernel (QLinearConv)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+    fused = onnx.load(str(tmp_path / "optimized.onnx")).graph
+    per_step = 4 + 3 + len(r4.skip_area)  # recurrent convs, feedforward convs of areas 1-3, projections
+    assert sum(n.op_type == "QLinearConv" for n in fused.node) == per_step
+    assert sum(n.op_type == "Conv" for n in fused.node) == 3  # the image drive's, once per image, float32
 
 
 def test_int8_from_learned_ranges_is_checked(r4, tmp_path):
@@ -140,6 +148,13 @@ def test_int8_from_learned_ranges_is_checked(r4, tmp_path):
     with pytest.raises(ValueError, match=r"activation ranges: expected the \d+ activations of a CordsNet-R4, missing"):
         export(r4, tmp_path / "a.onnx", dtype="int8", calibration="checkpoint",
                activation_ranges=ActivationRanges({"state_0": (0.0, 1.0)}), **kw)
+    full = {"state_0": (0.0, 1.0)}
+    with pytest.raises(ValueError, match="quantize_recurrent: calibration 'checkpoint' exports what"):
+        export(r4, tmp_path / "a.onnx", dtype="int8", calibration="checkpoint", activation_ranges=full,
+               quantize_recurrent=False, **kw)
+    with pytest.raises(ValueError, match="calibration_images: not used with calibration 'checkpoint'"):
+        export(r4, tmp_path / "a.onnx", dtype="int8", calibration="checkpoint", activation_ranges=full,
+               calibration_images=_images(8), **kw)
     with pytest.raises(ValueError, match="activation_ranges: only used with calibration 'checkpoint'"):
         export(r4, tmp_path / "a.onnx", dtype="int8", activation_ranges={"state_0": (0, 1)},
                calibration_images=_images(8), **kw)

@@ -113,6 +113,9 @@ def test_ranges_moving_average_round_trip_and_checks(r4):
         ActivationRanges.from_tensors({RANGE_PREFIX + "a": torch.tensor([1.0, float("nan")])})
     with pytest.raises(ValueError, match="low <= high"):
         ActivationRanges.from_tensors({RANGE_PREFIX + "a": torch.tensor([2.0, 1.0])})
+    for bad in ((float("nan"), 1.0), 3.0, (1.0, 2.0, 3.0), (2.0, 1.0), ("x", 1)):  # given as a mapping too
+        with pytest.raises(ValueError, match="activation range 'a': expected finite"):
+            ActivationRanges({"a": bad})
     with pytest.raises(ValueError, match=r"activation ranges: expected the \d+ activations of a CordsNet-R4, "
                                          r"missing \[.*'state_0'.*\], unexpected \['a', 'b'\]"):
         r.check(r4)
@@ -130,6 +133,8 @@ def test_int8_export_from_learned_ranges_computes_what_the_fake_quantised_model_
                     calibration="checkpoint", activation_ranges=ranges, verify_images=x.numpy())
     assert report.verification.passed  # against the fake-quantised model it reproduces
     assert "agreement with the quantisation-aware model" in report.verification.summary()
+    assert report.verification.float32_agreement is not None  # and how far that is from its float32 weights
+    assert "with its float32 weights" in report.verification.summary()
     proto = onnx.load(str(out))
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     if graph == "stepwise-drive":  # the state input's scale and zero point are the stored range's

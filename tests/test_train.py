@@ -512,9 +512,14 @@ def test_qat_stage_learns_ranges_that_the_int8_export_uses(tmp_path: Path) -> No
                                  [str(init)] + [*args[2:], str(tmp_path / "r.onnx"), "--calibration", "checkpoint"])
     assert refused.exit_code == 1 and "stores no int8 activation ranges" in refused.output
     assert "Traceback" not in refused.output and not (tmp_path / "r.onnx").exists()
-    # a float stage started from the quantisation-aware checkpoint does not carry stale ranges
+    # a float stage started from the quantisation-aware checkpoint does not carry stale ranges, and a
+    # quantisation-aware stage after it calibrates anew for the weights it starts from
     Trainer(TrainOptions(**TINY, out=tmp_path / "after", stages="finetune", epochs=1, init=str(final))).run()
     assert read_activation_ranges(tmp_path / "after" / "final.safetensors") is None
+    again = Trainer(TrainOptions(**TINY, out=tmp_path / "again", stages="finetune,qat", epochs=1, init=str(final)))
+    again.run()
+    assert read_activation_ranges(tmp_path / "again" / "0-finetune.safetensors") is None
+    assert again.ranges is not None and again.ranges.as_dict() != ranges.as_dict()
 
 
 def test_quantisation_aware_settings_are_checked() -> None:
@@ -524,6 +529,8 @@ def test_quantisation_aware_settings_are_checked() -> None:
         resolve_stage("qat", {"eval": "rnn"})
     with pytest.raises(ValueError, match="range_momentum"):
         resolve_stage("qat", {"range_momentum": 0})
+    with pytest.raises(ValueError, match="select_best: not with quantize=True"):
+        resolve_stage("qat", {"select_best": True})
     assert resolve_stages("qat") == ("qat",) and resolve_stages("finetune,qat") == ("finetune", "qat")
     with pytest.raises(ValueError, match="stages must follow the order"):
         resolve_stages("qat,finetune")

@@ -149,6 +149,6 @@ def verification_lines(report: Any) -> list[str]:
             f"{_LABELS.get(k, k)} {v:.3g}" if isinstance(v, float) else f"{_LABELS.get(k, k)} {v}"
             for k, v in rest.items()))
     if report.dtype != "float32":
-        lines.append(f"  ({report.dtype} passes on top-1 agreement with the float32 model; its relative differences "
+        lines.append(f"  ({report.dtype} passes on top-1 agreement with {report.reference_model}; its relative differences "
                      "are large where a logit is near zero and are shown for information only)")
     return lines

@@ -20,6 +20,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ._shared import CheckpointArg
+
 __all__ = ["DatasetSplit", "evaluate_command", "record_dataset_command"]
 
 
@@ -134,8 +136,7 @@ def record_dataset_command(
 
 
 def evaluate_command(
-    checkpoint: Annotated[Optional[Path], typer.Argument(
-        exists=True, dir_okay=False, help="Checkpoint (.pth/.safetensors); default: the bundled digits model.")] = None,
+    checkpoint: CheckpointArg = None,
     dataset: Annotated[str, typer.Option("--dataset", help="A registered dataset, e.g. digits.")] = "digits",
     split: SplitOpt = DatasetSplit.test,
     store: Annotated[Path, typer.Option("--store", help="Zarr v3 store of the logits (created or resumed).")] = Path(

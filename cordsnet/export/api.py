@@ -194,7 +194,8 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
         raise TypeError(f"quantize_recurrent: expected a bool, got {type(quantize_recurrent).__name__}")
     if not quantize_recurrent and spec.dtype != "int8":
         raise ValueError(f"quantize_recurrent: only applies to dtype 'int8', got dtype {spec.dtype!r}")
-    ranges = _activation_ranges(model, spec.dtype, calibration, activation_ranges)
+    ranges = _activation_ranges(model, spec.dtype, calibration, activation_ranges,
+                                quantize_recurrent=quantize_recurrent, calibration_images=calibration_images)
     verify_set = reduced_images(model, spec.dtype, verify_images, "verify_images", "test") if verify else None
     calib_set = reduced_images(model, spec.dtype, calibration_images, "calibration_images", "train") \
         if spec.dtype == "int8" and ranges is None else None
@@ -235,7 +236,8 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
                         metadata=meta, details=details or {})
 
 
-def _activation_ranges(model: CordsNet, dtype: str, calibration: str, given: Any | None) -> Any | None:
+def _activation_ranges(model: CordsNet, dtype: str, calibration: str, given: Any | None, *,
+                       quantize_recurrent: bool = True, calibration_images: Any | None = None) -> Any | None:
     """The learned activation ranges of a ``calibration="checkpoint"`` int8 export (else None; checked)."""
     from ..quantization import ActivationRanges
 
@@ -246,6 +248,12 @@ def _activation_ranges(model: CordsNet, dtype: str, calibration: str, given: Any
         return None
     if dtype != "int8":
         raise ValueError(f"calibration: 'checkpoint' applies to dtype 'int8', got dtype {dtype!r}")
+    if not quantize_recurrent:
+        raise ValueError("quantize_recurrent: calibration 'checkpoint' exports what quantisation-aware training "
+                         "computed, every per-step convolution in int8; got quantize_recurrent=False")
+    if calibration_images is not None:
+        raise ValueError("calibration_images: not used with calibration 'checkpoint' (the ranges come from "
+                         "training); leave them out")
     if given is None:
         raise ValueError("activation_ranges: calibration 'checkpoint' needs the ranges a quantisation-aware "
                          "training stage stored (cordsnet.quantization.read_activation_ranges(checkpoint))")

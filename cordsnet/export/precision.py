@@ -43,12 +43,8 @@ DEFAULT_CALIBRATION_IMAGES = 64  # calibration images when the preset has local 
 CALIBRATIONS: tuple[str, ...] = ("minmax", "percentile", "entropy", "checkpoint")
 # Ops whose inputs and weights are quantised: the convolutions and the read-out (where the arithmetic is).
 # The Euler update ((1 - alpha) r + alpha f) and the additions stay float32, so the state fed back
-# every step is not rounded to 8 bits (None quantises every op onnxruntime can).
-QUANTIZED_OPS: tuple[str, ...] | None = ("Conv", "Gemm", "MatMul")
-# The convolutions of the image drive (run once per image, not per step) stay float32: int8 saves
-# nothing there, and OpenVINO's int8 execution of them was far less exact than onnxruntime's
-# (the encode graph's outputs off by a third of their range), which no later step can undo.
-DRIVE_WEIGHTS: tuple[str, ...] = ("inp_conv", "inp_skip", "area_area_0")
+# every step is not rounded to 8 bits.
+QUANTIZED_OPS: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
 # Ops whose output stays float: the read-out's logits (rounding them to 8 bits over their range turns
 # close second choices into ties and wrong answers; it saves nothing: one small Gemm per step).
 FLOAT_OUTPUT_OPS: tuple[str, ...] = ("Gemm", "MatMul")
@@ -241,7 +237,7 @@ def calibration_feeds(model: CordsNet, info: ArtifactInfo, input_names: Sequence
 
 
 def quantize_int8(path: Path, model: CordsNet, info: ArtifactInfo, images: np.ndarray | None, *,
-                  calibration: str = "minmax", ops: Sequence[str] | None = QUANTIZED_OPS,
+                  calibration: str = "minmax", ops: Sequence[str] = QUANTIZED_OPS,
                   float_recurrent: bool = False, ranges: ActivationRanges | None = None) -> dict[str, int]:
     """Quantise the float32 ONNX graph at `path` in place (static QDQ, per-channel, U8S8); keeps its metadata.
 
@@ -252,7 +248,8 @@ def quantize_int8(path: Path, model: CordsNet, info: ArtifactInfo, images: np.nd
         images: (N, C, S, S) calibration images (unused with ``calibration="checkpoint"``).
         calibration: "minmax", "percentile", "entropy", or "checkpoint": the Q/DQ scales come from
             `ranges` (learned by quantisation-aware training), none are calibrated.
-        ops: op types whose inputs and weights are quantised (None: every op onnxruntime can).
+        ops: op types whose inputs and weights are quantised (a subset of Conv, Gemm, MatMul: the
+            float consumers are told apart from the quantised ops by these).
         float_recurrent: keep the convolutions that read a ``state_i`` input (the recurrent ones) in float32.
         ranges: the activation ranges for ``calibration="checkpoint"``.
 
@@ -261,6 +258,9 @@ def quantize_int8(path: Path, model: CordsNet, info: ArtifactInfo, images: np.nd
     """
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
+
+    if not ops or not set(ops) <= set(QUANTIZED_OPS):
+        raise ValueError(f"ops: expected a non-empty subset of {list(QUANTIZED_OPS)}, got {ops!r}")
 
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
@@ -283,22 +283,26 @@ def quantize_int8(path: Path, model: CordsNet, info: ArtifactInfo, images: np.nd
         exclude = [n.name for n in proto.graph.node if n.op_type == "Conv"
                    and any(x.startswith("state_") and (keep is None or int(x[6:]) in keep) for x in n.input)
                    and keep != set()]
-        exclude += [n.name for n in proto.graph.node if n.op_type == "Conv" and len(n.input) > 1
-                    and n.input[1].rsplit("/", 1)[-1] in DRIVE_WEIGHTS]
+        # What quant_points leaves out stays float32: the image drive's convolutions (once per image, so int8
+        # saves nothing there; OpenVINO's int8 execution of them was far less exact than onnxruntime's, the
+        # encode graph's outputs off by a third of their range, which no later step can undo).
+        points = quant_points(model)
+        exclude += [n.name for n in proto.graph.node if n.op_type in ops and len(n.input) > 1
+                    and n.input[1].rsplit("/", 1)[-1] not in points]
         if calibration == "checkpoint":
             if ranges is None:
                 raise ValueError("calibration: 'checkpoint' needs the activation ranges of a quantisation-aware "
                                  "training stage (activation_ranges=)")
             ranges.check(model)
             q = _quantize(path, None, CalibrationMethod.MinMax, quantize_static, QuantFormat, QuantType, ops, exclude,
-                          cache=learned_ranges(proto.graph, model, ranges, ops or (), skip=exclude))
+                          cache=learned_ranges(proto.graph, model, ranges, ops, skip=exclude))
         else:
             q = _quantize(path, _Reader(), methods[calibration], quantize_static, QuantFormat, QuantType, ops,
                           exclude)
     finally:
         root.removeFilter(quiet)
     del q.metadata_props[:]
-    rewired = keep_float_consumers(q.graph, ops or ())
+    rewired = keep_float_consumers(q.graph, ops)
     if rewired:
         logger.debug("int8: %d float consumers read their input unrounded", rewired)
     helper.set_model_props(q, props)
@@ -392,7 +396,7 @@ def learned_ranges(graph: onnx.GraphProto, model: CordsNet, ranges: ActivationRa
 
 
 def _quantize(path: Path, reader: object, method: object, quantize_static: object, QuantFormat: object,
-              QuantType: object, ops: Sequence[str] | None, exclude: Sequence[str] = (),
+              QuantType: object, ops: Sequence[str], exclude: Sequence[str] = (),
               cache: dict[str, tuple[float, float]] | None = None) -> onnx.ModelProto:
     with tempfile.TemporaryDirectory(prefix="cordsnet-int8-") as tmp:
         out = Path(tmp) / "int8.onnx"
@@ -406,7 +410,7 @@ def _quantize(path: Path, reader: object, method: object, quantize_static: objec
         quantize_static(str(path), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,  # type: ignore
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,  # type: ignore
                         calibrate_method=method, use_external_data_format=False,
-                        op_types_to_quantize=list(ops) if ops is not None else None,
+                        op_types_to_quantize=list(ops),
                         nodes_to_exclude=list(exclude), calibration_cache_path=cache_path,
                         extra_options={"CalibTensorRangeSymmetric": False,
                                        "OpTypesToExcludeOutputQuantization": list(FLOAT_OUTPUT_OPS)})

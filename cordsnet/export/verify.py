@@ -26,6 +26,7 @@ default) for ONNX, ``torch.jit.load`` for TorchScript, ``torch.export.load`` for
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import importlib
 import os
@@ -40,6 +41,8 @@ import torch
 from .. import validate
 from ..artifact import DTYPES, FORMATS, MAX_STEPS, artifact_format, check_manifest, companion_path, read_info
 from ..model import CordsNet
+
+logger = logging.getLogger("cordsnet.export")
 
 __all__ = ["MIN_TOP1_FLOAT16", "VERIFY_BATCH", "VerificationError", "VerificationReport", "verify_artifact"]
 
@@ -82,6 +85,7 @@ class VerificationReport:
     predictions: list[int] = field(default_factory=list, repr=False)  # the artifact's top-1 class per image
     reference: list[int] = field(default_factory=list, repr=False)  # the reference model's top-1 class per image
     reference_model: str = "the float32 model"  # or the quantisation-aware model (learned activation ranges)
+    float32_agreement: float | None = None  # with a quantisation-aware reference: agreement with its float32 weights
 
     def criterion(self) -> str:
         """What passing means for this dtype, in words."""
@@ -93,9 +97,11 @@ class VerificationReport:
 
     def summary(self) -> str:
         verdict = "passed" if self.passed else "FAILED"
+        extra = (f", {self.float32_agreement:.1%} with its float32 weights" if self.float32_agreement is not None
+                 else "")
         return (f"{verdict} ({self.criterion()}): max abs diff {self.max_abs:.3g}, max rel diff {self.max_rel:.3g}, "
-                f"top-1 agreement {self.top1_agreement:.1%} ({self.batch} images: {self.images}; {self.steps} steps, "
-                f"{self.dtype}, {self.runner})")
+                f"top-1 agreement {self.top1_agreement:.1%}{extra} ({self.batch} images: {self.images}; {self.steps} "
+                f"steps, {self.dtype}, {self.runner})")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -287,6 +293,17 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
                      f"atol {atol:g} + rtol {rtol:g}" for c in checks if c["finite"] and not c["within_tolerance"]]
     elif top1 < min_top1:
         failures.append(f"top-1 agreement {top1:.1%} below {min_top1:.0%}")
+    float32_top1 = None
+    if activation_ranges is not None:  # the trained model is the reference; how far is it from its float weights?
+        with torch.no_grad():
+            plain = model.run(torch.from_numpy(images).to(param.device, param.dtype), steps=steps,
+                              spontaneous_steps=info.spontaneous_steps, alpha=info.alpha)
+        float32_top1 = _top1(np.asarray(logits, dtype=np.float32)[-1] if np.ndim(logits) == 3 else
+                             np.asarray(logits, dtype=np.float32), plain.float().cpu().numpy())
+        if float32_top1 < min_top1:
+            logger.warning("the int8 graph agrees with its float32 weights on %.1f%% of the images (it matches the "
+                           "quantisation-aware model it was trained as: %.1f%%); the float32 export of these "
+                           "weights answers differently", 100 * float32_top1, 100 * top1)
     report = VerificationReport(
         passed=not failures, graph=info.graph, format=fmt, dtype=info.dtype, batch=batch, steps=steps,
         max_abs=max((c["max_abs"] for c in checks), default=0.0),
@@ -296,7 +313,7 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
         predictions=np.argmax(np.asarray(logits, np.float32)[-1] if np.ndim(logits) == 3 else logits, -1).tolist(),
         reference=np.argmax(ref_logits[-1] if ref_logits.ndim == 3 else ref_logits, -1).tolist(),
         reference_model="the float32 model" if activation_ranges is None else
-        "the quantisation-aware model (its learned activation ranges)")
+        "the quantisation-aware model (its learned activation ranges)", float32_agreement=float32_top1)
     if failures and raise_on_failure:
         raise VerificationError(f"verification failed ({'; '.join(failures)}); {report.summary()}", report)
     return report
@@ -353,11 +370,9 @@ def _reference(model: CordsNet, info: Any, ranges: Any | None) -> Any:
     """While active (under no_grad), ``model.run`` computes the reference: float32, or fake-quantised."""
     if ranges is None:
         return contextlib.nullcontext()
-    from ..quantization import FakeQuant
+    from ..quantization import int8_dynamics
 
-    weights = model.effective_weights()  # the cached tensors model.run uses under no_grad
-    model.cached_spontaneous_state(info.spontaneous_steps, info.alpha)  # float, as the artifact stores it
-    return FakeQuant(model, weights, ranges)
+    return int8_dynamics(model, ranges, spontaneous_steps=info.spontaneous_steps, alpha=info.alpha)
 
 
 def _unrolled_per_step(path: Path, model: CordsNet, info: Any, images: np.ndarray, steps: int, chunk: int,

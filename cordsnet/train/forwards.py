@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..model import CordsNet
-from ..quantization import ActivationRanges, FakeQuant
+from ..quantization import ActivationRanges, FakeQuant, int8_dynamics
 from .cnn import BatchNormSet, FoldedCNN, compat_forward, folded_activity, folded_forward
 from .losses import inverse_loss, spontaneous_penalty, time_weighted_ce, time_weights
 from .stages import StageSpec
@@ -150,16 +150,12 @@ def calibrate_ranges(model: CordsNet, batches: Iterable[Tensor], protocol: Proto
         protocol: the stage's protocol (spontaneous state, steps, alpha).
         momentum: the ranges' moving-average weight for the stage's batches.
     """
-    spont = model.cached_spontaneous_state(protocol.spontaneous_steps, protocol.alpha)
-    W = model.effective_weights()
     seen: dict[str, tuple[Tensor, Tensor]] = {}
+    p = protocol
     for x in batches:
-        with FakeQuant(model, W, None, quantize=False, observe=True) as fq:
-            terms = model.unchecked_drive_terms(W, model.unchecked_drive(W, x))
-            state = tuple(r.expand(x.shape[0], *r.shape[1:]) for r in spont)
-            for state in model.unchecked_trajectory(W, state, terms, protocol.steps, protocol.alpha):
-                pass
-            model.unchecked_readout(W, state)
+        with int8_dynamics(model, None, spontaneous_steps=p.spontaneous_steps, alpha=p.alpha, quantize=False,
+                           observe=True) as fq:
+            model.run(x, steps=p.steps, spontaneous_steps=p.spontaneous_steps, alpha=p.alpha)
         for k, (lo, hi) in fq.seen.items():
             seen[k] = (torch.minimum(lo, seen[k][0]), torch.maximum(hi, seen[k][1])) if k in seen else (lo, hi)
     ranges = ActivationRanges(momentum=momentum)
@@ -199,14 +195,8 @@ def _eval_qat(ctx: StageContext, x: Tensor) -> Tensor:
     model, p = ctx.model, ctx.protocol
     if ctx.ranges is None:
         raise ValueError("evaluation 'qat': needs the activation ranges of a quantisation-aware stage")
-    spont = model.cached_spontaneous_state(p.spontaneous_steps, p.alpha)
-    W = model.effective_weights()
-    with FakeQuant(model, W, ctx.ranges):
-        terms = model.unchecked_drive_terms(W, model.unchecked_drive(W, x))
-        state = tuple(r.expand(x.shape[0], *r.shape[1:]) for r in spont)
-        for state in model.unchecked_trajectory(W, state, terms, p.steps, p.alpha):
-            pass
-        return model.unchecked_readout(W, state)
+    with int8_dynamics(model, ctx.ranges, spontaneous_steps=p.spontaneous_steps, alpha=p.alpha):
+        return model.run(x, steps=p.steps, spontaneous_steps=p.spontaneous_steps, alpha=p.alpha)
 
 
 EVALUATORS: dict[str, Callable[[StageContext, Tensor], Tensor]] = {

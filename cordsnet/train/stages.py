@@ -70,7 +70,8 @@ class StageSpec:
         eval_every: validate every N epochs (0: only at the end of the stage, which always validates).
         quantize: quantisation-aware: the convolutions and the read-out compute as the int8 export
             does (:class:`cordsnet.quantization.FakeQuant`: int8 weights per channel, uint8
-            activations at their inputs and outputs) during the stimulus steps; the activation ranges
+            activations at their inputs and outputs) during the stimulus and recovery steps (the
+            spontaneous state stays float32, as the artifact stores it); the activation ranges
             are calibrated on float trajectories when the stage starts, then follow each batch (moving
             average, `range_momentum`) and are stored in the checkpoint.
         range_momentum: weight of one batch in the activation ranges' moving average.
@@ -122,6 +123,9 @@ class StageSpec:
         if (self.eval == "qat") != self.quantize:
             raise ValueError(f"{where}eval: 'qat' goes with quantize=True and only with it, got eval "
                              f"{self.eval!r} with quantize={self.quantize}")
+        if self.quantize and self.select_best:
+            raise ValueError(f"{where}select_best: not with quantize=True (the activation ranges follow the last "
+                             "epoch's weights, not the best epoch's)")
         if self.quantize and self.kind != "rnn":
             raise ValueError(f"{where}quantize: only a recurrent ('rnn') stage can be quantisation-aware, "
                              f"got kind {self.kind!r}")

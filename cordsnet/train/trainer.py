@@ -392,6 +392,8 @@ class Trainer:
         spec = self.specs[k]
         stage_t0 = time.perf_counter()
         self.stage_best_acc = None
+        if not spec.quantize:  # a float stage changes the weights under int8 activation ranges: drop them
+            self.ranges = None
         log.info("stage %d/%d %s: %d epoch(s)%s", k + 1, len(self.specs), spec.name, spec.epochs,
                  f", from epoch {start_epoch}" if start_epoch else "")
         if spec.kind == "fold":
@@ -607,7 +609,7 @@ class Trainer:
         if extras.folded:
             self.folded = FoldedCNN(self.model).to(device=self.device, dtype=self.dtype)
             self.folded.load_state_dict(extras.folded)
-        if extras.ranges and any(spec.quantize for spec in self.specs):  # others change the weights under them
+        if extras.ranges:  # kept for a quantisation-aware stage; the first float stage to run drops them
             self.ranges = ActivationRanges.from_tensors(extras.ranges)
             assert self.ranges is not None
             self.ranges.check(self.model)
