@@ -27,6 +27,7 @@ from . import validate
 from ._io import atomic_path, file_sha256
 from .config import PRESETS, CordsNetConfig, get_preset
 from .model import CordsNet
+from .weights import BUNDLED, DEFAULT_CHECKPOINT
 
 __all__ = [
     "CheckpointError",
@@ -45,12 +46,6 @@ __all__ = [
 
 FORMAT_NAME = "cordsnet"
 FORMAT_VERSION = "1"
-DEFAULT_CHECKPOINT = "digits_r4.safetensors"  # file name inside cordsnet/weights
-# The models installed with the package (files in cordsnet/weights), by name.
-BUNDLED: dict[str, str] = {
-    "digits": DEFAULT_CHECKPOINT,  # the default model: CordsNet-R4 on scikit-learn digits, float32
-    "digits-qat": "digits_r4_qat.safetensors",  # the same, fine-tuned for int8 (stores its activation ranges)
-}
 
 Source = Union[str, os.PathLike, Mapping[str, Tensor], None]
 

@@ -113,9 +113,6 @@ class ActivationRanges:
     def __len__(self) -> int:
         return len(self.ranges)
 
-    def __contains__(self, name: object) -> bool:
-        return name in self.ranges
-
     def __getitem__(self, name: str) -> tuple[float, float]:
         return self.ranges[name]
 

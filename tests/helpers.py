@@ -11,7 +11,7 @@ import torch
 from cordsnet.config import CordsNetConfig
 from cordsnet.model import CordsNet
 
-__all__ = ["make_images", "make_published_state_dict", "published_model"]
+__all__ = ["exact_int8_kernels", "make_images", "make_published_state_dict", "published_model"]
 
 
 def make_published_state_dict(depth: int = 2, num_classes: int = 10, in_channels: int = 3,
@@ -84,3 +84,23 @@ def run_without_torch(code: str, *, cwd: str | None = None, timeout: float = 180
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, "-c", NO_TORCH + textwrap.dedent(code)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def exact_int8_kernels() -> bool:
+    """Whether this CPU's u8 x s8 int8 kernels sum their products exactly.
+
+    On x86 without VNNI, onnxruntime's and oneDNN's U8S8 kernels use ``vpmaddubsw``, whose pairwise
+    int16 sums saturate (documented by onnxruntime's quantisation guide); there an int8 graph and
+    its fake-quantised PyTorch statement can differ by more than rounding. Other architectures and
+    VNNI (``avx512_vnni`` / ``avx_vnni``) sum in int32.
+    """
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return True
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags

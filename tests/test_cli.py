@@ -334,3 +334,16 @@ def test_export_multistep_and_reduced_precision_options(r2_files, tmp_path):
     result = runner.invoke(app, ["export", str(ckpt), "--dtype", "int8", "--verify-images", str(junk),
                                  "-o", str(tmp_path / "q.onnx")])
     assert result.exit_code == 1 and "--verify-images" in result.output and "Traceback" not in result.output
+
+
+def test_cli_choices_that_cannot_import_their_registry_match_it():
+    """Enums kept in the CLI so that --help imports no torch / onnxruntime list exactly their registry's keys."""
+    from cordsnet.cli.export import Calibration
+    from cordsnet.cli.runtime import Backend, Precision
+    from cordsnet.export.precision import CALIBRATIONS
+    from cordsnet.runtime import BACKENDS
+    from cordsnet.runtime.openvino_backend import PRECISIONS
+
+    assert [c.value for c in Calibration] == list(CALIBRATIONS)
+    assert [b.value for b in Backend] == list(BACKENDS)
+    assert [p.value for p in Precision] == list(PRECISIONS)

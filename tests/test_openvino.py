@@ -128,6 +128,10 @@ def test_int8_graphs_run_as_int8_and_agree_with_onnxruntime(r2_cifar, tmp_path):
            calibration_images=images[:8], verify_images=images)
     ov = StepSession(path, backend="openvino").run(images)
     ref = StepSession(path, providers="cpu").run(images)
+    from helpers import exact_int8_kernels
+
+    if not exact_int8_kernels():
+        pytest.skip("this CPU's int8 kernels saturate pairwise sums (x86 without VNNI): backends may differ")
     assert np.mean(ov.argmax(1) == ref.argmax(1)) >= 0.99
     assert np.abs(ov - ref).max() <= 0.05 * np.abs(ref).max()
 

@@ -13,27 +13,25 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
+from ..weights import BUNDLED
+
 log = logging.getLogger("cordsnet.cli")
 
 # Width of help and tables when stdout is not a terminal (piped, redirected): wide enough that no
 # option name or table column is cut; rich would otherwise assume 80 columns.
 PIPED_WIDTH = 160
 
-# The bundled models' names (cordsnet.checkpoint.BUNDLED; kept here so that --help imports no torch).
-BUNDLED_NAMES = ("digits", "digits-qat")
-
-
 def checkpoint_path(value: Optional[Path]) -> Optional[Path]:
     """A checkpoint argument: an existing file, or the name of a bundled model (``digits-qat``)."""
     if value is None:
         return None
-    if not value.exists() and str(value) in BUNDLED_NAMES:
+    if not value.exists() and str(value) in BUNDLED:
         from ..checkpoint import bundled_checkpoint_path
 
         return bundled_checkpoint_path(str(value))
     if not value.exists():
         raise typer.BadParameter(f"File '{value}' does not exist (nor is it a bundled model: "
-                                 f"{', '.join(BUNDLED_NAMES)}).")
+                                 f"{', '.join(BUNDLED)}).")
     if value.is_dir():
         raise typer.BadParameter(f"File '{value}' is a directory.")
     return value

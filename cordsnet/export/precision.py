@@ -287,8 +287,7 @@ def quantize_int8(path: Path, model: CordsNet, info: ArtifactInfo, images: np.nd
         # saves nothing there; OpenVINO's int8 execution of them was far less exact than onnxruntime's, the
         # encode graph's outputs off by a third of their range, which no later step can undo).
         points = quant_points(model)
-        exclude += [n.name for n in proto.graph.node if n.op_type in ops and len(n.input) > 1
-                    and n.input[1].rsplit("/", 1)[-1] not in points]
+        exclude += [n.name for n in proto.graph.node if n.op_type in ops and _weight_name(n) not in points]
         if calibration == "checkpoint":
             if ranges is None:
                 raise ValueError("calibration: 'checkpoint' needs the activation ranges of a quantisation-aware "
@@ -384,7 +383,7 @@ def learned_ranges(graph: onnx.GraphProto, model: CordsNet, ranges: ActivationRa
     for n in graph.node:
         if n.op_type not in ops or n.name in skip:
             continue
-        weight = n.input[1].rsplit("/", 1)[-1] if len(n.input) > 1 else ""
+        weight = _weight_name(n)
         if weight not in points:
             raise ValueError(f"calibration 'checkpoint': the {n.op_type} node {n.name!r} has weight {weight!r}, "
                              f"not one of the model's {sorted(points)}")
@@ -393,6 +392,11 @@ def learned_ranges(graph: onnx.GraphProto, model: CordsNet, ranges: ActivationRa
         if dst is not None:
             out[n.output[0]] = ranges[dst]
     return out
+
+
+def _weight_name(node: onnx.NodeProto) -> str:
+    """A Conv / Gemm node's weight by the model's name (``area_conv_2``), its wrapper's scope (``step/``) dropped."""
+    return node.input[1].rsplit("/", 1)[-1] if len(node.input) > 1 else ""
 
 
 def _quantize(path: Path, reader: object, method: object, quantize_static: object, QuantFormat: object,

@@ -285,6 +285,8 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
         logits = got["logits"][-1]
         diffs.add("logits", logits, ref_logits)
 
+    final = np.asarray(logits, dtype=np.float32)
+    final = final[-1] if final.ndim == 3 else final  # readout "all": the last step's
     top1 = _top1(np.asarray(logits, dtype=np.float32), ref_logits)
     checks = list(diffs.checks.values())
     failures = [f"{c['name']}: non-finite values" for c in checks if not c["finite"]]
@@ -298,8 +300,7 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
         with torch.no_grad():
             plain = model.run(torch.from_numpy(images).to(param.device, param.dtype), steps=steps,
                               spontaneous_steps=info.spontaneous_steps, alpha=info.alpha)
-        float32_top1 = _top1(np.asarray(logits, dtype=np.float32)[-1] if np.ndim(logits) == 3 else
-                             np.asarray(logits, dtype=np.float32), plain.float().cpu().numpy())
+        float32_top1 = _top1(final, plain.float().cpu().numpy())
         if float32_top1 < min_top1:
             logger.warning("the int8 graph agrees with its float32 weights on %.1f%% of the images (it matches the "
                            "quantisation-aware model it was trained as: %.1f%%); the float32 export of these "
@@ -310,7 +311,7 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
         max_rel=max((c["max_rel"] for c in checks), default=0.0), top1_agreement=top1, atol=atol, rtol=rtol,
         seconds=time.perf_counter() - t0, runner=runner_name, checks=checks, failures=failures, min_top1=min_top1,
         images=source, per_step=per_step,
-        predictions=np.argmax(np.asarray(logits, np.float32)[-1] if np.ndim(logits) == 3 else logits, -1).tolist(),
+        predictions=np.argmax(final, -1).tolist(),
         reference=np.argmax(ref_logits[-1] if ref_logits.ndim == 3 else ref_logits, -1).tolist(),
         reference_model="the float32 model" if activation_ranges is None else
         "the quantisation-aware model (its learned activation ranges)", float32_agreement=float32_top1)

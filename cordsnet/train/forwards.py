@@ -101,7 +101,7 @@ def _forward_rnn(ctx: StageContext, spec: StageSpec, x: Tensor, y: Tensor) -> Fo
     else:
         spont = model.initial_state(1)
     W = model.effective_weights()
-    with _quantized(ctx, spec, W, observe=True) as fq:
+    with _quantized(ctx, spec, W) as fq:
         terms = model.unchecked_drive_terms(W, model.unchecked_drive(W, x))
         batch = x.shape[0]
         state = tuple(r.expand(batch, *r.shape[1:]) for r in spont)
@@ -121,22 +121,19 @@ def _forward_rnn(ctx: StageContext, spec: StageSpec, x: Tensor, y: Tensor) -> Fo
             pen = spontaneous_penalty(late, spont)
             loss = loss + spec.penalty * pen
             extra["penalty"] = pen.detach()
-    if fq is not None and ctx.ranges is not None:
+    if fq is not None:
         ctx.ranges.update(fq.seen)
     return loss, stacked[-1], extra
 
 
-class _Float(contextlib.nullcontext):
-    """Stands in for :class:`FakeQuant` in a float stage (``with ... as fq`` gives None)."""
-
-
-def _quantized(ctx: StageContext, spec: StageSpec, W: Any, *, observe: bool) -> Any:
+def _quantized(ctx: StageContext, spec: StageSpec, W: Any) -> Any:
+    """A quantisation-aware stage's :class:`FakeQuant` (observing this batch's ranges); else ``with ... as`` None."""
     if not spec.quantize:
-        return _Float(None)
+        return contextlib.nullcontext()
     if ctx.ranges is None:
         raise ValueError(f"stage {spec.name!r}: a quantisation-aware stage needs activation ranges "
                          "(calibrated when the stage starts)")
-    return FakeQuant(ctx.model, W, ctx.ranges, observe=observe)
+    return FakeQuant(ctx.model, W, ctx.ranges, observe=True)
 
 
 @torch.no_grad()
@@ -150,16 +147,13 @@ def calibrate_ranges(model: CordsNet, batches: Iterable[Tensor], protocol: Proto
         protocol: the stage's protocol (spontaneous state, steps, alpha).
         momentum: the ranges' moving-average weight for the stage's batches.
     """
-    seen: dict[str, tuple[Tensor, Tensor]] = {}
     p = protocol
-    for x in batches:
-        with int8_dynamics(model, None, spontaneous_steps=p.spontaneous_steps, alpha=p.alpha, quantize=False,
-                           observe=True) as fq:
+    with int8_dynamics(model, None, spontaneous_steps=p.spontaneous_steps, alpha=p.alpha, quantize=False,
+                       observe=True) as fq:  # observes the min / max over every batch and step
+        for x in batches:
             model.run(x, steps=p.steps, spontaneous_steps=p.spontaneous_steps, alpha=p.alpha)
-        for k, (lo, hi) in fq.seen.items():
-            seen[k] = (torch.minimum(lo, seen[k][0]), torch.maximum(hi, seen[k][1])) if k in seen else (lo, hi)
     ranges = ActivationRanges(momentum=momentum)
-    ranges.update(seen, replace=True)
+    ranges.update(fq.seen, replace=True)
     return ranges
 
 
