@@ -284,7 +284,8 @@ def _write_all(source: CordsNet, spec: ExportSpec, backend: Any, output: Path, t
                     f"{calibration} calibration on the trajectories of {calib_set[1]})" if calib_set is not None
                     else "the activation ranges learned by quantisation-aware training)"))
                 quantize_int8(tmp, source, inf, calib_set[0] if calib_set is not None else None,
-                              calibration=calibration, float_recurrent=not quantize_recurrent, ranges=ranges)
+                              calibration=calibration, float_recurrent=not quantize_recurrent, ranges=ranges,
+                              companions=dict(zip(roles, temps[1:])))  # still float32: the step graph is first
         export_seconds = time.perf_counter() - t0
         report = None
         t_verify = time.perf_counter()
