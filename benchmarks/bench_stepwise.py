@@ -85,6 +85,30 @@ def step_timer(session: StepSession, image: np.ndarray, steps: int) -> Callable[
     return run
 
 
+def round_trip_timer(path: Path, image: np.ndarray, steps: int) -> Callable[[], float]:
+    """What IO binding saves: the same step graph under ``InferenceSession.run``, the state in and out as numpy."""
+    import onnxruntime as ort
+
+    from cordsnet.artifact import companion_path, read_info
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as StepSession
+    step = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    encode = ort.InferenceSession(str(companion_path(path, "encode")), options, providers=["CPUExecutionProvider"])
+    spont = read_info(path, "onnx").spontaneous_state()
+    names = [o.name for o in step.get_outputs()]
+
+    def run() -> float:
+        skip, ff0 = encode.run(["skip", "ff0"], {"image": image})
+        state = [np.ascontiguousarray(np.broadcast_to(s, (image.shape[0], *s.shape[1:]))) for s in spont]
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            out = step.run(names, {"skip": skip, "ff0": ff0, **{f"state_{i}": s for i, s in enumerate(state)}})
+            state = out[1:]
+        return (time.perf_counter() - t0) / steps
+    return run
+
+
 def unrolled_timer(session: Session, image: np.ndarray, steps: int) -> Callable[[], float]:
     def run() -> float:
         t0 = time.perf_counter()
@@ -126,6 +150,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds (after one warm-up round)")
     ap.add_argument("--no-int8", action="store_true", help="skip the int8 exports (calibration takes minutes)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--dir", type=Path, default=None,
+                    help="keep the exported graphs here and reuse them on the next run (default: a temporary folder)")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -142,18 +168,22 @@ def main() -> None:
     image = image_t.numpy()
     timers: dict[str, Callable[[], float]] = {}
     pairs: list[tuple[str, str]] = []  # (StepSession row, its unrolled twin)
-    with tempfile.TemporaryDirectory(prefix="bench-stepwise-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-stepwise-") as scratch:
+        tmp = args.dir if args.dir is not None else Path(scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
         files: dict[tuple[str, str], Path] = {}
         dtypes = ["float32"] + ([] if args.no_int8 else ["int8"])
         calib = torch.randn(4, *model.config.input_shape, generator=gen).numpy()
         for dtype in dtypes:
             for graph in ("stepwise-drive", "unrolled"):
-                p = Path(tmp) / f"{graph}-{dtype}.onnx"
+                p = Path(tmp) / f"r{args.depth}-{args.size}-{args.steps}-{graph}-{dtype}.onnx"
+                files[graph, dtype] = p
+                if p.exists():
+                    continue
                 t0 = time.perf_counter()
                 export(model, p, graph=graph, dtype=dtype, steps=args.steps, spontaneous_steps=10, verify=False,
                        **({"calibration_images": calib} if dtype == "int8" else {}))
                 print(f"exported {graph} {dtype} in {time.perf_counter() - t0:.0f} s", flush=True)
-                files[graph, dtype] = p
         configs: list[tuple[str, str, str | None]] = [("onnxruntime", "float32", None)]
         if "int8" in dtypes:
             configs.append(("onnxruntime", "int8", None))
@@ -174,6 +204,10 @@ def main() -> None:
                 name = f"StepSession {label}" + (f" {mode}" if mode else "")
                 session = StepSession(files["stepwise-drive", dtype], providers, stateful=stateful, **kw)
                 timers[name] = step_timer(session, image, args.steps)
+                pairs.append((name, twin))
+            if backend == "onnxruntime":
+                name = f"onnxruntime {dtype} step graph, numpy round trip"
+                timers[name] = round_trip_timer(files["stepwise-drive", dtype], image, args.steps)
                 pairs.append((name, twin))
         timers["PyTorch eager float32 step"] = torch_timer(model, image_t, args.steps, False)
         if bf16_torch:
