@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..artifact import PREFIX, check_manifest, companion_path, read_info
+from ._batch import pad_chunks
 from ._core import FunctionStepSession
 
 __all__ = ["PteStepSession"]
@@ -92,8 +93,6 @@ class PteStepSession(FunctionStepSession):
 
     def _chunks(self, x: np.ndarray) -> list[tuple[np.ndarray, int]]:
         """Chunks of at most ``max_batch`` images (its fixed batch: exactly, the last padded)."""
-        from ._core import pad_chunks
-
         if self.fixed_batch is not None or x.shape[0] <= self.max_batch:
             return pad_chunks(x, self.fixed_batch)
         return [(x[i:i + self.max_batch], len(x[i:i + self.max_batch])) for i in range(0, len(x), self.max_batch)]

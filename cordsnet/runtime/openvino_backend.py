@@ -20,9 +20,8 @@ the stepping core (:mod:`cordsnet.runtime._core`):
 
 * :class:`StatefulOpenVINO` (the default): the step graph made stateful with OpenVINO's ``MakeStateful``
   transformation, each ``state_i`` input / ``next_state_i`` output pair replaced by a ReadValue/Assign
-  variable. The state stays inside the compiled model between calls (in the plugin's own layout and,
-  with ``precision="bf16"``, its own precision), no state crosses the Python boundary per step, and it
-  is read only when the application asks (``state``, a convergence check, a batch compaction).
+  variable. The state stays inside the compiled model between calls, no state crosses the call boundary
+  per step, and it is read only when the application asks (``state``, a convergence check, a batch compaction).
 * :class:`OpenVINOEngine`: OpenVINO tensors bound once to two infer requests of the stateless graph,
   double-buffered by :class:`~cordsnet.runtime._core.DoubleBuffer` (``StepSession(..., stateful=False)``).
 """
@@ -37,7 +36,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from ..artifact import read_metadata
-from ._core import Layout, Store
+from ._adapters import Layout, Store
 from .providers import ProviderError
 
 __all__ = ["DEFAULT_DEVICE", "PRECISIONS", "OpenVINOEngine", "OpenVINOSession", "StatefulOpenVINO",

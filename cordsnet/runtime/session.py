@@ -25,7 +25,7 @@ import onnxruntime as ort
 from .. import validate
 from ..artifact import GRAPH_KINDS, MAX_STEPS, ArtifactInfo, check_artifact_file, read_info
 from ..decision import DEFAULT_MARGIN, check_criterion, first_decisions
-from ._core import STEPS_WHY, EarlyExit, Frontend, Prediction, check_finite, join_chunks
+from ._batch import STEPS_WHY, EarlyExit, Frontend, Prediction, check_finite, join_chunks
 from .preprocess import Preprocessor
 from .providers import CUDA, TENSORRT, ProvidersLike, create_session, is_gpu_provider, resolve_providers
 

@@ -29,7 +29,8 @@ import onnxruntime as ort
 
 from .. import validate
 from ..artifact import ArtifactInfo, companion_path
-from ._core import DoubleBuffer, Layout, StepCore, Store
+from ._adapters import DoubleBuffer, Layout, Store
+from ._core import StepCore
 from .providers import ProvidersLike, resolve_providers
 from .session import _Base, _cuda_graph_options, _dtype_of, _graph_io, _load, _require_gpu
 
