@@ -217,7 +217,7 @@ def calibration_feeds(path: Path, info: ArtifactInfo, input_names: Sequence[str]
         companions: its companion graphs by role, float32 (default: beside `path`).
     """
     from ..runtime import StepSession
-    from ..runtime._core import pad_chunks
+    from ..runtime._batch import pad_chunks
 
     batch = info.batch or batch
     pieces = [x for x, _ in pad_chunks(np.ascontiguousarray(images, dtype=np.float32), batch)] \

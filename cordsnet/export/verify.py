@@ -328,7 +328,7 @@ def _in_chunks(images: np.ndarray, chunk: int, fn: Callable[[np.ndarray], dict[s
                batch_axis: Callable[[str], int]) -> dict[str, np.ndarray]:
     """``fn`` on batches of `chunk` images (the runtime's rule: the last padded with its last image), outputs
     concatenated along each output's batch axis (``batch_axis(name)``: 1 for time-major (T, B, ...) outputs)."""
-    from ..runtime._core import join_chunks, pad_chunks
+    from ..runtime._batch import join_chunks, pad_chunks
 
     pieces = pad_chunks(images, chunk)
     return join_chunks([fn(x) for x, _ in pieces], [n for _, n in pieces], batch_axis)
