@@ -135,6 +135,7 @@ class DoubleBuffer(Store):
     def allocate(self, batch: int) -> None:
         e, lay = self.engine, self.layout
         state_dtype = lay.dtypes[lay.state_in[0]]
+        self.batch = batch
         self.sets = [[e.tensor((batch, *s), state_dtype) for s in lay.state_shapes] for _ in range(2)]
         self.drives = {n: e.tensor((batch, *shape), lay.dtypes[n]) for n, shape in lay.drives.items()}
         self.logits_tensor = e.tensor((batch, lay.num_classes), lay.dtypes["logits"])
@@ -147,8 +148,8 @@ class DoubleBuffer(Store):
         self.cur = 0
 
     def zero_drives(self) -> None:
-        for t in self.drives.values():
-            self.engine.write(t, np.zeros_like(self.engine.read(t)))
+        for name, t in self.drives.items():  # zeros made on the host: no read back from the device
+            self.engine.write(t, np.zeros((self.batch, *self.layout.drives[name]), self.layout.dtypes[name]))
 
     def write_state(self, arrays: Sequence[np.ndarray]) -> None:
         for t, a in zip(self.sets[self.cur], arrays):
