@@ -6,7 +6,7 @@ every round; ratios are paired round by round):
 
 * ``StepSession``: the ``stepwise-drive`` graph stepped by :class:`cordsnet.runtime.StepSession` (the
   image encoded once, then `steps` calls; logits fetched after the last), on onnxruntime float32 /
-  int8 and OpenVINO float32 / bfloat16 / int8, OpenVINO both *stateful* (the default: the state kept
+  int8 and OpenVINO float32 / bfloat16 / int8, OpenVINO both *stateful* (the default for float32 graphs: the state kept
   inside the runtime, ReadValue/Assign) and *stateless* (``stateful=False``: the state double-buffered
   in OpenVINO tensors, in and out of every call).
 * ``unrolled``: the twin ``unrolled`` graph of `steps` steps under :class:`cordsnet.runtime.Session`,

@@ -195,8 +195,12 @@ def test_int8_graphs_run_as_int8_and_agree_with_onnxruntime(r2_cifar, tmp_path):
     path = tmp_path / "q.onnx"
     export(r2_cifar, path, graph="stepwise-drive", dtype="int8", steps=6, spontaneous_steps=3,
            calibration_images=images[:8], verify_images=images)
-    ov = StepSession(path, backend="openvino").run(images)
+    session = StepSession(path, backend="openvino")
+    assert session.stateful is False  # int8: the stateless path is the faster one (docs/precision.md)
+    ov = session.run(images)
     ref = StepSession(path, providers="cpu").run(images)
+    np.testing.assert_allclose(StepSession(path, backend="openvino", stateful=True).run(images[:8]), ov[:8],
+                               atol=1e-4 * float(np.abs(ov).max()), rtol=0)
     from helpers import exact_int8_kernels
 
     if not exact_int8_kernels():

@@ -5,12 +5,13 @@ stepping core's (:class:`cordsnet.runtime._core.StepCore`), written once for eve
 module opens the ONNX graphs and picks the backend adapter:
 
 * onnxruntime: the recurrent state in onnxruntime-owned buffers (OrtValues) bound with IO binding,
-  double-buffered (:class:`OrtEngine` under :class:`~cordsnet.runtime._core.DoubleBuffer`); on CUDA
+  double-buffered (:class:`OrtEngine` under :class:`~cordsnet.runtime._adapters.DoubleBuffer`); on CUDA
   it never leaves the GPU.
-* OpenVINO: by default a *stateful* model (the step graph's ``state_i`` / ``next_state_i`` pairs made
+* OpenVINO: for float32 graphs a *stateful* model (the step graph's ``state_i`` / ``next_state_i`` pairs made
   ReadValue/Assign variables, :class:`~cordsnet.runtime.openvino_backend.StatefulOpenVINO`): the state
   stays inside the runtime and is read only when asked (``state``, convergence checks, a batch
-  compaction); ``stateful=False`` runs the stateless graph double-buffered in OpenVINO tensors.
+  compaction); ``stateful=False`` (the default for int8 graphs, faster there) runs the stateless graph
+  double-buffered in OpenVINO tensors.
 
 One StepSession holds ONE recurrent state: every public method takes the session's lock, so calls
 from several threads are serialised (each ``run``/``predict``/``run_video`` is atomic and gives the same
@@ -67,8 +68,10 @@ class StepSession(StepCore, _Base):
             the device does not report it.
         companions: companion graphs by role (``{"encode": path}``); default ``<stem>.<role>.onnx``
             beside `path` (the exporter's naming rule).
-        stateful: keep the state inside the runtime (OpenVINO's stateful model). None (default): where
-            the backend can (OpenVINO yes, onnxruntime no); True where it cannot is an error.
+        stateful: keep the state inside the runtime (OpenVINO's stateful model). None (default): the
+            backend's faster path for the graph (OpenVINO: stateful for float32 graphs, stateless for
+            int8 graphs; onnxruntime: stateless, it has no stateful models); True where the backend
+            cannot is an error.
 
     Anytime inference: :meth:`run_until` stops each image when it has decided (see docs/anytime.md).
 
@@ -137,13 +140,15 @@ class StepSession(StepCore, _Base):
         dtypes["image"] = _dtype_of(self._image_arg())
         encode_outputs = tuple(a.name for a in self._encode.get_outputs()) if self._encode is not None else ()
         layout = Layout.of(self.info, {n: a.shape for n, a in self._inputs.items()}, dtypes, encode_outputs)
+        adapter = STORES[self.backend]
         if stateful is None:
-            stateful = STORES[self.backend].stateful
-        if stateful and not STORES[self.backend].stateful:
+            stateful = adapter.stateful_by_default(self.info)
+        if stateful and not adapter.can_keep_state:
             raise ValueError(f"stateful: backend {self.backend!r} cannot keep the state inside the runtime "
-                             f"(backends that can: {[b for b, s in STORES.items() if s.stateful]}), got stateful=True")
+                             f"(backends that can: {[b for b, a in STORES.items() if a.can_keep_state]}), "
+                             "got stateful=True")
         self.stateful = bool(stateful)
-        self._start(STORES[self.backend].make(self, layout, self.stateful), dtypes[layout.state_in[0]])
+        self._start(adapter.make(self, layout, self.stateful), dtypes[layout.state_in[0]])
 
     def _image_arg(self) -> Any:
         # stepwise-drive: the images go to the encode graph.
@@ -200,9 +205,10 @@ class OrtEngine:
 
 
 class _Backend(NamedTuple):
-    """How StepSession builds a backend's :class:`~cordsnet.runtime._core.Store`."""
+    """How StepSession builds a backend's :class:`~cordsnet.runtime._adapters.Store`."""
 
-    stateful: bool  # can keep the state inside the runtime (the default where True)
+    can_keep_state: bool  # has a stateful path
+    stateful_by_default: Callable[[ArtifactInfo], bool]  # what stateful=None means for a graph
     make: Callable[[StepSession, Layout, bool], Store]
 
 
@@ -222,7 +228,10 @@ def _openvino_store(s: StepSession, layout: Layout, stateful: bool) -> Store:
 
 
 # StepSession.backend -> its adapter (keys: cordsnet.runtime.session.BACKENDS).
+# OpenVINO: stateful for float32 graphs (any precision hint), stateless for int8 (QDQ) graphs, as measured
+# (R8 at 224 px, batch 1, x the unrolled twin per step, two runs: bfloat16 stateful 1.15 / 1.03 vs
+# stateless 1.45 / 1.28; int8 stateful 1.32 / 1.29 vs stateless 1.27 / 1.10; docs/precision.md).
 STORES: dict[str, _Backend] = {
-    "onnxruntime": _Backend(False, _onnxruntime_store),
-    "openvino": _Backend(True, _openvino_store),
+    "onnxruntime": _Backend(False, lambda info: False, _onnxruntime_store),
+    "openvino": _Backend(True, lambda info: info.dtype != "int8", _openvino_store),
 }
