@@ -249,7 +249,6 @@ class StepCore(Frontend):
             logits.append(self.step(frame, fetch=not last or t == len(seq)))
         return logits[-1] if last else np.stack(logits)
 
-    @locked
     def trace(self, images: Any, steps: int | None = None, *, inputs: bool = False
               ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
         """Every call's outputs (and optionally inputs) on the protocol, for verification and calibration.
@@ -265,28 +264,30 @@ class StepCore(Frontend):
 
         Yields:
             (first image index of the chunk, call index, {"logits": (b, K), "next_state_i": (b, ...)[,
-            inputs]}) with the chunk's real rows only; calls of one chunk in order.
+            inputs]}) with the chunk's real rows only; calls of one chunk in order. The session's lock is
+            held while the generator runs (until it is exhausted or closed).
         """
-        n = self._calls(self._steps(steps), "steps")
-        x = self.preprocess(images, check_batch=False)
-        start = 0
-        for chunk, real in self._chunks(x):
-            self.reset(chunk.shape[0])
-            self._show(chunk)
-            drives = self._store.read_drives() if inputs else {}
-            before = self._store.read_state() if inputs else []
-            for k in range(n):
-                self._store.step()
-                self._steps_taken += self._per_call
-                state = self._store.read_state()
-                out = {"logits": self._store.logits()[:real]}
-                out.update({f"next_state_{i}": s[:real] for i, s in enumerate(state)})
-                if inputs:
-                    out.update({f"state_{i}": s[:real] for i, s in enumerate(before)})
-                    out.update({name: a[:real] for name, a in drives.items()})
-                    before = state
-                yield start, k, out
-            start += real
+        with self._lock:
+            n = self._calls(self._steps(steps), "steps")
+            x = self.preprocess(images, check_batch=False)
+            start = 0
+            for chunk, real in self._chunks(x):
+                self.reset(chunk.shape[0])
+                self._show(chunk)
+                drives = self._store.read_drives() if inputs else {}
+                before = self._store.read_state() if inputs else []
+                for k in range(n):
+                    self._store.step()
+                    self._steps_taken += self._per_call
+                    state = self._store.read_state()
+                    out = {"logits": self._store.logits()[:real]}
+                    out.update({f"next_state_{i}": s[:real] for i, s in enumerate(state)})
+                    if inputs:
+                        out.update({f"state_{i}": s[:real] for i, s in enumerate(before)})
+                        out.update({name: a[:real] for name, a in drives.items()})
+                        before = state
+                    yield start, k, out
+                start += real
 
     # ----------------------------------------------------------------------------- anytime
     @locked
