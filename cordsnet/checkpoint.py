@@ -10,6 +10,10 @@
 
 from __future__ import annotations
 
+from .extras import require
+
+require("torch", "cordsnet.checkpoint")
+
 import hashlib
 import os
 import pickle

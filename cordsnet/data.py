@@ -21,6 +21,10 @@ training set (``val_fraction``); digits hold out the test part of
 
 from __future__ import annotations
 
+from .extras import require
+
+require("torch", "cordsnet.data")
+
 import os
 from dataclasses import dataclass
 from pathlib import Path

@@ -272,7 +272,16 @@ def test_cuda_request_fails_clearly(graphs):
 
 
 @cpu_only
-def test_auto_warns_once_and_runs(model, graphs):
+def test_auto_warns_once_and_runs(model, graphs, monkeypatch):
+    """A GPU build that cannot use CUDA warns once; a CPU build runs on the CPU without a word."""
+    if "CUDAExecutionProvider" not in providers_mod.ort.get_available_providers():  # a CPU build here
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert Session(graphs["unrolled"]).providers == ["CPUExecutionProvider"]
+        # as if it were onnxruntime-gpu on a machine without CUDA
+        monkeypatch.setattr(providers_mod.ort, "get_available_providers",
+                            lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+        monkeypatch.setitem(providers_mod._REASONS, "CUDAExecutionProvider", "no NVIDIA driver on this machine")
     for cls, path in ((Session, graphs["unrolled"]), (StepSession, graphs["stepwise-drive"])):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+from ..threads import num_threads
 from ..artifact import read_metadata
 from .providers import ProviderError
 
@@ -155,8 +156,9 @@ class OpenVINOSession:
         except RuntimeError as exc:
             first = " ".join(str(exc).split())[:300]
             raise ValueError(f"model: OpenVINO cannot read {str(self.path)!r} as an ONNX model: {first}") from None
+        threads = num_threads()  # the process's thread budget (cordsnet.threads), unless config sets one
         properties = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision][0], "PERFORMANCE_HINT": "LATENCY",
-                      **(config or {})}
+                      **({"INFERENCE_NUM_THREADS": threads} if threads is not None else {}), **(config or {})}
         self.compiled = core.compile_model(model, device, properties)
         self._meta = _Meta(read_metadata(self.path, "onnx"))  # the contract's one reader (cordsnet.* keys)
         self._inputs = _args(model.inputs)
