@@ -762,8 +762,11 @@ def _read_pte(path: Path) -> tuple[dict[str, str], None]:
         from executorch.runtime import Runtime
     except ImportError:
         return _read_manifest_only(path)
+    from ._quiet import native_stderr_captured
+
     try:
-        program = Runtime.get().load_program(path)
+        with native_stderr_captured():  # the runtime's native start-up lines (fd 2, not ours)
+            program = Runtime.get().load_program(path)
     except Exception as exc:  # the runtime raises RuntimeError for a bad flatbuffer
         first = " ".join(str(exc).split())[:200]
         raise ValueError(f"model: {str(path)!r} is not a loadable ExecuTorch program: {first}") from None

@@ -36,9 +36,11 @@ import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from torch.nn.utils.parametrizations import weight_norm  # noqa: E402
 
+from ._quiet import quiet_torch  # noqa: E402
 from .threads import apply_to_torch  # noqa: E402
 
 apply_to_torch()  # a thread budget set before torch was imported (cordsnet.threads)
+quiet_torch()  # torch's deprecation chatter about calls we make on purpose (cordsnet._quiet)
 
 from .config import (
     AREA_CHANNELS,

@@ -1,7 +1,7 @@
 """The browser app (web/) end to end in a real headless browser, and `cordsnet-cli web`.
 
 Debian's chromium (apt) is driven by Playwright for Python through ``executable_path`` (Playwright's
-own browser download is never used); onnxruntime-web comes from web/node_modules (``npm ci`` in web/).
+own browser download is never used); onnxruntime-web is vendored in web/vendor/ort (tools/vendor-ort.sh).
 The browser tests skip, saying why, where one of those is missing; the manifest and digits tests
 always run.
 
@@ -45,7 +45,7 @@ def browser_missing() -> str | None:
     if not Path(CHROMIUM).is_file():
         return f"{CHROMIUM} is missing: apt-get install -y chromium"
     if not (web.ORT_DIST / "ort.wasm.min.mjs").is_file():
-        return f"onnxruntime-web is not installed: run `npm ci` in {web.WEB_DIR}"
+        return f"onnxruntime-web is not vendored in {web.ORT_DIST}: run `bash tools/vendor-ort.sh`"
     return None
 
 
@@ -142,7 +142,7 @@ def test_the_server_hands_out_the_exporter_manifest_with_extra_keys(artifact, tm
     from cordsnet.artifact import manifest_path
 
     if not (web.ORT_DIST / "ort.wasm.min.mjs").is_file():
-        pytest.skip(f"onnxruntime-web is not installed: run `npm ci` in {web.WEB_DIR}")
+        pytest.skip(f"onnxruntime-web is not vendored in {web.ORT_DIST}: run `bash tools/vendor-ort.sh`")
     server, url = web.serve_in_thread(artifact)
     try:
         with urllib.request.urlopen(url + "model/manifest.json") as r:
@@ -254,7 +254,7 @@ def test_cli_web_serves_with_cross_origin_isolation(artifact):
             assert b"app.mjs" in r.read()
         with urllib.request.urlopen(url + "model/manifest.json") as r:
             assert json.loads(r.read())["artifact"]["file"] == artifact.name
-        with urllib.request.urlopen(url + "vendor/ort/ort.min.mjs") as r:
+        with urllib.request.urlopen(url + "vendor/ort/ort.wasm.min.mjs") as r:
             assert r.headers["Content-Type"] == "text/javascript"
     finally:
         proc.terminate()

@@ -6,10 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version="$(python -c 'import json; print(json.load(open("web/package.json"))["dependencies"]["onnxruntime-web"])')"
-# The WASM-only build (default) and the WebGPU build (used where the browser has an adapter), each with its
-# loader module and its .wasm; nothing else of dist/ is loaded by the page.
+# The WASM-only build (default) and the WebGPU build (used where the browser has an adapter), each with the
+# runtime it loads (ort.wasm.min.mjs: ort-wasm-simd-threaded.*; ort.webgpu.min.mjs: the .asyncify one); nothing
+# else of dist/ is loaded by the page (tests/test_packaging.py checks these names against the builds).
 files=(ort.wasm.min.mjs ort-wasm-simd-threaded.mjs ort-wasm-simd-threaded.wasm
-       ort.webgpu.min.mjs ort-wasm-simd-threaded.jsep.mjs ort-wasm-simd-threaded.jsep.wasm)
+       ort.webgpu.min.mjs ort-wasm-simd-threaded.asyncify.mjs ort-wasm-simd-threaded.asyncify.wasm)
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 (cd "$tmp" && npm pack --silent "onnxruntime-web@$version" >/dev/null && tar -xzf onnxruntime-web-*.tgz)

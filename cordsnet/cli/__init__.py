@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+import typing
 import warnings
 from typing import Annotated, Any, Callable, Optional
 
@@ -136,10 +137,20 @@ THREADS_HELP = ("CPU threads for PyTorch, onnxruntime and OpenVINO (default: $CO
 
 
 def _wrapped(name: str, command: Command) -> Callable[..., Any]:
-    """The command as Typer sees it: its extras checked first, and a ``--threads`` option where it computes."""
+    """The command as Typer sees it: its extras checked first, and a ``--threads`` option where it computes.
+
+    The wrapper's signature carries the function's resolved annotations (its module's ``Annotated`` option
+    types: this module's globals cannot resolve them) plus the ``threads`` option.
+    """
     function = command.function
+    hints = typing.get_type_hints(function, include_extras=True)
     signature = inspect.signature(function)
     add_threads = command.threads and "threads" not in signature.parameters
+    parameters = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()]
+    if add_threads:
+        parameters.append(inspect.Parameter(
+            "threads", inspect.Parameter.KEYWORD_ONLY, default=None,
+            annotation=Annotated[Optional[int], typer.Option("--threads", min=1, help=THREADS_HELP)]))
 
     @functools.wraps(function)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -149,11 +160,9 @@ def _wrapped(name: str, command: Command) -> Callable[..., Any]:
             set_num_threads(kwargs.pop("threads"))
         return function(*args, **kwargs)
 
-    if add_threads:
-        option = inspect.Parameter(
-            "threads", inspect.Parameter.KEYWORD_ONLY, default=None,
-            annotation=Annotated[Optional[int], typer.Option("--threads", min=1, help=THREADS_HELP)])
-        run.__signature__ = signature.replace(parameters=[*signature.parameters.values(), option])  # type: ignore[attr-defined]
+    run.__signature__ = signature.replace(parameters=parameters, return_annotation=None)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in parameters}
+    del run.__wrapped__  # Typer reads the signature above, not the function's
     return run
 
 

@@ -6,6 +6,8 @@ Area lists have one syntax everywhere: a repeatable option taking comma-separate
 
 from __future__ import annotations
 
+import warnings
+
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -233,8 +235,10 @@ def reaction_time(
         model = load_model(checkpoint)
         stimulus, onset = _stimulus(model, image_paths, protocol, seed)
         say(f"simulating {len(image_paths)} image(s)")
-        rt = measure_reaction_times(model, stimulus, threshold, margin=margin, steps=steps,
-                                    spontaneous_steps=spontaneous_steps, tau_ms=tau_ms, onset=onset)
+        with warnings.catch_warnings():  # the baseline's warning: said once, as the note below the table
+            warnings.filterwarnings("ignore", message="reaction_times: with no image", category=UserWarning)
+            rt = measure_reaction_times(model, stimulus, threshold, margin=margin, steps=steps,
+                                        spontaneous_steps=spontaneous_steps, tau_ms=tau_ms, onset=onset)
     preset = model.config.preset
     names = preset.class_names if preset is not None else None
 

@@ -8,7 +8,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ._shared import JsonOpt, checkpoint_path, console, echo_json, load_model, verification_lines
+from ._shared import (JsonOpt, checkpoint_path, console, echo_json, load_model, phases, progress_bar,
+                      verification_lines)
 
 ProviderOpt = Annotated[str, typer.Option(
     "--provider", help="Execution provider: auto (CUDA if usable, else CPU with a warning), cuda, tensorrt, cpu.")]
@@ -60,22 +61,24 @@ def predict(
 
     if until is None and (max_steps is not None or margin is not None):
         raise ValueError(f"{'--max-steps' if max_steps is not None else '--margin'}: applies with --until only")
-    session = open_session(model, provider, backend=backend.value,
-                           precision=None if precision is None else precision.value)
     files = [str(p) for p in images]
     steps: list[int] | None = None
     decided: list[bool] | None = None
-    if until is None:
-        # Any number of images: a static-batch graph is fed in padded chunks by the runtime itself.
-        preds = session.predict(files, top_k).to_list()
-    else:
-        from ..decision import DEFAULT_MARGIN
+    with phases(f"opening {model.name}", quiet=as_json) as say:
+        session = open_session(model, provider, backend=backend.value,
+                               precision=None if precision is None else precision.value)
+        say(f"classifying {len(files)} image(s)")
+        if until is None:
+            # Any number of images: a static-batch graph is fed in padded chunks by the runtime itself.
+            preds = session.predict(files, top_k).to_list()
+        else:
+            from ..decision import DEFAULT_MARGIN
 
-        # StepSession: stops each image early (batch compaction); Session: needs a readout="all" graph
-        # (one call runs every step, so nothing is saved) and says so otherwise.
-        result = session.run_until(files, until, max_steps, margin=DEFAULT_MARGIN if margin is None else margin)
-        preds = session.rank(result.logits, top_k).to_list()
-        steps, decided = result.steps.tolist(), result.decided.tolist()
+            # StepSession: stops each image early (batch compaction); Session: needs a readout="all" graph
+            # (one call runs every step, so nothing is saved) and says so otherwise.
+            result = session.run_until(files, until, max_steps, margin=DEFAULT_MARGIN if margin is None else margin)
+            preds = session.rank(result.logits, top_k).to_list()
+            steps, decided = result.steps.tolist(), result.decided.tolist()
     if as_json:
         out: dict[str, Any] = {"model": str(model), "providers": session.providers, "predictions": [
             {"image": str(p), "top": top} for p, top in zip(images, preds)]}
@@ -114,12 +117,14 @@ def verify(
     if not onnx and provider not in ("auto", "cpu"):
         raise ValueError(f"provider: {provider!r} applies to ONNX models only; {model.name} runs with PyTorch "
                          "on the CPU (use --provider auto or cpu)")
-    torch_model = load_model(checkpoint)
     source = str(checkpoint) if checkpoint is not None else "the bundled model"
-    # verify_artifact refuses an artifact exported from other weights (state-dict sha256) and applies
-    # the runtime's provider rules: a GPU provider that cannot run is an error,
-    # "auto" falls back to the CPU with one warning, and the session's real providers are checked.
-    report = verify_artifact(model, torch_model, providers=provider if onnx else None, **tolerances)
+    with phases("loading the checkpoint", quiet=as_json) as say:
+        torch_model = load_model(checkpoint)
+        say(f"verifying {model.name} against {source}")
+        # verify_artifact refuses an artifact exported from other weights (state-dict sha256) and applies
+        # the runtime's provider rules: a GPU provider that cannot run is an error,
+        # "auto" falls back to the CPU with one warning, and the session's real providers are checked.
+        report = verify_artifact(model, torch_model, providers=provider if onnx else None, **tolerances)
     if as_json:
         echo_json(report.to_dict())
         return
@@ -142,17 +147,13 @@ def bench(
     as_json: JsonOpt = False,
 ) -> None:
     """Latency percentiles (per image, per step) and throughput of an exported graph."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from ..runtime.bench import benchmark
 
-    with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True, disable=as_json) as bar:
-        task = bar.add_task("runs", total=warmup + iterations)
+    with progress_bar("bench", warmup + iterations, quiet=as_json) as advance:
         result = benchmark(model, batch=batch, providers=provider, cuda_graph=cuda_graph, steps=steps,
                            warmup=warmup, iterations=iterations, backend=backend.value,
                            precision=None if precision is None else precision.value,
-                           progress=lambda done, total: bar.update(task, completed=done))
+                           progress=lambda done, total: advance(done))
     if as_json:
         echo_json(result)
         return

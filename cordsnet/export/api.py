@@ -296,7 +296,7 @@ def _write_all(source: CordsNet, spec: ExportSpec, backend: Any, output: Path, t
             report = verify_artifact(temps[0], source, atol=atol, rtol=rtol, format=spec.format,
                                      companions=dict(zip(roles, temps[1:])), images=images,
                                      images_source=source_name, activation_ranges=ranges)
-            logger.info("verification: %s", report.summary())
+            logger.debug("verification: %s", report.summary())  # the caller shows the report (the CLI prints it)
         verify_seconds = time.perf_counter() - t_verify
         companions = [{"role": r, "file": t.name, "sha256": file_sha256(tmp)}
                       for r, t, tmp in zip(roles, targets[1:], temps[1:])]

@@ -28,7 +28,10 @@ __all__ = ["PteStepSession"]
 def _load_method(path: Path) -> Any:
     from executorch.runtime import Runtime
 
-    return Runtime.get().load_program(path).load_method("forward")
+    from .._quiet import native_stderr_captured
+
+    with native_stderr_captured():  # the XNNPACK delegate's cpuinfo start-up lines (fd 2, not ours)
+        return Runtime.get().load_program(path).load_method("forward")
 
 
 class PteStepSession:
