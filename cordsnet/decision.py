@@ -37,10 +37,11 @@ import numpy as np
 
 from . import validate
 
-__all__ = ["DEFAULT_MARGIN", "Decisions", "StepDecision", "baseline_confidence", "check_criterion", "check_threshold", "check_until", "decide",
+__all__ = ["DEFAULT_MARGIN", "DEFAULT_THRESHOLD", "Decisions", "StepDecision", "baseline_confidence", "check_criterion", "check_threshold", "check_until", "decide",
            "evidence", "first_decisions"]
 
 DEFAULT_MARGIN = 1.0  # logits: the image raised the odds of its class against its best rival by e (2.7x)
+DEFAULT_THRESHOLD = 0.9  # probability: the CLI's default (reaction-time) and the exported manifest's
 
 
 class StepDecision(NamedTuple):
