@@ -127,3 +127,19 @@ def test_node_refuses_a_missing_manifest_in_one_line(artifact, tmp_path):
     res = node(str(lonely))
     assert res.returncode == 1
     assert res.stderr.strip().startswith("Error: manifest: cannot read") and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_node_refuses_a_manifest_without_or_with_a_bad_decision_rule(artifact, tmp_path):
+    from cordsnet.artifact import manifest_path
+
+    data = json.loads(manifest_path(artifact).read_text())
+    for name, change, match in [
+        ("none", lambda d: d.pop("decision"), 'no "decision" block'),
+        ("short", lambda d: d["decision"]["baseline"].update(shape=[99, 10]), "decision.baseline.shape"),
+        ("rule", lambda d: d["decision"].update(rule="cordsnet.decision/2"), "decision.rule"),
+    ]:
+        bad = json.loads(json.dumps(data))
+        change(bad)
+        (tmp_path / f"{name}.json").write_text(json.dumps(bad))
+        res = node(str(artifact), "--manifest", str(tmp_path / f"{name}.json"))
+        assert res.returncode == 1 and match in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .. import __version__, validate
-from .._io import atomic_path, file_sha256
+from .._io import atomic_path, file_sha256, temporary_name
 from ..artifact import (
     DTYPES,
     FORMATS,
@@ -340,7 +339,8 @@ def _decision_rule(format: str, info: ArtifactInfo, targets: Sequence[Path], tem
 
     # The staged files live in private directories; the runtime finds companions and external data by
     # their final names beside the artifact: link them under those names in one directory.
-    folder = Path(tempfile.mkdtemp(prefix=f".{targets[0].name}.", suffix=".baseline", dir=targets[0].parent))
+    folder = temporary_name(targets[0])  # recognisable as a temporary (stale_temporaries) if we are killed
+    folder.mkdir()
     try:
         pairs = [(t, s) for t, s in zip(targets, temps)]
         data = _external_data(temps[0])
