@@ -46,7 +46,8 @@ import numpy as np
 from . import validate
 from .config import MAX_STEPS
 
-__all__ = ["BASELINE_ENCODING", "DEFAULT_MARGIN", "DEFAULT_THRESHOLD", "DecisionRule", "Decisions", "RULE", "StepDecision", "baseline_confidence", "check_criterion", "check_threshold", "check_until", "decide",
+__all__ = ["BASELINE_ENCODING", "DEFAULT_MARGIN", "DEFAULT_THRESHOLD", "DecisionRule", "Decisions", "RULE",
+           "StepDecision", "baseline_confidence", "check_criterion", "check_threshold", "check_until", "decide",
            "evidence", "first_decisions"]
 
 DEFAULT_MARGIN = 1.0  # logits: the image raised the odds of its class against its best rival by e (2.7x)

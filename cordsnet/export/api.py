@@ -309,8 +309,9 @@ def _write_all(source: CordsNet, spec: ExportSpec, backend: Any, output: Path, t
             companions.append({"role": "external-data", "file": output.name + ".data", "sha256": file_sha256(data)})
         say("computing the no-image baseline of the decision rule with the runtime")
         rule = _decision_rule(spec.format, infos[0], targets, temps)
-        manifest = dataclasses.replace(infos[0], decision=rule).to_manifest(file=output.name, format=spec.format, sha256=file_sha256(temps[0]),
-                                    size_bytes=temps[0].stat().st_size, companions=companions)
+        manifest = dataclasses.replace(infos[0], decision=rule).to_manifest(
+            file=output.name, format=spec.format, sha256=file_sha256(temps[0]), size_bytes=temps[0].stat().st_size,
+            companions=companions)
         manifest_tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         size = sum(_size(t) for t in temps)
     return export_seconds, verify_seconds, report, size, data, details
