@@ -276,7 +276,7 @@ def test_cli_web_serves_with_cross_origin_isolation(artifact):
             assert b"app.mjs" in r.read()
         with urllib.request.urlopen(url + "model/manifest.json") as r:
             assert json.loads(r.read())["artifact"]["file"] == artifact.name
-        with urllib.request.urlopen(url + "vendor/ort/ort.min.mjs") as r:
+        with urllib.request.urlopen(url + "vendor/ort/ort.wasm.min.mjs") as r:
             assert r.headers["Content-Type"] == "text/javascript"
     finally:
         proc.terminate()
