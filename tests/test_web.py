@@ -132,6 +132,19 @@ def test_the_exporter_manifest_is_what_the_page_reads(artifact, bundled):
         assert a["shape"] == [1, *m["inputs"][1 + i]["shape"][1:]]
 
 
+def test_the_shipped_graph_carries_the_runtimes_decision_rule():
+    """The graph in the wheel (tools/bundle_web_graph.py): its manifest's baseline is the runtime's own."""
+    from cordsnet.artifact import read_manifest
+    from cordsnet.decision import DEFAULT_MARGIN, DEFAULT_THRESHOLD
+    from cordsnet.runtime import StepSession
+
+    shipped = web.default_artifact()
+    rule = read_manifest(shipped).decision
+    assert rule is not None, "regenerate it: python tools/bundle_web_graph.py"
+    assert (rule.threshold, rule.margin) == (DEFAULT_THRESHOLD, DEFAULT_MARGIN)
+    np.testing.assert_array_equal(rule.baseline, StepSession(shipped, providers="cpu").baseline_logits())
+
+
 def test_an_artifact_without_a_manifest_is_refused(artifact, tmp_path):
     lonely = tmp_path / artifact.name
     shutil.copy(artifact, lonely)
