@@ -40,6 +40,7 @@ from ..artifact import (
     io_names,
     manifest_path,
 )
+from ..decision import DEFAULT_MARGIN, DEFAULT_THRESHOLD, DecisionRule
 from ..model import CordsNet
 from .spec import DEFAULT_EXPORTER, EXPORTERS, ExportSpec, make_spec
 
@@ -317,7 +318,8 @@ def _write_all(source: CordsNet, spec: ExportSpec, backend: Any, output: Path, t
     return export_seconds, verify_seconds, report, size, data, details
 
 
-def _decision_rule(format: str, info: ArtifactInfo, targets: Sequence[Path], temps: Sequence[Path]) -> Any:
+def _decision_rule(format: str, info: ArtifactInfo, targets: Sequence[Path],
+                   temps: Sequence[Path]) -> DecisionRule | None:
     """The manifest's decision rule: :data:`~cordsnet.decision.DEFAULT_THRESHOLD`,
     :data:`~cordsnet.decision.DEFAULT_MARGIN` and the no-image baseline (T, K) computed by the runtime
     (``baseline_logits`` of the session :func:`cordsnet.runtime.open_session` opens, on the CPU) on the
@@ -331,8 +333,6 @@ def _decision_rule(format: str, info: ArtifactInfo, targets: Sequence[Path], tem
         info: the graph's metadata.
         targets, temps: the final paths and the staged temporaries (artifact first, then companions).
     """
-    from ..decision import DEFAULT_MARGIN, DEFAULT_THRESHOLD, DecisionRule
-
     per_step = info.kind.session == "step" or info.readout == "all"
     if format != "onnx" or not per_step or info.steps_per_call != 1:
         return None
@@ -343,7 +343,7 @@ def _decision_rule(format: str, info: ArtifactInfo, targets: Sequence[Path], tem
     folder = temporary_name(targets[0])  # recognisable as a temporary (stale_temporaries) if we are killed
     folder.mkdir()
     try:
-        pairs = [(t, s) for t, s in zip(targets, temps)]
+        pairs = list(zip(targets, temps))
         data = _external_data(temps[0])
         if data is not None:
             pairs.append((targets[0].with_name(targets[0].name + ".data"), data))
