@@ -261,3 +261,14 @@ def test_log_lines_when_not_a_terminal(server, cache, caplog):
         fetch(url, git_blob=_blob_id(data), progress="log")
     text = caplog.text
     assert "downloading" in text and "100%" in text and "verified" in text
+
+
+def test_fetch_and_the_hub_names_are_torch_free():
+    from helpers import run_without_torch
+
+    done = run_without_torch("import cordsnet, cordsnet.fetch, cordsnet.pretrained\n"
+                             "from cordsnet.cli.web import cache_dir\n"
+                             "assert cache_dir() == cordsnet.fetch.cache_dir()\n"
+                             "print(cordsnet.fetch.REMOTES['cordsnet-r8'].digest)")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "94ed91f2c3eaefb1666ee12dc3cab01513f69143"

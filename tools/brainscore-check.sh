@@ -12,7 +12,7 @@
 #      of its submission check's mock benchmark run on them: start_recording("IT", bins) -> look_at ->
 #      NeuroidAssembly; start_task("probabilities", stimuli with image_label) -> look_at.
 #   3. Brain-Score's temporal machinery on those recordings, data-free: assembly_time_align to coarser bins,
-#      PerTime over time bins, and its 'pls' regression metric against a synthetic target assembly.
+#      PerTime over time bins with its 'ridge_cv' regression metric against a synthetic target assembly.
 # The real benchmarks (MajajHong2015 etc.) need their data from S3: not run here.
 #
 # Usage: bash tools/brainscore-check.sh            (venv: $BRAINSCORE_VENV, default ~/.cache/cordsnet/venv-brainscore)
@@ -134,9 +134,9 @@ target = NeuroidAssembly(
             "neuroid_id": ("neuroid", [f"n{i}" for i in range(20)]), "region": ("neuroid", ["IT"] * 20),
             "time_bin_start": ("time_bin", [70, 170]), "time_bin_end": ("time_bin", [170, 250])},
     dims=["presentation", "neuroid", "time_bin"])
-active = again.isel(neuroid=np.flatnonzero(again.values.std(axis=(0, 2)) > 0))  # PLS standardises: no dead units
-metric = load_metric("pls", crossvalidation_kwargs=dict(splits=2, stratification_coord=None))
+active = again.isel(neuroid=np.flatnonzero(again.values.std(axis=(0, 2)) > 0))  # units that vary
+metric = load_metric("ridge_cv", crossvalidation_kwargs=dict(splits=2, stratification_coord=None))
 score = PerTime(metric)(active, target)
-print(f"   'pls' per time bin against a synthetic IT target: {np.asarray(score.values).round(3).tolist()}")
+print(f"   'ridge_cv' per time bin against a synthetic IT target: {np.asarray(score.values).round(3).tolist()}")
 print("brainscore_vision check: passed")
 EOF
