@@ -155,8 +155,10 @@ class CordsNetBrainModel:
         Args:
             task: one of :data:`TASKS`.
             fitting_stimuli: "label": the labelling domain, ``"imagenet"`` (synsets; an ImageNet model and
-                brainscore_vision's synset list) or a list of labels, each one of the model's class names
-                (default: all of them); "probabilities": a StimulusSet with an ``image_label`` column, on
+                brainscore_vision's synset list) or a list of labels, each one of the model's class names or,
+                for an ImageNet model with brainscore_vision installed, one of Brain-Score's categories
+                ("dog", "airplane", ...: the mean probability of its ImageNet classes) (default: every
+                class); "probabilities": a StimulusSet with an ``image_label`` column, on
                 whose readout features a logistic regression is fitted.
         """
         task = validate.choice("task", str(task), TASKS)
@@ -299,22 +301,31 @@ class CordsNetBrainModel:
 
     # ----------------------------------------------------------------------------------- tasks
     def _label_domain(self, labels: Any) -> Any:
-        names = self.model.config.preset.class_names
+        """``"imagenet"``, or [(label, class indices)] for a list of labels (default: every class)."""
+        config = self.model.config
+        names = list(config.preset.class_names)
         if labels is None:
-            return list(names)
+            return [(name, [i]) for i, name in enumerate(names)]
         if isinstance(labels, str):
             if labels != "imagenet":
                 raise ValueError(f"fitting_stimuli: expected 'imagenet' or a list of labels, got {labels!r}")
-            if self.model.config.num_classes != 1000:
+            if config.num_classes != 1000:
                 raise ValueError(f"fitting_stimuli: 'imagenet' labels need a 1000-class ImageNet model, this one has "
-                                 f"{self.model.config.num_classes} classes; pass a list of its labels")
+                                 f"{config.num_classes} classes; pass a list of its labels")
             return labels
-        labels = [str(v) for v in labels]
-        unknown = [v for v in labels if v not in names]
-        if unknown or not labels:
+        domain, unknown = [], []
+        for label in (str(v) for v in labels):
+            indices = [names.index(label)] if label in names else _imagenet_label_indices(label, config)
+            if indices:
+                domain.append((label, indices))
+            else:
+                unknown.append(label)
+        if unknown or not domain:
+            more = (" or Brain-Score's ImageNet categories (with brainscore_vision installed)"
+                    if config.dataset == "imagenet" else "")
             raise ValueError(f"fitting_stimuli: labels {unknown or '[]'} are not classes of the model; expected some "
-                             f"of {list(names)[:20]}{' ...' if len(names) > 20 else ''}")
-        return labels
+                             f"of {names[:20]}{' ...' if len(names) > 20 else ''}{more}")
+        return domain
 
     def _label(self, paths: Sequence[str], presentation: dict[str, list]) -> Any:
         logits, _ = self._final(paths)
@@ -324,10 +335,11 @@ class CordsNetBrainModel:
             synsets = _imagenet_synsets()
             choices = [synsets[i] for i in index]
             extra = {"synset": choices, "logit": index.tolist()}
-        else:
-            names = list(self.model.config.preset.class_names)
-            columns = [names.index(label) for label in self._labels]
-            choices = [self._labels[i] for i in logits[:, columns].argmax(1)]
+        else:  # the label whose classes have the highest mean probability (Brain-Score's rule; one class: its logit)
+            shifted = np.exp(logits - logits.max(1, keepdims=True))
+            probabilities = shifted / shifted.sum(1, keepdims=True)
+            scores = np.stack([probabilities[:, idx].mean(1) for _, idx in self._labels], axis=1)
+            choices = [self._labels[i][0] for i in scores.argmax(1)]
         return _behaviour(np.array(choices, dtype=object)[:, None], {**presentation, "label": choices, **extra},
                           None)
 
@@ -440,6 +452,19 @@ def _behaviour(values: np.ndarray, presentation: dict[str, list], choices: list[
 
 def _ms(value: float) -> int | float:
     return int(value) if float(value).is_integer() else float(value)
+
+
+def _imagenet_label_indices(label: str, config: CordsNetConfig) -> list[int] | None:
+    """ImageNet class indices of one of Brain-Score's categories ("dog", "airplane", ...), for an ImageNet model
+    with brainscore_vision installed (its ``LabelToImagenetIndices``); else None."""
+    if config.dataset != "imagenet" or config.num_classes != 1000:
+        return None
+    try:
+        from brainscore_vision.model_helpers.brain_transformation.behavior import LabelToImagenetIndices
+
+        return [int(i) for i in LabelToImagenetIndices.label_to_indices(label)]
+    except (ImportError, AttributeError):
+        return None
 
 
 def _imagenet_synsets() -> list[str]:

@@ -272,3 +272,15 @@ def test_fetch_and_the_hub_names_are_torch_free():
                              "print(cordsnet.fetch.REMOTES['cordsnet-r8'].digest)")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "94ed91f2c3eaefb1666ee12dc3cab01513f69143"
+
+
+def test_cli_commands_take_the_registered_name(server, cache, monkeypatch):
+    data = _published_bytes(seed=4)
+    url = server.add("/published/cordsnetr8.pth", data)
+    monkeypatch.setitem(REMOTES, "cordsnet-r8", Remote(url=url, kind="git-blob", digest=_blob_id(data)))
+    result = runner.invoke(app, ["info", "cordsnet-r8", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"depth": 2' in result.output and len(server.requests) == 1
+    monkeypatch.setitem(REMOTES, "cordsnet-r8", Remote(url=url, kind="git-blob", digest="0" * 40))
+    result = runner.invoke(app, ["info", "cordsnet-r8"])  # another digest: not cached, downloaded and refused
+    assert result.exit_code == 1 and result.output.startswith("Error: fetch:") and "expected 0000" in result.output

@@ -13,6 +13,8 @@
 #      NeuroidAssembly; start_task("probabilities", stimuli with image_label) -> look_at.
 #   3. Brain-Score's temporal machinery on those recordings, data-free: assembly_time_align to coarser bins,
 #      PerTime over time bins with its 'ridge_cv' regression metric against a synthetic target assembly.
+#   4. The label task's ImageNet domains ("imagenet" synsets, Brain-Score's 16 categories) on a 1000-class model
+#      of the published layout with random weights (the published checkpoint itself needs the network).
 # The real benchmarks (MajajHong2015 etc.) need their data from S3: not run here.
 #
 # Usage: bash tools/brainscore-check.sh            (venv: $BRAINSCORE_VENV, default ~/.cache/cordsnet/venv-brainscore)
@@ -138,5 +140,27 @@ active = again.isel(neuroid=np.flatnonzero(again.values.std(axis=(0, 2)) > 0))  
 metric = load_metric("ridge_cv", crossvalidation_kwargs=dict(splits=2, stratification_coord=None))
 score = PerTime(metric)(active, target)
 print(f"   'ridge_cv' per time bin against a synthetic IT target: {np.asarray(score.values).round(3).tolist()}")
+
+# 4. the label task's ImageNet domains on a 1000-class ImageNet model (random weights of the published layout, 32 px)
+import sys
+import torch
+sys.path.insert(0, str(Path(__import__("cordsnet").__file__).parents[1] / "tests"))
+from helpers import make_published_state_dict
+from cordsnet import CordsNetConfig, load_checkpoint
+
+state = make_published_state_dict(depth=2, num_classes=1000, in_channels=3, image_size=32)
+imagenet = Submission(load_checkpoint(state, config=CordsNetConfig(depth=2, num_classes=1000, image_size=32,
+                                                                   steps=10, spontaneous_steps=5)))
+imagenet.start_task(BrainModel.Task.label, "imagenet")
+synsets = imagenet.look_at(screen)
+assert all(str(v).startswith("n") and len(str(v)) == 9 for v in np.asarray(synsets.values).ravel())
+assert list(synsets["logit"].values) == [int(v) for v in synsets["logit"].values]
+categories = ["airplane", "bear", "bicycle", "bird", "boat", "bottle", "car", "cat", "chair", "clock", "dog",
+              "elephant", "keyboard", "knife", "oven", "truck"]  # the 16 categories of Brain-Score's Geirhos benchmarks
+imagenet.start_task(BrainModel.Task.label, categories)
+chosen = imagenet.look_at(screen)
+assert set(np.asarray(chosen.values).ravel()) <= set(categories)
+print(f"4. label 'imagenet': synsets {list(np.asarray(synsets.values).ravel()[:3])} ...; "
+      f"16 categories: {list(np.asarray(chosen.values).ravel()[:3])} ...")
 print("brainscore_vision check: passed")
 EOF
