@@ -74,12 +74,13 @@ def hub_checkpoint(name: str) -> Path:
     repo, revision = parse_hub_name(name)
     try:
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import EntryNotFoundError  # not an OSError in every version
     except ImportError:
         raise ImportError("checkpoint: 'hf-hub:' names need huggingface_hub: pip install 'cordsnet[hub]' "
                           "(or huggingface_hub>=0.23)") from None
     try:
         return Path(hf_hub_download(repo_id=repo, filename=WEIGHTS_FILE, revision=revision))
-    except (OSError, ValueError) as exc:  # the hub's errors: offline and not cached, no such repo/revision/file
+    except (OSError, ValueError, EntryNotFoundError) as exc:  # offline and not cached, no such repo/revision/file
         offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
         hint = " (HF_HUB_OFFLINE is set: only the cache is read)" if offline else ""
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
