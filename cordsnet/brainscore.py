@@ -56,13 +56,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
-import torch
 
-from . import validate
-from .analysis.protocols import TAU_MS
-from .config import MAX_STEPS, CordsNetConfig
-from .model import CordsNet
-from .runtime.preprocess import Preprocessor
+from .extras import require
+
+require("torch", "cordsnet.brainscore")
+require("brainscore", "cordsnet.brainscore")
+import torch  # noqa: E402 (after the extras' checks: one line, not a traceback)
+
+from . import validate  # noqa: E402
+from .analysis.protocols import TAU_MS  # noqa: E402
+from .config import MAX_STEPS, CordsNetConfig  # noqa: E402
+from .model import CordsNet  # noqa: E402
+from .runtime.preprocess import Preprocessor  # noqa: E402
 
 __all__ = ["DEFAULT_REGION_AREAS", "DEFAULT_VISUAL_DEGREES", "PREPROCESSING", "REGIONS", "TASKS", "CordsNetBrainModel",
            "default_region_map"]

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ._io import atomic_path
+from .extras import require
 
 if TYPE_CHECKING:
     from .model import CordsNet
@@ -66,18 +67,15 @@ def hub_checkpoint(name: str) -> Path:
         Path of the file in the Hub's cache.
 
     Raises:
-        ImportError: huggingface_hub is not installed.
+        cordsnet.extras.MissingExtraError: huggingface_hub is not installed (the ``hub`` extra).
         ValueError: a malformed name.
         OSError: the Hub cannot be reached and the file is not cached (or ``HF_HUB_OFFLINE=1`` and it is
             not cached), or the repository, revision or file does not exist.
     """
     repo, revision = parse_hub_name(name)
-    try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.utils import EntryNotFoundError  # not an OSError in every version
-    except ImportError:
-        raise ImportError("checkpoint: 'hf-hub:' names need huggingface_hub: pip install 'cordsnet[hub]' "
-                          "(or huggingface_hub>=0.23)") from None
+    require("hub", "checkpoint 'hf-hub:' names")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import EntryNotFoundError  # not an OSError in every version
     try:
         return Path(hf_hub_download(repo_id=repo, filename=WEIGHTS_FILE, revision=revision))
     except (OSError, ValueError, EntryNotFoundError) as exc:  # offline and not cached, no such repo/revision/file

@@ -3,17 +3,13 @@ bundled model (brainscore_vision is not needed; tools/brainscore-check.sh tests 
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from cordsnet.brainscore import DEFAULT_REGION_AREAS, CordsNetBrainModel
-from cordsnet.cli import app
 from cordsnet.runtime.preprocess import Preprocessor
 
 pytest.importorskip("xarray")
@@ -102,9 +98,10 @@ def test_label_task_agrees_with_predict(brain, bundled_model, digit_files, tmp_p
     paths, labels = digit_files
     graph = tmp_path / "digits-loop.onnx"
     export(bundled_model, graph, format="onnx", graph="loop")
-    result = CliRunner().invoke(app, ["predict", str(graph), *paths, "--top-k", "1", "--json", "--provider", "cpu"])
-    assert result.exit_code == 0, result.output
-    predicted = [p["top"][0]["name"] for p in json.loads(result.output[result.output.index("{"):])["predictions"]]
+    from cordsnet.runtime import open_session
+
+    # what `cordsnet-cli predict GRAPH FILES...` runs: the graph's session, its preprocessing, top-1
+    predicted = [top[0]["name"] for top in open_session(graph, "cpu").predict(paths, 1).to_list()]
     brain.start_task("label")
     answer = brain.look_at(paths)
     assert answer.dims == ("presentation", "choice") and answer.shape == (len(paths), 1)
