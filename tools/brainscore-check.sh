@@ -3,7 +3,7 @@
 #
 # brainscore_vision pins numpy<2, pandas<3, scikit-learn<1.6 and (through brainscore_core) xarray 2022.3, which
 # conflict with cordsnet's zarr extra (xarray>=2024.10), so it gets a plain venv of its own (no system site
-# packages) with torch, onnxruntime and safetensors beside it; cordsnet is used from this checkout (PYTHONPATH).
+# packages) with cordsnet's torch extra (torch, torchvision, onnxscript, safetensors) and onnxruntime beside it; cordsnet is used from this checkout (PYTHONPATH).
 #
 # What runs (no network besides the package index; Brain-Score's data sets live on S3 and are not fetched):
 #   1. CordsNetBrainModel passes as a brainscore_vision BrainModel (the interface's methods, Task, RecordingTarget).
@@ -31,11 +31,11 @@ if [ ! -x "$VENV/bin/python" ]; then
     mkdir -p "$(dirname "$VENV")"
     "$PYTHON" -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c "import brainscore_vision, onnxruntime, safetensors, torch" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import brainscore_vision, onnxruntime, onnxscript, safetensors, torch" 2>/dev/null; then
     # torch first (brainscore_vision requires torch>=2.6; this pins the build the project is tested with)
     # shellcheck disable=SC2086
     "$VENV/bin/pip" install -q $TORCH_SPEC
-    "$VENV/bin/pip" install -q brainscore_vision onnxruntime safetensors
+    "$VENV/bin/pip" install -q brainscore_vision onnxruntime onnxscript safetensors  # + the rest of cordsnet[torch]
 fi
 
 WORK="$(mktemp -d)"
