@@ -43,6 +43,8 @@ EXTRAS: dict[str, Extra] = {
     "executorch": Extra(("executorch",), "ExecuTorch export and .pte sessions"),
     "zarr": Extra(("zarr", "numcodecs", "xarray"), "dataset-scale recording into Zarr stores (record --dataset, evaluate)"),
     "plot": Extra(("matplotlib",), "plots (analyze spectrum --plot, evaluate --plot)"),
+    "hub": Extra(("huggingface_hub",), "the Hugging Face Hub: load_checkpoint('hf-hub:ORG/NAME')"),
+    "brainscore": Extra(("xarray",), "Brain-Score's BrainModel interface (cordsnet.brainscore)"),
 }
 
 

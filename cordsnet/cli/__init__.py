@@ -32,7 +32,7 @@ from typer.exceptions import TyperException
 
 from ..extras import MissingExtraError, require
 from ..threads import set_num_threads
-from . import analysis, dataset, export, foundation, runtime, train, web
+from . import analysis, dataset, export, foundation, hub, runtime, train, web
 from ._shared import one_line, wide_console_env
 
 __all__ = ["COMMANDS", "Command", "USER_ERRORS", "app", "main"]
@@ -130,6 +130,7 @@ COMMANDS: dict[str, Command] = {
     "reaction-time": Command(app, analysis.reaction_time, ("torch",)),
     "spectrum": Command(analyze_app, analysis.spectrum, ("torch",)),
     "web": Command(app, web.web_command, threads=False),
+    "fetch": Command(app, hub.fetch_command, threads=False),
 }
 
 THREADS_HELP = ("CPU threads for PyTorch, onnxruntime and OpenVINO (default: $CORDSNET_NUM_THREADS, else one per "

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
+from ..fetch import REMOTES
 from ..weights import BUNDLED
 
 log = logging.getLogger("cordsnet.cli")
@@ -30,9 +31,13 @@ def checkpoint_path(value: Optional[Path]) -> Optional[Path]:
         from ..checkpoint import bundled_checkpoint_path
 
         return bundled_checkpoint_path(str(value))
+    if not value.exists() and str(value) in REMOTES:  # cordsnet-r8: fetched into the cache on first use
+        from ..fetch import fetch
+
+        return fetch(str(value))
     if not value.exists():
         raise typer.BadParameter(f"File '{value}' does not exist (nor is it a bundled model: "
-                                 f"{', '.join(BUNDLED)}).")
+                                 f"{', '.join(BUNDLED)}, or a download: {', '.join(REMOTES)}).")
     if value.is_dir():
         raise typer.BadParameter(f"File '{value}' is a directory.")
     return value
@@ -41,7 +46,8 @@ def checkpoint_path(value: Optional[Path]) -> Optional[Path]:
 CheckpointArg = Annotated[
     Optional[Path],
     typer.Argument(callback=checkpoint_path, help="Checkpoint (.pth published layout or .safetensors), or "
-                   "a bundled model's name (digits, digits-qat); default: the bundled digits model."),
+                   "a bundled model's name (digits, digits-qat), cordsnet-r8 (the published checkpoint, fetched once); "
+                   "default: the bundled digits model."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 

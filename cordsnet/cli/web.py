@@ -30,7 +30,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .._io import file_sha256
+from .._io import cache_dir, file_sha256
 from ..artifact import Manifest, check_manifest, manifest_path
 
 __all__ = ["APP_FILES", "DEFAULT_PORT", "ORT_DIST", "WEB_DIR", "cache_dir", "default_artifact", "load_manifest",
@@ -97,14 +97,6 @@ def _check_servable(manifest: Manifest, artifact: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- default graph
-def cache_dir() -> Path:
-    """The folder the default graph is exported to (created on use)."""
-    if os.environ.get("CORDSNET_CACHE_DIR"):
-        return Path(os.environ["CORDSNET_CACHE_DIR"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "cordsnet"
-
-
 def default_artifact(folder: str | os.PathLike | None = None) -> Path:
     """The bundled model's stepwise ONNX graph (with its manifest).
 
