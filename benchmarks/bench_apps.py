@@ -94,7 +94,7 @@ def ort_web(onnx: Path, image: np.ndarray, steps: int, threads: int | None = Non
     except ImportError:
         return "not installed (pip install playwright)", ""
     if not Path(CHROMIUM).is_file() or not (web.ORT_DIST / "ort.wasm.min.mjs").is_file():
-        return f"not installed ({CHROMIUM}, or `npm ci` in web/)", ""
+        return f"not installed ({CHROMIUM}, or web/vendor/ort: bash tools/vendor-ort.sh)", ""
     server, url = web.serve_in_thread(onnx)
     try:
         with sync_playwright() as p:
