@@ -104,13 +104,13 @@ def echo_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
-HEARTBEAT_S = 10.0  # when stderr is not a terminal, a phase that lasts longer logs "still ..." this often
+HEARTBEAT_S = 10.0  # when stderr is not a terminal, a phase that lasts longer logs "<phase> (N s so far)" this often
 
 
 @contextlib.contextmanager
 def phases(first: str, *, quiet: bool = False, heartbeat_s: float = HEARTBEAT_S) -> Iterator[Callable[[str], None]]:
     """Report the phases of long work: a spinner on a terminal, else one log line per phase and a
-    "still <phase> (N s)" line every `heartbeat_s` while a phase lasts (a log reader never sees a silent
+    "<phase> (N s so far)" line every `heartbeat_s` while a phase lasts (a log reader never sees a silent
     stretch longer than that).
 
     Yields ``say(message)``; call it when a new phase starts. With ``quiet`` (e.g. ``--json``) nothing is
@@ -136,7 +136,7 @@ def phases(first: str, *, quiet: bool = False, heartbeat_s: float = HEARTBEAT_S)
         while not done.wait(heartbeat_s):
             with lock:
                 message, since = current["message"], current["since"]
-            log.info("still %s (%.0f s)", message, time.monotonic() - since)
+            log.info("%s (%.0f s so far)", message, time.monotonic() - since)
 
     log.info(first)
     thread = threading.Thread(target=beat, name="cordsnet-heartbeat", daemon=True)
