@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cordsnet_client.h"
 
@@ -62,6 +63,22 @@ static int fill_rows(ov_tensor_t *t, const float *values, size_t n, int batch, c
     return 0;
 }
 
+/* ov_core_read_model, with stderr closed meanwhile: on a file that is not ONNX, OpenVINO tries each of its
+ * frontends, and some log their parse errors straight to stderr (the error comes back as the status). */
+static ov_status_e read_model_quietly(const ov_core_t *core, const char *path, ov_model_t **model) {
+    fflush(stderr);
+    int saved = dup(STDERR_FILENO);
+    FILE *null = fopen("/dev/null", "w");
+    if (saved >= 0 && null) dup2(fileno(null), STDERR_FILENO);
+    ov_status_e status = ov_core_read_model(core, path, NULL, model);
+    if (saved >= 0) {
+        dup2(saved, STDERR_FILENO);
+        close(saved);
+    }
+    if (null) fclose(null);
+    return status;
+}
+
 /* Read `path`, check its inputs are `names` in order, fix every input to its shape at this batch and
  * compile it for the CPU in float32 (the graphs' precision; OpenVINO would otherwise pick bf16 on
  * CPUs that have it). */
@@ -72,7 +89,7 @@ static int compile(runner *r, const char *path, int n, const char *const *names,
     size_t count = 0;
     int made = 0, rc = -1;
     if (!partial) goto done;
-    if (ov_check(ov_core_read_model(r->core, path, NULL, &model), "reading the model", err) ||
+    if (ov_check(read_model_quietly(r->core, path, &model), "reading the model", err) ||
         ov_check(ov_model_inputs_size(model, &count), "listing the inputs", err))
         goto done;
     if ((int)count != n) {

@@ -283,8 +283,8 @@ static int read_artifact(const cJSON *root, cn_manifest *m, const char *format, 
         return -1;
     }
     if (strcmp(fmt, format) != 0) {
-        cn_fail(err, "manifest: '%s' describes a %s artifact; this program runs the %s format", m->manifest_path,
-                fmt, format);
+        cn_fail(err, "manifest: '%s' describes an artifact of format '%.40s'; this program runs '%s'",
+                m->manifest_path, fmt, format);
         return -1;
     }
     char actual[65];
