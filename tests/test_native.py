@@ -66,7 +66,9 @@ def _missing(compiler: str, cmake: tuple[int, int], package: str, sdk_files: tup
     if _cmake(cmake) is None:
         return f"no CMake >= {cmake[0]}.{cmake[1]} beside {sys.executable} or on PATH (pip install cmake)"
     folder = _package_dir(package)
-    if folder is None or not all((folder / f).exists() for f in sdk_files):
+    if folder is None:
+        return f"{package} is not installed for {sys.executable} (pip install {package})"
+    if not all((folder / f).exists() for f in sdk_files):
         return f"the {package} package of {sys.executable} lacks its native SDK ({', '.join(sdk_files)})"
     for header, pkg in (("cjson/cJSON.h", "libcjson-dev"), ("openssl/evp.h", "libssl-dev")):
         if not Path("/usr/include", header).is_file():
