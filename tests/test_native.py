@@ -192,6 +192,16 @@ def bundled_pte(bundled_model, bundled_onnx, folder) -> Path:
     return with_decision(path, bundled_onnx)
 
 
+@pytest.fixture(scope="module")
+def bundled_pte_drive(bundled_model, bundled_onnx, folder) -> Path:
+    from cordsnet.export import export
+
+    path = folder / "pte-drive" / "digits-stepwise-drive.pte"
+    path.parent.mkdir()
+    export(bundled_model, path, format="executorch", graph="stepwise-drive", verify=False)
+    return with_decision(path, bundled_onnx)
+
+
 def held_out(count: int) -> tuple[np.ndarray, np.ndarray]:
     """`count` held-out digits (cordsnet.data.digits_split's test split), classes in turn: (N, 1, 32, 32), labels."""
     from cordsnet.data import digits_split, digits_to_tensor
@@ -257,6 +267,13 @@ def test_cpp_matches_the_python_runtime_on_held_out_digits(cpp_program, bundled_
     assert sum(int(np.argmax(o["logits"])) == label for o, label in zip(outs, y)) >= 11
     check_parity(cpp_program, bundled_pte, bundled_onnx, x[:2], tmp_path, "--steps", "30", "--threshold", "0.6",
                  "--margin", "0.5", steps=30, threshold=0.6, margin=0.5)
+
+
+@needs["cpp"]
+def test_cpp_drives_the_stepwise_drive_program_with_its_encode_program(cpp_program, bundled_pte_drive, bundled_onnx,
+                                                                       tmp_path):
+    outs = check_parity(cpp_program, bundled_pte_drive, bundled_onnx, held_out(3)[0], tmp_path)
+    assert {o["graph"] for o in outs} == {"stepwise-drive"}
 
 
 @needs["cpp"]
