@@ -37,8 +37,9 @@ typedef struct {
 
 static int ov_check(ov_status_e status, const char *what, char *err) {
     if (status == OK) return 0;
-    const char *detail = ov_get_last_err_msg();
+    const char *detail = ov_get_last_err_msg(); /* allocated: ov_free */
     cn_fail(err, "OpenVINO: %s: %s (%.300s)", what, ov_get_error_info(status), detail ? detail : "");
+    if (detail) ov_free(detail);
     return -1;
 }
 

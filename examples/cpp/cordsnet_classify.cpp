@@ -64,7 +64,12 @@ void log_sink(et_timestamp_t, et_pal_log_level_t level, const char*, const char*
               size_t length) {
   if (level == kError || level == kFatal) {
     last_runtime_error.assign(message, length);
-    while (!last_runtime_error.empty() && (last_runtime_error.back() == '\n' || last_runtime_error.back() == ' '))
+    for (char& c : last_runtime_error) {  // one line, and it may quote bytes of a corrupt file
+      const auto byte = static_cast<unsigned char>(c);
+      if (c == '\n' || c == '\r' || c == '\t') c = ' ';
+      else if (byte < 0x20 || byte > 0x7e) c = '?';
+    }
+    while (!last_runtime_error.empty() && last_runtime_error.back() == ' ')
       last_runtime_error.pop_back();
   }
 }
