@@ -18,6 +18,7 @@ same definition: the logits after each step of a blank image from the spontaneou
 from __future__ import annotations
 
 import base64
+import hashlib
 import importlib.util
 import json
 import os
@@ -380,6 +381,14 @@ def test_manifest_defects_are_refused(client, tmp_path):
     assert "spontaneous_state.areas[0].data" in refused(
         program, manifest(lambda d: d["spontaneous_state"]["areas"][0].update(data="AAAA")), tmp_path / "x.npy")
     assert "float32" in refused(program, manifest(lambda d: d["inputs"][0].update(dtype="float16")), tmp_path / "x.npy")
+    # a damaged artifact whose manifest was rewritten to match it: the runtime's refusal, on one line
+    truncated = tmp_path / "truncated" / model.name
+    truncated.parent.mkdir()
+    truncated.write_bytes(model.read_bytes()[:2000])
+    damaged = json.loads(json.dumps(good))
+    damaged["artifact"].update(sha256=hashlib.sha256(truncated.read_bytes()).hexdigest(), size_bytes=2000)
+    manifest_path(truncated).write_text(json.dumps(damaged))
+    assert re.search(r"OpenVINO: reading the model|ExecuTorch cannot load", refused(program, truncated, tmp_path / "x.npy"))
     broken = manifest(lambda d: None)
     manifest_path(broken).write_text("{not json")
     assert "is not a JSON object" in refused(program, broken, tmp_path / "x.npy")
