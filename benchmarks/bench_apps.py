@@ -15,8 +15,7 @@ batch 1, in:
 * ExecuTorch with the XNNPACK delegate (:class:`cordsnet.runtime.executorch.PteStepSession`);
 * the native clients (built first with ``bash examples/{c,cpp}/build.sh``, incremental): the C program
   on OpenVINO's C API (the ONNX graph) and the C++ program on ExecuTorch's Module API (the ``.pte``),
-  each run with ``--warmup``; where the manifest has no decision block yet, one is added from
-  ``StepSession.baseline_logits`` (tests/test_native.py ``with_decision``), as the programs need it.
+  each run with ``--warmup``.
 
 Every runtime first runs the steps once (warm-up: session initialisation, kernel selection) and is
 then timed over the same number of steps; the figure is the mean time of one step. Prints a table and
@@ -43,7 +42,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers import make_published_state_dict  # noqa: E402
-from test_native import with_decision  # noqa: E402
 
 from cordsnet.cli import web  # noqa: E402
 from cordsnet.checkpoint import load_checkpoint  # noqa: E402
@@ -143,13 +141,12 @@ def executorch(model: Any, pte: Path, image: np.ndarray, steps: int, spont: int)
                                                  "portable_nodes": d["portable_nodes"], "portable_ops": d["portable_ops"]}
 
 
-def native(client: str, model: Path, onnx: Path, image: np.ndarray, steps: int, tmp: Path) -> tuple[float | str, str]:
+def native(client: str, model: Path, image: np.ndarray, steps: int, tmp: Path) -> tuple[float | str, str]:
     """(seconds per step of examples/<client>/build/cordsnet-classify --warmup, its runtime), or why not."""
     build = subprocess.run(["bash", str(ROOT / "examples" / client / "build.sh")], capture_output=True, text=True,
                            env={**os.environ, "PYTHON": sys.executable}, timeout=1800)
     if build.returncode:
         return f"not built ({(build.stderr.strip().splitlines() or ['build.sh failed'])[-1]})", ""
-    with_decision(model, onnx)
     npy = tmp / "image.npy"
     np.save(npy, image)
     res = subprocess.run([str(ROOT / "examples" / client / "build" / "cordsnet-classify"), str(model), str(npy),
@@ -180,10 +177,10 @@ def bench(name: str, steps: int, tmp: Path) -> dict[str, Any]:
     et, info = executorch(model, tmp / f"{name}-stepwise.pte", image, steps, spont)
     row["executorch_xnnpack_ms"] = et * 1e3 if isinstance(et, float) else et
     row["executorch"] = info
-    c, row["c_runtime"] = native("c", onnx, onnx, image, steps, tmp)
+    c, row["c_runtime"] = native("c", onnx, image, steps, tmp)
     row["c_openvino_ms"] = c * 1e3 if isinstance(c, float) else c
     pte = tmp / f"{name}-stepwise.pte"
-    cpp, row["cpp_runtime"] = (native("cpp", pte, onnx, image, steps, tmp) if pte.is_file()
+    cpp, row["cpp_runtime"] = (native("cpp", pte, image, steps, tmp) if pte.is_file()
                                else ("not exported (executorch is not installed)", ""))
     row["cpp_executorch_ms"] = cpp * 1e3 if isinstance(cpp, float) else cpp
     return row

@@ -10,14 +10,12 @@ Parity, as for the browser and Node clients: after the full protocol the logits 
 the logit scale of :meth:`cordsnet.runtime.StepSession.run` (onnxruntime), and the decision step and
 class are those of :meth:`~cordsnet.runtime.StepSession.run_until`, image for image, on held-out digits.
 
-The manifest's ``decision`` block (the no-image baseline of ``cordsnet.decision/1``) is the exporter's
-where it writes one; otherwise :func:`with_decision` adds it from ``StepSession.baseline_logits`` (the
-same definition: the logits after each step of a blank image from the spontaneous state).
+The programs decide with the manifest's ``decision`` block (threshold, margin and the no-image baseline
+of ``cordsnet.decision/1``), which every export writes.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import importlib.util
 import json
@@ -32,10 +30,8 @@ import numpy as np
 import pytest
 
 from cordsnet.artifact import manifest_path
-from cordsnet.decision import DEFAULT_MARGIN
 
 ROOT = Path(__file__).resolve().parent.parent
-THRESHOLD = 0.9  # the decision block's default threshold here
 
 
 # ------------------------------------------------------------------------------------- prerequisites
@@ -130,24 +126,10 @@ def refused(program: Path, *args: object) -> str:
 
 
 # ------------------------------------------------------------------------------------------- artifacts
-def with_decision(artifact: Path, baseline_graph: Path, threshold: float = THRESHOLD) -> Path:
-    """Give the manifest beside `artifact` its decision block, unless the exporter wrote one.
-
-    Args:
-        artifact: the exported graph (its manifest is rewritten in place; tests work on copies).
-        baseline_graph: a stepwise ONNX graph of the same model and protocol, whose
-            ``StepSession.baseline_logits`` is the block's baseline.
-    """
-    from cordsnet.runtime import StepSession
-
-    path = manifest_path(artifact)
-    data = json.loads(path.read_text())
-    if "decision" not in data:
-        base = StepSession(baseline_graph, providers="cpu").baseline_logits()  # (T, K) float32
-        data["decision"] = {"rule": "cordsnet.decision/1", "threshold": threshold, "margin": DEFAULT_MARGIN,
-                            "baseline": {"encoding": "base64-float32-le", "shape": list(base.shape),
-                                         "data": base64.b64encode(base.astype("<f4").tobytes()).decode("ascii")}}
-        path.write_text(json.dumps(data))
+def decided(artifact: Path) -> Path:
+    """The artifact, after checking that the exporter wrote its manifest's decision block (the programs need it)."""
+    block = json.loads(manifest_path(artifact).read_text()).get("decision")
+    assert block is not None and block["rule"] == "cordsnet.decision/1", f"{artifact}: no decision block"
     return artifact
 
 
@@ -170,7 +152,7 @@ def bundled_onnx(tmp_path_factory, folder) -> Path:
     from cordsnet.cli import web
 
     path = copy_artifact(web.default_artifact(tmp_path_factory.getbasetemp() / "web-cache"), folder / "onnx")
-    return with_decision(path, path)
+    return decided(path)
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +162,7 @@ def bundled_drive(bundled_model, bundled_onnx, folder) -> Path:
     path = folder / "drive" / "digits-stepwise-drive.onnx"
     path.parent.mkdir()
     export(bundled_model, path, format="onnx", graph="stepwise-drive", verify=False)
-    return with_decision(path, bundled_onnx)
+    return decided(path)
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +172,7 @@ def bundled_pte(bundled_model, bundled_onnx, folder) -> Path:
     path = folder / "pte" / "digits-stepwise.pte"
     path.parent.mkdir()
     export(bundled_model, path, format="executorch", graph="stepwise", verify=False)
-    return with_decision(path, bundled_onnx)
+    return decided(path)
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +182,7 @@ def bundled_pte_drive(bundled_model, bundled_onnx, folder) -> Path:
     path = folder / "pte-drive" / "digits-stepwise-drive.pte"
     path.parent.mkdir()
     export(bundled_model, path, format="executorch", graph="stepwise-drive", verify=False)
-    return with_decision(path, bundled_onnx)
+    return decided(path)
 
 
 def held_out(count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -213,10 +195,16 @@ def held_out(count: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def check_parity(program: Path, model: Path, reference: Path, x: np.ndarray, tmp: Path, *extra: str,
-                 steps: int | None = None, threshold: float = THRESHOLD, margin: float = DEFAULT_MARGIN) -> list[dict]:
-    """Run `program` on every image of `x`; compare with StepSession on the ONNX graph `reference`."""
+                 steps: int | None = None, threshold: float | None = None, margin: float | None = None) -> list[dict]:
+    """Run `program` on every image of `x`; compare with StepSession on the ONNX graph `reference`.
+
+    `threshold` / `margin`: what `extra` sets; default the decision block of `model`'s manifest.
+    """
     from cordsnet.runtime import StepSession
 
+    block = json.loads(manifest_path(model).read_text())["decision"]
+    threshold = block["threshold"] if threshold is None else threshold
+    margin = block["margin"] if margin is None else margin
     session = StepSession(reference, providers="cpu")
     want = session.run(x, steps)
     until = session.run_until(x, threshold, steps, margin=margin)
@@ -278,6 +266,20 @@ def test_cpp_drives_the_stepwise_drive_program_with_its_encode_program(cpp_progr
 
 
 @needs["cpp"]
+def test_a_pte_manifest_carries_the_programs_own_baseline(bundled_pte, bundled_onnx):
+    """The exporter computes a .pte's decision baseline with ExecuTorch (PteStepSession.baseline_logits)."""
+    from cordsnet.artifact import read_manifest
+    from cordsnet.runtime import StepSession
+    from cordsnet.runtime.executorch import PteStepSession
+
+    rule = read_manifest(bundled_pte).decision
+    want = StepSession(bundled_onnx, providers="cpu").baseline_logits()
+    assert rule.baseline.shape == want.shape == (100, 10)
+    np.testing.assert_array_equal(rule.baseline, PteStepSession(bundled_pte).baseline_logits())
+    assert np.abs(rule.baseline - want).max() <= 1e-4 * np.abs(want).max()
+
+
+@needs["cpp"]
 def test_cpp_matches_the_executorch_python_runtime_exactly_enough(cpp_program, bundled_pte, tmp_path):
     """The same program in ExecuTorch's Python runtime (PteStepSession): the same arithmetic."""
     from cordsnet.runtime.executorch import PteStepSession
@@ -325,7 +327,7 @@ def test_bad_input_is_one_line_and_exit_1(client, tmp_path):
     assert "--threshold: expected a probability in (1/K, 1]" in refused(program, model, good, "--threshold", "0.05")
     assert "--margin: expected evidence in logits > 0" in refused(program, model, good, "--margin", "0")
     # beyond the baseline's T steps there is no decision: refused rather than reported as undecided
-    assert "decision baseline covers 100 steps" in refused(program, model, good, "--steps", "101")
+    assert "decision baseline covers the protocol's 100 steps" in refused(program, model, good, "--steps", "101")
     lonely = tmp_path / "lonely" / model.name
     lonely.parent.mkdir()
     shutil.copy(model, lonely)
@@ -417,10 +419,10 @@ def r8_graphs(folder):
     kw = dict(graph="stepwise", steps=3, spontaneous_steps=2, verify=False)
     out = folder / "r8"
     out.mkdir()
-    onnx = with_decision(export(model, out / "r8-stepwise.onnx", format="onnx", **kw).path, out / "r8-stepwise.onnx")
+    onnx = decided(export(model, out / "r8-stepwise.onnx", format="onnx", **kw).path)
     pte = None
     if MISSING["cpp"] is None:
-        pte = with_decision(export(model, out / "r8-stepwise.pte", format="executorch", batch=1, **kw).path, onnx)
+        pte = decided(export(model, out / "r8-stepwise.pte", format="executorch", batch=1, **kw).path)
     return onnx, pte
 
 
@@ -432,7 +434,7 @@ def _r8_images() -> np.ndarray:
 @needs["c"]
 def test_c_r8_at_224_matches_the_python_runtime(c_program, r8_graphs, tmp_path):
     onnx, _ = r8_graphs
-    outs = check_parity(c_program, onnx, onnx, _r8_images(), tmp_path, threshold=THRESHOLD)
+    outs = check_parity(c_program, onnx, onnx, _r8_images(), tmp_path)
     assert all(len(o["logits"]) == 1000 and o["steps"] == 3 for o in outs)
 
 
@@ -440,5 +442,5 @@ def test_c_r8_at_224_matches_the_python_runtime(c_program, r8_graphs, tmp_path):
 @needs["cpp"]
 def test_cpp_r8_at_224_matches_the_python_runtime(cpp_program, r8_graphs, tmp_path):
     onnx, pte = r8_graphs
-    outs = check_parity(cpp_program, pte, onnx, _r8_images(), tmp_path, threshold=THRESHOLD)
+    outs = check_parity(cpp_program, pte, onnx, _r8_images(), tmp_path)
     assert all(len(o["logits"]) == 1000 and o["steps"] == 3 for o in outs)

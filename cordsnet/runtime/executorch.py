@@ -108,6 +108,19 @@ class PteStepSession:
         self._state = [t.clone() for t in out[1:]]  # the outputs live in the program's planned memory
         return out[0].clone().numpy()
 
+    def baseline_logits(self, steps: int | None = None) -> np.ndarray:
+        """The no-image baseline of the decision rule: the logits after each step of a blank (all-zero)
+        image from the spontaneous state, as :meth:`cordsnet.runtime.StepSession.baseline_logits`.
+
+        Returns:
+            (steps, K) float32 (default steps: the exported protocol's).
+        """
+        from .. import validate
+
+        steps = validate.optional_integer("steps", steps, self.steps, min=1)
+        self.start(np.zeros((self.fixed_batch or 1, *self.info.config.input_shape), np.float32))
+        return np.stack([self.step()[0] for _ in range(steps)]).astype(np.float32)
+
     def run(self, images: Any, steps: int | None = None) -> np.ndarray:
         """Logits (B, K) after `steps` stimulus steps (default: the exported protocol's)."""
         from .. import validate

@@ -461,10 +461,9 @@ static int read_decision(const cJSON *root, cn_manifest *m, char *err) {
     }
     const cJSON *t = cJSON_GetArrayItem(shape, 0), *k = cJSON_GetArrayItem(shape, 1);
     if (!cJSON_IsArray(shape) || cJSON_GetArraySize(shape) != 2 || !cJSON_IsNumber(t) || !cJSON_IsNumber(k) ||
-        t->valuedouble != floor(t->valuedouble) || t->valuedouble < 1 || t->valuedouble > CN_MAX_STEPS ||
-        k->valuedouble != m->num_classes) {
-        cn_fail(err, "manifest: decision.baseline.shape: expected [T, %d] with 1 <= T <= %d (steps, classes)",
-                m->num_classes, CN_MAX_STEPS);
+        t->valuedouble != m->steps || k->valuedouble != m->num_classes) {
+        cn_fail(err, "manifest: decision.baseline.shape: expected [%d, %d] (the protocol's steps, the model's "
+                "classes)", m->steps, m->num_classes);
         return -1;
     }
     m->baseline_steps = (int)t->valuedouble;
@@ -811,8 +810,8 @@ int cn_plan(const cn_manifest *m, cn_args *a, char *err) {
     /* The decision compares with the no-image logits at the same step, which the manifest holds for
      * steps 1..T only: a longer run is refused rather than reporting decisions it cannot make. */
     if (a->steps > m->baseline_steps) {
-        cn_fail(err, "--steps: the manifest's decision baseline covers %d steps (the rule needs the no-image logits "
-                "at every step); got %d", m->baseline_steps, a->steps);
+        cn_fail(err, "--steps: the manifest's decision baseline covers the protocol's %d steps (the rule needs the "
+                "no-image logits at every step); got %d", m->baseline_steps, a->steps);
         return -1;
     }
     return 0;

@@ -53,7 +53,7 @@ typedef struct {
     int64_t (*state_shape)[4];
     size_t *state_size;    /* c * h * w per area */
     double threshold, margin; /* the decision block's defaults */
-    int baseline_steps;    /* T: the baseline covers steps 1..T */
+    int baseline_steps;    /* T = protocol.steps: the baseline covers steps 1..T */
     float *baseline;       /* (T, K): logits after each step of a blank image from the spontaneous state */
 } cn_manifest;
 
