@@ -20,6 +20,7 @@ _LAZY = {
     "load_checkpoint": "cordsnet.checkpoint",
     "save_checkpoint": "cordsnet.checkpoint",
     "CheckpointError": "cordsnet.checkpoint",
+    "save_pretrained": "cordsnet.pretrained",
 }
 
 __all__ = ["PRESETS", "CordsNetConfig", "DatasetPreset", "get_preset", "__version__", *_LAZY]

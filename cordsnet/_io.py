@@ -22,8 +22,8 @@ from typing import Iterable, Sequence
 
 from . import validate
 
-__all__ = ["TEMPORARY_MARK", "atomic_path", "check_output", "file_sha256", "output_mode", "stale_temporaries",
-           "temporary_name", "terminate_cleanly"]
+__all__ = ["TEMPORARY_MARK", "atomic_path", "cache_dir", "check_output", "file_sha256", "output_mode",
+           "stale_temporaries", "temporary_name", "terminate_cleanly"]
 
 TEMPORARY_MARK = ".cordsnet-tmp-"  # in the name of every temporary file: `.<name>.cordsnet-tmp-<pid>-<hex>`
 _NAME_KEEP = 100  # characters of the destination's name kept in a temporary's name (NAME_MAX is 255 bytes)
@@ -36,6 +36,15 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """The project's cache folder: ``$CORDSNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/cordsnet``, else
+    ``~/.cache/cordsnet`` (not created here; each user makes its own subfolder on use)."""
+    if os.environ.get("CORDSNET_CACHE_DIR"):
+        return Path(os.environ["CORDSNET_CACHE_DIR"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "cordsnet"
 
 
 # ------------------------------------------------------------------------------------ output checks

@@ -16,7 +16,9 @@ the runtime (:mod:`cordsnet.runtime`), the CLI and clients in other languages ag
 * The client manifest ``<artifact>.cordsnet.json`` (:func:`read_manifest`, :meth:`ArtifactInfo.to_manifest`):
   the same facts as plain JSON for clients without a protobuf parser (browsers, Node, phones),
   with the sha256 of the artifact it belongs to. It is the metadata's second serialisation and is
-  read back through the same parser.
+  read back through the same parser. It also carries the decision rule (``"decision"``:
+  :class:`cordsnet.decision.DecisionRule`, the no-image baseline computed by the runtime on the
+  exported graph) so that clients decide exactly as :mod:`cordsnet.decision` does.
 
 Only the standard library and numpy are needed (``onnx`` to read ``.onnx`` files, ``executorch`` to
 read ``.pte`` files, both imported on use).
@@ -43,6 +45,7 @@ import numpy as np
 from . import __version__, validate
 from ._io import file_sha256
 from .config import MAX_STEPS, CordsNetConfig
+from .decision import DecisionRule
 
 __all__ = [
     "ArtifactFormat",
@@ -341,6 +344,8 @@ class ArtifactInfo:
         checkpoint_sha256: sha256 of the source checkpoint file ("" when exported from memory).
         state_dict_sha256: sha256 of the weights (see ``cordsnet.checkpoint.state_dict_sha256``).
         format_version: the contract version (:data:`FORMAT_VERSION`).
+        decision: the decision rule with the graph's own no-image baseline (client manifests; None
+            where the export could not run the graph, see docs/export.md).
         metadata: the raw string map.
     """
 
@@ -361,6 +366,7 @@ class ArtifactInfo:
     checkpoint_sha256: str = ""
     state_dict_sha256: str = ""
     format_version: str = FORMAT_VERSION
+    decision: DecisionRule | None = field(default=None, repr=False, compare=False)
     metadata: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     # ------------------------------------------------------------------------------------ parse
@@ -440,12 +446,14 @@ class ArtifactInfo:
                 raise ValueError(f"{where}: '{PREFIX}{key}' lists {have}, but a {graph!r} graph of depth "
                                  f"{config.depth} has {want}")
         spontaneous = _spontaneous(meta, config, spont, dtype, where)
+        decision = parse("decision", lambda t: None if t == "null" else DecisionRule.from_manifest(
+            _loads(t), steps=steps, num_classes=config.num_classes), "null")
         return cls(graph=graph, config=config, steps=steps, spontaneous_steps=spont, alpha=alpha, readout=readout,
                    record=tuple(record), dtype=dtype, batch=batch, preset=preset, spontaneous=spontaneous,
                    steps_per_call=per_call,
                    version=get("version", ""), exporter=get("exporter", ""),
                    checkpoint_sha256=get("checkpoint_sha256", ""), state_dict_sha256=get("state_dict_sha256", ""),
-                   format_version=version, metadata={str(k): v for k, v in meta.items()})
+                   format_version=version, decision=decision, metadata={str(k): v for k, v in meta.items()})
 
     # -------------------------------------------------------------------------------- serialise
     def to_metadata(self) -> dict[str, str]:
@@ -472,6 +480,7 @@ class ArtifactInfo:
             PREFIX + "outputs": json.dumps(outs),
             PREFIX + "exporter": self.exporter,
             **({PREFIX + "steps_per_call": str(self.steps_per_call)} if self.steps_per_call != 1 else {}),
+            **({PREFIX + "decision": json.dumps(self.decision.to_manifest())} if self.decision is not None else {}),
         }
 
     def companion(self, role: str) -> "ArtifactInfo":
@@ -479,7 +488,7 @@ class ArtifactInfo:
         kind = self.kind
         if role not in kind.companions:
             raise ValueError(f"role: a {self.graph!r} graph has companions {list(kind.companions)}, got {role!r}")
-        return dataclasses.replace(self, graph=role, readout="last", record=(), metadata={})
+        return dataclasses.replace(self, graph=role, readout="last", record=(), decision=None, metadata={})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: every field (config as a dict, batch None when dynamic), spontaneous state summarised."""
@@ -540,6 +549,7 @@ class ArtifactInfo:
                 {"shape": list(s.shape),
                  "data": base64.b64encode(np.ascontiguousarray(s, dtype="<f4").tobytes()).decode("ascii")}
                 for s in self.spontaneous]},
+            **({"decision": self.decision.to_manifest()} if self.decision is not None else {}),
             "checkpoint_sha256": self.checkpoint_sha256,
             "state_dict_sha256": self.state_dict_sha256,
             "exporter": self.exporter,
@@ -762,8 +772,11 @@ def _read_pte(path: Path) -> tuple[dict[str, str], None]:
         from executorch.runtime import Runtime
     except ImportError:
         return _read_manifest_only(path)
+    from ._quiet import native_stderr_captured
+
     try:
-        program = Runtime.get().load_program(path)
+        with native_stderr_captured():  # the runtime's native start-up lines (fd 2, not ours)
+            program = Runtime.get().load_program(path)
     except Exception as exc:  # the runtime raises RuntimeError for a bad flatbuffer
         first = " ".join(str(exc).split())[:200]
         raise ValueError(f"model: {str(path)!r} is not a loadable ExecuTorch program: {first}") from None
@@ -847,6 +860,8 @@ class Manifest:
         file, format, sha256, size_bytes: the artifact it belongs to.
         companions: ``{"role", "file", "sha256"}`` per companion file.
         data: the raw JSON object.
+
+    The decision rule, when the manifest has one, is ``info.decision`` (:attr:`decision`).
     """
 
     path: Path
@@ -861,6 +876,11 @@ class Manifest:
     @property
     def artifact_path(self) -> Path:
         return self.path.with_name(self.file)
+
+    @property
+    def decision(self) -> DecisionRule | None:
+        """The manifest's decision rule (threshold, margin, no-image baseline (T, K)), or None."""
+        return self.info.decision
 
 
 def _load_manifest_json(path: Path) -> dict[str, Any]:
@@ -921,6 +941,7 @@ def _manifest_to_metadata(data: Mapping[str, Any], source: str) -> dict[str, str
                                                    "dtype": "float32",
                                                    "data": need(a, "data", "spontaneous_state.areas[].")}
                                                   for a in areas]),
+        **({PREFIX + "decision": json.dumps(data["decision"])} if "decision" in data else {}),
     }
 
 

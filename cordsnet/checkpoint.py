@@ -10,6 +10,10 @@
 
 from __future__ import annotations
 
+from .extras import require
+
+require("torch", "cordsnet.checkpoint")
+
 import hashlib
 import os
 import pickle
@@ -65,8 +69,10 @@ def load_checkpoint(source: Source = None, *, config: CordsNetConfig | None = No
     ``conv_bias.0`` the image size, so a file cannot make this allocate more than its own tensors.
 
     Args:
-        source: a path (published ``.pth`` or own ``.safetensors``), a state dict, or None for the
-            bundled default model.
+        source: a path (published ``.pth`` or own ``.safetensors``), a state dict, None for the
+            bundled default model, a registered download (``"cordsnet-r8"``, the published checkpoint,
+            fetched into the cache on first use: :mod:`cordsnet.fetch`) or ``"hf-hub:ORG/NAME[@REVISION]"``
+            (a model on the Hugging Face Hub: :mod:`cordsnet.pretrained`).
         config: use this config instead of the stored or inferred one (its geometry must match).
         dataset: the dataset preset to record in the config (normalisation, class names); its classes
             and channels must match the checkpoint's. By default the stored one, else a guess from
@@ -123,6 +129,10 @@ def read_checkpoint(source: Source = None, *, map_location: str | torch.device =
         return normalize_state_dict(source), None
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"source: expected a path, a state dict or None, got {type(source).__name__}")
+    if isinstance(source, str) and not os.path.exists(source):
+        from .fetch import resolve_name
+
+        source = resolve_name(source)  # "cordsnet-r8", "hf-hub:ORG/NAME[@REV]": the cached file; else as is
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint: no such file {str(path)!r}")

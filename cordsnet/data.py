@@ -5,7 +5,10 @@ Every dataset is built through one registry, :data:`DATASETS`, keyed by name:
 * ``mnist``, ``fashionmnist``, ``cifar10``, ``cifar100``: torchvision datasets, downloaded into
   `root` when the network allows (an absent dataset that cannot be downloaded raises
   :class:`FileNotFoundError` with the path and the reason);
-* ``imagenet``: :class:`torchvision.datasets.ImageFolder` over ``root/train`` and ``root/val``;
+* ``imagenet``: :class:`torchvision.datasets.ImageFolder` over ``root/train`` and ``root/val``; its
+  files are opened by the one image pipeline (:func:`cordsnet.runtime.preprocess.to_mode`: every
+  Pillow mode, the decompression-bomb guard) and the evaluation splits get exactly ``predict``'s
+  pixels (:class:`~cordsnet.runtime.preprocess.Preprocessor`);
 * ``digits``: scikit-learn's 1,797 8x8 digit scans (shipped with scikit-learn, always offline),
   upsampled to ``image_size`` (32 px by default); the bundled default model's data;
 * ``fake``: :class:`torchvision.datasets.FakeData`, for tests.
@@ -21,6 +24,11 @@ training set (``val_fraction``); digits hold out the test part of
 
 from __future__ import annotations
 
+from .extras import require
+
+require("torch", "cordsnet.data")
+
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,12 +180,25 @@ def _cifar_transforms(name: str, size: int, dense: bool, train: bool) -> Callabl
 def _imagenet_transforms(size: int, train: bool) -> Callable:
     from torchvision.transforms import v2
 
+    from .runtime.preprocess import Preprocessor
+
     preset = get_preset("imagenet")
-    if train:
-        ops = [v2.RandomResizedCrop(size), v2.RandomHorizontalFlip(), v2.RandAugment()]
-    else:
-        ops = [v2.Resize(preset.resize_size(size)), v2.CenterCrop(size)]
+    if not train:  # the one pipeline: the same pixels as the runtime's predict
+        return functools.partial(_preprocessed, Preprocessor.from_preset(preset, size))  # picklable for workers
+    ops = [v2.RandomResizedCrop(size), v2.RandomHorizontalFlip(), v2.RandAugment()]
     return v2.Compose(ops + _to_tensor_normalise(preset.mean, preset.std))
+
+
+def _preprocessed(pre: Any, img: Any) -> Tensor:
+    """(C, S, S) float32 tensor of `img` through the runtime's :class:`Preprocessor` `pre`."""
+    return torch.from_numpy(pre(img))
+
+
+def _rgb_file(path: str) -> Any:
+    """ImageFolder's loader: the one pipeline's file reader and mode conversion (an RGB PIL image)."""
+    from .runtime.preprocess import to_mode
+
+    return to_mode(path, "RGB")
 
 
 def _torchvision_dataset(cls_name: str, root: Path, train: bool, download: bool, transform: Callable) -> Dataset:
@@ -230,7 +251,8 @@ def _build_imagenet(split: str, *, root: Path, image_size: int, augment: bool, v
         raise FileNotFoundError(f"dataset: imagenet expects ImageFolder directories {str(root / 'train')!r} and "
                                 f"{str(root / 'val')!r}; {str(folder)!r} does not exist (no download: "
                                 "ImageNet needs a licence)")
-    ds = ImageFolder(str(folder), transform=_imagenet_transforms(image_size, augment and split == "train"))
+    ds = ImageFolder(str(folder), transform=_imagenet_transforms(image_size, augment and split == "train"),
+                     loader=_rgb_file)
     return ds if split == "test" else _split_official_train(ds, split, val_fraction)
 
 

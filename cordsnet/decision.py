@@ -27,20 +27,34 @@ answer does not "react".
 Arrays are numpy; ``logits`` are (T, B, K) over steps (or (B, K) for one step), the baseline (K,)
 (a constant baseline) or (T, K) (its own trajectory, e.g. when the spontaneous phase has not fully
 settled). See docs/analysis.md ("Reaction times") for the measured distribution on the bundled model.
+
+Clients in other languages apply the same rule from an exported model's client manifest, whose
+``"decision"`` block (:class:`DecisionRule`, rule name :data:`RULE`) carries the threshold, the margin
+and the baseline (T, K) computed at export by the runtime on the exported graph itself
+(docs/export.md, "Client manifest"); ``web/cordsnet.mjs`` implements it for the browser and Node.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
 from . import validate
+from .config import MAX_STEPS
 
-__all__ = ["DEFAULT_MARGIN", "Decisions", "StepDecision", "baseline_confidence", "check_criterion", "check_threshold", "check_until", "decide",
+__all__ = ["BASELINE_ENCODING", "DEFAULT_MARGIN", "DEFAULT_THRESHOLD", "DecisionRule", "Decisions", "RULE",
+           "StepDecision", "baseline_confidence", "check_criterion", "check_threshold", "check_until", "decide",
            "evidence", "first_decisions"]
 
 DEFAULT_MARGIN = 1.0  # logits: the image raised the odds of its class against its best rival by e (2.7x)
+DEFAULT_THRESHOLD = 0.9  # probability: the CLI's default (reaction-time) and the exported manifest's
+RULE = "cordsnet.decision/1"  # the manifest's name for this criterion (bump it if the criterion changes)
+BASELINE_ENCODING = "base64-float32-le"  # the manifest baseline: little-endian float32, C order, base64
+MAX_CLASSES = 1 << 16  # the most classes a manifest's baseline may claim (bounds what a reader decodes)
 
 
 class StepDecision(NamedTuple):
@@ -192,3 +206,89 @@ def baseline_confidence(baseline: Any) -> tuple[int, float]:
     top, p = _softmax_max(b.reshape(-1, b.shape[-1]))
     i = int(p.argmax())
     return int(top[i]), float(p[i])
+
+
+# ------------------------------------------------------------------------------ the manifest block
+@dataclass(frozen=True, eq=False)
+class DecisionRule:
+    """Everything a client needs to apply this criterion: the client manifest's ``"decision"`` block.
+
+    Attributes:
+        threshold: probability in (1/K, 1].
+        margin: evidence in logits (> 0).
+        baseline: (T, K) float32, the no-image logits after each of the protocol's T steps.
+    """
+
+    threshold: float
+    margin: float
+    baseline: np.ndarray
+
+    def __post_init__(self) -> None:
+        b = _as_logits("baseline", self.baseline, (2,)).astype(np.float32)
+        if not np.isfinite(b).all():  # finite in float64 but not in float32
+            raise ValueError("baseline: expected logits that fit float32, got values beyond its range")
+        b.setflags(write=False)
+        threshold, margin = check_criterion(self.threshold, self.margin, b.shape[-1])
+        object.__setattr__(self, "baseline", b)
+        object.__setattr__(self, "threshold", threshold)
+        object.__setattr__(self, "margin", margin)
+
+    def first_decisions(self, logits: Any) -> Decisions:
+        """:func:`first_decisions` of `logits` (T, B, K) with this rule's baseline, threshold and margin."""
+        return first_decisions(logits, self.baseline, self.threshold, self.margin)
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The manifest block: ``{"rule", "threshold", "margin", "baseline": {"encoding", "shape", "data"}}``."""
+        data = np.ascontiguousarray(self.baseline, dtype="<f4").tobytes()
+        return {"rule": RULE, "threshold": self.threshold, "margin": self.margin,
+                "baseline": {"encoding": BASELINE_ENCODING, "shape": list(self.baseline.shape),
+                             "data": base64.b64encode(data).decode("ascii")}}
+
+    @classmethod
+    def from_manifest(cls, block: Any, *, steps: int, num_classes: int) -> "DecisionRule":
+        """Parse and validate a manifest's ``"decision"`` block.
+
+        Args:
+            block: the parsed JSON object.
+            steps: the protocol's stimulus steps T (the baseline must be (T, K)).
+            num_classes: K.
+
+        Raises:
+            ValueError: one line naming the field, what it holds and what was expected.
+        """
+        def need(obj: Any, key: str, where: str = "") -> Any:
+            if not isinstance(obj, Mapping) or key not in obj:
+                raise ValueError(f"decision: expected a {where}{key!r} field, got "
+                                 f"{sorted(obj) if isinstance(obj, Mapping) else type(obj).__name__}")
+            return obj[key]
+
+        rule = need(block, "rule")
+        if rule != RULE:
+            raise ValueError(f"decision.rule: expected {RULE!r}, got {rule!r} (a newer cordsnet's rule?)")
+        threshold = check_threshold(need(block, "threshold"), num_classes)
+        margin = validate.number("decision.margin", need(block, "margin"), low=0.0, low_open=True)
+        base = need(block, "baseline")
+        encoding = need(base, "encoding", "baseline.")
+        if encoding != BASELINE_ENCODING:
+            raise ValueError(f"decision.baseline.encoding: expected {BASELINE_ENCODING!r}, got {encoding!r}")
+        shape = need(base, "shape", "baseline.")
+        if not isinstance(shape, list) or len(shape) != 2:
+            raise ValueError(f"decision.baseline.shape: expected [T, K], got {shape!r}")
+        t = validate.integer("decision.baseline.shape[0]", shape[0], min=1, max=MAX_STEPS)
+        k = validate.integer("decision.baseline.shape[1]", shape[1], min=2, max=MAX_CLASSES)
+        if (t, k) != (steps, num_classes):
+            raise ValueError(f"decision.baseline.shape: expected [{steps}, {num_classes}] (the protocol's steps, "
+                             f"the model's classes), got {shape}")
+        text = need(base, "data", "baseline.")
+        size = 4 * t * k
+        if not isinstance(text, str) or len(text) != 4 * ((size + 2) // 3):
+            raise ValueError(f"decision.baseline.data: expected {size} bytes of base64 ({4 * ((size + 2) // 3)} "
+                             f"characters), got {len(text) if isinstance(text, str) else type(text).__name__}")
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"decision.baseline.data: not valid base64 ({exc})") from None
+        values = np.frombuffer(raw, dtype="<f4").reshape(t, k)
+        if not np.isfinite(values).all():
+            raise ValueError("decision.baseline.data: expected finite logits, got NaN or infinity")
+        return cls(threshold, margin, values.astype(np.float32))

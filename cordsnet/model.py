@@ -27,10 +27,20 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Iterator, NamedTuple, Sequence, Union
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.nn.utils.parametrizations import weight_norm
+from .extras import require
+
+require("torch", "cordsnet.model")
+
+import torch  # noqa: E402 (after the extra's check: one line, not a traceback, without torch)
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+from torch.nn.utils.parametrizations import weight_norm  # noqa: E402
+
+from ._quiet import quiet_torch  # noqa: E402
+from .threads import apply_to_torch  # noqa: E402
+
+apply_to_torch()  # a thread budget set before torch was imported (cordsnet.threads)
+quiet_torch()  # torch's deprecation chatter about calls we make on purpose (cordsnet._quiet)
 
 from .config import (
     AREA_CHANNELS,

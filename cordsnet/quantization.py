@@ -29,6 +29,10 @@ rounding is below 1e-6 of a logit.
 
 from __future__ import annotations
 
+from .extras import require
+
+require("torch", "cordsnet.quantization")
+
 import contextlib
 import os
 from typing import Any, Iterator, Mapping

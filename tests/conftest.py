@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
+import os
 
-from cordsnet.config import CordsNetConfig
-from cordsnet.model import CordsNet
+# One thread per engine (PyTorch, onnxruntime, OpenVINO; here and in the CLI subprocesses the tests start):
+# the suite's time then holds on a loaded 2-core machine, where default threading oversubscribes the cores.
+# Set CORDSNET_NUM_THREADS / OMP_NUM_THREADS to override. (Before torch is imported: OpenMP reads it once.)
+os.environ.setdefault("CORDSNET_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+
+from cordsnet.config import CordsNetConfig  # noqa: E402
+from cordsnet.model import CordsNet  # noqa: E402
 from helpers import make_images, make_published_state_dict
 
 __all__ = ["make_published_state_dict"]  # kept importable for modules not yet moved to helpers

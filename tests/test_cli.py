@@ -347,3 +347,21 @@ def test_cli_choices_that_cannot_import_their_registry_match_it():
     assert [c.value for c in Calibration] == list(CALIBRATIONS)
     assert [b.value for b in Backend] == list(BACKENDS)
     assert [p.value for p in Precision] == list(PRECISIONS)
+
+
+def test_long_phases_log_a_line_at_least_every_heartbeat_without_a_terminal(caplog):
+    """When stderr is not a terminal, no silent stretch longer than the heartbeat (a log reader sees progress)."""
+    import logging
+    import time
+
+    from cordsnet.cli._shared import phases
+
+    with caplog.at_level(logging.INFO, logger="cordsnet.cli"):
+        with phases("working", heartbeat_s=0.1) as say:
+            time.sleep(0.35)
+            say("second phase")
+            time.sleep(0.25)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "working" and "second phase" in lines
+    assert sum(line.startswith("working (") for line in lines) >= 2
+    assert any(line.startswith("second phase (") and line.endswith("s so far)") for line in lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 import sys
 
 import numpy as np
@@ -116,3 +117,106 @@ def test_bad_arguments_name_themselves(call, match) -> None:
 def test_torch_free() -> None:
     code = "import sys, cordsnet.decision; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------------ the manifest block
+def _rule(steps: int = 6, k: int = 4, seed: int = 0):
+    from cordsnet.decision import DecisionRule
+
+    return DecisionRule(0.9, DEFAULT_MARGIN, _rng(seed).normal(size=(steps, k)) * 3)
+
+
+def test_decision_rule_round_trips_through_json_exactly() -> None:
+    import json
+
+    from cordsnet.decision import RULE, DecisionRule
+
+    rule = _rule()
+    block = json.loads(json.dumps(rule.to_manifest()))
+    assert list(block) == ["rule", "threshold", "margin", "baseline"] and block["rule"] == RULE
+    assert list(block["baseline"]) == ["encoding", "shape", "data"] and block["baseline"]["shape"] == [6, 4]
+    back = DecisionRule.from_manifest(block, steps=6, num_classes=4)
+    np.testing.assert_array_equal(back.baseline, rule.baseline)  # float32 both ways, bit for bit
+    assert (back.threshold, back.margin) == (0.9, DEFAULT_MARGIN)
+    z = _rng(1).normal(size=(6, 5, 4)) * 4
+    z[:, 0] = rule.baseline  # a blank image: never decides
+    got, want = back.first_decisions(z), first_decisions(z, rule.baseline, 0.9, DEFAULT_MARGIN)
+    assert (got.steps >= 0).any() and (got.steps < 0).any()  # a case with both outcomes
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def _bad(block: dict, path: tuple, value) -> dict:
+    import copy
+
+    out = copy.deepcopy(block)
+    target = out
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return out
+
+
+@pytest.mark.parametrize("path,value,match", [
+    (("rule",), "cordsnet.decision/2", "decision.rule"),
+    (("threshold",), 0.1, "threshold"),
+    (("threshold",), True, "threshold"),
+    (("margin",), 0.0, "margin"),
+    (("baseline", "encoding"), "base64-float64-le", "encoding"),
+    (("baseline", "shape"), [5, 4], r"expected \[6, 4\]"),
+    (("baseline", "shape"), [6, 4, 1], r"\[T, K\]"),
+    (("baseline", "shape"), [10**9, 4], "shape"),
+    (("baseline", "data"), "AAAA", "characters"),
+    (("baseline", "data"), "!" * 32, "base64"),
+])
+def test_decision_block_is_validated(path, value, match) -> None:
+    from cordsnet.decision import DecisionRule
+
+    with pytest.raises(ValueError, match=match):
+        DecisionRule.from_manifest(_bad(_rule().to_manifest(), path, value), steps=6, num_classes=4)
+
+
+def test_non_finite_baseline_is_refused() -> None:
+    import base64
+
+    from cordsnet.decision import DecisionRule
+
+    block = _rule().to_manifest()
+    values = np.zeros((6, 4), "<f4")
+    values[2, 1] = np.nan
+    block["baseline"]["data"] = base64.b64encode(values.tobytes()).decode()
+    with pytest.raises(ValueError, match="finite"):
+        DecisionRule.from_manifest(block, steps=6, num_classes=4)
+
+
+def test_exported_manifests_carry_the_runtimes_baseline(exported_onnx, r2_cifar, tmp_path) -> None:
+    """Every graph the runtime can step has the block; its baseline is the runtime's (bit for bit) and
+    the PyTorch model's (float32 tolerance); a manifest that lies about it is refused when read."""
+    import json
+
+    import torch
+
+    from cordsnet.analysis import baseline_logits
+    from cordsnet.artifact import read_manifest
+    from cordsnet.decision import DEFAULT_THRESHOLD
+    from cordsnet.runtime import open_session
+
+    with torch.no_grad():
+        want = baseline_logits(r2_cifar, torch.zeros(1, 3, 32, 32)).numpy()  # (T, K) from the spontaneous state
+    for kind in ("stepwise", "stepwise-drive", "all"):
+        rule = read_manifest(exported_onnx[kind]).decision
+        assert rule is not None, kind
+        assert (rule.threshold, rule.margin) == (DEFAULT_THRESHOLD, DEFAULT_MARGIN)
+        np.testing.assert_array_equal(rule.baseline, open_session(exported_onnx[kind], "cpu").baseline_logits())
+        np.testing.assert_allclose(rule.baseline, want, atol=1e-4, rtol=1e-4)
+    for kind in ("unrolled", "loop"):  # readout "last": no per-step logits, no block
+        assert read_manifest(exported_onnx[kind]).decision is None
+        assert "decision" not in json.loads(Path(str(exported_onnx[kind]) + ".cordsnet.json").read_text())
+    # a stale block (another protocol's length) is refused by read_manifest
+    src = Path(str(exported_onnx["stepwise"]) + ".cordsnet.json")
+    data = json.loads(src.read_text())
+    data["decision"]["baseline"]["shape"] = [data["protocol"]["steps"] + 1, 10]
+    bad = tmp_path / src.name
+    bad.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="decision.baseline.shape"):
+        read_manifest(bad)

@@ -1,7 +1,7 @@
 """The browser app (web/) end to end in a real headless browser, and `cordsnet-cli web`.
 
 Debian's chromium (apt) is driven by Playwright for Python through ``executable_path`` (Playwright's
-own browser download is never used); onnxruntime-web comes from web/node_modules (``npm ci`` in web/).
+own browser download is never used); onnxruntime-web is vendored in web/vendor/ort (tools/vendor-ort.sh).
 The browser tests skip, saying why, where one of those is missing; the manifest and digits tests
 always run.
 
@@ -45,7 +45,7 @@ def browser_missing() -> str | None:
     if not Path(CHROMIUM).is_file():
         return f"{CHROMIUM} is missing: apt-get install -y chromium"
     if not (web.ORT_DIST / "ort.wasm.min.mjs").is_file():
-        return f"onnxruntime-web is not installed: run `npm ci` in {web.WEB_DIR}"
+        return f"onnxruntime-web is not vendored in {web.ORT_DIST}: run `bash tools/vendor-ort.sh`"
     return None
 
 
@@ -119,6 +119,8 @@ def test_the_exporter_manifest_is_what_the_page_reads(artifact, bundled):
     assert m["inputs"][0] == {"name": "image", "shape": ["batch", 1, 32, 32], "dtype": "float32"}
     assert m["outputs"][0] == {"name": "logits", "shape": ["batch", 10], "dtype": "float32"}
     assert m["preset"]["class_names"] == [str(d) for d in range(10)] and m["preset"]["mean"] == [0.3051]
+    # the decision rule the page applies: cordsnet.decision/1 with the graph's own no-image baseline (T, K)
+    assert m["decision"]["rule"] == "cordsnet.decision/1" and m["decision"]["baseline"]["shape"] == [100, 10]
     assert read_manifest(artifact).info == read_info(artifact)  # the same facts as the ONNX metadata
     # The spontaneous state decodes (as JavaScript does: base64 of little-endian float32) to the artifact's own.
     spont = read_info(artifact).spontaneous_state()
@@ -128,6 +130,40 @@ def test_the_exporter_manifest_is_what_the_page_reads(artifact, bundled):
         got = np.frombuffer(base64.b64decode(a["data"]), dtype="<f4").reshape(a["shape"])
         np.testing.assert_array_equal(got, want)
         assert a["shape"] == [1, *m["inputs"][1 + i]["shape"][1:]]
+
+
+def test_the_shipped_graph_carries_the_runtimes_decision_rule():
+    """The graph in the wheel (tools/bundle_web_graph.py): its manifest's baseline is the runtime's own."""
+    from cordsnet.artifact import read_manifest
+    from cordsnet.decision import DEFAULT_MARGIN, DEFAULT_THRESHOLD
+    from cordsnet.runtime import StepSession
+
+    shipped = web.default_artifact()
+    rule = read_manifest(shipped).decision
+    assert rule is not None, "regenerate it: python tools/bundle_web_graph.py"
+    assert (rule.threshold, rule.margin) == (DEFAULT_THRESHOLD, DEFAULT_MARGIN)
+    # Bit for bit on the machine that wrote it; elsewhere (another CPU, another onnxruntime) float32 rounding
+    # over 200 steps stays ~1e-5 of the logit scale (see the module docstring), so 1e-4 of the scale holds.
+    here = StepSession(shipped, providers="cpu").baseline_logits()
+    np.testing.assert_allclose(rule.baseline, here, rtol=0, atol=1e-4 * np.abs(here).max())
+
+
+def test_the_shipped_graph_is_the_bundled_model(bundled):
+    """The shipped graph holds the bundled weights (a stale graph after new weights fails here) and runs
+    the published protocol as the PyTorch model does (float64 reference, 1e-4 of the logit scale)."""
+    from cordsnet.checkpoint import default_checkpoint_path, state_dict_sha256
+    from cordsnet.artifact import read_info
+    from cordsnet.runtime import StepSession
+
+    shipped = web.default_artifact()
+    info = read_info(shipped)
+    assert info.state_dict_sha256 == state_dict_sha256(bundled.state_dict())
+    X, _ = digits_split()["test"]
+    x = digits_to_tensor(X[:4])
+    with torch.no_grad():  # a float64 copy: the shared fixture must not change
+        want = load_checkpoint(default_checkpoint_path()).double()(x.double()).numpy()
+    got = StepSession(shipped, providers="cpu").run(x.numpy())
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
 
 
 def test_an_artifact_without_a_manifest_is_refused(artifact, tmp_path):
@@ -142,7 +178,7 @@ def test_the_server_hands_out_the_exporter_manifest_with_extra_keys(artifact, tm
     from cordsnet.artifact import manifest_path
 
     if not (web.ORT_DIST / "ort.wasm.min.mjs").is_file():
-        pytest.skip(f"onnxruntime-web is not installed: run `npm ci` in {web.WEB_DIR}")
+        pytest.skip(f"onnxruntime-web is not vendored in {web.ORT_DIST}: run `bash tools/vendor-ort.sh`")
     server, url = web.serve_in_thread(artifact)
     try:
         with urllib.request.urlopen(url + "model/manifest.json") as r:
@@ -189,8 +225,18 @@ def test_bundled_digits_are_held_out_and_normalise_to_the_model_input():
 
 
 # ------------------------------------------------------------------------------------- browser
+def python_decisions(artifact, x: np.ndarray) -> list[tuple[int, int] | None]:
+    """The Python runtime's early exit (cordsnet.decision, the CLI's default threshold) per image:
+    (steps, class) or None when undecided."""
+    from cordsnet.decision import DEFAULT_THRESHOLD
+    from cordsnet.runtime import StepSession
+
+    r = StepSession(artifact, providers="cpu").run_until(np.asarray(x, np.float32), DEFAULT_THRESHOLD)
+    return [(int(n), int(z.argmax())) if d else None for n, z, d in zip(r.steps, r.logits, r.decided)]
+
+
 @needs_browser
-def test_browser_matches_pytorch_over_the_full_protocol(page, bundled):
+def test_browser_matches_pytorch_over_the_full_protocol(page, bundled, artifact):
     X, y = held_out()
     x = digits_to_tensor(X)
     ref = bundled.double()
@@ -200,9 +246,12 @@ def test_browser_matches_pytorch_over_the_full_protocol(page, bundled):
     finally:
         bundled.float()
     scale = float(np.abs(want[-1]).max())
+    decisions = python_decisions(artifact, x.numpy())
     for b in range(len(y)):
         got = page.evaluate("([x, s]) => window.cordsnetDemo.classify(x, {steps: s})",
                             [x[b].numpy().ravel().tolist(), 100])
+        rt = got["reactionTime"]  # cordsnet.decision in the page, with the manifest's baseline
+        assert (None if rt is None else (rt["steps"], rt["cls"])) == decisions[b]
         logits = np.asarray(got["logits"])
         assert np.abs(logits - want[-1, b]).max() <= 1e-4 * scale
         probs = np.asarray(got["probabilities"])
@@ -219,7 +268,7 @@ def test_classify_refuses_a_wrong_input_size(page):
 
 
 @needs_browser
-def test_the_page_animates_a_run(page, tmp_path):
+def test_the_page_animates_a_run(page, tmp_path, artifact):
     info = page.evaluate("({backend: window.cordsnetDemo.info.backend, coi: window.cordsnetDemo.info.crossOriginIsolated})")
     assert info["coi"] is True and info["backend"] in ("WASM, 1 thread", "WebGPU")  # COOP/COEP served
     doc = json.loads((web.WEB_DIR / "digits.json").read_text())
@@ -228,7 +277,14 @@ def test_the_page_animates_a_run(page, tmp_path):
     assert run["prediction"] == 3 and run["reactionTime"]["cls"] == 3
     assert 1 <= run["reactionTime"]["steps"] <= 100 and run["reactionTime"]["ms"] == 2.0 * run["reactionTime"]["steps"]
     assert page.inner_text("#prediction") == "3"
-    assert "ms" in page.inner_text("#rt") and "step 100 / 100" in page.inner_text("#clock")
+    # the reaction time the page shows is the Python rule's (StepSession.run_until on the page's input:
+    # the digit's raw pixels as float32, normalised with the manifest's preset, as web/cordsnet.mjs does)
+    raw = np.asarray(doc["digits"][k]["raw"], np.float32).astype(np.float64)
+    x = ((raw - 0.3051) / 0.3234).astype(np.float32).reshape(1, 1, 32, 32)
+    (steps, cls), = python_decisions(artifact, x)
+    assert (run["reactionTime"]["steps"], run["reactionTime"]["cls"]) == (steps, cls)
+    assert page.inner_text("#rt") == f"{2.0 * steps:.0f} ms ({steps} steps)"
+    assert "step 100 / 100" in page.inner_text("#clock")
     assert page.locator("#areas canvas.maps").count() == 4
     shot = tmp_path / "web_app.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -254,7 +310,7 @@ def test_cli_web_serves_with_cross_origin_isolation(artifact):
             assert b"app.mjs" in r.read()
         with urllib.request.urlopen(url + "model/manifest.json") as r:
             assert json.loads(r.read())["artifact"]["file"] == artifact.name
-        with urllib.request.urlopen(url + "vendor/ort/ort.min.mjs") as r:
+        with urllib.request.urlopen(url + "vendor/ort/ort.wasm.min.mjs") as r:
             assert r.headers["Content-Type"] == "text/javascript"
     finally:
         proc.terminate()

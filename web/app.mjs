@@ -1,5 +1,7 @@
 // The browser app: a digit (picked or drawn) -> the stepwise graph in onnxruntime-web, step by step,
 // animating class probabilities against time, the decision and its reaction time, and every area's rates.
+// The decision is cordsnet.decision's (web/cordsnet.mjs `reactionTime` with the manifest's no-image
+// baseline and margin; the threshold slider starts at the manifest's threshold).
 //
 // Served by `cordsnet-cli web`: model/manifest.json (the client manifest), model/<artifact file>,
 // vendor/ort/* (onnxruntime-web's dist files), digits.json (held-out digits, web/tools/make_digits.py).
@@ -34,13 +36,15 @@ const ready = new Promise((res, rej) => { resolveReady = res; rejectReady = rej;
 window.cordsnetDemo = {
   ready,
   /**
-   * input: normalised flat C·S·S numbers -> {logits: number[K], probabilities: number[steps][K], msPerStep}
-   * (msPerStep: mean wall time of one session.run, for benchmarks/bench_apps.py).
+   * input: normalised flat C·S·S numbers -> {logits: number[K], probabilities: number[steps][K], msPerStep,
+   * reactionTime} (msPerStep: mean wall time of one session.run, for benchmarks/bench_apps.py;
+   * reactionTime: cordsnet.decision with the manifest's rule, {steps, ms, cls, p, evidence} or null).
    */
   async classify(input, { steps } = {}) {
     await ready;
     const r = await exclusive(() => runner.classify(input, { steps: steps ?? manifest.protocol.steps }));
-    return { logits: r.logits, probabilities: r.probabilities, msPerStep: r.msPerStep };
+    const rt = runner.decision ? reactionTime(r.logitsPerStep, runner.decision, manifest.protocol.dt_ms) : null;
+    return { logits: r.logits, probabilities: r.probabilities, msPerStep: r.msPerStep, reactionTime: rt };
   },
   /** Animate a run of held-out digit `digit` (index into digits.json) as the run button does. */
   async show(digit, { steps, pace } = {}) {
@@ -122,6 +126,10 @@ async function init() {
     threads: ort.env.wasm.numThreads, manifest,
   });
   $('steps').value = manifest.protocol.steps;
+  if (runner.decision) {
+    $('threshold').value = runner.decision.threshold;
+    $('threshold-value').textContent = runner.decision.threshold.toFixed(2);
+  }
   buildGallery();
   buildAreas();
   buildLegend();
@@ -350,7 +358,11 @@ function buildAreas() {
     + `updated every ${manifest.protocol.dt_ms} ms of model time. Before the image appears the network sits in its `
     + `spontaneous activity (the state the manifest carries); the image then drives area 1 and, through it, `
     + `the deeper areas, and the readout of the last area's rates moves from whatever the spontaneous `
-    + `activity suggested to a decision. The reaction time is when the winning class first holds the threshold.`;
+    + `activity suggested to a decision. The reaction time is the first step at which the top class holds the `
+    + `threshold <i>and</i> the image, not the resting network, put it there: its lead over the strongest rival `
+    + `exceeds that of the no-image run at the same step (the manifest's baseline) by ${runner.decision ? runner.decision.margin : '–'} `
+    + `logit(s) (cordsnet.decision, as in Python). The resting network alone is confident, so a plain threshold would `
+    + `"decide" at once for every image.`;
   host.appendChild(note);
 }
 
@@ -409,18 +421,22 @@ function animate() {
     const { in_channels: C, image_size: S } = manifest.config;
     const input = normalise(current.raw, manifest.preset, C, S);
     const history = [];
+    const logitsHistory = [];
+    const rule = runner.decision;
     areaViews.forEach((v, i) => drawArea(v, runner.spontaneous[i].data, true));
     let rt = null;
     status(`running · ${backend}`);
     const result = await runner.classify(input, {
       steps,
-      onStep: async ({ t, probabilities, state, ms }) => {
+      onStep: async ({ t, logits, probabilities, state, ms }) => {
         history.push(probabilities);
-        rt = reactionTime(history, threshold, dt);
+        logitsHistory.push(logits);
+        rt = rule ? reactionTime(logitsHistory, rule, dt, { threshold }) : null;
         const top = probabilities.indexOf(Math.max(...probabilities));
         $('prediction').textContent = className(top);
         $('probability').textContent = probabilities[top].toFixed(3);
-        $('rt').textContent = rt ? `${rt.ms.toFixed(0)} ms (${rt.steps} steps)` : `not yet (< ${threshold.toFixed(2)})`;
+        $('rt').textContent = !rule ? 'unknown: the manifest has no decision rule (export the model again)'
+          : rt ? `${rt.ms.toFixed(0)} ms (${rt.steps} steps)` : `not yet (p ≥ ${threshold.toFixed(2)} with evidence ≥ ${rule.margin})`;
         $('clock').textContent = `${((t + 1) * dt).toFixed(0)} ms (step ${t + 1} / ${steps})`;
         $('speed').textContent = `${ms.toFixed(2)} ms`;
         if (pace > 0 || t % 10 === 9 || t === steps - 1) {

@@ -4,9 +4,12 @@
 // stepwise graph (inputs image, state_0..D-1; outputs logits, next_state_0..D-1) with whichever
 // onnxruntime JavaScript package the caller passes in (onnxruntime-web or onnxruntime-node): the
 // time loop starts from the manifest's spontaneous state and feeds each next state back as the input.
+// Decisions and reaction times follow exactly cordsnet.decision (Python), with the no-image baseline
+// the manifest's "decision" block carries (docs/export.md): see `decide` and `reactionTime`.
 // No DOM, no fetch, no file system here.
 
 export const MANIFEST_VERSION = 1;
+export const DECISION_RULE = 'cordsnet.decision/1';  // cordsnet.decision.RULE
 
 /** Check the parts of a manifest this library relies on; returns it. Throws Error("manifest: ..."). */
 export function checkManifest(manifest) {
@@ -31,17 +34,56 @@ function base64ToBytes(text) {
   return new Uint8Array(Buffer.from(text, 'base64'));  // Node without atob
 }
 
+/** Little-endian float32 values of a base64 string (`what` names it in errors). */
+function decodeFloat32(text, what) {
+  if (typeof text !== 'string') throw new Error(`manifest: ${what}: expected base64 text, got ${typeof text}`);
+  const bytes = base64ToBytes(text);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const data = new Float32Array(Math.floor(bytes.byteLength / 4));
+  for (let i = 0; i < data.length; i++) data[i] = view.getFloat32(4 * i, true);  // little-endian
+  return data;
+}
+
 /** The spontaneous end state: one {shape: [1, c, h, w], data: Float32Array} per area. */
 export function spontaneousState(manifest) {
   return manifest.spontaneous_state.areas.map((area) => {
-    const bytes = base64ToBytes(area.data);
-    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    const data = new Float32Array(bytes.byteLength / 4);
-    for (let i = 0; i < data.length; i++) data[i] = view.getFloat32(4 * i, true);  // little-endian
+    const data = decodeFloat32(area.data, 'spontaneous_state');
     const size = area.shape.reduce((a, b) => a * b, 1);
     if (size !== data.length) throw new Error(`manifest: spontaneous state of shape ${area.shape} holds ${data.length} values`);
     return { shape: area.shape, data };
   });
+}
+
+/**
+ * The manifest's decision rule (cordsnet.decision/1), validated as cordsnet.artifact.read_manifest does:
+ * {threshold, margin, baseline: Float32Array[T] of K logits each (row t: the no-image logits after
+ * step t+1)}. null when the manifest has no "decision" block (an export by an older cordsnet).
+ */
+export function decisionRule(manifest) {
+  const block = manifest.decision;
+  if (block === undefined || block === null) return null;
+  const fail = (what) => { throw new Error(`manifest: decision.${what}`); };
+  if (block.rule !== DECISION_RULE) fail(`rule: expected ${DECISION_RULE}, got ${JSON.stringify(block.rule)}`);
+  const steps = manifest.protocol.steps, k = manifest.config.num_classes;
+  if (typeof block.threshold !== 'number' || !(block.threshold > 1 / k && block.threshold <= 1)) {
+    fail(`threshold: expected a number in (1/${k}, 1], got ${JSON.stringify(block.threshold)}`);
+  }
+  if (typeof block.margin !== 'number' || !(block.margin > 0) || !Number.isFinite(block.margin)) {
+    fail(`margin: expected a number > 0, got ${JSON.stringify(block.margin)}`);
+  }
+  const base = block.baseline || {};
+  if (base.encoding !== 'base64-float32-le') fail(`baseline.encoding: expected base64-float32-le, got ${JSON.stringify(base.encoding)}`);
+  if (!Array.isArray(base.shape) || base.shape.length !== 2 || base.shape[0] !== steps || base.shape[1] !== k) {
+    fail(`baseline.shape: expected [${steps}, ${k}] (protocol steps, classes), got ${JSON.stringify(base.shape)}`);
+  }
+  if (typeof base.data !== 'string' || base.data.length !== 4 * Math.ceil((4 * steps * k) / 3)) {
+    fail(`baseline.data: expected ${4 * steps * k} bytes of base64`);
+  }
+  const flat = decodeFloat32(base.data, 'decision.baseline');
+  if (flat.length !== steps * k || !flat.every(Number.isFinite)) fail('baseline.data: expected finite float32 logits');
+  const baseline = [];
+  for (let t = 0; t < steps; t++) baseline.push(flat.subarray(t * k, (t + 1) * k));
+  return { threshold: block.threshold, margin: block.margin, baseline };
 }
 
 /** (raw - mean[c]) / std[c] for a flat (C, S, S) array of raw pixel values in [0, 1]. */
@@ -81,23 +123,49 @@ export function softmax(logits) {
   return e.map((v) => v / s);
 }
 
+/** Index of the first maximum (numpy's argmax). */
+function argmax(x) {
+  let top = 0;
+  for (let i = 1; i < x.length; i++) if (x[i] > x[top]) top = i;
+  return top;
+}
+
+/** lead(x)[c] = x[c] - max_{k != c} x[k]: c's log-odds against its strongest rival (cordsnet.decision.lead). */
+export function lead(x, c) {
+  let rival = -Infinity;
+  for (let k = 0; k < x.length; k++) if (k !== c && x[k] > rival) rival = x[k];
+  return x[c] - rival;
+}
+
 /**
- * Reaction time of the decision that holds: the first step of the final stretch of steps in which
- * the same class is on top with probability >= `threshold` (so a confident readout of the
- * spontaneous state that the stimulus then overturns does not count as the decision).
- * Returns {steps (1-based: stimulus steps so far), ms, cls, p} or null while no class holds the
- * threshold. `dtMs` = alpha * 10 ms (the manifest's protocol.dt_ms).
+ * The criterion at one step (cordsnet.decision.decide) for one image: the top class c of `logits`
+ * is decided when its softmax probability p >= threshold AND its evidence
+ * lead(logits)[c] - lead(baseline)[c] >= margin, `baseline` being the no-image logits at this step.
+ * Returns {decided, cls, p, evidence}; arithmetic in float64 as in Python.
  */
-export function reactionTime(probabilities, threshold, dtMs) {
-  let start = null;
-  let cls = null;
-  probabilities.forEach((p, t) => {
-    const top = p.indexOf(Math.max(...p));
-    if (p[top] < threshold) { start = null; return; }
-    if (start === null || top !== cls) { start = t; cls = top; }
-  });
-  if (start === null) return null;
-  return { steps: start + 1, ms: (start + 1) * dtMs, cls, p: probabilities[start][cls] };
+export function decide(logits, baseline, threshold, margin) {
+  const cls = argmax(logits);
+  let sum = 0;
+  for (let k = 0; k < logits.length; k++) sum += Math.exp(logits[k] - logits[cls]);
+  const p = 1 / sum;
+  const evidence = lead(logits, cls) - lead(baseline, cls);
+  return { decided: p >= threshold && evidence >= margin, cls, p, evidence };
+}
+
+/**
+ * Reaction time (cordsnet.decision.first_decisions, as StepSession.run_until and reaction_times):
+ * the first step whose logits pass `decide` against the manifest baseline at that step.
+ * `logitsPerStep`: the logits after each stimulus step so far (an online rule: a prefix gives the
+ * decision so far). `rule`: decisionRule(manifest); `threshold`/`margin` override the rule's.
+ * Returns {steps (1-based), ms, cls, p, evidence} or null while undecided. `dtMs` = protocol.dt_ms.
+ */
+export function reactionTime(logitsPerStep, rule, dtMs, { threshold = rule.threshold, margin = rule.margin } = {}) {
+  const n = Math.min(logitsPerStep.length, rule.baseline.length);
+  for (let t = 0; t < n; t++) {
+    const d = decide(logitsPerStep[t], rule.baseline[t], threshold, margin);
+    if (d.decided) return { steps: t + 1, ms: (t + 1) * dtMs, cls: d.cls, p: d.p, evidence: d.evidence };
+  }
+  return null;
 }
 
 /**
@@ -114,6 +182,7 @@ export class StepwiseRunner {
     this.config = manifest.config;
     this.depth = manifest.spontaneous_state.areas.length;
     this.spontaneous = spontaneousState(manifest);
+    this.decision = decisionRule(manifest);  // null without a "decision" block
     this.inputSize = this.config.in_channels * this.config.image_size * this.config.image_size;
     const names = new Set(session.inputNames);
     for (const inp of manifest.inputs) {
@@ -153,7 +222,8 @@ export class StepwiseRunner {
   /**
    * Present `input` (normalised, flat C·S·S) for `steps` steps after the spontaneous phase.
    * `onStep({t, logits, probabilities, state, ms})` is awaited after every step (for animation).
-   * Returns {logits: number[K] (after the last step), probabilities: number[steps][K], msPerStep}.
+   * Returns {logits: number[K] (after the last step), logitsPerStep: number[steps][K],
+   * probabilities: number[steps][K], msPerStep}.
    */
   async classify(input, { steps = this.manifest.protocol.steps, onStep = null } = {}) {
     if (!Number.isInteger(steps) || steps < 1) throw new Error(`steps: expected an int >= 1, got ${steps}`);
@@ -161,6 +231,7 @@ export class StepwiseRunner {
     let state = this.initialState();
     let logits = null;
     const probabilities = [];
+    const logitsPerStep = [];
     const now = () => (typeof performance !== 'undefined' ? performance.now() : Date.now());
     let busy = 0;
     for (let t = 0; t < steps; t++) {
@@ -170,10 +241,11 @@ export class StepwiseRunner {
       busy += ms;
       state = out.state;
       logits = Array.from(out.logits);
+      logitsPerStep.push(logits);
       const p = softmax(logits);
       probabilities.push(p);
       if (onStep) await onStep({ t, logits, probabilities: p, state, ms });
     }
-    return { logits, probabilities, msPerStep: busy / steps };
+    return { logits, logitsPerStep, probabilities, msPerStep: busy / steps };
   }
 }

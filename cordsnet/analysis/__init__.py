@@ -17,6 +17,10 @@ This package imports torch (it is not part of the torch-free runtime).
 
 from __future__ import annotations
 
+from ..extras import require
+
+require("torch", "cordsnet.analysis")
+
 from .images import load_images
 from .protocols import SEGMENT_KINDS, Segment, build_stimulus, parse_protocol, protocol_segments
 from .reaction import ReactionTimes, baseline_logits, measure_reaction_times, reaction_times

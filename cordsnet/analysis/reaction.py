@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .. import validate
-from ..decision import DEFAULT_MARGIN, baseline_confidence, check_threshold, first_decisions
+from ..decision import DEFAULT_MARGIN, DEFAULT_THRESHOLD, baseline_confidence, check_threshold, first_decisions
 from .protocols import TAU_MS
 
 __all__ = ["ReactionTimes", "baseline_logits", "measure_reaction_times", "reaction_times"]
@@ -86,7 +86,7 @@ def _numpy(name: str, a: Tensor | np.ndarray) -> np.ndarray:
     raise ValueError(f"{name}: expected a torch.Tensor or numpy array, got {type(a).__name__}")
 
 
-def reaction_times(logits: Tensor | np.ndarray, threshold: float = 0.9, *, baseline: Tensor | np.ndarray,
+def reaction_times(logits: Tensor | np.ndarray, threshold: float = DEFAULT_THRESHOLD, *, baseline: Tensor | np.ndarray,
                    margin: float = DEFAULT_MARGIN, alpha: float = 0.2, tau_ms: float = TAU_MS,
                    onset: int = 0) -> ReactionTimes:
     """First step at which each trial decides (see :mod:`cordsnet.decision`).
@@ -146,7 +146,7 @@ def baseline_logits(model: Any, images: Tensor, *, steps: int | None = None, spo
     return model.run(blank, steps=steps, spontaneous_steps=spontaneous_steps, alpha=alpha, readout="all")[:, 0]
 
 
-def measure_reaction_times(model: Any, images: Tensor, threshold: float = 0.9, *, margin: float = DEFAULT_MARGIN,
+def measure_reaction_times(model: Any, images: Tensor, threshold: float = DEFAULT_THRESHOLD, *, margin: float = DEFAULT_MARGIN,
                            steps: int | None = None, spontaneous_steps: int | None = None,
                            alpha: float | None = None, tau_ms: float = TAU_MS, onset: int = 0) -> ReactionTimes:
     """Run `model` on `images` and on no image with ``readout="all"`` and compute :func:`reaction_times`.

@@ -15,25 +15,31 @@ errors too. ``cordsnet-cli`` or ``cordsnet-cli analyze`` without a command print
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import logging
 import os
 import signal
 import sys
+import typing
 import warnings
-from typing import Any, Callable
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from . import analysis, dataset, export, foundation, runtime, train, web
+from ..extras import MissingExtraError, require
+from ..threads import set_num_threads
+from . import analysis, dataset, export, foundation, hub, runtime, train, web
 from ._shared import one_line, wide_console_env
 
-__all__ = ["COMMANDS", "USER_ERRORS", "app", "main"]
+__all__ = ["COMMANDS", "Command", "USER_ERRORS", "app", "main"]
 
 # Errors we raise for the user (bad files, bad values): one line, exit code 1. Nothing else: a
 # TypeError or KeyError escaping a command is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, MissingExtraError)
 
 
 class _OneLineErrors(TyperGroup):
@@ -90,23 +96,79 @@ def _help_without_a_command(ctx: typer.Context) -> None:
 app.callback()(_help_without_a_command)
 analyze_app.callback()(_help_without_a_command)
 
-# The commands in help order: name -> (Typer app, function). Adding a command is one entry here.
-COMMANDS: dict[str, tuple[typer.Typer, Callable[..., Any]]] = {
-    "info": (app, foundation.info),
-    "convert": (app, foundation.convert),
-    "export": (app, export.export_command),
-    "predict": (app, runtime.predict),
-    "verify": (app, runtime.verify),
-    "bench": (app, runtime.bench),
-    "train": (app, train.train),
-    "record": (app, analysis.record),
-    "evaluate": (app, dataset.evaluate_command),
-    "reaction-time": (app, analysis.reaction_time),
-    "spectrum": (analyze_app, analysis.spectrum),
-    "web": (app, web.web_command),
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One command of the CLI.
+
+    Attributes:
+        group: the Typer app it belongs to.
+        function: the command (its signature is the command's arguments and options).
+        extras: the optional extras it always needs, checked before it does anything (one line naming
+            the extra). A command that needs an extra only in some modes (info on a checkpoint, predict on
+            OpenVINO, export to ExecuTorch) checks it where the mode is known, still before any work.
+        threads: it computes: it gets a ``--threads`` option (:mod:`cordsnet.threads`) unless its function
+            has its own ``threads`` parameter (train passes it on to its options).
+    """
+
+    group: typer.Typer
+    function: Callable[..., Any]
+    extras: tuple[str, ...] = ()
+    threads: bool = True
+
+
+# The commands in help order. Adding a command is one entry here.
+COMMANDS: dict[str, Command] = {
+    "info": Command(app, foundation.info, threads=False),
+    "convert": Command(app, foundation.convert, ("torch",), threads=False),
+    "export": Command(app, export.export_command, ("torch",)),
+    "predict": Command(app, runtime.predict),
+    "verify": Command(app, runtime.verify),
+    "bench": Command(app, runtime.bench),
+    "train": Command(app, train.train, ("torch",)),
+    "record": Command(app, analysis.record, ("torch",)),
+    "evaluate": Command(app, dataset.evaluate_command, ("torch", "zarr")),
+    "reaction-time": Command(app, analysis.reaction_time, ("torch",)),
+    "spectrum": Command(analyze_app, analysis.spectrum, ("torch",)),
+    "web": Command(app, web.web_command, threads=False),
+    "fetch": Command(app, hub.fetch_command, threads=False),
 }
-for _name, (_group, _function) in COMMANDS.items():
-    _group.command(_name)(_function)
+
+THREADS_HELP = ("CPU threads for PyTorch, onnxruntime and OpenVINO (default: $CORDSNET_NUM_THREADS, else one per "
+                "core); fewer when other work shares the machine.")
+
+
+def _wrapped(name: str, command: Command) -> Callable[..., Any]:
+    """The command as Typer sees it: its extras checked first, and a ``--threads`` option where it computes.
+
+    The wrapper's signature carries the function's resolved annotations (its module's ``Annotated`` option
+    types: this module's globals cannot resolve them) plus the ``threads`` option.
+    """
+    function = command.function
+    hints = typing.get_type_hints(function, include_extras=True)
+    signature = inspect.signature(function)
+    add_threads = command.threads and "threads" not in signature.parameters
+    parameters = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()]
+    if add_threads:
+        parameters.append(inspect.Parameter(
+            "threads", inspect.Parameter.KEYWORD_ONLY, default=None,
+            annotation=Annotated[Optional[int], typer.Option("--threads", min=1, help=THREADS_HELP)]))
+
+    @functools.wraps(function)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        for extra in command.extras:
+            require(extra, f"`cordsnet-cli {name}`")
+        if add_threads:
+            set_num_threads(kwargs.pop("threads"))
+        return function(*args, **kwargs)
+
+    run.__signature__ = signature.replace(parameters=parameters, return_annotation=None)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in parameters}
+    del run.__wrapped__  # Typer reads the signature above, not the function's
+    return run
+
+
+for _name, _command in COMMANDS.items():
+    _command.group.command(_name)(_wrapped(_name, _command))
 app.add_typer(analyze_app, name="analyze")
 
 

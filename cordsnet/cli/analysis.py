@@ -6,12 +6,15 @@ Area lists have one syntax everywhere: a repeatable option taking comma-separate
 
 from __future__ import annotations
 
+import warnings
+
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
+from ..decision import DEFAULT_MARGIN, DEFAULT_THRESHOLD
 from ._shared import CheckpointArg, JsonOpt, console, echo_json, load_model, phases
 from .dataset import (  # the dataset mode of record
     DataRootOpt,
@@ -46,7 +49,9 @@ def split_model_and_images(paths: list[Path]) -> tuple[Optional[Path], list[Path
 
 
 def _stimulus(model: Any, paths: list[Path], protocol: Optional[str], seed: int) -> tuple[Any, int]:
-    """Images (or the protocol's frame sequence) for `model`, and the stimulus onset index."""
+    """Images (or the protocol's frame sequence) for `model`, and the stimulus onset index.
+
+    The files go through the one image pipeline (:mod:`cordsnet.runtime.preprocess`, as ``predict``)."""
     from ..analysis import build_stimulus, load_images, protocol_segments
 
     images = load_images(paths, model.config)
@@ -213,10 +218,11 @@ def record(
 # ------------------------------------------------------------------------------- reaction time
 def reaction_time(
     paths: AnalysisPathsArg,
-    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Top-class probability to reach.")] = 0.9,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Top-class probability to reach.")] = \
+        DEFAULT_THRESHOLD,
     margin: Annotated[float, typer.Option(
         min=0.0, help="Evidence the image must add (logits) to its class's lead over the strongest rival, "
-                      "relative to the no-image baseline at the same step.")] = 1.0,
+                      "relative to the no-image baseline at the same step.")] = DEFAULT_MARGIN,
     steps: Annotated[Optional[int], typer.Option(min=1, help="Stimulus steps (default: the config's).")] = None,
     spontaneous_steps: Annotated[Optional[int], typer.Option(min=0, help="Blank steps first.")] = None,
     tau_ms: Annotated[float, typer.Option(min=0.0, help="Time constant in ms (dt = alpha * tau).")] = 10.0,
@@ -233,8 +239,10 @@ def reaction_time(
         model = load_model(checkpoint)
         stimulus, onset = _stimulus(model, image_paths, protocol, seed)
         say(f"simulating {len(image_paths)} image(s)")
-        rt = measure_reaction_times(model, stimulus, threshold, margin=margin, steps=steps,
-                                    spontaneous_steps=spontaneous_steps, tau_ms=tau_ms, onset=onset)
+        with warnings.catch_warnings():  # the baseline's warning: said once, as the note below the table
+            warnings.filterwarnings("ignore", message="reaction_times: with no image", category=UserWarning)
+            rt = measure_reaction_times(model, stimulus, threshold, margin=margin, steps=steps,
+                                        spontaneous_steps=spontaneous_steps, tau_ms=tau_ms, onset=onset)
     preset = model.config.preset
     names = preset.class_names if preset is not None else None
 

@@ -98,7 +98,10 @@ def export_command(
     from .. import validate
     from .._io import check_output, file_sha256
     from ..artifact import companion_path, manifest_path
+    from ..extras import EXTRAS, require
 
+    if format.value in EXTRAS:  # a format written by an optional backend (executorch)
+        require(format.value, f"`cordsnet-cli export --format {format.value}`")
     source = checkpoint_source(checkpoint)
     if output is None:
         output = default_output(source, graph.value, dtype.value, format.value)

@@ -8,7 +8,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ._shared import JsonOpt, checkpoint_path, console, echo_json, load_model, verification_lines
+from ._shared import (JsonOpt, checkpoint_path, console, echo_json, load_model, phases, progress_bar,
+                      verification_lines)
 
 ProviderOpt = Annotated[str, typer.Option(
     "--provider", help="Execution provider: auto (CUDA if usable, else CPU with a warning), cuda, tensorrt, cpu.")]
@@ -60,22 +61,24 @@ def predict(
 
     if until is None and (max_steps is not None or margin is not None):
         raise ValueError(f"{'--max-steps' if max_steps is not None else '--margin'}: applies with --until only")
-    session = open_session(model, provider, backend=backend.value,
-                           precision=None if precision is None else precision.value)
     files = [str(p) for p in images]
     steps: list[int] | None = None
     decided: list[bool] | None = None
-    if until is None:
-        # Any number of images: a static-batch graph is fed in padded chunks by the runtime itself.
-        preds = session.predict(files, top_k).to_list()
-    else:
-        from ..decision import DEFAULT_MARGIN
+    with phases(f"opening {model.name}", quiet=as_json) as say:
+        session = open_session(model, provider, backend=backend.value,
+                               precision=None if precision is None else precision.value)
+        say(f"classifying {len(files)} image(s)")
+        if until is None:
+            # Any number of images: a static-batch graph is fed in padded chunks by the runtime itself.
+            preds = session.predict(files, top_k).to_list()
+        else:
+            from ..decision import DEFAULT_MARGIN
 
-        # StepSession: stops each image early (batch compaction); Session: needs a readout="all" graph
-        # (one call runs every step, so nothing is saved) and says so otherwise.
-        result = session.run_until(files, until, max_steps, margin=DEFAULT_MARGIN if margin is None else margin)
-        preds = session.rank(result.logits, top_k).to_list()
-        steps, decided = result.steps.tolist(), result.decided.tolist()
+            # StepSession: stops each image early (batch compaction); Session: needs a readout="all" graph
+            # (one call runs every step, so nothing is saved) and says so otherwise.
+            result = session.run_until(files, until, max_steps, margin=DEFAULT_MARGIN if margin is None else margin)
+            preds = session.rank(result.logits, top_k).to_list()
+            steps, decided = result.steps.tolist(), result.decided.tolist()
     if as_json:
         out: dict[str, Any] = {"model": str(model), "providers": session.providers, "predictions": [
             {"image": str(p), "top": top} for p, top in zip(images, preds)]}
@@ -96,17 +99,32 @@ def predict(
 
 def verify(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
-                                          help="An exported model (.onnx, .pt, .pt2).")],
+                                          help="An exported model (.onnx, .pt, .pt2, .pte).")],
     checkpoint: Annotated[Optional[Path], typer.Option(
         "--checkpoint", callback=checkpoint_path,
         help="Checkpoint the model was exported from, or a bundled model's name (default: the bundled "
              "model).")] = None,
+    reference: Annotated[Optional[Path], typer.Option(
+        "--reference", exists=True, dir_okay=False,
+        help="Check against a stored reference (.npz from --save-reference) instead of PyTorch: no torch needed "
+             "(ONNX graphs, with this runtime).")] = None,
+    save_reference: Annotated[Optional[Path], typer.Option(
+        "--save-reference", dir_okay=False,
+        help="After verifying against PyTorch, store a reference (.npz: images and PyTorch's logits) for "
+             "checking the graph where torch is not installed (--reference).")] = None,
     provider: ProviderOpt = "auto",
     atol: Annotated[Optional[float], typer.Option(min=0.0, help="Absolute tolerance (default: the exporter's).")] = None,
     rtol: Annotated[Optional[float], typer.Option(min=0.0, help="Relative tolerance (default: the exporter's).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check an exported model against the PyTorch model it came from (parity report; exit 1 on failure)."""
+    """Check an exported model against the PyTorch model it came from, or against a stored reference
+    (parity report; exit 1 on failure)."""
+    if reference is not None:
+        if checkpoint is not None or save_reference is not None:
+            raise ValueError("--reference: checks against the stored reference; it takes no --checkpoint or "
+                             "--save-reference")
+        _verify_against_reference(model, reference, provider, as_json)
+        return
     from ..export import verify_artifact
 
     tolerances = {k: v for k, v in (("atol", atol), ("rtol", rtol)) if v is not None}
@@ -114,18 +132,46 @@ def verify(
     if not onnx and provider not in ("auto", "cpu"):
         raise ValueError(f"provider: {provider!r} applies to ONNX models only; {model.name} runs with PyTorch "
                          "on the CPU (use --provider auto or cpu)")
-    torch_model = load_model(checkpoint)
+    if save_reference is not None:
+        from .._io import check_output
+
+        check_output(save_reference, inputs=[model, checkpoint], suffixes=(".npz",), name="--save-reference")
     source = str(checkpoint) if checkpoint is not None else "the bundled model"
-    # verify_artifact refuses an artifact exported from other weights (state-dict sha256) and applies
-    # the runtime's provider rules: a GPU provider that cannot run is an error,
-    # "auto" falls back to the CPU with one warning, and the session's real providers are checked.
-    report = verify_artifact(model, torch_model, providers=provider if onnx else None, **tolerances)
+    with phases("loading the checkpoint", quiet=as_json) as say:
+        torch_model = load_model(checkpoint)
+        say(f"verifying {model.name} against {source}")
+        # verify_artifact refuses an artifact exported from other weights (state-dict sha256) and applies
+        # the runtime's provider rules: a GPU provider that cannot run is an error,
+        # "auto" falls back to the CPU with one warning, and the session's real providers are checked.
+        report = verify_artifact(model, torch_model, providers=provider if onnx else None, **tolerances)
+        if save_reference is not None:
+            from ..export.reference import make_reference
+            from ..runtime.reference import save_reference as write
+
+            say(f"computing the reference of {model.name}")
+            write(save_reference, make_reference(torch_model, model, **tolerances))
     if as_json:
-        echo_json(report.to_dict())
+        echo_json({**report.to_dict(), **({"reference": str(save_reference)} if save_reference else {})})
         return
     typer.echo(f"{model} vs {source}: {report.summary()}")
     for line in verification_lines(report):
         typer.echo(line)
+    if save_reference is not None:
+        typer.echo(f"wrote the reference {save_reference} (check it anywhere: cordsnet-cli verify {model.name} "
+                   f"--reference {save_reference.name})")
+
+
+def _verify_against_reference(model: Path, reference: Path, provider: str, as_json: bool) -> None:
+    from ..runtime.reference import check_reference
+
+    with phases(f"checking {model.name} against {reference.name}", quiet=as_json):
+        result = check_reference(model, reference, providers=provider)
+    if as_json:
+        echo_json({"model": str(model), "reference": str(reference), **result.to_dict()})
+    else:
+        typer.echo(f"{model} vs {reference}: {result.summary()}")
+    if not result.passed:
+        raise typer.Exit(1)
 
 
 def bench(
@@ -142,17 +188,13 @@ def bench(
     as_json: JsonOpt = False,
 ) -> None:
     """Latency percentiles (per image, per step) and throughput of an exported graph."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from ..runtime.bench import benchmark
 
-    with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True, disable=as_json) as bar:
-        task = bar.add_task("runs", total=warmup + iterations)
+    with progress_bar("bench", warmup + iterations, quiet=as_json) as advance:
         result = benchmark(model, batch=batch, providers=provider, cuda_graph=cuda_graph, steps=steps,
                            warmup=warmup, iterations=iterations, backend=backend.value,
                            precision=None if precision is None else precision.value,
-                           progress=lambda done, total: bar.update(task, completed=done))
+                           progress=lambda done, total: advance(done))
     if as_json:
         echo_json(result)
         return

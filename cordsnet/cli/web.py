@@ -1,20 +1,21 @@
-"""``cordsnet-cli web``: serve the browser app (``web/``) with a stepwise ONNX graph and its client manifest.
+"""``cordsnet-cli web``: serve the browser app with a stepwise ONNX graph and its client manifest.
 
-The page (``web/index.html``) runs the graph with onnxruntime-web, step by step, and reads everything
-else it needs (protocol, preset normalisation, class names, the spontaneous state) from the client
+The page (``web/index.html`` in the source tree, installed as the package data ``cordsnet.webapp``) runs
+the graph with onnxruntime-web, step by step, and reads everything else it needs (protocol, preset
+normalisation, class names, the spontaneous state, the decision rule's baseline) from the client
 manifest ``<artifact>.cordsnet.json`` that the exporter writes beside every artifact
-(:mod:`cordsnet.artifact`); a manifest that belongs to another artifact is refused. The server:
+(:mod:`cordsnet.artifact`); a manifest that belongs to another artifact is refused. The server answers
+an allow-list and nothing else:
 
-* ``/`` and the page's own files: from ``web/`` of the source checkout;
-* ``/vendor/ort/<file>``: onnxruntime-web's ``dist`` files from ``web/node_modules`` (``npm ci`` in web/);
+* ``/`` and the page's own files (:data:`APP_FILES`);
+* ``/vendor/ort/<file>``: onnxruntime-web's files, vendored in the package (``web/vendor/ort``, pinned in
+  ``web/package.json``, written by ``tools/vendor-ort.sh``, with their licence): no npm, no network;
 * ``/model/manifest.json`` and ``/model/<artifact file>``: the served graph's manifest (the exporter's
   file, byte for byte) and the graph;
 * every response carries the cross-origin isolation headers (COOP/COEP) that threaded WASM needs.
 
-Without an ARTIFACT the bundled model's stepwise graph is exported (and verified) once into a cache
-folder (``$CORDSNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/cordsnet``, else ``~/.cache/cordsnet``).
-
-Torch is imported only to export the default graph on first use.
+Without an ARTIFACT the bundled model's stepwise graph, shipped in the package
+(``cordsnet/weights/digits_r4-stepwise.onnx``), is served: no torch needed.
 """
 
 from __future__ import annotations
@@ -23,22 +24,36 @@ import http.server
 import logging
 import os
 import threading
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from .._io import file_sha256
+from .._io import cache_dir, file_sha256
 from ..artifact import Manifest, check_manifest, manifest_path
 
-__all__ = ["DEFAULT_PORT", "WEB_DIR", "cache_dir", "default_artifact", "load_manifest", "make_server",
-           "serve_in_thread", "web_command"]
+__all__ = ["APP_FILES", "DEFAULT_PORT", "ORT_DIST", "WEB_DIR", "cache_dir", "default_artifact", "load_manifest",
+           "make_server", "serve_in_thread", "web_command", "web_dir"]
 
 logger = logging.getLogger("cordsnet.web")
 
-WEB_DIR = Path(__file__).resolve().parents[2] / "web"  # the page's static files (source checkout)
-ORT_DIST = WEB_DIR / "node_modules" / "onnxruntime-web" / "dist"  # vendored by `npm ci` in web/
+
+def web_dir() -> Path:
+    """The browser app's folder: the package data ``cordsnet.webapp`` (``web/`` of the source tree)."""
+    try:
+        return Path(str(resources.files("cordsnet.webapp")))
+    except ModuleNotFoundError:  # run from a source tree that is not installed (PYTHONPATH=.)
+        return Path(__file__).resolve().parents[2] / "web"
+
+
+WEB_DIR = web_dir()  # the page's static files
+ORT_DIST = WEB_DIR / "vendor" / "ort"  # onnxruntime-web's files, vendored (tools/vendor-ort.sh)
+# The page's own files: the only paths of WEB_DIR the server hands out (besides ORT_DIST's files).
+APP_FILES = ("index.html", "app.mjs", "cordsnet.mjs", "style.css", "digits.json")
 DEFAULT_PORT = 8765  # port of `cordsnet-cli web` unless --port is given (0: any free port)
+IDLE_TIMEOUT_S = 30.0  # a connection that sends nothing for this long is closed
+LISTEN_BACKLOG = 128  # pending connections the socket queues
 # Cross-origin isolation (SharedArrayBuffer, hence WASM threads) and no caching of changing files.
 ISOLATION_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
@@ -82,113 +97,133 @@ def _check_servable(manifest: Manifest, artifact: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- default graph
-def cache_dir() -> Path:
-    """The folder the default graph is exported to (created on use)."""
-    if os.environ.get("CORDSNET_CACHE_DIR"):
-        return Path(os.environ["CORDSNET_CACHE_DIR"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "cordsnet"
-
-
 def default_artifact(folder: str | os.PathLike | None = None) -> Path:
-    """The bundled model's stepwise ONNX graph (and its manifest), exported and verified on first use.
+    """The bundled model's stepwise ONNX graph (with its manifest).
 
     Args:
-        folder: cache folder; default :func:`cache_dir` ``/ "web"``.
+        folder: None: the graph shipped in the package (no torch needed). A folder: export the bundled
+            model's stepwise graph there (verified; needs the ``torch`` extra), reusing an earlier export of
+            the same weights and exporter whose manifest still checks.
 
     Returns:
-        Path of the ``.onnx`` file (named after the bundled weights' hash, so new weights export anew).
+        Path of the ``.onnx`` file.
     """
+    from ..weights import BUNDLED_STEPWISE
+
+    if folder is None:
+        shipped = Path(str(resources.files("cordsnet.weights").joinpath(BUNDLED_STEPWISE)))
+        check_manifest(shipped)
+        return shipped
+    from ..extras import require
+
+    require("torch", "exporting the bundled model's stepwise graph")
     from ..checkpoint import default_checkpoint_path
 
     source = default_checkpoint_path()
     digest = file_sha256(source)
-    folder = Path(folder) if folder is not None else cache_dir() / "web"
+    folder = Path(folder)
     path = folder / f"{source.name.split('.')[0]}-stepwise-{digest[:12]}.onnx"
     if path.is_file() and manifest_path(path).is_file():
         try:
-            check_manifest(path)
-            return path
+            manifest = check_manifest(path)
+            if manifest is not None and manifest.decision is not None:  # an export of the current format
+                return path
+            logger.info("re-exporting the cached graph: its manifest predates the decision rule")
         except ValueError as exc:  # a stale or damaged cache: export anew
             logger.warning("re-exporting the cached graph: %s", exc)
     folder.mkdir(parents=True, exist_ok=True)
     from ..checkpoint import load_checkpoint
     from ..export import export
 
-    logger.info("exporting the bundled model's stepwise graph to %s (first use)", path)
+    logger.info("exporting the bundled model's stepwise graph to %s", path)
     export(load_checkpoint(None), path, format="onnx", graph="stepwise", checkpoint_sha256=digest)  # + its manifest
     return path
 
 
 # ------------------------------------------------------------------------------------ server
 def _web_dir_ready() -> None:
-    if not (WEB_DIR / "index.html").is_file():
-        raise FileNotFoundError(f"web: the page's files are not at {str(WEB_DIR)!r} (run from a source checkout)")
+    missing = [name for name in APP_FILES if not (WEB_DIR / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"web: the page's files {missing} are not in {str(WEB_DIR)!r} (a broken installation: "
+                                "reinstall cordsnet)")
     if not (ORT_DIST / "ort.wasm.min.mjs").is_file():
-        raise FileNotFoundError(f"web: onnxruntime-web is not installed in {str(ORT_DIST.parent)!r}; "
-                                f"run `npm ci` in {str(WEB_DIR)!r}")
+        raise FileNotFoundError(f"web: onnxruntime-web's files are not in {str(ORT_DIST)!r} (a source checkout "
+                                "without them: run `bash tools/vendor-ort.sh`)")
+
+
+def routes(artifact: Path, manifest: Manifest) -> dict[str, tuple[Path | bytes, str]]:
+    """The allow-list the server answers: URL path -> (file or bytes, content type); nothing else exists.
+
+    The page's :data:`APP_FILES`, the vendored onnxruntime-web files (regular files only, no dotfiles), the
+    manifest as the exporter wrote it and its artifact. A path outside this table (a directory, a dotfile,
+    ``package.json``, an encoded or ``..`` path, a symlink) is a 404.
+    """
+    table: dict[str, tuple[Path | bytes, str]] = {"/": (WEB_DIR / "index.html", MIME_TYPES[".html"])}
+    for name in APP_FILES:
+        table[f"/{name}"] = (WEB_DIR / name, _mime(name))
+    for entry in sorted(ORT_DIST.iterdir()):
+        if entry.name.startswith(".") or entry.is_symlink() or not entry.is_file():
+            continue
+        table[f"/vendor/ort/{entry.name}"] = (entry, _mime(entry.name))
+    table["/model/manifest.json"] = (manifest.path.read_bytes(), MIME_TYPES[".json"])
+    table[f"/model/{manifest.file}"] = (artifact, MIME_TYPES[".onnx"])
+    return table
+
+
+def _mime(name: str) -> str:
+    return MIME_TYPES.get(Path(name).suffix.lower(), "application/octet-stream")
 
 
 def make_server(artifact: str | os.PathLike, host: str = "127.0.0.1", port: int = DEFAULT_PORT
                 ) -> http.server.ThreadingHTTPServer:
     """An HTTP server for the page and `artifact` (call ``serve_forever``; port 0 picks a free one).
 
+    It answers GET and HEAD for the paths of :func:`routes` only; idle connections are closed after
+    :data:`IDLE_TIMEOUT_S` and the listen backlog is :data:`LISTEN_BACKLOG`.
+
     Raises:
         ValueError: the artifact is not a float32 stepwise ONNX graph, or its manifest is another's.
-        FileNotFoundError: web/ or its onnxruntime-web files are missing.
+        FileNotFoundError: the page's files or its onnxruntime-web files are missing.
     """
     artifact = Path(artifact)
     manifest = load_manifest(artifact)  # the user's input first, then the installation
     _check_servable(manifest, artifact)
     _web_dir_ready()
-    routes: dict[str, tuple[Path | bytes, str]] = {  # the manifest as the exporter wrote it, and its artifact
-        "/model/manifest.json": (manifest.path.read_bytes(), "application/json"),
-        f"/model/{manifest.file}": (artifact, "application/octet-stream"),
-    }
+    table = routes(artifact, manifest)
 
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, directory=str(WEB_DIR), **kwargs)
+    class Handler(http.server.BaseHTTPRequestHandler):
+        timeout = IDLE_TIMEOUT_S  # socket timeout: a silent or half-sent request does not hold a thread
+        protocol_version = "HTTP/1.1"
 
-        def end_headers(self) -> None:
-            for key, value in ISOLATION_HEADERS.items():
-                self.send_header(key, value)
-            super().end_headers()
+        def do_GET(self) -> None:  # noqa: N802 (the base class's name)
+            self._answer(body=True)
 
-        def guess_type(self, path: Any) -> str:
-            return MIME_TYPES.get(Path(str(path)).suffix.lower()) or super().guess_type(path)
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._answer(body=False)
 
-        def send_head(self) -> Any:
+        def _answer(self, body: bool) -> None:
             route = self.path.split("?", 1)[0].split("#", 1)[0]
-            if route in routes:
-                body, ctype = routes[route]
-                data = body if isinstance(body, bytes) else body.read_bytes()
-                return self._bytes(data, ctype)
-            if route.startswith("/vendor/ort/"):
-                name = route[len("/vendor/ort/"):]
-                target = ORT_DIST / name
-                if "/" in name or name.startswith(".") or not target.is_file():
-                    self.send_error(404, "no such onnxruntime-web file")
-                    return None
-                return self._bytes(target.read_bytes(), self.guess_type(target))
-            if route.startswith(("/node_modules", "/model/")):
+            if route not in table:
                 self.send_error(404)
-                return None
-            return super().send_head()
-
-        def _bytes(self, data: bytes, ctype: str) -> Any:
-            import io
-
+                return
+            source, ctype = table[route]
+            data = source if isinstance(source, bytes) else source.read_bytes()
             self.send_response(200)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(data)))
+            for key, value in ISOLATION_HEADERS.items():
+                self.send_header(key, value)
             self.end_headers()
-            return io.BytesIO(data)
+            if body:
+                self.wfile.write(data)
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
             logger.debug("%s - %s", self.address_string(), format % args)
 
-    return http.server.ThreadingHTTPServer((host, port), Handler)
+    class Server(http.server.ThreadingHTTPServer):
+        request_queue_size = LISTEN_BACKLOG
+
+    return Server((host, port), Handler)
 
 
 def serve_in_thread(artifact: str | os.PathLike, host: str = "127.0.0.1", port: int = 0
@@ -204,16 +239,13 @@ def serve_in_thread(artifact: str | os.PathLike, host: str = "127.0.0.1", port: 
 def web_command(
     artifact: Annotated[Optional[Path], typer.Argument(
         exists=True, dir_okay=False,
-        help="A stepwise ONNX graph (float32); default: the bundled model's, exported to a cache folder on first use.")] = None,
+        help="A stepwise ONNX graph (float32) with its manifest beside it; default: the bundled model's (shipped).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port).")] = DEFAULT_PORT,
 ) -> None:
     """Serve the browser app: the stepwise graph runs in the page (onnxruntime-web), step by step."""
     if artifact is None:
-        from rich.console import Console
-
-        with Console(stderr=True).status("exporting the bundled model's stepwise graph (first use)"):
-            artifact = default_artifact()
+        artifact = default_artifact()
     server = make_server(artifact, host, port)
     h, p = server.server_address[:2]
     typer.echo(f"serving {artifact} at http://{h}:{p}/  (Ctrl-C to stop)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Mapping
 
+from ..extras import require
 from ..artifact import (
     DTYPES,
     FORMATS,
@@ -50,6 +51,7 @@ def parse_metadata(meta: Mapping[str, str]) -> dict[str, Any]:
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
+        require("torch", f"cordsnet.export.{name}")
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'cordsnet.export' has no attribute {name!r}")
 

@@ -2,7 +2,9 @@
 
 Flow: validate the options (:func:`cordsnet.export.spec.make_spec`) -> build the metadata
 (:class:`cordsnet.artifact.ArtifactInfo`) -> write every file (the graph, its companions) to a
-temporary path -> verify the temporary files against the PyTorch model -> write the client manifest
+temporary path -> verify the temporary files against the PyTorch model -> compute the decision
+rule's no-image baseline by running the written graph through the runtime (the session users run),
+for the manifest's ``"decision"`` block -> write the client manifest
 with the sha256 of those exact bytes -> rename everything into place, the manifest last. A failure at
 any point (exporter error, checker error, verification failure, interrupt) leaves no new file and
 never touches a file already at the destination.
@@ -11,10 +13,12 @@ never touches a file already at the destination.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +27,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .. import __version__, validate
-from .._io import atomic_path, file_sha256
+from .._io import atomic_path, file_sha256, temporary_name
 from ..artifact import (
     DTYPES,
     FORMATS,
@@ -36,6 +40,7 @@ from ..artifact import (
     io_names,
     manifest_path,
 )
+from ..decision import DEFAULT_MARGIN, DEFAULT_THRESHOLD, DecisionRule
 from ..model import CordsNet
 from .spec import DEFAULT_EXPORTER, EXPORTERS, ExportSpec, make_spec
 
@@ -297,18 +302,82 @@ def _write_all(source: CordsNet, spec: ExportSpec, backend: Any, output: Path, t
             report = verify_artifact(temps[0], source, atol=atol, rtol=rtol, format=spec.format,
                                      companions=dict(zip(roles, temps[1:])), images=images,
                                      images_source=source_name, activation_ranges=ranges)
-            logger.info("verification: %s", report.summary())
+            logger.debug("verification: %s", report.summary())  # the caller shows the report (the CLI prints it)
         verify_seconds = time.perf_counter() - t_verify
         companions = [{"role": r, "file": t.name, "sha256": file_sha256(tmp)}
                       for r, t, tmp in zip(roles, targets[1:], temps[1:])]
         data = _external_data(temps[0])
         if data is not None:
             companions.append({"role": "external-data", "file": output.name + ".data", "sha256": file_sha256(data)})
-        manifest = infos[0].to_manifest(file=output.name, format=spec.format, sha256=file_sha256(temps[0]),
-                                    size_bytes=temps[0].stat().st_size, companions=companions)
+        say("computing the no-image baseline of the decision rule with the runtime")
+        rule = _decision_rule(spec.format, infos[0], targets, temps)
+        manifest = dataclasses.replace(infos[0], decision=rule).to_manifest(
+            file=output.name, format=spec.format, sha256=file_sha256(temps[0]), size_bytes=temps[0].stat().st_size,
+            companions=companions)
         manifest_tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         size = sum(_size(t) for t in temps)
     return export_seconds, verify_seconds, report, size, data, details
+
+
+def _onnx_baseline(path: Path) -> Any:
+    from ..runtime import open_session
+
+    return open_session(path, "cpu").baseline_logits()
+
+
+def _pte_baseline(path: Path) -> Any:
+    from ..runtime.executorch import PteStepSession
+
+    return PteStepSession(path).baseline_logits()
+
+
+# format -> (the session kinds whose per-step logits its runtime gives, the no-image baseline of a written graph)
+_BASELINES: dict[str, tuple[tuple[str, ...], Callable[[Path], Any]]] = {
+    "onnx": (("step", "whole"), _onnx_baseline),
+    "executorch": (("step",), _pte_baseline),  # PteStepSession: stepwise and stepwise-drive programs
+}
+
+
+def _decision_rule(format: str, info: ArtifactInfo, targets: Sequence[Path],
+                   temps: Sequence[Path]) -> DecisionRule | None:
+    """The manifest's decision rule: :data:`~cordsnet.decision.DEFAULT_THRESHOLD`,
+    :data:`~cordsnet.decision.DEFAULT_MARGIN` and the no-image baseline (T, K) computed by the runtime
+    (``baseline_logits`` of the session :func:`cordsnet.runtime.open_session` opens, on the CPU; for an
+    ExecuTorch step program, :class:`cordsnet.runtime.executorch.PteStepSession`) on the written graph
+    itself, so that Python and every client compare with the same numbers.
+
+    None where the runtime cannot compute per-step logits of the graph: formats without a runtime here
+    (TorchScript, ExportedProgram) and ExecuTorch programs other than step programs, graphs that run the
+    whole protocol with readout "last", and multistep graphs (logits per call).
+
+    Args:
+        format: the export's format.
+        info: the graph's metadata.
+        targets, temps: the final paths and the staged temporaries (artifact first, then companions).
+    """
+    kinds, baseline_of = _BASELINES.get(format, ((), _onnx_baseline))
+    per_step = info.kind.session == "step" or info.readout == "all"
+    if info.kind.session not in kinds or not per_step or info.steps_per_call != 1:
+        return None
+
+    # The staged files live in private directories; the runtime finds companions and external data by
+    # their final names beside the artifact: link them under those names in one directory.
+    folder = temporary_name(targets[0])  # recognisable as a temporary (stale_temporaries) if we are killed
+    folder.mkdir()
+    try:
+        pairs = list(zip(targets, temps))
+        data = _external_data(temps[0])
+        if data is not None:
+            pairs.append((targets[0].with_name(targets[0].name + ".data"), data))
+        for target, staged_file in pairs:
+            try:
+                os.link(staged_file, folder / target.name)
+            except OSError:
+                shutil.copyfile(staged_file, folder / target.name)
+        baseline = baseline_of(folder / targets[0].name)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return DecisionRule(DEFAULT_THRESHOLD, DEFAULT_MARGIN, baseline)
 
 
 def _check_output(output: Path, format: str) -> Path:

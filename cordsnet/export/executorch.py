@@ -205,8 +205,11 @@ def load(path: str | Path) -> Any:
     """The ``forward`` method of a ``.pte`` program (``executorch.runtime``): ``method.execute([tensors])``."""
     from executorch.runtime import Runtime
 
-    program = Runtime.get().load_program(Path(path))
-    return program.load_method("forward")
+    from .._quiet import native_stderr_captured
+
+    with native_stderr_captured():  # the XNNPACK delegate's cpuinfo start-up lines (fd 2, not ours)
+        program = Runtime.get().load_program(Path(path))
+        return program.load_method("forward")
 
 
 def runner_name() -> str:

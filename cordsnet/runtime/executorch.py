@@ -34,7 +34,10 @@ def _method(path: Path, names: tuple[list[str], list[str]]) -> Callable[[Mapping
     import torch
     from executorch.runtime import Runtime
 
-    method = Runtime.get().load_program(path).load_method("forward")
+    from .._quiet import native_stderr_captured
+
+    with native_stderr_captured():  # the XNNPACK delegate's cpuinfo start-up lines (fd 2, not ours)
+        method = Runtime.get().load_program(path).load_method("forward")
     ins, outs = names
 
     def run(feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from ..threads import num_threads
 from ..artifact import read_metadata
 from ._adapters import Layout, Store
 from .providers import ProviderError
@@ -164,8 +165,9 @@ class OpenVINOSession:
         except RuntimeError as exc:
             first = " ".join(str(exc).split())[:300]
             raise ValueError(f"model: OpenVINO cannot read {str(self.path)!r} as an ONNX model: {first}") from None
+        threads = num_threads()  # the process's thread budget (cordsnet.threads), unless config sets one
         self._properties = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision][0], "PERFORMANCE_HINT": "LATENCY",
-                            **(config or {})}
+                            **({"INFERENCE_NUM_THREADS": threads} if threads is not None else {}), **(config or {})}
         self._model = model
         self._compiled: Any = None  # compiled on first use: a stateful StepSession never compiles the stateless graph
         self._meta = _Meta(read_metadata(self.path, "onnx"))  # the contract's one reader (cordsnet.* keys)

@@ -1,4 +1,10 @@
-"""Image preprocessing in numpy + Pillow, identical to each preset's torchvision test transform.
+"""The one image pipeline: image files and pixels -> a model's input, in numpy + Pillow (torch-free).
+
+Every surface goes through this module: the runtime sessions (``predict``, ``predict --until``), the
+analysis commands (``record``, ``reaction-time``, :func:`cordsnet.analysis.load_images` is a thin torch
+adapter over :meth:`Preprocessor.batch`) and the ImageNet folder loader of :mod:`cordsnet.data`
+(:func:`to_mode`), so the same file gives the same pixels everywhere. Only :func:`load_image` opens
+image files.
 
 The test transform of a model with input side S is torchvision's
 ``Resize(preset.resize_size(S)) -> CenterCrop(S) -> ToTensor() -> Normalize(mean, std)``
@@ -17,12 +23,17 @@ Every Pillow mode is scaled correctly or refused (:meth:`Preprocessor.to_pil`):
   images must hold values in [0, 1], which map to 0..255. Either is then greyscale ("L"), replicated
   to RGB for a 3-channel model.
 * A mode Pillow cannot convert is refused with one line naming it; a decompression bomb (more pixels
-  than ``PIL.Image.MAX_IMAGE_PIXELS`` allows) is refused before it is decoded.
+  than ``PIL.Image.MAX_IMAGE_PIXELS`` allows: Pillow itself only warns below twice the limit) is
+  refused before it is decoded; only regular files are opened (no directories, FIFOs or devices).
+
+A model without a dataset preset gets :meth:`Preprocessor.for_config`'s identity normalisation
+(resize + crop + [0, 1], with a warning).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
@@ -30,7 +41,7 @@ from typing import Any, Mapping, Sequence, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["ImageLike", "Preprocessor", "load_image"]
+__all__ = ["ImageLike", "Preprocessor", "load_image", "to_mode"]
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -39,27 +50,69 @@ _MODES: dict[int, str] = {1: "L", 3: "RGB"}
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open and decode an image file completely.
+    """Open and decode an image file completely (the only place image files are opened).
+
+    Args:
+        path: a regular file in any format Pillow reads.
+
+    Returns:
+        The decoded image, in the file's own mode (see :func:`to_mode` for the conversion).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not an image Pillow can decode (unknown format or truncated data).
+        ValueError: not a regular file, more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (a
+            decompression bomb), or not an image Pillow can decode (unknown format or truncated data).
     """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"image: no such file {str(p)!r}")
-    if p.is_dir():
-        raise ValueError(f"image: expected an image file, got the directory {str(p)!r}")
+    if not p.is_file():
+        what = "the directory" if p.is_dir() else "something that is not a regular file:"
+        raise ValueError(f"image: expected an image file, got {what} {str(p)!r}")
     try:
-        with Image.open(p) as img:
-            img.load()
-            return img.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow only warns below 2x the limit
+            with Image.open(p) as img:
+                limit = Image.MAX_IMAGE_PIXELS
+                if limit is not None and img.width * img.height > limit:
+                    raise Image.DecompressionBombError(f"{img.width}x{img.height} = {img.width * img.height} "
+                                                       f"pixels, more than PIL.Image.MAX_IMAGE_PIXELS = {limit}")
+                img.load()
+                return img.copy()
     except UnidentifiedImageError:
         raise ValueError(f"image: cannot decode {str(p)!r} (not an image format Pillow knows)") from None
-    except Image.DecompressionBombError as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ValueError(f"image: {str(p)!r} is too large to decode safely ({exc}); downscale it first") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"image: cannot decode {str(p)!r} ({exc})") from None
+
+
+def to_mode(image: ImageLike, mode: str) -> Image.Image:
+    """Any single image (path, PIL image, uint8 HW / HWC or uint16 HW array) as a PIL image in `mode`.
+
+    The one conversion of every Pillow mode (module docstring): wide modes are scaled to 8-bit
+    greyscale, everything else goes through Pillow's ``convert``; what cannot be converted is refused.
+
+    Args:
+        image: the image.
+        mode: "L" or "RGB" (a model's input mode).
+    """
+    if mode not in _MODES.values():
+        raise ValueError(f"mode: expected one of {sorted(_MODES.values())}, got {mode!r}")
+    if isinstance(image, (str, os.PathLike)):
+        img = load_image(image)
+    elif isinstance(image, Image.Image):
+        img = image
+    elif isinstance(image, np.ndarray):
+        img = _array_to_pil(image)
+    else:
+        raise TypeError(f"image: expected a path, a PIL image or a uint8 (H, W[, C]) array, got "
+                        f"{type(image).__name__}")
+    if img.mode in _WIDE_MODES:
+        img = _wide_to_l(img)
+    if img.mode != mode:
+        img = _convert(img, mode)
+    return img
 
 
 @dataclass(frozen=True)
@@ -95,6 +148,29 @@ class Preprocessor:
         return cls(tuple(float(m) for m in data["mean"]), tuple(float(s) for s in data["std"]), int(image_size),
                    int(round(image_size * ratio)), str(data.get("name", "custom")))
 
+    @classmethod
+    def for_config(cls, config: Any) -> "Preprocessor":
+        """The test transform of a model's config (a :class:`~cordsnet.config.CordsNetConfig`).
+
+        Its dataset preset's normalisation; without a preset, resize + crop + [0, 1] only (mean 0,
+        std 1, a ``RuntimeWarning`` says so).
+
+        Raises:
+            ValueError: the preset's channel count differs from ``config.in_channels``.
+        """
+        channels, size, preset = int(config.in_channels), int(config.image_size), config.preset
+        if channels not in _MODES:
+            raise ValueError(f"config.in_channels: images can be preprocessed for 1 or 3 channels, got {channels}")
+        if preset is None:
+            warnings.warn("images: the model's config names no dataset preset; images are scaled to [0, 1] but "
+                          "not normalised", RuntimeWarning, stacklevel=2)
+            return cls((0.0,) * channels, (1.0,) * channels, size, size, "none")
+        pre = cls.from_preset(preset, size)
+        if pre.channels != channels:
+            raise ValueError(f"config: preset {pre.name!r} has {pre.channels} channel(s), the model "
+                             f"{channels}")
+        return pre
+
     @property
     def channels(self) -> int:
         return len(self.mean)
@@ -106,21 +182,8 @@ class Preprocessor:
 
     # ---------------------------------------------------------------------------------- steps
     def to_pil(self, image: ImageLike) -> Image.Image:
-        """Any single image (path, PIL image, uint8 HW / HWC array) as a PIL image in :attr:`mode`."""
-        if isinstance(image, (str, os.PathLike)):
-            img = load_image(image)
-        elif isinstance(image, Image.Image):
-            img = image
-        elif isinstance(image, np.ndarray):
-            img = _array_to_pil(image)
-        else:
-            raise TypeError(f"image: expected a path, a PIL image or a uint8 (H, W[, C]) array, got "
-                            f"{type(image).__name__}")
-        if img.mode in _WIDE_MODES:
-            img = _wide_to_l(img)
-        if img.mode != self.mode:
-            img = _convert(img, self.mode)
-        return img
+        """Any single image (path, PIL image, uint8 HW / HWC array) as a PIL image in :attr:`mode` (:func:`to_mode`)."""
+        return to_mode(image, self.mode)
 
     def resize(self, img: Image.Image) -> Image.Image:
         """torchvision ``Resize(resize_size)``: shorter side to `resize_size`, aspect ratio kept."""

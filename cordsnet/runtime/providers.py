@@ -11,7 +11,9 @@ Provider names accepted by :func:`resolve_providers` (a registry, :data:`PROVIDE
 * ``"cpu"``: the CPU provider only.
 * ``"cuda"``: the CUDA provider (nodes it lacks run on the CPU, as onnxruntime always allows).
 * ``"tensorrt"``: the TensorRT provider, then CUDA for what TensorRT does not take.
-* ``"auto"``: CUDA when it can be used, else the CPU with exactly one :class:`RuntimeWarning`.
+* ``"auto"``: CUDA when it can be used, else the CPU: silently with a CPU build of onnxruntime (the
+  ``onnxruntime`` package: nothing to fall back from), with exactly one :class:`RuntimeWarning` when a
+  GPU build (``onnxruntime-gpu``) cannot use CUDA here.
 * an explicit onnxruntime list, e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]`` or
   ``[("CUDAExecutionProvider", {"device_id": 1})]``: every listed provider must be active.
 """
@@ -30,6 +32,8 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 import onnxruntime as ort
 
+from ..threads import num_threads
+
 __all__ = [
     "CPU",
     "CUDA",
@@ -39,6 +43,8 @@ __all__ = [
     "ProviderPlan",
     "ProvidersLike",
     "create_session",
+    "quiet_onnxruntime",
+    "quiet_session_options",
     "is_gpu_provider",
     "resolve_providers",
 ]
@@ -113,6 +119,9 @@ def resolve_providers(providers: ProvidersLike = "auto", *,
     if isinstance(providers, str):
         key = providers.strip().lower()
         if key == _AUTO:
+            if CUDA not in ort.get_available_providers():  # a CPU build: the CPU is what was installed
+                names = PROVIDER_ALIASES["cpu"]
+                return ProviderPlan(names, _with_options(names, extra), (CPU,), auto=True, label=_AUTO)
             reason = _unavailable_reason(CUDA)
             if reason is None:
                 names = PROVIDER_ALIASES["cuda"]
@@ -165,6 +174,7 @@ def create_session(path: str | os.PathLike, plan: ProviderPlan,
     """
     if plan.fallback_reason is not None:
         _warn_fallback(plan.fallback_reason, warn)
+    session_options = quiet_session_options(session_options)
     session = ort.InferenceSession(str(path), sess_options=session_options, providers=list(plan.request),
                                    provider_options=[dict(o) for o in plan.options])
     active = session.get_providers()
@@ -178,6 +188,31 @@ def create_session(path: str | os.PathLike, plan: ProviderPlan,
         _warn_fallback(f"{CUDA} could not start: {why}", warn)
         return session  # onnxruntime already made it a CPU session; we only refuse to be silent about it
     raise ProviderError(f"providers: {plan.label} requires {missing}, but {why}")
+
+
+def quiet_session_options(options: ort.SessionOptions | None = None) -> ort.SessionOptions:
+    """`options` (or new ones) with the process's thread budget and onnxruntime's log kept to errors.
+
+    * threads: :func:`cordsnet.threads.num_threads` as ``intra_op_num_threads`` unless `options` set one;
+    * logging: onnxruntime's own warnings (e.g. a float16 graph's "Could not find a CPU kernel" lines of
+      constant folding, which fall back correctly) are not the user's business; errors still show, and
+      ``CORDSNET_DEBUG=1`` shows everything. :func:`quiet_onnxruntime` does the same for the default logger,
+      which onnxruntime's own tools (the int8 quantiser's calibration sessions) use.
+    """
+    options = options if options is not None else ort.SessionOptions()
+    n = num_threads()
+    if n is not None and options.intra_op_num_threads == 0:
+        options.intra_op_num_threads = n
+    if not os.environ.get("CORDSNET_DEBUG") and options.log_severity_level == -1:
+        options.log_severity_level = 3
+    quiet_onnxruntime()
+    return options
+
+
+def quiet_onnxruntime() -> None:
+    """onnxruntime's default logger at errors only (unless ``CORDSNET_DEBUG`` is set)."""
+    if not os.environ.get("CORDSNET_DEBUG"):
+        ort.set_default_logger_severity(3)
 
 
 def _warn_fallback(reason: str, warn: Callable[[str], None] | None) -> None:

@@ -3,6 +3,10 @@
 Import cost: this package imports torch (``import cordsnet`` does not import it).
 """
 
+from ..extras import require
+
+require("torch", "cordsnet.train")
+
 from .cnn import BatchNormSet, FoldedCNN, compat_forward, fold_batchnorm, folded_activity, folded_forward
 from .losses import (anneal_slope, contraction_penalty, inverse_loss, spontaneous_penalty, time_weighted_ce,
                      time_weights)

@@ -56,6 +56,7 @@ log = logging.getLogger("cordsnet.train")
 LAST = "last.safetensors"
 FINAL = "final.safetensors"
 METRICS = "metrics.jsonl"
+LOG_EVERY_S = 10.0  # without a progress bar, a log line at least this often within an epoch
 # The files a run writes into its directory (stage checkpoints: "<k>-<stage>.safetensors").
 _STAGE_CHECKPOINT = re.compile(r"^\d+-(" + "|".join(map(re.escape, STAGES)) + r")\.safetensors$")
 
@@ -641,10 +642,11 @@ class Trainer:
         return state.stage_index, state.epoch
 
     # ------------------------------------------------------------------------------ progress
-    def _progress(self, spec: StageSpec, epoch: int, total: int) -> "_Bar | None":
-        if not self.opts.progress or self.rank != 0:
+    def _progress(self, spec: StageSpec, epoch: int, total: int) -> "_Bar | _LogLines | None":
+        if self.rank != 0:
             return None
-        return _Bar(f"{spec.name} {epoch + 1}/{spec.epochs}", total)
+        title = f"{spec.name} {epoch + 1}/{spec.epochs}"
+        return _Bar(title, total) if self.opts.progress else _LogLines(title, total)
 
 
 def _is_own_format(path: Path) -> bool:
@@ -673,6 +675,24 @@ class _Bar:
 
     def close(self) -> None:
         self.progress.stop()
+
+
+class _LogLines:
+    """Without a bar: a log line at most every :data:`LOG_EVERY_S` within an epoch (never a silent stretch)."""
+
+    def __init__(self, title: str, total: int) -> None:
+        self.title, self.total, self.done = title, total, 0
+        self.last = time.monotonic()
+
+    def advance(self, **fields: float) -> None:
+        self.done += 1
+        if time.monotonic() - self.last >= LOG_EVERY_S and self.done < self.total:
+            self.last = time.monotonic()
+            log.info("%s: batch %d/%d, %s", self.title, self.done, self.total,
+                     ", ".join(f"{k} {v:.4f}" for k, v in fields.items()))
+
+    def close(self) -> None:
+        pass
 
 
 def _dist_info() -> tuple[int, int, int]:

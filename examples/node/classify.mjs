@@ -2,22 +2,25 @@
 // Drive a CordsNet stepwise graph with onnxruntime-node, from its client manifest.
 //
 //   cd examples/node && ONNXRUNTIME_NODE_INSTALL=skip npm ci
-//   node classify.mjs MODEL.onnx [--manifest MODEL.onnx.cordsnet.json] [--input images.json] [--steps N] [--threshold P] [--json]
+//   node classify.mjs MODEL.onnx [--manifest MODEL.onnx.cordsnet.json] [--input images.json] [--steps N]
+//                    [--threshold P] [--margin M] [--json]
 //
 // --input: {"images": [[C·S·S normalised numbers], ...]}; default: the held-out digits of web/digits.json,
 // normalised with the manifest's preset. The time loop and the manifest reader are the browser app's
-// (web/cordsnet.mjs): start from the manifest's spontaneous state, feed each next state back.
+// (web/cordsnet.mjs): start from the manifest's spontaneous state, feed each next state back. The decision
+// is cordsnet.decision's (the manifest's "decision" block: threshold, margin, no-image baseline);
+// --threshold and --margin override the manifest's values.
 
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as ort from 'onnxruntime-node';
-import { StepwiseRunner, normalise, reactionTime } from '../../web/cordsnet.mjs';
+import { StepwiseRunner, decide, normalise, reactionTime } from '../../web/cordsnet.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 
 function parseArgs(argv) {
-  const opts = { model: null, manifest: null, input: null, steps: null, threshold: 0.9, json: false };
+  const opts = { model: null, manifest: null, input: null, steps: null, threshold: null, margin: null, json: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -28,13 +31,16 @@ function parseArgs(argv) {
     else if (a === '--input') opts.input = value();
     else if (a === '--steps') opts.steps = Number(value());
     else if (a === '--threshold') opts.threshold = Number(value());
+    else if (a === '--margin') opts.margin = Number(value());
     else if (a === '--json') opts.json = true;
-    else if (a.startsWith('--')) throw new Error(`unknown option ${a} (valid: --manifest --input --steps --threshold --json)`);
+    else if (a.startsWith('--')) throw new Error(`unknown option ${a} (valid: --manifest --input --steps --threshold --margin --json)`);
     else if (opts.model === null) opts.model = a;
     else throw new Error(`unexpected argument ${a}`);
   }
   if (opts.model === null) throw new Error('MODEL: expected the path of a stepwise .onnx graph');
   if (opts.steps !== null && !(Number.isInteger(opts.steps) && opts.steps >= 1)) throw new Error(`--steps: expected an int >= 1, got ${opts.steps}`);
+  if (opts.threshold !== null && !(opts.threshold > 0 && opts.threshold <= 1)) throw new Error(`--threshold: expected a probability in (0, 1], got ${opts.threshold}`);
+  if (opts.margin !== null && !(opts.margin > 0 && Number.isFinite(opts.margin))) throw new Error(`--margin: expected a number > 0, got ${opts.margin}`);
   return opts;
 }
 
@@ -50,6 +56,11 @@ async function main() {
   const opts = parseArgs(process.argv.slice(2));
   const manifest = readJson(opts.manifest ?? `${opts.model}.cordsnet.json`, 'manifest');
   const runner = await StepwiseRunner.create(ort, opts.model, manifest, { executionProviders: ['cpu'] });
+  const rule = runner.decision;
+  if (rule === null) throw new Error('manifest: no "decision" block (exported by an older cordsnet); export the model again');
+  const threshold = opts.threshold ?? rule.threshold;
+  const margin = opts.margin ?? rule.margin;
+  if (!(threshold > 1 / manifest.config.num_classes)) throw new Error(`--threshold: expected more than 1/${manifest.config.num_classes}, got ${threshold}`);
   const { in_channels: C, image_size: S } = manifest.config;
   let images, labels;
   if (opts.input) {
@@ -66,17 +77,21 @@ async function main() {
   for (let b = 0; b < images.length; b++) {
     const r = await runner.classify(images[b], { steps });
     const prediction = r.logits.indexOf(Math.max(...r.logits));
-    const rt = reactionTime(r.probabilities, opts.threshold, manifest.protocol.dt_ms);
-    results.push({ logits: r.logits, probabilities: r.probabilities, prediction, reaction_time: rt, ms_per_step: r.msPerStep });
+    const rt = reactionTime(r.logitsPerStep, rule, manifest.protocol.dt_ms, { threshold, margin });
+    // the criterion at every step (evidence and probability of the top class), for checks against Python
+    const trace = r.logitsPerStep.map((z, t) => decide(z, rule.baseline[t], threshold, margin));
+    results.push({ logits: r.logits, logits_per_step: r.logitsPerStep, probabilities: r.probabilities, prediction,
+                   reaction_time: rt, decisions: trace, ms_per_step: r.msPerStep });
     if (!opts.json) {
       const name = names ? names[prediction] : prediction;
       const label = labels[b] === null ? '' : ` (label ${names ? names[labels[b]] : labels[b]})`;
-      const when = rt ? `decided at ${rt.ms} ms (${rt.steps} steps)` : `no class reached ${opts.threshold}`;
+      const when = rt ? `decided ${names ? names[rt.cls] : rt.cls} at ${rt.ms} ms (${rt.steps} steps)` : `undecided (threshold ${threshold}, margin ${margin})`;
       console.log(`image ${b}: ${name}${label}, p = ${r.probabilities[steps - 1][prediction].toFixed(3)}, ${when}, ${r.msPerStep.toFixed(3)} ms/step`);
     }
   }
   if (opts.json) {
-    process.stdout.write(JSON.stringify({ runtime: `onnxruntime-node ${ort.env.versions.node}`, steps, results }));
+    process.stdout.write(JSON.stringify({ runtime: `onnxruntime-node ${ort.env.versions.node}`, steps, threshold, margin,
+                                          results }));
   }
 }
 
