@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+
+from ..names import BACKENDS, OPENVINO_PRECISIONS, choices
 
 from ._shared import (JsonOpt, checkpoint_path, console, echo_json, load_model, phases, progress_bar,
                       verification_lines)
@@ -15,19 +16,8 @@ ProviderOpt = Annotated[str, typer.Option(
     "--provider", help="Execution provider: auto (CUDA if usable, else CPU with a warning), cuda, tensorrt, cpu.")]
 
 
-class Backend(str, Enum):
-    """Engines of cordsnet.runtime.BACKENDS."""
-
-    onnxruntime = "onnxruntime"
-    openvino = "openvino"
-
-
-class Precision(str, Enum):
-    """OpenVINO compile precisions (cordsnet.runtime.openvino_backend.PRECISIONS)."""
-
-    f32 = "f32"
-    bf16 = "bf16"
-    f16 = "f16"
+Backend = choices("Backend", BACKENDS)  # engines of cordsnet.runtime
+Precision = choices("Precision", OPENVINO_PRECISIONS)  # OpenVINO compile precisions
 
 
 BackendOpt = Annotated[Backend, typer.Option(

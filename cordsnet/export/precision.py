@@ -40,7 +40,7 @@ DEFAULT_CALIBRATION_IMAGES = 64  # calibration images when the preset has local 
 
 # Calibration methods: onnxruntime's static quantiser's by our name, and "checkpoint": the activation
 # ranges a quantisation-aware training stage stored in the checkpoint (no calibration run).
-CALIBRATIONS: tuple[str, ...] = ("minmax", "percentile", "entropy", "checkpoint")
+from ..names import CALIBRATIONS  # noqa: E402 (the one list: cordsnet.names)
 # Ops whose inputs and weights are quantised: the convolutions and the read-out (where the arithmetic is).
 # The Euler update ((1 - alpha) r + alpha f) and the additions stay float32, so the state fed back
 # every step is not rounded to 8 bits.

@@ -36,6 +36,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from ..names import OPENVINO_PRECISIONS
 from ..threads import num_threads
 from ..artifact import read_metadata
 from ._adapters import Layout, Store
@@ -47,11 +48,9 @@ __all__ = ["DEFAULT_DEVICE", "PRECISIONS", "OpenVINOEngine", "OpenVINOSession", 
 DEFAULT_DEVICE = "CPU"  # what providers="auto"/"cpu" mean for this backend
 
 # precision -> (OpenVINO INFERENCE_PRECISION_HINT value, the OPTIMIZATION_CAPABILITIES entry it needs)
-PRECISIONS: dict[str, tuple[str, str]] = {
-    "f32": ("f32", "FP32"),
-    "bf16": ("bf16", "BF16"),
-    "f16": ("f16", "FP16"),
-}
+# (keyed by the one list of names, cordsnet.names.OPENVINO_PRECISIONS)
+PRECISIONS: dict[str, tuple[str, str]] = dict(zip(OPENVINO_PRECISIONS, (("f32", "FP32"), ("bf16", "BF16"), ("f16", "FP16")),
+                                                  strict=True))
 # Long spellings accepted for the same precisions (numpy / the export's --dtype names).
 PRECISION_ALIASES: dict[str, str] = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 

@@ -52,7 +52,7 @@ _ORT_LOAD_ERRORS: tuple[type[BaseException], ...] = tuple(
 SESSION_CLASS_NAMES: dict[str | None, str] = {"whole": "Session", "step": "StepSession", None: "StepSession"}
 
 # Engines that run the exported ONNX graphs: onnxruntime (providers) or OpenVINO (devices, precision hints).
-BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino")
+from ..names import BACKENDS  # noqa: E402 (the one list: cordsnet.names)
 
 
 def read_artifact_info(path: str | os.PathLike) -> ArtifactInfo:
