@@ -217,7 +217,7 @@ def backend_steps(args: argparse.Namespace) -> dict:
 def open_costs(args: argparse.Namespace) -> dict:
     """Seconds to read the metadata and open each graph, median of ``--repeats`` rounds, and one prediction."""
     from cordsnet.checkpoint import load_checkpoint
-    from cordsnet.runtime import read_artifact_info
+    from cordsnet.artifact import read_info
 
     if args.bundled:
         model = load_checkpoint(None)
@@ -254,7 +254,7 @@ def open_costs(args: argparse.Namespace) -> dict:
             timed("metadata_via_unoptimised_session", lambda: ort.InferenceSession(
                 str(unrolled), options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
                 providers=["CPUExecutionProvider"]).get_modelmeta())
-            timed("metadata_read_from_file", lambda: read_artifact_info(unrolled))
+            timed("metadata_read_from_file", lambda: read_info(unrolled, "onnx"))
             s = timed("open_unrolled", lambda: Session(unrolled, providers="cpu"))
             timed("predict_unrolled", lambda: s.predict(x))
             timed("open_unrolled_optimisations_off", lambda: Session(

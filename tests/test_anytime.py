@@ -16,7 +16,7 @@ import torch
 from cordsnet.data import digits_split, digits_to_tensor
 from cordsnet.decision import DEFAULT_MARGIN, first_decisions
 from cordsnet.export import export
-from cordsnet.runtime import EarlyExit, Session, StepSession, open_session
+from cordsnet.runtime import AnytimeResult, Session, StepSession, open_session
 
 MAX_STEPS = 60  # enough for most held-out digits to decide at 0.9 (mean ~42 steps), short enough to test
 THRESHOLD = 0.9
@@ -54,7 +54,7 @@ def test_stepsession_run_until_equals_the_model(bundled_model, bundled_stepwise,
         ref = bundled_model.run_until(torch.from_numpy(x), THRESHOLD, max_steps=MAX_STEPS)
     session = StepSession(bundled_stepwise, providers="cpu")
     out = session.run_until(x, THRESHOLD, max_steps=MAX_STEPS)
-    assert isinstance(out, EarlyExit)
+    assert isinstance(out, AnytimeResult)
     # Premise of exact equality: at every step up to each image's stop, the criterion is at least 1e-4
     # away from its boundary (probability and evidence), while the graph and the model differ by float32
     # rounding of logits of magnitude ~10 (~1e-5). So no decision can flip between the two.

@@ -20,7 +20,7 @@ import pytest
 
 from cordsnet import artifact as A
 from cordsnet._io import file_sha256
-from cordsnet.runtime import Session, StepSession, open_session, read_artifact_info
+from cordsnet.runtime import Session, StepSession, open_session, read_info
 
 # onnxruntime's own exception types: a lying artifact must never surface as one of these.
 import onnxruntime as ort
@@ -142,7 +142,7 @@ def _refused_everywhere(path: Path, model, match: str) -> None:
     entry_points = {
         "read_info": lambda: A.read_info(path),
         "describe_artifact": lambda: describe_artifact(path),
-        "read_artifact_info": lambda: read_artifact_info(path),
+        "runtime.read_info": lambda: read_info(path, "onnx"),
         "open_session": lambda: open_session(path, providers="cpu").predict(np.zeros((1, 3, 32, 32), np.float32)),
         "Session": lambda: Session(path, providers="cpu").run(np.zeros((1, 3, 32, 32), np.float32)),
         "StepSession": lambda: StepSession(path, providers="cpu").run(np.zeros((1, 3, 32, 32), np.float32)),

@@ -18,12 +18,13 @@ from cordsnet.checkpoint import load_checkpoint, save_checkpoint
 from cordsnet._io import file_sha256
 from cordsnet.artifact import manifest_path, read_manifest
 from cordsnet.export import (
+    ArtifactInfo,
     VerificationError,
     decode_spontaneous_state,
     describe_artifact,
     encode_path,
     export,
-    parse_metadata,
+    read_info,
     read_metadata,
     verify_artifact,
 )
@@ -72,7 +73,7 @@ def test_graph_kind_x_format_verifies(models, tmp_path, depth, fmt, graph):
         (["m.encode" + SUFFIX[fmt]] if graph == "stepwise-drive" else [])
     assert files == sorted(expected)  # the artifact, its companion and manifest; no temporary files left behind
     assert sorted(p.name for p in report.files) == sorted(expected)
-    meta = parse_metadata(read_metadata(out))
+    meta = read_info(out).to_dict()
     assert meta["graph"] == graph and meta["steps"] == STEPS and meta["config"]["depth"] == depth
     if fmt == "onnx":
         for f in [f for f in report.files if f.suffix == ".onnx"]:
@@ -154,7 +155,7 @@ def test_readout_all_and_record(r2, tmp_path, graph):
 def test_alpha_override(r2, tmp_path):
     out = tmp_path / "a.onnx"
     export(r2, out, graph="unrolled", steps=STEPS, spontaneous_steps=SPONT, alpha=0.5)
-    assert parse_metadata(read_metadata(out))["alpha"] == 0.5
+    assert read_info(out).to_dict()["alpha"] == 0.5
     images = _images(2)
     got = _session(out).run(None, {"image": images})[0]
     np.testing.assert_allclose(got, _run(r2, images, steps=STEPS, alpha=0.5).numpy(), atol=1e-4, rtol=1e-3)
@@ -189,7 +190,7 @@ def test_metadata_round_trip(r2, tmp_path, fmt):
     required = ["format_version", "graph", "config", "steps", "spontaneous_steps", "alpha", "readout", "record",
                 "dtype", "batch", "preset", "version", "checkpoint_sha256", "spontaneous_state"]
     assert all(isinstance(meta[f"cordsnet.{k}"], str) for k in required)
-    info = parse_metadata(meta)
+    info = ArtifactInfo.from_metadata(meta).to_dict()
     assert info["config"] == r2.config.to_dict()
     assert info["preset"] == r2.config.preset.to_dict()
     assert (info["steps"], info["spontaneous_steps"], info["alpha"]) == (2, SPONT, 0.2)
@@ -385,7 +386,7 @@ def test_cli_export_and_info(checkpoint, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     out = tmp_path / "tiny_r2-loop.onnx"  # the default name: <checkpoint stem>-<graph>.onnx
     assert out.is_file() and "verification passed" in res.output and "max abs diff" in res.output
-    meta = parse_metadata(read_metadata(out))
+    meta = read_info(out).to_dict()
     assert meta["checkpoint_sha256"] == file_sha256(checkpoint)
     assert (meta["record"], meta["readout"], meta["steps"], meta["spontaneous_steps"]) == ([0, 1], "all", 3, 2)
     res = runner.invoke(app, ["info", str(out), "--json"])

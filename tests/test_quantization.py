@@ -14,10 +14,10 @@ from cordsnet.export import export
 from helpers import exact_int8_kernels
 from cordsnet.quantization import (RANGE_PREFIX, ActivationRanges, FakeQuant, activation_params,
                                    fake_quantize_weight, quant_points, read_activation_ranges)
-from cordsnet.train.forwards import Protocol, calibrate_ranges
+from cordsnet.train.forwards import TrainProtocol, calibrate_ranges
 
 STEPS, SPONT = 4, 3
-PROTOCOL = Protocol(steps=STEPS, spontaneous_steps=SPONT, alpha=0.2, recovery_steps=0, penalty_window=1,
+PROTOCOL = TrainProtocol(steps=STEPS, spontaneous_steps=SPONT, alpha=0.2, recovery_steps=0, penalty_window=1,
                     ce_window=1)
 
 

@@ -21,7 +21,7 @@ from cordsnet.checkpoint import save_checkpoint
 from cordsnet.config import PRESETS, get_preset
 from cordsnet.export import export
 from cordsnet.runtime import (Preprocessor, ProviderError, Session, StepSession, load_image, open_session,
-                              read_artifact_info, resolve_providers)
+                              read_info, resolve_providers)
 from cordsnet.runtime import providers as providers_mod
 
 STEPS, SPONT, SIZE = 4, 3, 32
@@ -632,7 +632,7 @@ def test_metadata_is_read_without_an_onnxruntime_session(graphs, monkeypatch):
             super().__init__(*a, **k)
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", Counting)
-    info = read_artifact_info(graphs["unrolled"])
+    info = read_info(graphs["unrolled"], "onnx")
     assert info.graph == "unrolled" and created == []
     open_session(graphs["unrolled"], providers="cpu")
     assert len(created) == 1

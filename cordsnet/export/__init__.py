@@ -40,13 +40,8 @@ _LAZY = {
 }
 
 __all__ = ["DTYPES", "FORMATS", "GRAPHS", "ArtifactInfo", "Manifest", "check_manifest", "decode_spontaneous_state",
-           "describe_artifact", "encode_path", "io_names", "manifest_path", "parse_metadata", "read_info",
+           "describe_artifact", "encode_path", "io_names", "manifest_path", "read_info",
            "read_manifest", "read_metadata", *_LAZY]
-
-
-def parse_metadata(meta: Mapping[str, str]) -> dict[str, Any]:
-    """The metadata map parsed and validated, JSON-ready (``ArtifactInfo.from_metadata(meta).to_dict()``)."""
-    return ArtifactInfo.from_metadata(meta).to_dict()
 
 
 def __getattr__(name: str) -> Any:

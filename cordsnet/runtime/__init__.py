@@ -4,14 +4,14 @@
 * :class:`StepSession`: ``stepwise`` / ``stepwise-drive`` / ``multistep`` graphs, one step at a time, the
   state kept in device buffers between steps (onnxruntime: IO binding, optional CUDA graph capture;
   OpenVINO: inside a stateful model). One stepping core (:mod:`._core`) under every backend adapter.
-* ``run_until`` on both (:class:`EarlyExit`): anytime inference, each image stopped when it has
+* ``run_until`` on both (:class:`AnytimeResult`): anytime inference, each image stopped when it has
   decided (:mod:`cordsnet.decision`); ``StepSession`` drops decided images from the batch.
 * ``backend="openvino"`` (optional extra ``cordsnet[openvino]``): the same float32 ONNX files under
   OpenVINO, ``precision="bf16"`` as a compile hint (:mod:`.openvino_backend`).
 * :class:`Preprocessor`: each dataset preset's torchvision test transform, re-stated in numpy/Pillow.
 * :func:`resolve_providers` / :class:`ProviderError`: execution-provider selection with no silent
   fallback to the CPU.
-* :class:`ArtifactInfo` / :func:`read_artifact_info`: the artifact contract's parsed metadata
+* :class:`ArtifactInfo` / :func:`read_info`: the artifact contract's parsed metadata (``cordsnet.artifact``'s one read)
   (:mod:`cordsnet.artifact`), read without creating a session.
 
 Importing this package never imports torch, nor anything from :mod:`cordsnet.export`.
@@ -25,7 +25,8 @@ from typing import Any
 from ..artifact import GRAPH_KINDS, ArtifactInfo
 from .preprocess import Preprocessor, load_image
 from .providers import PROVIDER_ALIASES, ProviderError, resolve_providers
-from .session import BACKENDS, EarlyExit, Prediction, Session, read_artifact_info
+from ..artifact import read_info
+from .session import BACKENDS, AnytimeResult, Prediction, Session
 from .step_session import StepSession
 
 __all__ = [
@@ -33,7 +34,7 @@ __all__ = [
     "GRAPH_KINDS",
     "PROVIDER_ALIASES",
     "ArtifactInfo",
-    "EarlyExit",
+    "AnytimeResult",
     "Prediction",
     "Preprocessor",
     "ProviderError",
@@ -41,7 +42,7 @@ __all__ = [
     "StepSession",
     "load_image",
     "open_session",
-    "read_artifact_info",
+    "read_info",
     "resolve_providers",
 ]
 
@@ -62,7 +63,7 @@ def open_session(path: str | os.PathLike, providers: Any = "auto", **kwargs: Any
     Raises:
         ValueError: the graph is a companion (an encode graph), not a graph to open by itself.
     """
-    info = read_artifact_info(path)
+    info = read_info(path, "onnx")
     if info.kind.session not in SESSIONS:
         raise ValueError(f"model: {str(path)!r} is a {info.graph!r} graph; open the graph it belongs to instead")
     return SESSIONS[info.kind.session](path, providers, **kwargs)

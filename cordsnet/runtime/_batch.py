@@ -1,6 +1,6 @@
 """What every session shares, torch- and onnxruntime-free: result types, batch rules, preprocessing, ranking.
 
-* :class:`EarlyExit`, :class:`Prediction`, :func:`check_finite`.
+* :class:`AnytimeResult`, :class:`Prediction`, :func:`check_finite`.
 * :func:`pad_chunks` / :func:`join_chunks`: a batch split for a static-batch graph, the last chunk padded
   with its last image, the padding dropped again (the one rule of the runtime, verification and
   calibration); :func:`compact`: the rows of a batch still running after some stopped (anytime inference).
@@ -22,15 +22,15 @@ from ..artifact import MAX_STEPS, ArtifactInfo
 from ..config import CordsNetConfig
 from .preprocess import Preprocessor
 
-__all__ = ["STEPS_WHY", "EarlyExit", "Frontend", "Prediction", "check_finite", "compact", "join_chunks",
+__all__ = ["STEPS_WHY", "AnytimeResult", "Frontend", "Prediction", "check_finite", "compact", "join_chunks",
            "pad_chunks"]
 
 STEPS_WHY = ("longer runs: call StepSession.step in your own loop (memory stays flat)")
 
 
 # ------------------------------------------------------------------------------- results
-class EarlyExit(NamedTuple):
-    """What ``run_until`` returns, per image (numpy; the runtime's twin of ``cordsnet.model.EarlyExit``).
+class AnytimeResult(NamedTuple):
+    """What ``run_until`` returns, per image (numpy twin of ``cordsnet.model.EarlyExit``).
 
     Attributes:
         logits: (B, K) float32 at the image's stopping step.

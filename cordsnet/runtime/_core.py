@@ -18,7 +18,7 @@ and run; that is an adapter:
 Written once in :mod:`._batch` (re-exported here): splitting a batch for a static-batch graph with
 the last chunk padded (:func:`pad_chunks` / :func:`join_chunks`), dropping stopped rows from a batch
 (:func:`compact`), preprocessing and ranking (:class:`Frontend`), and the result types
-(:class:`Prediction`, :class:`EarlyExit`). Torch-free and onnxruntime-free.
+(:class:`Prediction`, :class:`AnytimeResult`). Torch-free and onnxruntime-free.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ from .. import validate
 from ..artifact import MAX_STEPS, READOUTS, ArtifactInfo
 from ..decision import DEFAULT_MARGIN, check_until, decide
 from ._adapters import DoubleBuffer, Engine, Graph, HostEngine, Layout, Store
-from ._batch import (STEPS_WHY, EarlyExit, Frontend, Prediction, check_finite, compact, join_chunks,
+from ._batch import (STEPS_WHY, AnytimeResult, Frontend, Prediction, check_finite, compact, join_chunks,
                      pad_chunks)
 from .preprocess import Preprocessor
 
-__all__ = ["DoubleBuffer", "EarlyExit", "Engine", "Frontend", "FunctionStepSession", "HostEngine", "Layout",
+__all__ = ["DoubleBuffer", "AnytimeResult", "Engine", "Frontend", "FunctionStepSession", "HostEngine", "Layout",
            "Prediction", "StepCore", "Store", "check_finite", "compact", "join_chunks", "pad_chunks"]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -313,7 +313,7 @@ class StepCore(Frontend):
 
     @locked
     def run_until(self, images: Any, threshold: float, max_steps: int | None = None, tol: float | None = None,
-                  *, margin: float = DEFAULT_MARGIN) -> EarlyExit:
+                  *, margin: float = DEFAULT_MARGIN) -> AnytimeResult:
         """Anytime inference: run each image only until it has decided (or converged, or `max_steps`).
 
         The criterion is :func:`cordsnet.decision.decide`, the same code as
@@ -335,7 +335,7 @@ class StepCore(Frontend):
             margin: evidence in logits the image must add (see :mod:`cordsnet.decision`).
 
         Returns:
-            :class:`EarlyExit`: logits (B, K) at each image's stopping step, steps (B,), decided (B,),
+            :class:`AnytimeResult`: logits (B, K) at each image's stopping step, steps (B,), decided (B,),
             converged (B,). Leaves the session's state at the last running rows' (call :meth:`reset`).
         """
         n = validate.optional_integer("max_steps", max_steps, self.info.steps, min=1, max=MAX_STEPS, why=STEPS_WHY)
@@ -345,7 +345,7 @@ class StepCore(Frontend):
         x = self.preprocess(images, check_batch=False)
         base = self.baseline_logits(n).astype(np.float64)
         total = x.shape[0]
-        out = EarlyExit(np.zeros((total, k), np.float32), np.full(total, n, np.int64), np.zeros(total, bool),
+        out = AnytimeResult(np.zeros((total, k), np.float32), np.full(total, n, np.int64), np.zeros(total, bool),
                         np.zeros(total, bool))
         n = base.shape[0]  # calls: the steps, or steps / steps_per_call for a multistep graph
         start = 0
@@ -355,7 +355,7 @@ class StepCore(Frontend):
         return out
 
     def _until_chunk(self, x: np.ndarray, base: np.ndarray, threshold: float, margin: float, tol: float | None,
-                     n: int, out: EarlyExit, start: int, real: int) -> None:
+                     n: int, out: AnytimeResult, start: int, real: int) -> None:
         shrink = self.info.batch is None  # a static batch cannot shrink: stopped rows run on, ignored
         self.reset(x.shape[0])
         self._show(x)

@@ -25,11 +25,11 @@ import onnxruntime as ort
 from .. import validate
 from ..artifact import GRAPH_KINDS, MAX_STEPS, ArtifactInfo, check_artifact_file, read_info
 from ..decision import DEFAULT_MARGIN, check_criterion, first_decisions
-from ._batch import STEPS_WHY, EarlyExit, Frontend, Prediction, check_finite, join_chunks
+from ._batch import STEPS_WHY, AnytimeResult, Frontend, Prediction, check_finite, join_chunks
 from .preprocess import Preprocessor
 from .providers import CUDA, TENSORRT, ProvidersLike, create_session, is_gpu_provider, resolve_providers
 
-__all__ = ["ArtifactInfo", "BACKENDS", "EarlyExit", "GRAPH_KINDS", "Prediction", "Session", "read_artifact_info"]
+__all__ = ["ArtifactInfo", "BACKENDS", "AnytimeResult", "GRAPH_KINDS", "Prediction", "Session"]
 
 # ONNX element type strings (as onnxruntime reports them) -> numpy dtypes.
 _ONNX_DTYPES: dict[str, np.dtype] = {
@@ -53,14 +53,6 @@ SESSION_CLASS_NAMES: dict[str | None, str] = {"whole": "Session", "step": "StepS
 
 # Engines that run the exported ONNX graphs: onnxruntime (providers) or OpenVINO (devices, precision hints).
 from ..names import BACKENDS  # noqa: E402 (the one list: cordsnet.names)
-
-
-def read_artifact_info(path: str | os.PathLike) -> ArtifactInfo:
-    """The parsed metadata of an exported ONNX graph, read from the file itself (no onnxruntime session).
-
-    Checked against the graph's declared inputs and outputs (:meth:`ArtifactInfo.check_graph_io`).
-    """
-    return read_info(path, "onnx")  # refuses a missing, directory or empty file itself
 
 
 def _load(path: Path, plan: Any, options: ort.SessionOptions | None, warn: Any) -> ort.InferenceSession:
@@ -111,7 +103,7 @@ class _Base(Frontend):
             for name, value in (("session_options", session_options), ("provider_options", provider_options)):
                 if value:
                     raise ValueError(f"{name}: onnxruntime options do not apply to backend='openvino', got {value!r}")
-            info = read_artifact_info(self.path)
+            info = read_info(self.path, "onnx")  # from the file itself (no session), checked against its I/O
             if info.dtype not in OPENVINO_DTYPES:
                 raise ValueError(f"backend: 'openvino' runs float32 graphs (reduced precision is its compile hint, "
                                  f"precision='bf16') and int8 (QDQ) graphs, got a {info.dtype} graph "
@@ -303,7 +295,7 @@ class Session(_Base):
         return self._baseline[:n].copy()
 
     def run_until(self, images: Any, threshold: float, max_steps: int | None = None, tol: float | None = None,
-                  *, margin: float = DEFAULT_MARGIN) -> EarlyExit:
+                  *, margin: float = DEFAULT_MARGIN) -> AnytimeResult:
         """Each image's answer at the step it decided (:mod:`cordsnet.decision`), from a readout="all" graph.
 
         A whole-protocol graph runs all its steps in one call and has no state inputs, so it cannot
@@ -320,7 +312,7 @@ class Session(_Base):
             margin: evidence in logits the image must add (see :mod:`cordsnet.decision`).
 
         Returns:
-            :class:`EarlyExit` (``converged`` all False).
+            :class:`AnytimeResult` (``converged`` all False).
         """
         self._need_all("run_until")
         if tol is not None:
@@ -333,7 +325,7 @@ class Session(_Base):
         decided = first.steps > 0
         steps = np.where(decided, first.steps, n).astype(np.int64)
         logits = z[steps - 1, np.arange(z.shape[1])].astype(np.float32)
-        return EarlyExit(logits, steps, decided, np.zeros_like(decided))
+        return AnytimeResult(logits, steps, decided, np.zeros_like(decided))
 
     def _need_all(self, what: str) -> None:
         if self.info.readout != "all":

@@ -21,14 +21,14 @@ from .cnn import BatchNormSet, FoldedCNN, compat_forward, folded_activity, folde
 from .losses import inverse_loss, spontaneous_penalty, time_weighted_ce, time_weights
 from .stages import StageSpec
 
-__all__ = ["EVALUATORS", "FORWARDS", "OPTIMIZERS", "Protocol", "StageContext", "StageModule", "TRAINABLE",
+__all__ = ["EVALUATORS", "FORWARDS", "OPTIMIZERS", "TrainProtocol", "StageContext", "StageModule", "TRAINABLE",
            "accuracy_counts", "calibrate_ranges", "evaluate_accuracy", "trainable_parameters"]
 
 ForwardResult = tuple[Tensor, Tensor, dict[str, Tensor]]  # (loss, logits (B, K), detached loss terms)
 
 
 @dataclass(frozen=True)
-class Protocol:
+class TrainProtocol:
     """The recurrent stages' protocol (the :class:`~cordsnet.train.trainer.TrainOptions` fields).
 
     Attributes:
@@ -59,7 +59,7 @@ class StageContext:
     model: CordsNet
     bn: BatchNormSet
     folded: FoldedCNN | None
-    protocol: Protocol
+    protocol: TrainProtocol
     ranges: ActivationRanges | None = None
 
 
@@ -137,7 +137,7 @@ def _quantized(ctx: StageContext, spec: StageSpec, W: Any) -> Any:
 
 
 @torch.no_grad()
-def calibrate_ranges(model: CordsNet, batches: Iterable[Tensor], protocol: Protocol,
+def calibrate_ranges(model: CordsNet, batches: Iterable[Tensor], protocol: TrainProtocol,
                      momentum: float = 0.05) -> ActivationRanges:
     """The first activation ranges of a quantisation-aware stage: min / max over float trajectories.
 

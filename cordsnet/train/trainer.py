@@ -43,7 +43,7 @@ from ..data import batch_augment, build_dataset, get_dataset_spec
 from ..model import CordsNet
 from ..quantization import ActivationRanges
 from .cnn import BatchNormSet, FoldedCNN, fold_batchnorm
-from .forwards import (EVALUATORS, FORWARDS, OPTIMIZERS, Protocol, StageContext, StageModule, accuracy_counts,
+from .forwards import (EVALUATORS, FORWARDS, OPTIMIZERS, TrainProtocol, StageContext, StageModule, accuracy_counts,
                        calibrate_ranges, evaluate_accuracy, trainable_parameters)
 from .run_state import (METRICS_KEY, OPTIMIZER_KEY, OPTIONS_KEY, SPEC_KEY, SUMMARY_KEY, RunExtras, TrainState,
                         pack_extras, parse_train_state, unpack_extras)
@@ -174,9 +174,9 @@ class TrainOptions:
         validate.integer("num_workers", self.num_workers, min=0)
         validate.number("val_fraction", self.val_fraction, low=0.0, high=1.0, high_open=True)
 
-    def protocol(self) -> Protocol:
+    def protocol(self) -> TrainProtocol:
         """The recurrent stages' protocol."""
-        return Protocol(steps=self.steps, spontaneous_steps=self.spontaneous_steps, alpha=float(self.alpha),
+        return TrainProtocol(steps=self.steps, spontaneous_steps=self.spontaneous_steps, alpha=float(self.alpha),
                         recovery_steps=self.recovery_steps, penalty_window=self.penalty_window,
                         ce_window=self.ce_window)
 
