@@ -32,7 +32,6 @@ import logging
 import os
 import re
 import socket
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from . import validate
+from .progress import STYLES, Progress, default_style
 from ._io import atomic_path, cache_dir, file_sha256
 
 __all__ = ["DEFAULT_TIMEOUT", "DIGESTS", "PROGRESS", "REMOTES", "FetchError", "Remote", "cached_path", "fetch",
@@ -204,7 +204,7 @@ def fetch(source: str, *, git_blob: str | None = None, sha256: str | None = None
     remote = _resolve(str(source), git_blob, sha256)
     timeout = _timeout(timeout)
     retries = validate.integer("retries", retries, min=0)
-    style = validate.choice("progress", progress if progress is not None else _default_progress(), PROGRESS)
+    style = validate.choice("progress", progress if progress is not None else default_style(), PROGRESS)
     path = cached_path(remote, cache)
     if path.is_file():
         _verify(path, remote, cached=True)
@@ -215,7 +215,7 @@ def fetch(source: str, *, git_blob: str | None = None, sha256: str | None = None
     try:
         with atomic_path(path) as tmp:  # renamed onto `path` only when the hash matched, else removed
             try:
-                _download(remote.url, tmp, path, timeout, retries, PROGRESS[style])
+                _download(remote.url, tmp, path, timeout, retries, style)
                 _verify(tmp, remote, cached=False, shown=path)
             except FetchError as exc:
                 raise _Abort(exc) from None  # not an OSError: atomic_path would re-word it as a write error
@@ -261,13 +261,15 @@ def _by_hand(url: str, path: Path) -> str:
     return f"without network, download it elsewhere and place it at {str(path)!r} (it is verified before use)"
 
 
-def _download(url: str, tmp: Path, shown: Path, timeout: float, retries: int,
-              make_progress: Callable[[str, Path], "_Progress"]) -> None:
+def _download(url: str, tmp: Path, shown: Path, timeout: float, retries: int, style: str) -> None:
     """Stream `url` into `tmp`, resuming with a Range request when a transfer breaks off after progress."""
     from . import __version__
 
     have, total, attempt = 0, None, 0
-    with open(tmp, "wb") as out, make_progress(url, shown) as bar:
+    if style != "none":
+        logger.info("downloading %s to %s", url, shown)
+    with open(tmp, "wb") as out, Progress(shown.name, style=style, unit="bytes", logger=logger,
+                                          transient=False) as bar:
         while True:
             headers = {"User-Agent": f"cordsnet/{__version__}", "Accept-Encoding": "identity"}
             if have:
@@ -280,7 +282,7 @@ def _download(url: str, tmp: Path, shown: Path, timeout: float, retries: int,
                         out.truncate()
                         have = 0
                     total = _total(resp, have, total)
-                    bar.start(have, total)
+                    bar.set_total(total, have)
                     while True:
                         block = resp.read1(_CHUNK)  # what has arrived: a stall keeps the bytes before it
                         if not block:
@@ -329,86 +331,9 @@ def _reason(exc: BaseException, timeout: float) -> str:
     return str(exc) or type(exc).__name__
 
 
-# ----------------------------------------------------------------------------------------- progress
-class _Progress:
-    """No progress shown (the base of the styles of :data:`PROGRESS`)."""
+# Progress styles (cordsnet.progress: a bar on a terminal, log lines at least every 10 s otherwise).
+PROGRESS: tuple[str, ...] = STYLES
 
-    def __init__(self, url: str, path: Path) -> None:
-        self.url, self.path = url, path
-
-    def __enter__(self) -> "_Progress":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
-
-    def start(self, have: int, total: int | None) -> None:
-        pass
-
-    def update(self, have: int) -> None:
-        pass
-
-
-class _LogLines(_Progress):
-    """A log line at the start, every 10 % (or 10 MiB when the size is unknown) and at the end."""
-
-    def start(self, have: int, total: int | None) -> None:
-        self.total, self.next = total, have
-        size = f" ({_mib(total)})" if total else ""
-        logger.info("downloading %s%s to %s%s", self.url, size, self.path, f", from byte {have}" if have else "")
-        self._advance(have)
-
-    def update(self, have: int) -> None:
-        if have >= self.next or have == self.total:
-            if self.total:
-                logger.info("%s: %d%% (%s of %s)", self.path.name, 100 * have // self.total, _mib(have),
-                            _mib(self.total))
-            else:
-                logger.info("%s: %s", self.path.name, _mib(have))
-            self._advance(have)
-
-    def _advance(self, have: int) -> None:
-        step = self.total // 10 if self.total else 10 << 20
-        self.next = have + max(step, 1)
-
-
-class _RichBar(_Progress):
-    """A rich progress bar on stderr (size, speed, time left)."""
-
-    def __enter__(self) -> "_RichBar":
-        from rich.console import Console
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, \
-            TransferSpeedColumn
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                            TimeRemainingColumn(), console=Console(stderr=True), transient=False)
-        self.bar.__enter__()
-        self.task = self.bar.add_task(self.path.name, total=None)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.bar.__exit__(*exc)
-
-    def start(self, have: int, total: int | None) -> None:
-        self.bar.update(self.task, total=total, completed=have)
-
-    def update(self, have: int) -> None:
-        self.bar.update(self.task, completed=have)
-
-
-def _mib(n: int | None) -> str:
-    return f"{(n or 0) / (1 << 20):.1f} MiB"
-
-
-# Progress styles: name -> class.
-PROGRESS: dict[str, Callable[[str, Path], _Progress]] = {"bar": _RichBar, "log": _LogLines, "none": _Progress}
-
-
-def _default_progress() -> str:
-    try:
-        return "bar" if sys.stderr.isatty() else "log"
-    except (AttributeError, ValueError):
-        return "log"
 
 
 # Prefixes of names that stand for a checkpoint elsewhere: prefix -> module.function(name) -> local path.

@@ -344,7 +344,7 @@ def test_long_phases_log_a_line_at_least_every_heartbeat_without_a_terminal(capl
     from cordsnet.cli._shared import phases
 
     with caplog.at_level(logging.INFO, logger="cordsnet.cli"):
-        with phases("working", heartbeat_s=0.1) as say:
+        with phases("working", every_s=0.1) as say:
             time.sleep(0.35)
             say("second phase")
             time.sleep(0.25)

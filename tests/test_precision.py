@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
 from cordsnet.artifact import manifest_path, read_info, read_manifest
 from cordsnet.export import VerificationError, export, verify_artifact

@@ -27,7 +27,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -396,12 +396,9 @@ def _check_window(window: Any, total: int) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def _progress(enabled: bool, total: int):
-    if not enabled:
-        yield lambda: None
-        return
-    from rich.progress import Progress
+def _progress(enabled: bool, total: int) -> Iterator[Callable[[], None]]:
+    """``advance()`` per recorded step: a bar when `enabled` (the one progress mechanism, cordsnet.progress)."""
+    from ..progress import Progress
 
-    with Progress(transient=True) as bar:
-        task = bar.add_task("recording", total=total)
-        yield lambda: bar.advance(task)
+    with Progress("recording", total, style="bar" if enabled else "none") as bar:
+        yield bar.advance

@@ -7,12 +7,13 @@ import json
 import logging
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
+
+from ..progress import EVERY_S, Progress, phases  # noqa: F401 (phases: the commands' one import)
 
 from ..fetch import REMOTES, is_remote_name
 from ..weights import BUNDLED
@@ -105,75 +106,16 @@ def echo_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
-HEARTBEAT_S = 10.0  # when stderr is not a terminal, a phase that lasts longer logs "<phase> (N s so far)" this often
-
-
-@contextlib.contextmanager
-def phases(first: str, *, quiet: bool = False, heartbeat_s: float = HEARTBEAT_S) -> Iterator[Callable[[str], None]]:
-    """Report the phases of long work: a spinner on a terminal, else one log line per phase and a
-    "<phase> (N s so far)" line every `heartbeat_s` while a phase lasts (a log reader never sees a silent
-    stretch longer than that).
-
-    Yields ``say(message)``; call it when a new phase starts. With ``quiet`` (e.g. ``--json``) nothing is
-    shown on a terminal, and the log lines stay at INFO (shown when :func:`cordsnet.cli.main` configured
-    logging, i.e. when stderr is not a terminal).
-    """
-    if _isatty(sys.stderr) and not quiet:
-        from rich.console import Console
-
-        with Console(stderr=True).status(first) as status:
-            yield lambda message: status.update(message)
-        return
-    current = {"message": first, "since": time.monotonic()}
-    lock = threading.Lock()
-    done = threading.Event()
-
-    def say(message: str) -> None:
-        with lock:
-            current.update(message=message, since=time.monotonic())
-        log.info(message)
-
-    def beat() -> None:
-        while not done.wait(heartbeat_s):
-            with lock:
-                message, since = current["message"], current["since"]
-            log.info("%s (%.0f s so far)", message, time.monotonic() - since)
-
-    log.info(first)
-    thread = threading.Thread(target=beat, name="cordsnet-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield say
-    finally:
-        done.set()
-        thread.join()
+HEARTBEAT_S = EVERY_S  # when stderr is not a terminal, the longest silence of long work (cordsnet.progress)
 
 
 @contextlib.contextmanager
 def progress_bar(label: str, total: int, *, quiet: bool = False) -> Iterator[Callable[[int], None]]:
-    """A bar of `total` units on a terminal, else a log line at least every :data:`HEARTBEAT_S`.
-
-    Yields ``advance(done)``: the units done so far.
-    """
-    if _isatty(sys.stderr) and not quiet:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      transient=True) as bar:
-            task = bar.add_task(label, total=total)
-            yield lambda done: bar.update(task, completed=done)
-        return
-    state = {"done": 0}
-    with phases(f"{label}: 0/{total}") as say:
-        last = [time.monotonic()]
-
-        def advance(done: int) -> None:
-            state["done"] = done
-            if time.monotonic() - last[0] >= HEARTBEAT_S or done == total:
-                last[0] = time.monotonic()
-                say(f"{label}: {done}/{total}")
-
-        yield advance
+    """A bar of `total` units on a terminal, else a log line at least every :data:`HEARTBEAT_S`
+    (:class:`cordsnet.progress.Progress`). Yields ``advance(done)``: the units done so far."""
+    style = "none" if quiet and _isatty(sys.stderr) else None
+    with Progress(label, total, style=style, logger=log) as bar:
+        yield lambda done: bar.update(done)
 
 
 class Stopwatch:

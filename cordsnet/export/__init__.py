@@ -9,7 +9,7 @@ are re-exported here. See ``docs/export.md`` for the graph kinds, their I/O and 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Mapping
+from typing import Any
 
 from ..extras import require
 from ..artifact import (
