@@ -40,6 +40,7 @@ from cordsnet.artifact import encode_path, read_info
 from cordsnet.config import CordsNetConfig
 from cordsnet.export import export
 from cordsnet.model import CordsNet
+from cordsnet import functional as CF
 
 
 # ------------------------------------------------------------------------------------ peaks
@@ -76,9 +77,9 @@ def step_macs(model: CordsNet) -> float:
     w = model.effective_weights()
     state = model.initial_state(1)
     x = torch.zeros(1, *model.config.input_shape)
-    terms = model.unchecked_drive_terms(w, model.unchecked_drive(w, x))
+    terms = CF.drive_terms(model.dynamics, w, CF.drive(w, x))
     with FlopCounterMode(display=False) as fc:
-        model.unchecked_step(w, state, terms, 0.2)
+        CF.step(model.dynamics, w, state, terms, 0.2)
     return fc.get_total_flops() / 2
 
 

@@ -68,6 +68,7 @@ from .analysis.protocols import TAU_MS  # noqa: E402
 from .config import MAX_STEPS, CordsNetConfig  # noqa: E402
 from .model import CordsNet  # noqa: E402
 from .runtime.preprocess import Preprocessor  # noqa: E402
+from . import functional as CF
 
 __all__ = ["DEFAULT_REGION_AREAS", "DEFAULT_VISUAL_DEGREES", "PREPROCESSING", "REGIONS", "TASKS", "CordsNetBrainModel",
            "default_region_map"]
@@ -268,7 +269,7 @@ class CordsNetBrainModel:
             p = config.spontaneous_steps
             sums = [[torch.zeros(config.state_shapes[a]) for a in areas] for _ in bins]
             state = model.initial_state(1)
-            for m, state in enumerate(model.unchecked_trajectory(model.effective_weights(), state, None, p,
+            for m, state in enumerate(CF.trajectory(model.dynamics, model.effective_weights(), state, None, p,
                                                                  config.alpha), 1):
                 for j, (lo, hi) in enumerate(spans):
                     if lo <= m - p <= hi:

@@ -1,7 +1,7 @@
 """CordsNet: the convolutional recurrent dynamical system of Soo et al. (NeurIPS 2024).
 
 One module, exactly the architecture and dynamics written down in ``docs/specification.md`` (§1, §3).
-There is one time loop, :meth:`CordsNet.unchecked_trajectory` (a generator of states around a small
+There is one time loop, :func:`cordsnet.functional.trajectory` (a generator of states around a small
 step function); :meth:`CordsNet.trajectory`, :meth:`CordsNet.run`, the recordings of
 :mod:`cordsnet.analysis`, the trainer and the export graphs all consume it.
 
@@ -13,11 +13,10 @@ step function); :meth:`CordsNet.trajectory`, :meth:`CordsNet.run`, the recording
 * :meth:`CordsNet.spontaneous_state` is the (image-independent) state after the blank phase,
   computed once and cached.
 
-Two layers of API: the validated one above (what applications call), and the ``unchecked_*`` fast
-paths (:meth:`~CordsNet.unchecked_drive`, :meth:`~CordsNet.unchecked_drive_terms`,
-:meth:`~CordsNet.unchecked_step`, :meth:`~CordsNet.unchecked_readout`,
-:meth:`~CordsNet.unchecked_trajectory`) that take the effective weights explicitly and check
-nothing: the trainer calls them with gradients on, the export wrappers with frozen weights.
+Two layers of API: the model's validated methods above (what applications call), and the functional
+core :mod:`cordsnet.functional` (``drive``, ``drive_terms``, ``step``, ``readout``, ``trajectory``), which
+takes the model's :attr:`CordsNet.dynamics` and effective weights explicitly and checks nothing: the
+trainer calls it with gradients on, the export wrappers with frozen weights.
 
 Weight normalisation stays a parametrization (so training sees g and v), but evaluation derives the
 effective weights ``g * v / ||v||`` once and reuses them until a parameter changes.
@@ -25,14 +24,13 @@ effective weights ``g * v / ||v||`` once and reuses them until a parameter chang
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, NamedTuple, Sequence, Union
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 from .extras import require
 
 require("torch", "cordsnet.model")
 
 import torch  # noqa: E402 (after the extra's check: one line, not a traceback, without torch)
-import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from torch.nn.utils.parametrizations import weight_norm  # noqa: E402
 
@@ -50,53 +48,16 @@ from .config import (
     SKIP_CHANNELS,
     CordsNetConfig,
 )
+from . import functional as CF
 from . import validate
 from .decision import DEFAULT_MARGIN
+from .functional import (SECOND_KINDS, AreaWiring, DriveLike, DriveSource, DriveTerms, Dynamics, State,  # noqa: F401
+                         Weights)  # (re-exported: their home is cordsnet.functional)
 
-__all__ = ["AreaWiring", "CordsNet", "DriveTerms", "EarlyExit", "Protocol", "State", "Weights", "READOUTS",
+__all__ = ["AreaWiring", "CordsNet", "DriveTerms", "Dynamics", "EarlyExit", "Protocol", "State", "Weights", "READOUTS",
            "SECOND_KINDS"]
 
-State = tuple[Tensor, ...]
 READOUTS: tuple[str, ...] = ("last", "all")
-
-# How the second feedforward term of an area is formed (first term: relu of the area below, or u).
-SECOND_KINDS: dict[str, str] = {
-    "none": "area 0: h_0 = u",
-    "inp_skip": "area 1: + inp_skip(u)",
-    "identity": "even areas >= 2: + relu(r_{i-2})",
-    "project": "odd areas >= 3: + skip_area[(i-3)/2](relu(r_{i-2}))",
-}
-
-
-class AreaWiring(NamedTuple):
-    """Where area i's feedforward input ``h_i`` comes from (built once from the config).
-
-    Attributes:
-        first: the area whose rectified rates are the first term, or -1 for the drive ``u`` (area 0).
-        second: one of :data:`SECOND_KINDS`.
-        source: the area of the second term ("identity"/"project"), else -1.
-        projection: index of the ``skip_area`` projection ("project"), else -1.
-        stride: stride of ``area_area_i``.
-    """
-
-    first: int
-    second: str
-    source: int
-    projection: int
-    stride: int
-
-
-class DriveTerms(NamedTuple):
-    """The terms of one image that stay constant while it is shown (computed once per image).
-
-    Attributes:
-        skip: ``inp_skip(u)``, (B, 64, S/4, S/4), added to area 1's feedforward input.
-        ff0: ``area_area_0(u)``, (B, 64, S/4, S/4), area 0's whole feedforward term.
-    """
-
-    skip: Tensor
-    ff0: Tensor
-
 
 class Protocol(NamedTuple):
     """A resolved protocol: the arguments of :meth:`CordsNet.run` with the config's defaults filled in."""
@@ -120,24 +81,6 @@ class EarlyExit(NamedTuple):
     steps: Tensor
     decided: Tensor
     converged: Tensor
-
-
-class Weights(NamedTuple):
-    """Effective (weight-norm-derived) weights, in the order the step uses them."""
-
-    inp_conv: Tensor
-    inp_skip: Tensor
-    area_conv: tuple[Tensor, ...]
-    conv_bias: tuple[Tensor, ...]
-    area_area: tuple[Tensor, ...]
-    skip_area: tuple[Tensor, ...]
-    out_weight: Tensor
-    out_bias: Tensor
-
-
-DriveLike = Union[Tensor, DriveTerms, None]
-# What drives the steps of a trajectory: fixed terms, None (blank), or a function of the step index.
-DriveSource = Union[DriveTerms, None, Callable[[int], "DriveTerms | None"]]
 
 
 class CordsNet(nn.Module):
@@ -166,7 +109,6 @@ class CordsNet(nn.Module):
 
         # Registration order = the published state-dict order.
         self.inp_conv = wn(nn.Conv2d(config.in_channels, DRIVE_CHANNELS, 7, stride=2, padding=3, bias=False))
-        self.inp_pool = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=True)
         self.inp_skip = wn(nn.Conv2d(DRIVE_CHANNELS, DRIVE_CHANNELS, 3, stride=1, padding=1, bias=False))
         self.area_conv = nn.ModuleList(
             wn(nn.Conv2d(c, c, 3, stride=1, padding=1, bias=False)) for c in AREA_CHANNELS[:depth]
@@ -229,6 +171,11 @@ class CordsNet(nn.Module):
         """Stride of each area's feedforward convolution ``area_area_i``."""
         return tuple(w.stride for w in self.wiring)
 
+    @property
+    def dynamics(self) -> Dynamics:
+        """What :mod:`cordsnet.functional` needs besides weights: the wiring, read-out areas, update slope."""
+        return Dynamics(self.wiring, self.readout_areas, self.update_slope)
+
     # -------------------------------------------------------------------------------- weights
     def _param_key(self) -> tuple:
         return (self.device, self.dtype) + tuple((p.data_ptr(), p._version) for p in self.parameters())
@@ -275,9 +222,9 @@ class CordsNet(nn.Module):
         weights = self.effective_weights()
         if x.dim() == 5:
             b, t = x.shape[:2]
-            u = self.unchecked_drive(weights, x.flatten(0, 1))
+            u = CF.drive(weights, x.flatten(0, 1))
             return u.unflatten(0, (b, t))
-        return self.unchecked_drive(weights, x)
+        return CF.drive(weights, x)
 
     def drive_terms(self, u: Tensor) -> DriveTerms:
         """The constant-while-shown terms of a drive: ``inp_skip(u)`` and ``area_area_0(u)``.
@@ -286,7 +233,7 @@ class CordsNet(nn.Module):
             u: the drive, (B, 64, S/4, S/4).
         """
         self.validate_drive(u)
-        return self.unchecked_drive_terms(self.effective_weights(), u)
+        return CF.drive_terms(self.dynamics, self.effective_weights(), u)
 
     def initial_state(self, batch: int = 1) -> State:
         """Zero rates, one (batch, c_i, H_i, W_i) tensor per area."""
@@ -310,12 +257,12 @@ class CordsNet(nn.Module):
         state = self.validate_state(state)
         weights = self.effective_weights()
         terms = self._as_terms(weights, drive, state[0].shape[0])
-        return self.unchecked_step(weights, state, terms, alpha)
+        return CF.step(self.dynamics, weights, state, terms, alpha)
 
     def readout(self, state: Sequence[Tensor]) -> Tensor:
         """Logits ``out_fc(mean_space(relu(r_{D-1}) + relu(r_{D-2})))``, (B, classes)."""
         state = self.validate_state(state)
-        return self.unchecked_readout(self.effective_weights(), state)
+        return CF.readout(self.dynamics, self.effective_weights(), state)
 
     def spontaneous_state(self, batch: int = 1, *, steps: int | None = None,
                           alpha: float | None = None) -> State:
@@ -348,7 +295,7 @@ class CordsNet(nn.Module):
             with torch.no_grad():
                 weights = self.effective_weights()
                 state = self.initial_state(1)
-                for state in self.unchecked_trajectory(weights, state, None, steps, alpha):
+                for state in CF.trajectory(self.dynamics, weights, state, None, steps, alpha):
                     pass
             self._spont_cache = (key, state)
         return self._spont_cache[1]
@@ -404,7 +351,7 @@ class CordsNet(nn.Module):
             One state per stimulus step, a tuple of (B, c_i, H_i, W_i) tensors.
         """
         weights, state, drive, protocol = self._begin(images, steps, spontaneous_steps, alpha)
-        yield from self.unchecked_trajectory(weights, state, drive, protocol.steps, protocol.alpha)
+        yield from CF.trajectory(self.dynamics, weights, state, drive, protocol.steps, protocol.alpha)
 
     def run(self, images: Tensor, *, steps: int | None = None, spontaneous_steps: int | None = None,
             alpha: float | None = None, readout: str = "last",
@@ -430,12 +377,13 @@ class CordsNet(nn.Module):
         weights, state, drive, protocol = self._begin(images, steps, spontaneous_steps, alpha)
         logits_per_step: list[Tensor] = []
         rates: dict[int, list[Tensor]] = {a: [] for a in areas}
-        for state in self.unchecked_trajectory(weights, state, drive, protocol.steps, protocol.alpha):
+        dyn = self.dynamics
+        for state in CF.trajectory(dyn, weights, state, drive, protocol.steps, protocol.alpha):
             if readout == "all":
-                logits_per_step.append(self.unchecked_readout(weights, state))
+                logits_per_step.append(CF.readout(dyn, weights, state))
             for a in areas:
                 rates[a].append(state[a])
-        logits = torch.stack(logits_per_step) if readout == "all" else self.unchecked_readout(weights, state)
+        logits = torch.stack(logits_per_step) if readout == "all" else CF.readout(dyn, weights, state)
         if record is None:
             return logits
         return logits, {a: torch.stack(rs) for a, rs in rates.items()}
@@ -476,15 +424,16 @@ class CordsNet(nn.Module):
         decided = torch.zeros(batch, dtype=torch.bool)
         converged = torch.zeros(batch, dtype=torch.bool)
         rows = torch.arange(batch)  # original indices of the running rows
-        run = self.unchecked_trajectory(weights, state, terms, protocol.steps, protocol.alpha)
-        rest = self.unchecked_trajectory(weights, spont, None, protocol.steps, protocol.alpha)  # the baseline
+        dyn = self.dynamics
+        run = CF.trajectory(dyn, weights, state, terms, protocol.steps, protocol.alpha)
+        rest = CF.trajectory(dyn, weights, spont, None, protocol.steps, protocol.alpha)  # the baseline
         keep: Tensor | None = None
         previous = state
         with torch.no_grad():
             for t in range(protocol.steps):
                 state = run.send(keep) if t else next(run)
-                base = self.unchecked_readout(weights, next(rest))[0]
-                out = self.unchecked_readout(weights, state)
+                base = CF.readout(dyn, weights, next(rest))[0]
+                out = CF.readout(dyn, weights, state)
                 if not bool(torch.isfinite(out).all()):
                     raise ValueError(f"images: the logits became NaN or infinite at step {t + 1}; expected "
                                      f"normalised pixels, got values up to {float(images.abs().max()):.3g}")
@@ -545,86 +494,10 @@ class CordsNet(nn.Module):
         state: State = tuple(r.expand(batch, *r.shape[1:]) for r in spont)
         if video:
             def drive(t: int) -> DriveTerms:
-                return self.unchecked_drive_terms(weights, self.unchecked_drive(weights, x[:, t]))
+                return CF.drive_terms(self.dynamics, weights, CF.drive(weights, x[:, t]))
         else:
-            drive = self.unchecked_drive_terms(weights, self.unchecked_drive(weights, x))
+            drive = CF.drive_terms(self.dynamics, weights, CF.drive(weights, x))
         return weights, state, drive, protocol
-
-    # ------------------------------------------------------------------- unchecked fast paths
-    # These take effective weights and validate nothing: the trainer (with gradients) and the export
-    # wrappers (with frozen weights) call them directly. Applications use the validated API above.
-    def unchecked_drive(self, weights: Weights, x: Tensor) -> Tensor:
-        """``u = avgpool(inp_conv(x))`` for (B, C, S, S) images, no validation: (B, 64, S/4, S/4)."""
-        return self.inp_pool(F.conv2d(x, weights.inp_conv, stride=2, padding=3))
-
-    def unchecked_drive_terms(self, weights: Weights, u: Tensor) -> DriveTerms:
-        """:class:`DriveTerms` of a drive ``u`` (B, 64, S/4, S/4), no validation."""
-        return DriveTerms(
-            skip=F.conv2d(u, weights.inp_skip, padding=1),
-            ff0=F.conv2d(u, weights.area_area[0], stride=self.wiring[0].stride, padding=1),
-        )
-
-    def unchecked_step(self, weights: Weights, state: Sequence[Tensor], terms: DriveTerms | None,
-                       alpha: float) -> State:
-        """One synchronous Euler step of every area (``terms`` None: a blank image), no validation."""
-        rectified = [torch.relu(r) for r in state]
-        new_state = []
-        for i, wire in enumerate(self.wiring):
-            r = state[i]
-            pre = F.conv2d(r, weights.area_conv[i], padding=1) + weights.conv_bias[i]
-            if wire.first < 0:  # area 0: the feedforward term is area_area_0(u), constant per image
-                if terms is not None:
-                    pre = pre + terms.ff0
-            else:
-                h = rectified[wire.first]
-                if wire.second == "inp_skip":
-                    if terms is not None:
-                        h = h + terms.skip
-                elif wire.second == "identity":
-                    h = h + rectified[wire.source]
-                elif wire.second == "project":
-                    h = h + F.conv2d(rectified[wire.source], weights.skip_area[wire.projection], stride=2)
-                pre = pre + F.conv2d(h, weights.area_area[i], stride=wire.stride, padding=1)
-            act = torch.relu(pre) if self.update_slope == 0.0 else F.leaky_relu(pre, self.update_slope)
-            new_state.append((1.0 - alpha) * r + alpha * act)
-        return tuple(new_state)
-
-    def unchecked_readout(self, weights: Weights, state: Sequence[Tensor]) -> Tensor:
-        """Logits (B, classes) of a state, no validation."""
-        top, below = self.readout_areas
-        pooled = (torch.relu(state[top]) + torch.relu(state[below])).mean(dim=(2, 3))
-        return F.linear(pooled, weights.out_weight, weights.out_bias)
-
-    def unchecked_trajectory(self, weights: Weights, state: Sequence[Tensor], drive: DriveSource, steps: int,
-                             alpha: float) -> Iterator[State]:
-        """THE time loop: yields the state after each of `steps` Euler steps from `state`.
-
-        Args:
-            weights: effective weights (:meth:`effective_weights`, or frozen copies).
-            state: the start, one (B, c_i, H_i, W_i) tensor per area.
-            drive: :class:`DriveTerms` shown at every step, None for a blank image, or a function
-                ``t -> DriveTerms | None`` (a sequence: frame t drives step t).
-            steps: number of steps.
-            alpha: dt / tau.
-
-        A consumer may ``send`` an index tensor of the rows to continue with (into the current
-        batch); later steps then run only those rows. Plain iteration sends nothing: every row runs.
-        """
-        source = drive if callable(drive) else None
-        terms = None if callable(drive) else drive
-        rows: Tensor | None = None  # rows of the original batch still running (None: all)
-        for t in range(steps):
-            if source is not None:
-                terms = source(t)
-                if rows is not None and terms is not None:
-                    terms = DriveTerms(terms.skip[rows], terms.ff0[rows])
-            state = self.unchecked_step(weights, state, terms, alpha)
-            keep = yield tuple(state)
-            if keep is not None:  # the consumer sent the rows to continue (early exit); see run_until
-                state = tuple(r[keep] for r in state)
-                if source is None and terms is not None:
-                    terms = DriveTerms(terms.skip[keep], terms.ff0[keep])
-                rows = keep if rows is None else rows[keep]
 
     def _as_terms(self, weights: Weights, drive: DriveLike, batch: int) -> DriveTerms | None:
         if drive is None or isinstance(drive, DriveTerms):
@@ -633,7 +506,7 @@ class CordsNet(nn.Module):
                 self.validate_drive(drive.ff0, batch, "drive.ff0")
             return drive
         self.validate_drive(drive, batch)
-        return self.unchecked_drive_terms(weights, drive)
+        return CF.drive_terms(self.dynamics, weights, drive)
 
     # ------------------------------------------------------------------------------ validation
     def validate_images(self, images: Tensor) -> Tensor:

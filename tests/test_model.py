@@ -11,6 +11,7 @@ from _reference import max_rel_error, reference_run
 from helpers import published_model
 from cordsnet.config import CordsNetConfig
 from cordsnet.model import CordsNet, DriveTerms
+from cordsnet import functional as CF
 
 # float32 against the float64 re-statement: max |Δlogit| <= TOL * max |logit| (the project's parity rule;
 # measured ~1e-6 here: 200 float32 steps with the contraction of stable dynamics keep rounding small).
@@ -180,11 +181,9 @@ def test_weight_norm_not_rederived_per_step():
 def test_drive_is_computed_once_per_image(monkeypatch):
     _, model = published_model(depth=4)
     calls = {"drive": 0, "terms": 0}
-    drive, terms = model.unchecked_drive, model.unchecked_drive_terms
-    monkeypatch.setattr(model, "unchecked_drive",
-                        lambda *a: calls.__setitem__("drive", calls["drive"] + 1) or drive(*a))
-    monkeypatch.setattr(model, "unchecked_drive_terms",
-                        lambda *a: calls.__setitem__("terms", calls["terms"] + 1) or terms(*a))
+    drive, terms = CF.drive, CF.drive_terms
+    monkeypatch.setattr(CF, "drive", lambda *a: calls.__setitem__("drive", calls["drive"] + 1) or drive(*a))
+    monkeypatch.setattr(CF, "drive_terms", lambda *a: calls.__setitem__("terms", calls["terms"] + 1) or terms(*a))
     with torch.no_grad():
         model.run(torch.randn(2, 3, 32, 32), steps=12, spontaneous_steps=5)
     assert calls == {"drive": 1, "terms": 1}
@@ -273,8 +272,8 @@ def test_run_until_stops_each_image_where_its_reaction_time_is(monkeypatch):
     every, expected = _decisions_of_run(model, x, 0.36, steps=12, spont=6, margin=0.25)
     assert (expected.steps > 0).sum() >= 2 and (expected.steps < 0).sum() >= 2  # a mixed batch
     batches = []
-    step = model.unchecked_step
-    monkeypatch.setattr(model, "unchecked_step", lambda w, s, *a: batches.append(s[0].shape[0]) or step(w, s, *a))
+    step = CF.step
+    monkeypatch.setattr(CF, "step", lambda d, w, s, *a: batches.append(s[0].shape[0]) or step(d, w, s, *a))
     out = model.run_until(x, 0.36, max_steps=12, margin=0.25, spontaneous_steps=6)
     stop = torch.from_numpy(np.where(expected.steps > 0, expected.steps, 12))
     assert torch.equal(out.steps, stop)
@@ -319,8 +318,8 @@ def test_trajectory_send_selects_rows():
     W = model.effective_weights()
     terms = model.drive_terms(model.drive(x))
     with torch.no_grad():
-        full = list(model.unchecked_trajectory(W, model.spontaneous_state(4, steps=2), terms, 4, 0.2))
-        gen = model.unchecked_trajectory(W, model.spontaneous_state(4, steps=2), terms, 4, 0.2)
+        full = list(CF.trajectory(model.dynamics, W, model.spontaneous_state(4, steps=2), terms, 4, 0.2))
+        gen = CF.trajectory(model.dynamics, W, model.spontaneous_state(4, steps=2), terms, 4, 0.2)
         first = next(gen)
         second = gen.send(torch.tensor([1, 3]))  # continue rows 1 and 3 only
         third = gen.send(torch.tensor([1]))  # then only the original row 3

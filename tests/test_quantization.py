@@ -15,6 +15,7 @@ from helpers import exact_int8_kernels
 from cordsnet.quantization import (RANGE_PREFIX, ActivationRanges, FakeQuant, activation_params,
                                    fake_quantize_weight, quant_points, read_activation_ranges)
 from cordsnet.train.forwards import TrainProtocol, calibrate_ranges
+from cordsnet import functional as CF
 
 STEPS, SPONT = 4, 3
 PROTOCOL = TrainProtocol(steps=STEPS, spontaneous_steps=SPONT, alpha=0.2, recovery_steps=0, penalty_window=1,
@@ -38,11 +39,11 @@ def _fake_quant_run(model, ranges, x: torch.Tensor, steps: int = STEPS) -> torch
         spont = model.cached_spontaneous_state(SPONT, 0.2)
         W = model.effective_weights()
         with FakeQuant(model, W, ranges):
-            terms = model.unchecked_drive_terms(W, model.unchecked_drive(W, x))
+            terms = CF.drive_terms(model.dynamics, W, CF.drive(W, x))
             state = tuple(s.expand(x.shape[0], *s.shape[1:]) for s in spont)
-            for state in model.unchecked_trajectory(W, state, terms, steps, 0.2):
+            for state in CF.trajectory(model.dynamics, W, state, terms, steps, 0.2):
                 pass
-            return model.unchecked_readout(W, state)
+            return CF.readout(model.dynamics, W, state)
 
 
 @pytest.mark.parametrize("depth", [2, 4, 8])

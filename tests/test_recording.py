@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cordsnet.analysis.recording import make_plan, record_activity, simulate_batch
+from cordsnet import functional as CF
 
 
 def test_core_equals_run_for_areas_and_logits(small_model, images):
@@ -19,7 +20,7 @@ def test_core_equals_run_for_areas_and_logits(small_model, images):
     assert sorted(got) == list(range(spont + steps))
     with torch.no_grad():
         logits, rates = small_model.run(x, steps=steps, spontaneous_steps=spont, readout="all", record=[0, 1])
-        blank = list(small_model.unchecked_trajectory(small_model.effective_weights(), small_model.initial_state(1),
+        blank = list(CF.trajectory(small_model.dynamics, small_model.effective_weights(), small_model.initial_state(1),
                                                       None, spont, small_model.config.alpha))
     for t in range(spont, spont + steps):  # the stimulus phase is run's trajectory, bit for bit
         assert torch.equal(got[t]["area_1"], rates[1][t - spont]) and torch.equal(got[t]["logits"], logits[t - spont])

@@ -28,7 +28,7 @@ from cordsnet.data import digits_split, digits_to_tensor
 from cordsnet.model import CordsNet
 from cordsnet.quantization import ActivationRanges, read_activation_ranges
 from cordsnet.train import BatchNormSet, EVALUATORS, FoldedCNN, StageContext, parse_train_state, unpack_extras
-from cordsnet.train.forwards import Protocol
+from cordsnet.train.forwards import TrainProtocol
 
 __all__ = ["heldout_accuracy", "heldout_data", "stage_heldout_accuracy", "time_resolved_accuracy"]
 
@@ -78,7 +78,7 @@ def stage_heldout_accuracy(path: Path, *, steps: int = 100, spontaneous_steps: i
     if extras.folded:
         folded = FoldedCNN(model)
         folded.load_state_dict(extras.folded)
-    protocol = Protocol(steps=steps, spontaneous_steps=spontaneous_steps, alpha=alpha, recovery_steps=0,
+    protocol = TrainProtocol(steps=steps, spontaneous_steps=spontaneous_steps, alpha=alpha, recovery_steps=0,
                         penalty_window=0, ce_window=1)
     ranges = ActivationRanges.from_tensors(extras.ranges) if extras.ranges else None
     ctx = StageContext(model, bn.eval(), folded, protocol, ranges)

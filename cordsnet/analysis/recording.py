@@ -10,7 +10,7 @@ keeps indices ``start <= t < stop``. Relative to stimulus onset, index t is at
 The core is :func:`simulate_batch`: for one batch of images and a :class:`RecordPlan` it yields, for
 each recorded index, the requested variables (``area_<a>`` rates, optionally spatially averaged, and
 ``logits``) with the batch first. It is built on the model's one time loop
-(:meth:`CordsNet.unchecked_trajectory` for the blank phase, :meth:`CordsNet.trajectory` for the
+(:func:`cordsnet.functional.trajectory` for the blank phase, :meth:`CordsNet.trajectory` for the
 stimulus), so a recording equals :meth:`CordsNet.run` with ``record=``/``readout="all"``.
 
 :func:`record_activity` streams it into ``.npy`` memory maps of (steps, B, ...) for small,
@@ -36,6 +36,7 @@ from torch import Tensor
 from .. import validate
 from .._io import atomic_path
 from .protocols import TAU_MS
+from .. import functional as CF
 
 __all__ = ["RECORD_DTYPES", "NumpyConverter", "RecordPlan", "Recording", "area_paths", "blank_phase", "make_plan",
            "record_activity", "simulate_batch"]
@@ -167,7 +168,7 @@ def _variables(model: Any, plan: RecordPlan, state: Sequence[Tensor], weights: A
         r = state[a].mean(dim=(2, 3)) if plan.spatial_mean else state[a]
         out[f"area_{a}"] = r.expand(batch, *r.shape[1:])
     if plan.logits:
-        z = model.unchecked_readout(weights, state)
+        z = CF.readout(model.dynamics, weights, state)
         out["logits"] = z.expand(batch, *z.shape[1:])
     return out
 
@@ -195,7 +196,7 @@ def blank_phase(model: Any, plan: RecordPlan, *, max_bytes: int = BLANK_CACHE_BY
 def _blank_states(model: Any, plan: RecordPlan, weights: Any) -> Iterator[tuple[int, tuple[Tensor, ...]]]:
     """(t, batch-1 state) at the recorded indices of the blank phase, from the zero state (the one time loop)."""
     start, stop = plan.window
-    blank = model.unchecked_trajectory(weights, model.initial_state(1), None, min(plan.spontaneous_steps, stop),
+    blank = CF.trajectory(model.dynamics, weights, model.initial_state(1), None, min(plan.spontaneous_steps, stop),
                                        plan.alpha)
     for t, state in enumerate(blank):
         if t >= start:

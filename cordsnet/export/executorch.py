@@ -41,6 +41,7 @@ from ..model import CordsNet, DriveTerms, Weights
 from . import wrappers as W
 from ._staging import staged
 from .spec import ExportSpec
+from .. import functional as CF
 
 __all__ = ["EXPORTER_NAME", "GRAPHS", "MAX_BATCH", "METADATA_METHOD", "check_spec", "delegation",
            "executorch_missing", "load", "open_runner", "staged", "write"]
@@ -71,9 +72,9 @@ class _XnnpackForms:
     _model: CordsNet
 
     def _drive_terms(self, w: Weights, image: Tensor) -> DriveTerms:
-        x = F.conv2d(image, w.inp_conv, stride=2, padding=3)  # the model's input conv (unchecked_drive)
+        x = F.conv2d(image, w.inp_conv, stride=2, padding=3)  # the model's input conv (cordsnet.functional.drive)
         u = F.avg_pool2d(F.pad(x, (1, 1, 1, 1)), 3, stride=2)  # == AvgPool2d(3, 2, padding=1, count_include_pad=True)
-        return self._model.unchecked_drive_terms(w, u)
+        return CF.drive_terms(self._model.dynamics, w, u)
 
     def _readout(self, w: Weights, state: Sequence[Tensor]) -> Tensor:
         top, below = self._model.readout_areas

@@ -1,9 +1,9 @@
 """Small graph modules built from a :class:`~cordsnet.model.CordsNet` for tracing and export.
 
 Each wrapper freezes the model's effective weights (weight norm folded, ``g * v / ||v||``) as buffers,
-so an exported graph holds one constant per weight, and calls the model's own unvalidated step
-fast paths (``unchecked_drive``, ``unchecked_drive_terms``, ``unchecked_step``, ``unchecked_readout``,
-``unchecked_trajectory``), so the exported arithmetic is the model's.
+so an exported graph holds one constant per weight, and calls the model's functional core
+(:mod:`cordsnet.functional`: ``drive``, ``drive_terms``, ``step``, ``readout``, ``trajectory``), so the
+exported arithmetic is the model's.
 
 * The spontaneous phase is never simulated in a graph: its end state (batch 1, the same for every
   image) is computed at export with ``model.cached_spontaneous_state(steps, alpha)`` and stored as a buffer,
@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from ..artifact import GRAPH_KINDS, io_names
 from ..model import CordsNet, DriveTerms, Weights
 from .spec import ExportSpec
+from .. import functional as CF
 
 __all__ = [
     "TRACED",
@@ -141,13 +142,13 @@ class _Frozen(nn.Module):
 
     def _drive_terms(self, w: Weights, image: Tensor) -> DriveTerms:
         m = self._model
-        return m.unchecked_drive_terms(w, m.unchecked_drive(w, image))
+        return CF.drive_terms(m.dynamics, w, CF.drive(w, image))
 
     def _step(self, w: Weights, state: Sequence[Tensor], skip: Tensor, ff0: Tensor) -> Tuple[Tensor, ...]:
-        return self._model.unchecked_step(w, state, DriveTerms(skip=skip, ff0=ff0), self.alpha)
+        return CF.step(self._model.dynamics, w, state, DriveTerms(skip=skip, ff0=ff0), self.alpha)
 
     def _readout(self, w: Weights, state: Sequence[Tensor]) -> Tensor:
-        return self._model.unchecked_readout(w, state)
+        return CF.readout(self._model.dynamics, w, state)
 
 
 class Unrolled(_Frozen):
@@ -172,7 +173,7 @@ class Unrolled(_Frozen):
         state = self._start(image)
         per_step: List[Tensor] = []
         rates: List[List[Tensor]] = [[] for _ in self.record]
-        for state in self._model.unchecked_trajectory(w, state, terms, self.steps, self.alpha):
+        for state in CF.trajectory(self._model.dynamics, w, state, terms, self.steps, self.alpha):
             if self.readout_all:
                 per_step.append(self._readout(w, state))
             for k, a in enumerate(self.record):
@@ -219,7 +220,7 @@ class MultiStep(_Frozen):
         w = self.weights()
         terms = self._drive_terms(w, image)
         nxt: Sequence[Tensor] = state
-        for nxt in self._model.unchecked_trajectory(w, state, terms, self.steps_per_call, self.alpha):
+        for nxt in CF.trajectory(self._model.dynamics, w, state, terms, self.steps_per_call, self.alpha):
             pass
         return (self._readout(w, nxt), *nxt)
 

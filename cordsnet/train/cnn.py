@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..model import CordsNet, Weights
+from .. import functional as CF
 
 __all__ = [
     "BN_EPS",
@@ -134,7 +135,7 @@ def compat_forward(model: CordsNet, bn: BatchNormSet, images: Tensor) -> Tensor:
     """
     W = model.effective_weights()
     strides = model.strides
-    inp = model.inp_pool(bn.inp(F.conv2d(images, W.inp_conv, stride=2, padding=3)))
+    inp = CF.pool(bn.inp(F.conv2d(images, W.inp_conv, stride=2, padding=3)))
     xs: list[Tensor] = []
     for i in range(model.depth):
         h = _feedforward_input(model, W, i, xs, inp, skip_norm=bn.skip)
@@ -201,7 +202,7 @@ def fold_batchnorm(model: CordsNet, bn: BatchNormSet) -> FoldedCNN:
 
     W = model.effective_weights()
     # The input BN's shift through the avgpool: a (1, 64, S/4, S/4) map, smaller at the borders.
-    pool_shift = model.inp_pool(c_inp.view(1, -1, 1, 1).expand(1, -1, half, half).contiguous())
+    pool_shift = CF.pool(c_inp.view(1, -1, 1, 1).expand(1, -1, half, half).contiguous())
     for i, (c, h, w) in enumerate(cfg.state_shapes):
         bias = ff_aff[i][1].view(c, 1, 1).expand(c, h, w).clone()
         if i == 0:
@@ -238,7 +239,7 @@ def folded_activity(model: CordsNet, folded: FoldedCNN, images: Tensor) -> CNNAc
     """
     W = model.effective_weights()
     strides = model.strides
-    u = model.unchecked_drive(W, images)
+    u = CF.drive(W, images)
     xs: list[Tensor] = []
     ffs: list[Tensor] = []
     pres: list[Tensor] = []

@@ -3,7 +3,7 @@
 Every stage of :mod:`cordsnet.train.stages` names a forward mode (:data:`FORWARDS`), an evaluation
 (:data:`EVALUATORS`), the parameters it trains (:data:`TRAINABLE`) and an optimiser
 (:data:`OPTIMIZERS`); :class:`~cordsnet.train.trainer.Trainer` looks them up here. The recurrent
-modes run the model's own time loop (:meth:`~cordsnet.model.CordsNet.unchecked_trajectory`).
+modes run the model's own time loop (:func:`cordsnet.functional.trajectory`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ..quantization import ActivationRanges, FakeQuant, int8_dynamics
 from .cnn import BatchNormSet, FoldedCNN, compat_forward, folded_activity, folded_forward
 from .losses import inverse_loss, spontaneous_penalty, time_weighted_ce, time_weights
 from .stages import StageSpec
+from .. import functional as CF
 
 __all__ = ["EVALUATORS", "FORWARDS", "OPTIMIZERS", "TrainProtocol", "StageContext", "StageModule", "TRAINABLE",
            "accuracy_counts", "calibrate_ranges", "evaluate_accuracy", "trainable_parameters"]
@@ -102,21 +103,21 @@ def _forward_rnn(ctx: StageContext, spec: StageSpec, x: Tensor, y: Tensor) -> Fo
         spont = model.initial_state(1)
     W = model.effective_weights()
     with _quantized(ctx, spec, W) as fq:
-        terms = model.unchecked_drive_terms(W, model.unchecked_drive(W, x))
+        terms = CF.drive_terms(model.dynamics, W, CF.drive(W, x))
         batch = x.shape[0]
         state = tuple(r.expand(batch, *r.shape[1:]) for r in spont)
         window = min(p.ce_window, p.steps)
         logits = []
-        for t, state in enumerate(model.unchecked_trajectory(W, state, terms, p.steps, p.alpha)):
+        for t, state in enumerate(CF.trajectory(model.dynamics, W, state, terms, p.steps, p.alpha)):
             if t >= p.steps - window:
-                logits.append(model.unchecked_readout(W, state))
+                logits.append(CF.readout(model.dynamics, W, state))
         stacked = torch.stack(logits)
         ce = time_weighted_ce(stacked, y, time_weights(window, device=x.device, dtype=stacked.dtype))
         extra = {"ce": ce.detach()}
         loss = ce
         if spec.penalty > 0 and p.recovery_steps > 0:
             keep = min(p.penalty_window, p.recovery_steps)
-            late = [s for t, s in enumerate(model.unchecked_trajectory(W, state, None, p.recovery_steps, p.alpha))
+            late = [s for t, s in enumerate(CF.trajectory(model.dynamics, W, state, None, p.recovery_steps, p.alpha))
                     if t >= p.recovery_steps - keep]
             pen = spontaneous_penalty(late, spont)
             loss = loss + spec.penalty * pen
