@@ -30,6 +30,7 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from .._io import input_scope
 from ..extras import MissingExtraError, require
 from ..threads import set_num_threads
 from . import analysis, dataset, export, foundation, hub, runtime, train, web
@@ -48,7 +49,7 @@ class _OneLineErrors(TyperGroup):
     def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
         try:
-            with warnings.catch_warnings(), wide_console_env():
+            with warnings.catch_warnings(), wide_console_env(), input_scope():  # no output over an input
                 warnings.showwarning = _show_warning
                 rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except typer.Abort:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifact import PREFIX, ArtifactInfo, check_manifest, companion_path, read_info
+from ..artifact import PREFIX, ArtifactInfo, check_manifest, check_pte_file, companion_path, read_info
 
 __all__ = ["PteStepSession"]
 
@@ -30,6 +30,7 @@ def _load_method(path: Path) -> Any:
 
     from .._quiet import native_stderr_captured
 
+    check_pte_file(path)  # hostile bytes raise ValueError here instead of aborting in the runtime
     with native_stderr_captured():  # the XNNPACK delegate's cpuinfo start-up lines (fd 2, not ours)
         return Runtime.get().load_program(path).load_method("forward")
 
