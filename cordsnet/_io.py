@@ -30,7 +30,8 @@ from . import validate
 
 __all__ = ["JSON_LIMITS", "LOCK_MARK", "TEMPORARY_MARK", "atomic_path", "cache_dir", "check_output", "check_regular",
            "file_sha256", "forget_input", "input_scope", "load_json", "open_regular", "output_lock", "output_mode",
-           "read_json_file", "register_input", "stale_temporaries", "temporary_name", "terminate_cleanly"]
+           "read_json_file", "refuse_inputs", "register_input", "stale_temporaries", "temporary_name",
+           "terminate_cleanly"]
 
 TEMPORARY_MARK = ".cordsnet-tmp-"  # in the name of every temporary file: `.<name>.cordsnet-tmp-<pid>-<hex>`
 _NAME_KEEP = 100  # characters of the destination's name kept in a temporary's name (NAME_MAX is 255 bytes)
@@ -81,11 +82,11 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike 
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise FileNotFoundError(f"{name}: directory {str(parent)!r} does not exist")
-    _refuse_inputs(out, inputs, name)
+    refuse_inputs(out, inputs, name)
     return out
 
 
-def _refuse_inputs(out: Path, inputs: Iterable[str | os.PathLike | None], name: str) -> None:
+def refuse_inputs(out: Path, inputs: Iterable[str | os.PathLike | None], name: str) -> None:
     """`out` may not be (or, for a folder input, lie inside) an explicit or a registered input."""
     for source in [*inputs, *_registered()]:
         if source is not None and _overlaps(out, Path(source)):
@@ -424,7 +425,7 @@ class atomic_path:
         parent = self.path.parent if str(self.path.parent) else Path(".")
         if not parent.is_dir():
             raise FileNotFoundError(f"output: directory {str(parent)!r} does not exist")
-        _refuse_inputs(self.path, (), "output")  # never over an input of the running command (input_scope)
+        refuse_inputs(self.path, (), "output")  # never over an input of the running command (input_scope)
         tmp = temporary_name(self.path)
         try:
             os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
