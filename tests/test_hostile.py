@@ -1,0 +1,222 @@
+"""Hostile and careless inputs across commands: one line and exit 1 (or a correct result), bounded time and
+memory, nothing lost. Small files only (sparse files for sizes), every wait bounded by a timeout."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from cordsnet import _io
+from cordsnet.cli import web
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "cordsnet" / "weights" / "digits_r4-stepwise.onnx"
+BUNDLED = REPO / "cordsnet" / "weights" / "digits_r4.safetensors"
+
+
+def _cli(*args: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`cordsnet-cli ARGS` in a fresh interpreter (a native abort would show as a signal), bounded in time."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("CORDSNET_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "cordsnet.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=cwd)
+
+
+def _one_line(res: subprocess.CompletedProcess, *needles: str) -> None:
+    assert res.returncode == 1, (res.returncode, res.stderr[-2000:])
+    lines = [line for line in res.stderr.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.fixture()
+def fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "pipe.safetensors"
+    os.mkfifo(path)
+    return path
+
+
+# --------------------------------------------------------------------------- 2. regular files only
+@pytest.mark.parametrize("command", [["info"], ["verify"], ["predict", "--image-size", "32"]])
+@pytest.mark.parametrize("what", ["fifo", "dev", "dir", "socket"])
+def test_non_regular_files_are_refused_before_a_byte_is_read(command, what, tmp_path):
+    paths = {"fifo": tmp_path / "m.onnx", "dev": tmp_path / "zero.onnx", "dir": tmp_path / "d.onnx",
+             "socket": tmp_path / "s.onnx"}
+    path = paths[what]
+    held = None
+    if what == "dev":  # a device behind an artifact's name
+        path.symlink_to("/dev/zero")
+    elif what == "fifo":
+        os.mkfifo(path)
+    elif what == "dir":
+        path.mkdir()
+    elif what == "socket":
+        held = socket.socket(socket.AF_UNIX)
+        held.bind(str(path))
+    try:
+        if command[0] == "predict":  # the checkpoint argument of a torch command
+            res = _cli("predict", path, str(REPO / "web" / "digits.json"), timeout=120)
+            assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-1500:]
+            return
+        res = _cli(*command, path, timeout=60)
+        _one_line(res, "directory" if what == "dir" else "regular file")
+    finally:
+        if held is not None:
+            held.close()
+
+
+def test_a_checkpoint_that_is_a_device_or_fifo_is_one_line(fifo):
+    for path in (fifo, Path("/dev/urandom")):
+        res = _cli("export", path, "--output", fifo.parent / "x.onnx", timeout=120)
+        _one_line(res, "regular file")
+
+
+def test_an_onnx_file_over_what_protobuf_can_parse_is_refused_unread(tmp_path):
+    big = tmp_path / "big.onnx"
+    with open(big, "wb") as f:  # sparse: 3 GiB of nothing on disk
+        f.truncate(3 << 30)
+    t0 = time.perf_counter()
+    res = _cli("info", big, timeout=60)
+    _one_line(res, "more than the")
+    assert time.perf_counter() - t0 < 60
+
+
+def test_a_sparse_checkpoint_beyond_any_layout_is_refused(tmp_path):
+    big = tmp_path / "big.safetensors"
+    with open(big, "wb") as f:
+        f.write((8).to_bytes(8, "little") + b"{}      ")
+        f.truncate(5 << 30)
+    res = _cli("info", big, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+
+
+def test_open_regular_refuses_each_kind(tmp_path, fifo):
+    with pytest.raises(ValueError, match="FIFO"):
+        _io.open_regular(fifo, "x")
+    with pytest.raises(ValueError, match="character device"):
+        _io.check_regular("/dev/zero", "x")
+    with pytest.raises(ValueError, match="directory"):
+        _io.open_regular(tmp_path, "x")
+    small = tmp_path / "f"
+    small.write_bytes(b"12345")
+    with pytest.raises(ValueError, match="more than the 4 bytes"):
+        _io.open_regular(small, "x", 4)
+    with _io.open_regular(small, "x", 5) as f:
+        assert f.read() == b"12345"
+
+
+# --------------------------------------------------------------------------- 3. bounded parses
+def test_bounded_json_refuses_depth_width_and_numbers():
+    with pytest.raises(ValueError, match="nested too deeply"):
+        _io.load_json("[" * 100 + "]" * 100, "m")
+    with pytest.raises(ValueError, match="lists/objects"):
+        _io.load_json("[" + ",".join(["[]"] * 20) + "]", "m", max_containers=10)
+    for text, match in (("[1e999]", "float range"), ("[-Infinity]", "not a JSON number"), ("[NaN]", "not a JSON"),
+                        ("[" + "9" * 5000 + "]", "digits")):
+        with pytest.raises(ValueError, match=match):
+            _io.load_json(text, "m")
+    assert _io.load_json('{"a": "[[[[", "b": [1, 2.5]}', "m") == {"a": "[[[[", "b": [1, 2.5]}
+
+
+def test_a_zip_extra_file_that_inflates_beyond_any_metadata_is_read_capped(tmp_path):
+    import zipfile
+
+    from cordsnet import artifact as A
+
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("m/extra/cordsnet.json", b'{"a": "' + b" " * (A.MAX_METADATA_BYTES + 10) + b'"}')
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(ValueError, match="more than any metadata|inflates beyond"):
+        A.read_metadata(bomb)
+
+
+@pytest.mark.parametrize("old, new, match", [
+    ('"alpha": 0.2', '"alpha": 1e999', "float range"),
+    ('"batch": null', '"batch": ' + "9" * 200, "digits"),
+    ('"steps": ', '"steps": 1' + "0" * 30 + ', "x": ', "steps"),
+])
+def test_manifest_numbers_out_of_range_are_one_line(tmp_path, old, new, match):
+    from cordsnet import artifact as A
+
+    shutil.copy(SHIPPED, tmp_path / SHIPPED.name)
+    text = A.manifest_path(SHIPPED).read_text()
+    assert old in text
+    A.manifest_path(tmp_path / SHIPPED.name).write_text(text.replace(old, new, 1))
+    with pytest.raises(ValueError, match=match):
+        A.read_manifest(tmp_path / SHIPPED.name)
+    _one_line(_cli("info", tmp_path / SHIPPED.name, timeout=60), match)
+
+
+# --------------------------------------------------------------------------- 6. native code
+def _pte_cases(tmp_path: Path) -> dict[str, Path]:
+    rnd = tmp_path / "random.pte"
+    rnd.write_bytes(os.urandom(4096))
+    head = tmp_path / "head.pte"  # a plausible identifier, an offset beyond the file
+    head.write_bytes(b"\xff\xff\xff\x7fET12" + os.urandom(200))
+    ext = tmp_path / "ext.pte"  # an extended header claiming more than the file holds
+    ext.write_bytes((24).to_bytes(4, "little") + b"ET12eh00" + (32).to_bytes(4, "little")
+                    + (1 << 40).to_bytes(8, "little") + os.urandom(300))
+    return {"random": rnd, "head": head, "ext": ext}
+
+
+def test_hostile_pte_bytes_raise_instead_of_aborting(tmp_path):
+    pytest.importorskip("executorch")
+    cases = _pte_cases(tmp_path)
+    for name, command in (("random", "info"), ("head", "info"), ("ext", "info"), ("random", "verify")):
+        path = cases[name]
+        if True:
+            res = _cli(command, path, timeout=120)
+            assert res.returncode == 1, (name, command, res.returncode, res.stderr[-1500:])  # not -6 (SIGABRT)
+            _one_line(res, "not an ExecuTorch program")
+    code = ("import sys; from cordsnet.runtime.executorch import PteStepSession\n"
+            "try:\n    PteStepSession(sys.argv[1])\nexcept ValueError as e:\n    print('refused', e)")
+    for path in (cases["random"],):
+        res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert res.returncode == 0 and res.stdout.startswith("refused"), (res.returncode, res.stderr[-1500:])
+
+
+def test_the_pte_check_accepts_a_real_program_header(tmp_path):
+    from cordsnet.artifact import check_pte_file
+
+    good = tmp_path / "good.pte"  # the header of a real program: root offset, identifier, extended header
+    body = bytearray(os.urandom(4096))
+    body[0:4] = (60).to_bytes(4, "little")
+    body[4:12] = b"ET12eh00"
+    body[12:16] = (32).to_bytes(4, "little")
+    body[16:24] = (1000).to_bytes(8, "little")
+    body[24:32] = (1024).to_bytes(8, "little")
+    body[32:40] = (2000).to_bytes(8, "little")
+    good.write_bytes(bytes(body))
+    check_pte_file(good)
+    with pytest.raises(ValueError, match="identifier"):
+        check_pte_file(_pte_cases(tmp_path)["random"])
+
+
+def test_an_onnx_file_onnxruntime_refuses_is_one_line_in_verify(tmp_path):
+    """A syntactically valid ONNX model (cordsnet metadata intact) whose graph onnxruntime cannot load."""
+    import onnx
+
+    model = onnx.load(str(SHIPPED))
+    model.graph.node[0].op_type = "NoSuchOperator"
+    bad = tmp_path / "bad.onnx"
+    onnx.save(model, str(bad))
+    res = _cli("verify", bad, timeout=240)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    res = _cli("predict", bad, str(REPO / "web" / "digits.json"), timeout=240)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
