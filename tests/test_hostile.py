@@ -220,3 +220,135 @@ def test_an_onnx_file_onnxruntime_refuses_is_one_line_in_verify(tmp_path):
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
     res = _cli("predict", bad, str(REPO / "web" / "digits.json"), timeout=240)
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- 9. web server
+@pytest.fixture()
+def hostile_web(tmp_path, monkeypatch):
+    """The shipped graph served from a vendor folder that holds a dotfile, a subfolder and a symlink out."""
+    if not (web.ORT_DIST / "ort.wasm.min.mjs").is_file():
+        pytest.skip("onnxruntime-web is not vendored: run `bash tools/vendor-ort.sh`")
+    ort = tmp_path / "ort"
+    ort.mkdir()
+    shutil.copy(web.ORT_DIST / "ort.wasm.min.mjs", ort / "ort.wasm.min.mjs")
+    (ort / ".secret").write_text("token")
+    (ort / "sub").mkdir()
+    (ort / "sub" / "x.mjs").write_text("x")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("private")
+    (ort / "escape.mjs").symlink_to(outside)
+    monkeypatch.setattr(web, "ORT_DIST", ort)
+
+    def serve(**kw):
+        server = web.make_server(SHIPPED, port=0, **kw)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server, "http://%s:%d" % server.server_address[:2]
+
+    servers = []
+    yield lambda **kw: servers.append(serve(**kw)) or servers[-1]
+    for server, _ in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            r.read()
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_web_serves_the_allow_list_only(hostile_web):
+    _, base = hostile_web()
+    assert _status(base + "/") == 200 and _status(base + "/vendor/ort/ort.wasm.min.mjs") == 200
+    assert _status(base + "/model/manifest.json") == 200 and _status(base + "/model/" + SHIPPED.name) == 200
+    for path in ("/vendor/ort/", "/vendor/", "/vendor/ort/.secret", "/vendor/ort/sub/x.mjs", "/vendor/ort/escape.mjs",
+                 "/.git/config", "/%2e%2e/README.md", "/vendor/ort/%2esecret", "/./index.html", "/index.html/",
+                 "//etc/passwd", "/model/", "/model/../index.html", "/vendor/ort/..%2f..%2fpackage.json",
+                 "/package.json", "/node_modules/", "/%69ndex.html"):
+        assert _status(base + path) == 404, path
+
+
+def test_web_closes_idle_connections_after_the_timeout(hostile_web):
+    _, base = hostile_web(idle_timeout=0.5)
+    host, port = base[len("http://"):].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # a half-sent request, then silence
+        t0 = time.perf_counter()
+        assert s.recv(1024) == b""  # closed by the server
+        assert time.perf_counter() - t0 < 5
+
+
+def test_web_bounds_its_connections_and_serves_200_concurrent_gets(hostile_web):
+    server, base = hostile_web(idle_timeout=1.0, max_connections=8)
+    host, port = base[len("http://"):].split(":")
+    before = threading.active_count()
+    idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(40)]
+    try:
+        time.sleep(0.3)
+        assert threading.active_count() - before <= 8 + 1  # one thread per served connection, at most 8
+    finally:
+        for s in idle:
+            s.close()
+    with ThreadPoolExecutor(200) as pool:
+        codes = list(pool.map(lambda _: _status(base + "/vendor/ort/ort.wasm.min.mjs"), range(200)))
+    assert codes == [200] * 200
+
+
+def test_web_refuses_bad_bounds():
+    with pytest.raises(ValueError, match="max_connections"):
+        web.make_server(SHIPPED, port=0, max_connections=0)
+
+
+# --------------------------------------------------------------------------- 8. concurrent writers
+_HOLD = ("import sys, time; from cordsnet._io import output_lock\n"
+         "with output_lock(sys.argv[1]):\n    print('held', flush=True); sys.stdin.read()")
+
+
+def test_a_second_export_to_a_path_being_written_refuses(tmp_path):
+    out = tmp_path / "m.onnx"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = _cli("export", "--output", out, "--graph", "stepwise", "--no-verify", timeout=180)
+        _one_line(res, "another process is writing")
+        assert not out.exists()
+    finally:
+        holder.communicate("", timeout=30)
+    # The lock went with its holder: the export now runs, and leaves no lock file.
+    res = _cli("export", "--output", out, "--graph", "stepwise", "--no-verify", timeout=180)
+    assert res.returncode == 0, res.stderr[-1500:]
+    assert not [p for p in tmp_path.iterdir() if _io.LOCK_MARK in p.name]
+
+
+def test_a_killed_holder_releases_the_lock(tmp_path):
+    out = tmp_path / "m.onnx"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(ValueError, match="another process is writing"):
+        with _io.output_lock(out):
+            pass
+    holder.kill()  # SIGKILL: no cleanup runs, the kernel drops the flock
+    holder.wait(timeout=30)
+    with _io.output_lock(out):
+        pass
+
+
+def test_two_concurrent_exports_leave_one_consistent_artifact_and_manifest(tmp_path):
+    from cordsnet.artifact import check_manifest, read_info
+
+    out = tmp_path / "m.onnx"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "cordsnet.cli", "export", "--output", str(out), "--graph",
+                               "stepwise", "--no-verify", "--steps", str(steps)], env=env, stderr=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for steps in (20, 30)]
+    results = [(p.wait(timeout=240), p.stderr.read()) for p in procs]
+    assert any(code == 0 for code, _ in results), results
+    for code, err in results:
+        assert code == 0 or "another process is writing" in err, err[-1500:]
+    manifest = check_manifest(out)  # the artifact and the manifest beside it are one export's
+    assert manifest is not None and manifest.info.steps == read_info(out).steps
