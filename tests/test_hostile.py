@@ -352,3 +352,45 @@ def test_two_concurrent_exports_leave_one_consistent_artifact_and_manifest(tmp_p
         assert code == 0 or "another process is writing" in err, err[-1500:]
     manifest = check_manifest(out)  # the artifact and the manifest beside it are one export's
     assert manifest is not None and manifest.info.steps == read_info(out).steps
+
+
+# --------------------------------------------------------------------------- 10. dataset roots
+def test_a_fifo_or_garbage_in_a_torchvision_dataset_folder_is_one_line(tmp_path):
+    from cordsnet.data import build_dataset
+
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(os.urandom(3000))
+    with pytest.raises(ValueError, match="damaged or not MNIST's"):
+        build_dataset("mnist", "test", root=tmp_path, download=False)
+    os.mkfifo(raw / "t10k-images-idx3-ubyte.fifo")
+    with pytest.raises(ValueError, match="not a regular file"):
+        build_dataset("mnist", "test", root=tmp_path, download=False)
+    res = _cli("evaluate", "--dataset", "mnist", "--data-root", tmp_path, "--store", tmp_path / "e.zarr",
+               "--limit", "2", timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-1500:]
+
+
+def test_an_image_folder_skips_special_files_and_names_a_garbage_image(tmp_path):
+    from PIL import Image
+
+    from cordsnet.data import build_dataset
+
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            Image.new("RGB", (40, 40), (10, 200, 30)).save(folder / "ok.png")
+        os.mkfifo(tmp_path / split / "a" / "pipe.jpg")
+        (tmp_path / split / "b" / "dir.jpg").mkdir()
+    with pytest.warns(UserWarning, match="skipped 1 file.* not regular"):
+        ds = build_dataset("imagenet", "test", root=tmp_path, image_size=32)
+    assert len(ds) == 2 and tuple(ds[0][0].shape) == (3, 32, 32)
+    (tmp_path / "val" / "b" / "bad.jpg").write_bytes(os.urandom(500))
+    with pytest.warns(UserWarning):
+        ds = build_dataset("imagenet", "test", root=tmp_path, image_size=32)
+    bad = [i for i, (p, _) in enumerate(ds.samples) if p.endswith("bad.jpg")][0]
+    with pytest.raises(ValueError, match="bad.jpg"):
+        ds[bad]
