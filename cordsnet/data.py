@@ -306,12 +306,15 @@ def _build_imagenet(split: str, *, root: Path, image_size: int, augment: bool, v
                     **_: Any) -> Dataset:
     from torchvision.datasets import ImageFolder
 
+    from ._io import register_input
+
     folder = root / ("val" if split == "test" else "train")
     if not folder.is_dir():
         raise FileNotFoundError(f"dataset: imagenet expects ImageFolder directories {str(root / 'train')!r} and "
                                 f"{str(root / 'val')!r}; {str(folder)!r} does not exist (no download: "
                                 "ImageNet needs a licence)")
     _SKIPPED.clear()
+    register_input(folder)  # no output of the running command is written inside the dataset
     try:
         ds = ImageFolder(str(folder), transform=_imagenet_transforms(image_size, augment and split == "train"),
                          loader=_rgb_file, is_valid_file=_image_file)

@@ -394,3 +394,48 @@ def test_an_image_folder_skips_special_files_and_names_a_garbage_image(tmp_path)
     bad = [i for i, (p, _) in enumerate(ds.samples) if p.endswith("bad.jpg")][0]
     with pytest.raises(ValueError, match="bad.jpg"):
         ds[bad]
+
+
+# --------------------------------------------------------------------------- 1. the output guard
+def test_inside_a_command_no_writer_replaces_anything_it_read(tmp_path):
+    """The mechanism: readers register what they open (input_scope, entered by the CLI), every atomic write
+    and staged export checks the registry; a library call outside a scope is unchanged."""
+    from cordsnet.checkpoint import load_checkpoint, save_checkpoint
+
+    src = tmp_path / "m.safetensors"
+    shutil.copy(BUNDLED, src)
+    alias = tmp_path / "alias.safetensors"
+    os.link(src, alias)
+    with _io.input_scope():
+        model = load_checkpoint(src)
+        for target in (src, alias):
+            with pytest.raises(ValueError, match="is an input of this command"):
+                save_checkpoint(model, target)
+        with pytest.raises(ValueError, match="is an input of this command"):
+            with _io.atomic_path(tmp_path / "alias.safetensors"):
+                pass
+        save_checkpoint(model, tmp_path / "other.safetensors")  # anything else is fine
+    assert src.read_bytes() == BUNDLED.read_bytes()
+    save_checkpoint(load_checkpoint(src), src)  # outside a command: a library user may update a file
+
+
+def test_export_never_writes_a_companion_over_its_checkpoint(tmp_path):
+    ckpt = tmp_path / "m.onnx.data"  # the checkpoint has the name the export's external data would get
+    shutil.copy(BUNDLED, ckpt)
+    res = _cli("export", ckpt, "--output", tmp_path / "m.onnx", "--graph", "stepwise", "--no-verify", timeout=180)
+    _one_line(res, "is an input of this command")
+    assert ckpt.read_bytes() == BUNDLED.read_bytes() and not (tmp_path / "m.onnx").exists()
+
+
+def test_a_store_inside_the_data_root_or_on_the_checkpoint_is_refused(tmp_path):
+    ckpt = tmp_path / "m.safetensors"
+    shutil.copy(BUNDLED, ckpt)
+    res = _cli("evaluate", ckpt, "--store", ckpt, "--limit", "2", timeout=120)
+    _one_line(res)
+    assert ckpt.read_bytes() == BUNDLED.read_bytes()
+    root = tmp_path / "data"
+    root.mkdir()
+    res = _cli("record", ckpt, "--dataset", "digits", "--areas", "1", "--data-root", root, "--store",
+               root / "s.zarr", "--limit", "2", timeout=120)
+    _one_line(res, "is an input of this command")
+    assert not (root / "s.zarr").exists()
