@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from . import validate
-from ._io import atomic_path, check_regular, file_sha256, open_regular
+from ._io import atomic_path, check_regular, file_sha256, load_json, open_regular
 from .config import PRESETS, CordsNetConfig, get_preset
 from .model import CordsNet
 from .weights import BUNDLED, DEFAULT_CHECKPOINT
@@ -450,7 +450,7 @@ def _read_safetensors(path: Path, map_location: str | torch.device
     config = None
     if "config" in meta:
         try:
-            config = CordsNetConfig.from_json(meta["config"])
+            config = CordsNetConfig.from_dict(load_json(meta["config"], "stored config", max_bytes=1 << 20))
         except RecursionError:
             raise CheckpointError(f"checkpoint: {str(path)!r} has an invalid stored config: JSON nested too "
                                   "deeply to parse (expected a flat object)") from None

@@ -562,3 +562,32 @@ def test_resume_with_changed_options_is_refused_unless_allowed_and_then_recorded
     for name in ("last.safetensors", "final.safetensors"):
         changes = json.loads(read_metadata(tmp_path / name)["train.changes"])
         assert changes[0]["changes"]["lr"][1] == 0.02 and changes[0]["stage"] == "compat", changes
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("train.options", '{"lr": 1e999}', "float range"),
+    ("train.metrics", '{"not": "a list"}', "malformed train.metrics"),
+    ("train.state", "[" * 200 + "]" * 200, "malformed train.state"),
+    ("train.optimizer", "7", "malformed train.optimizer"),
+])
+def test_a_tampered_run_checkpoint_is_refused_in_one_line(tmp_path: Path, key, value, match) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    opts = TrainOptions(**TINY, out=tmp_path, stages="compat", epochs=2, stage_overrides={"compat": {"warmup_iters": 1}})
+
+    def stop(m: dict) -> None:
+        if m["epoch"] == 2:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        Trainer(opts, on_epoch=stop).run()
+    last = tmp_path / "last.safetensors"
+    with safe_open(str(last), "pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta[key] = value
+    save_file(tensors, str(last), metadata=meta)
+    with pytest.raises(ValueError, match=match) as info:
+        Trainer(opts).run(resume=True)
+    assert "\n" not in str(info.value)

@@ -40,6 +40,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from .._io import load_json
 from ..quantization import RANGE_PREFIX
 
 __all__ = ["RESULT_NEUTRAL_OPTIONS", "RunExtras", "TrainState", "describe_changes", "option_changes", "pack_extras",
@@ -184,7 +185,7 @@ def parse_train_state(meta: Mapping[str, str], source: str = "checkpoint") -> Tr
     if STATE_KEY not in meta:
         raise ValueError(f"{source}: not written by the trainer (no {STATE_KEY} metadata)")
     try:
-        raw = json.loads(meta[STATE_KEY])
+        raw = load_json(meta[STATE_KEY], STATE_KEY)
         return TrainState(stage_index=int(raw["stage_index"]), stage=str(raw["stage"]), epoch=int(raw["epoch"]),
                           done=bool(raw["done"]), stages=[str(s) for s in raw["stages"]],
                           iteration=int(raw["scheduler"]["iteration"]), update_slope=float(raw["update_slope"]),

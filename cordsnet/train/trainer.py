@@ -635,7 +635,11 @@ class Trainer:
         if state.stages != names:
             raise ValueError(f"resume: the checkpoint's stages {state.stages} differ from this run's {names}")
         extras = self._load_weights(path)
-        self.history = json.loads(meta.get(METRICS_KEY, "[]"))
+        self.history = load_json(meta.get(METRICS_KEY, "[]"), f"resume: {str(path)!r} {METRICS_KEY}")
+        if not isinstance(self.history, list) or not all(isinstance(m, dict) and isinstance(m.get("stage"), str)
+                                                         and isinstance(m.get("epoch"), int) for m in self.history):
+            raise ValueError(f"resume: {str(path)!r} has a malformed {METRICS_KEY} (expected one object with "
+                             "'stage' and 'epoch' per epoch); resume from an intact checkpoint")
         if self.rank == 0:  # metrics.jsonl = the checkpoint's history (drops lines of an epoch that never saved)
             with atomic_path(self.out / METRICS) as tmp:
                 tmp.write_text("".join(json.dumps(m) + "\n" for m in self.history), encoding="utf-8")
@@ -646,7 +650,10 @@ class Trainer:
             self.best = (extras.best[0], {k: v.to(self.device) for k, v in extras.best[1].items()})
         if state.done:
             return state.stage_index + 1, 0
-        groups = json.loads(meta[OPTIMIZER_KEY])
+        groups = load_json(meta.get(OPTIMIZER_KEY, "null"), f"resume: {str(path)!r} {OPTIMIZER_KEY}")
+        if not isinstance(groups, list):
+            raise ValueError(f"resume: {str(path)!r} has a missing or malformed {OPTIMIZER_KEY} (expected the "
+                             "optimiser's parameter groups); resume from an intact checkpoint")
         self._optim_state = {"state": {idx: {name: v.to(self.device) if name != "step" else v
                                              for name, v in st.items()} for idx, st in extras.optim.items()},
                              "param_groups": groups}
