@@ -39,8 +39,17 @@ LOCK_MARK = ".cordsnet-lock"  # `.<name>.cordsnet-lock`: held (flock) by the one
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file (recorded in exported artifacts)."""
+    """Hex sha256 of a regular file (recorded in exported artifacts); a FIFO or device is refused unread.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a regular file.
+    """
     digest = hashlib.sha256()
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"file: expected a regular file, got {_KINDS.get(stat.S_IFMT(mode), 'something else')} "
+                         f"{str(path)!r}")
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)

@@ -439,3 +439,17 @@ def test_a_store_inside_the_data_root_or_on_the_checkpoint_is_refused(tmp_path):
                root / "s.zarr", "--limit", "2", timeout=120)
     _one_line(res, "is an input of this command")
     assert not (root / "s.zarr").exists()
+
+
+def test_a_companion_that_is_a_fifo_is_refused_not_hashed_forever(tmp_path):
+    from cordsnet import artifact as A
+
+    path = tmp_path / SHIPPED.name
+    shutil.copy(SHIPPED, path)
+    data = json.loads(A.manifest_path(SHIPPED).read_text())
+    data["companions"] = [{"role": "encode", "file": "c.onnx", "sha256": "0" * 64}]
+    A.manifest_path(path).write_text(json.dumps(data))
+    os.mkfifo(tmp_path / "c.onnx")
+    with pytest.raises(ValueError, match="FIFO"):
+        A.check_manifest(path)
+    _one_line(_cli("info", path, timeout=60), "FIFO")
