@@ -31,7 +31,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .._io import cache_dir, file_sha256
+from .._io import cache_dir, file_sha256, forget_input
 from ..artifact import Manifest, check_manifest, manifest_path
 
 __all__ = ["APP_FILES", "DEFAULT_PORT", "ORT_DIST", "WEB_DIR", "cache_dir", "default_artifact", "load_manifest",
@@ -129,8 +129,10 @@ def default_artifact(folder: str | os.PathLike | None = None) -> Path:
         try:
             check_manifest(path)
             return path
-        except ValueError as exc:  # a stale or damaged cache: export anew
+        except ValueError as exc:  # a stale or damaged cache: export anew (our own cache, rewritten by design)
             logger.warning("re-exporting the cached graph: %s", exc)
+            for stale in (path, manifest_path(path)):
+                forget_input(stale)
     folder.mkdir(parents=True, exist_ok=True)
     from ..checkpoint import load_checkpoint
     from ..export import export
