@@ -177,6 +177,8 @@ def _refuse_kind(mode: int, path: Path, name: str, max_bytes: int | None, size: 
     if not stat.S_ISREG(mode):
         kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
         raise ValueError(f"{name}: expected a regular file, got {kind} {str(path)!r}")
+    if size == 0:  # nothing any reader here accepts; also procfs/sysfs files, which stream past their size 0
+        raise ValueError(f"{name}: {str(path)!r} is empty (or a kernel pseudo-file), not a {name}")
     if max_bytes is not None and size > max_bytes:
         raise ValueError(f"{name}: {str(path)!r} is {size} bytes, more than the {max_bytes} bytes a {name} can be")
 
@@ -268,7 +270,7 @@ def _constant(text: str) -> Any:
 
 
 def load_json(data: str | bytes, name: str, *, max_bytes: int | None = None, max_depth: int | None = None,
-              max_containers: int | None = None, max_digits: int | None = None) -> Any:
+              max_containers: int | None = None, max_digits: int | None = None, allow_nan: bool = False) -> Any:
     """Parse JSON text within bounds: size, nesting depth, number of lists/objects, digits of a number.
 
     The bounds are checked before the parse where they can be (size, depth and container count are
@@ -279,6 +281,9 @@ def load_json(data: str | bytes, name: str, *, max_bytes: int | None = None, max
         data: the text.
         name: what it is, in messages.
         max_bytes, max_depth, max_containers, max_digits: default :data:`JSON_LIMITS`.
+        allow_nan: accept the constants NaN, Infinity and -Infinity (what ``json.dumps`` writes for a
+            non-finite float, e.g. a diverged loss in a metric history); literals beyond the float
+            range are refused all the same.
 
     Raises:
         ValueError: not valid JSON, or beyond a bound (one line naming `name`).
@@ -303,7 +308,8 @@ def load_json(data: str | bytes, name: str, *, max_bytes: int | None = None, max
     digits = limits["max_digits"]
     try:
         return json.loads(raw.decode("utf-8"), parse_float=lambda t: _number(t, digits),
-                          parse_int=lambda t: _integer(t, digits), parse_constant=_constant)
+                          parse_int=lambda t: _integer(t, digits),
+                          parse_constant=float if allow_nan else _constant)
     except _JSONLimit as exc:
         raise ValueError(f"{name}: {exc}") from None
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:

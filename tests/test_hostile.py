@@ -117,6 +117,10 @@ def test_open_regular_refuses_each_kind(tmp_path, fifo):
         _io.open_regular(small, "x", 4)
     with _io.open_regular(small, "x", 5) as f:
         assert f.read() == b"12345"
+    for pseudo in ("/proc/self/status", "/proc/self/pagemap"):  # "regular", size 0, streams without end
+        if os.path.exists(pseudo):
+            with pytest.raises(ValueError, match="empty"):
+                _io.check_regular(pseudo, "checkpoint")
 
 
 # --------------------------------------------------------------------------- 3. bounded parses

@@ -185,7 +185,7 @@ def parse_train_state(meta: Mapping[str, str], source: str = "checkpoint") -> Tr
     if STATE_KEY not in meta:
         raise ValueError(f"{source}: not written by the trainer (no {STATE_KEY} metadata)")
     try:
-        raw = load_json(meta[STATE_KEY], STATE_KEY)
+        raw = load_json(meta[STATE_KEY], STATE_KEY, allow_nan=True)  # a stage summary may hold a NaN metric
         return TrainState(stage_index=int(raw["stage_index"]), stage=str(raw["stage"]), epoch=int(raw["epoch"]),
                           done=bool(raw["done"]), stages=[str(s) for s in raw["stages"]],
                           iteration=int(raw["scheduler"]["iteration"]), update_slope=float(raw["update_slope"]),

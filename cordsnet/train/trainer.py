@@ -635,7 +635,8 @@ class Trainer:
         if state.stages != names:
             raise ValueError(f"resume: the checkpoint's stages {state.stages} differ from this run's {names}")
         extras = self._load_weights(path)
-        self.history = load_json(meta.get(METRICS_KEY, "[]"), f"resume: {str(path)!r} {METRICS_KEY}")
+        self.history = load_json(meta.get(METRICS_KEY, "[]"), f"resume: {str(path)!r} {METRICS_KEY}",
+                                 allow_nan=True)  # an epoch's loss or accuracy may be NaN
         if not isinstance(self.history, list) or not all(isinstance(m, dict) and isinstance(m.get("stage"), str)
                                                          and isinstance(m.get("epoch"), int) for m in self.history):
             raise ValueError(f"resume: {str(path)!r} has a malformed {METRICS_KEY} (expected one object with "
@@ -650,7 +651,7 @@ class Trainer:
             self.best = (extras.best[0], {k: v.to(self.device) for k, v in extras.best[1].items()})
         if state.done:
             return state.stage_index + 1, 0
-        groups = load_json(meta.get(OPTIMIZER_KEY, "null"), f"resume: {str(path)!r} {OPTIMIZER_KEY}")
+        groups = load_json(meta.get(OPTIMIZER_KEY, "null"), f"resume: {str(path)!r} {OPTIMIZER_KEY}", allow_nan=True)
         if not isinstance(groups, list):
             raise ValueError(f"resume: {str(path)!r} has a missing or malformed {OPTIMIZER_KEY} (expected the "
                              "optimiser's parameter groups); resume from an intact checkpoint")
