@@ -384,3 +384,16 @@ def test_a_recording_missing_a_chunk_file_is_rewritten_on_resume(bundled, digits
     report = _record(bundled, digits, path)
     assert report.written == N - 2 * CHUNK  # only the damaged chunk (images 16..19) again
     np.testing.assert_array_equal(_arrays(path)["area_1"], before["area_1"])
+
+
+def test_a_store_whose_metadata_write_was_cut_short_is_refused_naming_it(bundled, digits, tmp_path):
+    from cordsnet.cli import app
+
+    path = tmp_path / "e.zarr"
+    _eval_store(bundled, digits, path)
+    meta = path / "zarr.json"
+    meta.write_bytes(meta.read_bytes()[:40])  # the disk filled up while zarr.json was written
+    res = CliRunner().invoke(app, ["evaluate", "--limit", str(N), "--steps", "2", "--spontaneous-steps", str(SPONT),
+                                   "--batch-size", str(CHUNK), "--store", str(path)])
+    assert res.exit_code == 1 and res.output.count("\n") == 1
+    assert str(path) in res.output and "creation was interrupted" in res.output

@@ -159,7 +159,11 @@ def _check_metadata_files(path: str) -> None:
     register_input(root)  # no output of this command may be written inside the store
     for meta in [root / "zarr.json", *sorted(root.glob("*/zarr.json"))]:
         if meta.exists() or meta.is_symlink():
-            read_json_file(meta, "store metadata", max_bytes=MAX_ZARR_METADATA_BYTES)
+            try:
+                read_json_file(meta, "store metadata", max_bytes=MAX_ZARR_METADATA_BYTES)
+            except ValueError as exc:
+                raise ValueError(f"store: {path!r} is damaged or its creation was interrupted ({exc}); delete it "
+                                 "and run the command again") from None
 
 
 def _attributes(group: Any, path: str) -> dict[str, Any]:
