@@ -12,7 +12,10 @@ batch 1, in:
 * onnxruntime-node (examples/node/classify.mjs);
 * onnxruntime-web WASM (its WASM-only build) in headless Debian chromium (the web app's
   ``cordsnetDemo.classify``), on min(4, cores) threads (cross-origin isolated) and on one thread;
-* ExecuTorch with the XNNPACK delegate (:class:`cordsnet.runtime.executorch.PteStepSession`).
+* ExecuTorch with the XNNPACK delegate (:class:`cordsnet.runtime.executorch.PteStepSession`);
+* the native clients (built first with ``bash examples/{c,cpp}/build.sh``, incremental): the C program
+  on OpenVINO's C API (the ONNX graph) and the C++ program on ExecuTorch's Module API (the ``.pte``),
+  each run with ``--warmup``.
 
 Every runtime first runs the steps once (warm-up: session initialisation, kernel selection) and is
 then timed over the same number of steps; the figure is the mean time of one step. Prints a table and
@@ -94,7 +97,7 @@ def ort_web(onnx: Path, image: np.ndarray, steps: int, threads: int | None = Non
     except ImportError:
         return "not installed (pip install playwright)", ""
     if not Path(CHROMIUM).is_file() or not (web.ORT_DIST / "ort.wasm.min.mjs").is_file():
-        return f"not installed ({CHROMIUM}, or `npm ci` in web/)", ""
+        return f"not installed ({CHROMIUM}, or web/vendor/ort: bash tools/vendor-ort.sh)", ""
     server, url = web.serve_in_thread(onnx)
     try:
         with sync_playwright() as p:
@@ -138,6 +141,22 @@ def executorch(model: Any, pte: Path, image: np.ndarray, steps: int, spont: int)
                                                  "portable_nodes": d["portable_nodes"], "portable_ops": d["portable_ops"]}
 
 
+def native(client: str, model: Path, image: np.ndarray, steps: int, tmp: Path) -> tuple[float | str, str]:
+    """(seconds per step of examples/<client>/build/cordsnet-classify --warmup, its runtime), or why not."""
+    build = subprocess.run(["bash", str(ROOT / "examples" / client / "build.sh")], capture_output=True, text=True,
+                           env={**os.environ, "PYTHON": sys.executable}, timeout=1800)
+    if build.returncode:
+        return f"not built ({(build.stderr.strip().splitlines() or ['build.sh failed'])[-1]})", ""
+    npy = tmp / "image.npy"
+    np.save(npy, image)
+    res = subprocess.run([str(ROOT / "examples" / client / "build" / "cordsnet-classify"), str(model), str(npy),
+                          "--steps", str(steps), "--warmup"], capture_output=True, text=True, timeout=3600)
+    if res.returncode:
+        return f"failed: {res.stderr.strip()}", ""
+    out = json.loads(res.stdout)
+    return out["ms_per_step"] / 1e3, out["runtime"]
+
+
 def bench(name: str, steps: int, tmp: Path) -> dict[str, Any]:
     model = MODELS[name]()
     cfg = model.config
@@ -158,6 +177,12 @@ def bench(name: str, steps: int, tmp: Path) -> dict[str, Any]:
     et, info = executorch(model, tmp / f"{name}-stepwise.pte", image, steps, spont)
     row["executorch_xnnpack_ms"] = et * 1e3 if isinstance(et, float) else et
     row["executorch"] = info
+    c, row["c_runtime"] = native("c", onnx, image, steps, tmp)
+    row["c_openvino_ms"] = c * 1e3 if isinstance(c, float) else c
+    pte = tmp / f"{name}-stepwise.pte"
+    cpp, row["cpp_runtime"] = (native("cpp", pte, image, steps, tmp) if pte.is_file()
+                               else ("not exported (executorch is not installed)", ""))
+    row["cpp_executorch_ms"] = cpp * 1e3 if isinstance(cpp, float) else cpp
     return row
 
 
@@ -176,7 +201,8 @@ def main() -> None:
     cols = [("onnxruntime CPU (Python)", "onnxruntime_python_ms"), ("onnxruntime-node", "onnxruntime_node_ms"),
             ("onnxruntime-web WASM threads", "onnxruntime_web_wasm_ms"),
             ("onnxruntime-web WASM 1 thread", "onnxruntime_web_wasm_1thread_ms"),
-            ("ExecuTorch XNNPACK", "executorch_xnnpack_ms")]
+            ("ExecuTorch XNNPACK", "executorch_xnnpack_ms"), ("C, OpenVINO C API", "c_openvino_ms"),
+            ("C++, ExecuTorch Module", "cpp_executorch_ms")]
     print(f"{'ms per step, batch 1':<28}" + "".join(f"{r['model']:>16}" for r in rows))
     for label, key in cols:
         print(f"{label:<28}" + "".join(f"{r[key]:>16.2f}" if isinstance(r[key], float) else f"{'n/a':>16}"

@@ -150,8 +150,8 @@ REMOTES: dict[str, Remote] = {
 
 
 def is_remote_name(source: object) -> bool:
-    """Whether `source` is the name of a :data:`REMOTES` entry."""
-    return isinstance(source, str) and source in REMOTES
+    """Whether `source` names a checkpoint elsewhere: a :data:`REMOTES` entry or a :data:`SCHEMES` prefix."""
+    return isinstance(source, str) and (source in REMOTES or source.startswith(tuple(SCHEMES)))
 
 
 def _resolve(source: str, git_blob: str | None, sha256: str | None) -> Remote:

@@ -95,13 +95,13 @@ def test_undecided_rows_drop_out_of_the_batch(bundled_stepwise, digits, monkeypa
     session = StepSession(bundled_stepwise, providers="cpu")
     session.baseline_logits(MAX_STEPS)  # cached before counting
     batches: list[int] = []
-    step = session._buffers.step
+    step = session.step
 
-    def counting_step() -> None:
+    def counting_step(*args, **kwargs):
         batches.append(session.batch)
-        step()
+        return step(*args, **kwargs)
 
-    monkeypatch.setattr(session._buffers, "step", counting_step)
+    monkeypatch.setattr(session, "step", counting_step)  # the public method run_until steps with
     out = session.run_until(x, THRESHOLD, max_steps=MAX_STEPS)
     # Every step ran exactly the rows still undecided: the work is the sum of the stopping steps.
     assert len(batches) == out.steps.max()

@@ -99,6 +99,29 @@ def test_step_session_matches_the_model(small_model, images, tmp_path, graph):
 
 
 @needs_executorch
+def test_pte_session_has_the_step_session_api(small_model, images, tmp_path):
+    """PteStepSession runs on the runtime's stepping core: reset, run_until and state like StepSession."""
+    from cordsnet.export import export
+    from cordsnet.runtime import StepSession
+    from cordsnet.runtime.executorch import PteStepSession
+
+    pte = tmp_path / "r2.pte"
+    onnx = tmp_path / "r2.onnx"
+    export(small_model, pte, format="executorch", graph="stepwise", verify=False, **KW)
+    export(small_model, onnx, graph="stepwise", verify=False, **KW)
+    session, ref = PteStepSession(pte), StepSession(onnx, providers="cpu")
+    x = images(3, 3, 32).numpy()
+    a, b = session.run_until(x, 0.11, margin=1e-3), ref.run_until(x, 0.11, margin=1e-3)
+    np.testing.assert_array_equal(a.steps, b.steps)
+    np.testing.assert_allclose(a.logits, b.logits, atol=1e-4, rtol=0)
+    session.reset(2)
+    assert session.batch == 2 and session.steps_taken == 0
+    for got, spont in zip(session.state, session.info.spontaneous_state()):
+        np.testing.assert_array_equal(got, np.broadcast_to(spont, got.shape))
+    np.testing.assert_allclose(session.step(x[:2]), ref.run(x[:2], steps=1), atol=1e-4, rtol=0)
+
+
+@needs_executorch
 def test_a_fixed_batch_program_refuses_another_batch(small_model, images, tmp_path):
     from cordsnet.export import export
     from cordsnet.runtime.executorch import PteStepSession

@@ -74,6 +74,75 @@ def test_step_sessions_keep_state_in_openvino_and_match_onnxruntime(exported_onn
     np.testing.assert_array_equal(a.decided, b.decided)
 
 
+@pytest.fixture(scope="module")
+def bundled_drive(bundled_model, tmp_path_factory):
+    """The bundled model's stepwise-drive graph with the published protocol (100 + 100 steps), unverified."""
+    from cordsnet.export import export
+
+    path = tmp_path_factory.mktemp("ov-stateful") / "digits_r4.stepwise-drive.onnx"
+    export(bundled_model, path, format="onnx", graph="stepwise-drive", verify=False)
+    return path
+
+
+def _digits(n):
+    from cordsnet.data import digits_split, digits_to_tensor
+
+    X, _ = digits_split()["test"]
+    return digits_to_tensor(X[:n]).numpy()
+
+
+def test_stateful_openvino_equals_stateless_and_onnxruntime_over_the_full_protocol(bundled_drive):
+    """The state kept inside OpenVINO (ReadValue/Assign, the default) vs passed in and out every call
+    (stateless) vs onnxruntime: the logits after every one of the 100 stimulus steps within 1e-4 of the
+    logit scale; reset and a batch change between protocols give the same again."""
+    x = _digits(12)
+    ort_s = StepSession(bundled_drive, providers="cpu")
+    stateful = StepSession(bundled_drive, backend="openvino")
+    stateless = StepSession(bundled_drive, backend="openvino", stateful=False)
+    assert (stateful.stateful, stateless.stateful, ort_s.stateful) == (True, False, False)
+    steps = ort_s.info.steps
+    assert steps == 100 and ort_s.info.spontaneous_steps == 100
+    for batch in (12, 5):  # a batch change re-binds the drives and re-sets the variables
+        xb = x[:batch]
+        for s in (ort_s, stateful, stateless):
+            s.reset(batch)
+            s.set_image(xb)
+        for _ in range(steps):
+            ref = ort_s.step()
+            scale = float(np.abs(ref).max())
+            np.testing.assert_allclose(stateful.step(), ref, atol=1e-4 * scale, rtol=0)
+            np.testing.assert_allclose(stateless.step(), ref, atol=1e-4 * scale, rtol=0)
+        for a, b in zip(stateful.state, ort_s.state):  # read only now, when asked
+            np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, float(np.abs(b).max())), rtol=0)
+    # reset really starts over: the spontaneous state, then the same first steps as a fresh session.
+    stateful.reset(2)
+    for a, spont in zip(stateful.state, stateful.info.spontaneous_state()):
+        np.testing.assert_array_equal(a, np.broadcast_to(spont, a.shape))
+    fresh = StepSession(bundled_drive, backend="openvino")
+    fresh.reset(2)
+    np.testing.assert_array_equal(stateful.step(x[:2]), fresh.step(x[:2]))
+    # State assignment goes into the variables.
+    stateful.state = ort_s.state
+    ort_s.set_image(x[:5])
+    stateful.set_image(x[:5])
+    np.testing.assert_allclose(stateful.step(), ort_s.step(), atol=1e-4 * scale, rtol=0)
+    # Anytime inference (compaction rewrites the variables with the remaining rows): the same decisions.
+    a, b = stateful.run_until(x, 0.9), ort_s.run_until(x, 0.9)
+    np.testing.assert_array_equal(a.steps, b.steps)
+    np.testing.assert_array_equal(a.decided, b.decided)
+    with pytest.raises(ValueError, match="stateful: backend 'onnxruntime' cannot keep the state"):
+        StepSession(bundled_drive, providers="cpu", stateful=True)
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="this CPU's OpenVINO plugin does not report BF16")
+def test_stateful_bfloat16_keeps_the_answers(bundled_drive):
+    """Where the CPU has bfloat16 (detected, never assumed), the stateful bf16 session keeps float32's answers."""
+    x = _digits(40)
+    ref = StepSession(bundled_drive, providers="cpu").run(x)
+    out = StepSession(bundled_drive, backend="openvino", precision="bf16").run(x)
+    assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.99
+
+
 def test_open_session_and_errors(exported_onnx, monkeypatch):
     s = open_session(exported_onnx["stepwise"], "auto", backend="openvino", precision="float32")
     assert isinstance(s, StepSession) and s.precision == "f32"
@@ -126,8 +195,12 @@ def test_int8_graphs_run_as_int8_and_agree_with_onnxruntime(r2_cifar, tmp_path):
     path = tmp_path / "q.onnx"
     export(r2_cifar, path, graph="stepwise-drive", dtype="int8", steps=6, spontaneous_steps=3,
            calibration_images=images[:8], verify_images=images)
-    ov = StepSession(path, backend="openvino").run(images)
+    session = StepSession(path, backend="openvino")
+    assert session.stateful is False  # int8: the stateless path is the faster one (docs/precision.md)
+    ov = session.run(images)
     ref = StepSession(path, providers="cpu").run(images)
+    np.testing.assert_allclose(StepSession(path, backend="openvino", stateful=True).run(images[:8]), ov[:8],
+                               atol=1e-4 * float(np.abs(ov).max()), rtol=0)
     from helpers import exact_int8_kernels
 
     if not exact_int8_kernels():

@@ -98,3 +98,22 @@ def test_hf_hub_offline_loads_identical_logits(tmp_path):
         assert np.array_equal(np.load(tmp_path / f"out{i}.npy"), expected)
     error = [line for line in done.stdout.splitlines() if line.startswith("ERROR")]
     assert error and "hf-hub:cordsnet-test/absent" in error[0] and "HF_HUB_OFFLINE" in error[0]
+
+
+def test_cli_checkpoint_arguments_take_hub_names(tmp_path):
+    """`cordsnet-cli info hf-hub:ORG/NAME` reads the model from the Hub cache offline (the resolver of
+    load_checkpoint, cordsnet.fetch.resolve_name); an absent one is one line."""
+    pytest.importorskip("huggingface_hub")
+    _, model = published_model(depth=2, size=32, classes=10, channels=3, seed=5)
+    cordsnet.save_pretrained(model, tmp_path / "folder")
+    cache = tmp_path / "hf-cache"
+    _place_in_hub_cache(tmp_path / "folder", cache, "cordsnet-test/r2")
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    cli = [sys.executable, "-m", "cordsnet.cli", "info"]
+    done = subprocess.run([*cli, "hf-hub:cordsnet-test/r2", "--json"], env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["config"]["depth"] == 2
+    absent = subprocess.run([*cli, "hf-hub:cordsnet-test/absent"], env=env, capture_output=True, text=True, timeout=180)
+    assert absent.returncode == 1 and len(absent.stderr.strip().splitlines()) == 1
+    assert "hf-hub:cordsnet-test/absent" in absent.stderr

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import re
 
-SKIP = re.compile(r"^(cordsnet|torch|torchvision|triton|nvidia-.*|cuda-.*|pip|setuptools|wheel)$")
+SKIP = re.compile(r"^(cordsnet|torch|torchvision|triton|nvidia-.*|cuda-.*|pip|wheel)$")
 
 
 def main() -> None:

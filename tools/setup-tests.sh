@@ -8,6 +8,8 @@
 #   - torch/torchvision: the installed ones are kept (never replaced); with none installed, 2.14.1/0.29.1
 #     (what this project's machines hold on local disk; never a multi-GB download of another release);
 #   - Debian's chromium, which Playwright drives by path in the browser test (never `playwright install`);
+#   - for the native examples (examples/c, examples/cpp): a C/C++ compiler, libcjson-dev, libssl-dev and the
+#     PyPI cmake (>= 3.28 for ExecuTorch's CMake targets; the [test] extra brings it);
 #   - the npm packages of examples/node/, pinned by its package-lock.json (onnxruntime-node's install
 #     script would fetch CUDA binaries: skipped, the CPU library ships in the package). The browser app
 #     needs no npm: its onnxruntime-web files are vendored (web/vendor/ort, tools/vendor-ort.sh).
@@ -34,5 +36,5 @@ else
 fi
 
 $SUDO apt-get update
-$SUDO apt-get install -y chromium
+$SUDO apt-get install -y chromium build-essential libcjson-dev libssl-dev
 (cd examples/node && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund)

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
-from ..fetch import REMOTES
+from ..fetch import REMOTES, is_remote_name
 from ..weights import BUNDLED
 
 log = logging.getLogger("cordsnet.cli")
@@ -31,13 +31,13 @@ def checkpoint_path(value: Optional[Path]) -> Optional[Path]:
         from ..checkpoint import bundled_checkpoint_path
 
         return bundled_checkpoint_path(str(value))
-    if not value.exists() and str(value) in REMOTES:  # cordsnet-r8: fetched into the cache on first use
-        from ..fetch import fetch
+    if not value.exists() and is_remote_name(str(value)):  # cordsnet-r8, hf-hub:ORG/NAME: fetched on first use
+        from ..fetch import resolve_name
 
-        return fetch(str(value))
+        return Path(resolve_name(str(value)))
     if not value.exists():
         raise typer.BadParameter(f"File '{value}' does not exist (nor is it a bundled model: "
-                                 f"{', '.join(BUNDLED)}, or a download: {', '.join(REMOTES)}).")
+                                 f"{', '.join(BUNDLED)}, a download: {', '.join(REMOTES)}, or hf-hub:ORG/NAME).")
     if value.is_dir():
         raise typer.BadParameter(f"File '{value}' is a directory.")
     return value
@@ -46,7 +46,8 @@ def checkpoint_path(value: Optional[Path]) -> Optional[Path]:
 CheckpointArg = Annotated[
     Optional[Path],
     typer.Argument(callback=checkpoint_path, help="Checkpoint (.pth published layout or .safetensors), or "
-                   "a bundled model's name (digits, digits-qat), cordsnet-r8 (the published checkpoint, fetched once); "
+                   "a bundled model's name (digits, digits-qat), cordsnet-r8 (the published checkpoint, fetched once), "
+                   "hf-hub:ORG/NAME[@REVISION]; "
                    "default: the bundled digits model."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
@@ -104,13 +105,13 @@ def echo_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
-HEARTBEAT_S = 10.0  # when stderr is not a terminal, a phase that lasts longer logs "still ..." this often
+HEARTBEAT_S = 10.0  # when stderr is not a terminal, a phase that lasts longer logs "<phase> (N s so far)" this often
 
 
 @contextlib.contextmanager
 def phases(first: str, *, quiet: bool = False, heartbeat_s: float = HEARTBEAT_S) -> Iterator[Callable[[str], None]]:
     """Report the phases of long work: a spinner on a terminal, else one log line per phase and a
-    "still <phase> (N s)" line every `heartbeat_s` while a phase lasts (a log reader never sees a silent
+    "<phase> (N s so far)" line every `heartbeat_s` while a phase lasts (a log reader never sees a silent
     stretch longer than that).
 
     Yields ``say(message)``; call it when a new phase starts. With ``quiet`` (e.g. ``--json``) nothing is
@@ -136,7 +137,7 @@ def phases(first: str, *, quiet: bool = False, heartbeat_s: float = HEARTBEAT_S)
         while not done.wait(heartbeat_s):
             with lock:
                 message, since = current["message"], current["since"]
-            log.info("still %s (%.0f s)", message, time.monotonic() - since)
+            log.info("%s (%.0f s so far)", message, time.monotonic() - since)
 
     log.info(first)
     thread = threading.Thread(target=beat, name="cordsnet-heartbeat", daemon=True)

@@ -14,26 +14,19 @@ import logging
 import os
 import sys
 import time
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
+from ..names import SPLITS, choices
 from ._shared import CheckpointArg
 
 __all__ = ["DatasetSplit", "evaluate_command", "record_dataset_command"]
 
 
-class DatasetSplit(str, Enum):
-    train = "train"
-    val = "val"
-    test = "test"
-
-
-class Readout(str, Enum):
-    all = "all"
-    last = "last"
+DatasetSplit = choices("DatasetSplit", SPLITS)  # cordsnet.data's splits
+Readout = choices("Readout", ("all", "last"))  # what evaluate stores: the logits after every step, or the last
 
 
 DatasetOpt = Annotated[Optional[str], typer.Option(

@@ -2,40 +2,24 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from ..artifact import DTYPES, FORMATS, GRAPHS, GRAPH_KINDS, READOUTS
+from ..names import CALIBRATIONS, EXPORTERS, choices
 from ._shared import CheckpointArg, Stopwatch, checkpoint_source, echo_json, load_model, phases, verification_lines
 
 
-def _choices(name: str, keys: object) -> type[Enum]:
-    """A str Enum of a registry's keys (Typer shows them as the option's choices)."""
-    return Enum(name, {str(k).replace("-", "_"): str(k) for k in keys}, type=str)  # type: ignore[return-value]
-
-
-# Choices come from the artifact contract's registries: a new format or graph kind needs no CLI edit.
-ExportFormat = _choices("ExportFormat", FORMATS)
-ExportGraph = _choices("ExportGraph", GRAPHS)
-ExportDtype = _choices("ExportDtype", DTYPES)
-ExportReadout = _choices("ExportReadout", READOUTS)
-
-
-class ExportExporter(str, Enum):
-    legacy = "legacy"
-    dynamo = "dynamo"
-
-
-class Calibration(str, Enum):
-    """int8 calibration methods (cordsnet.export.precision.CALIBRATIONS)."""
-
-    minmax = "minmax"
-    percentile = "percentile"
-    entropy = "entropy"
-    checkpoint = "checkpoint"
+# Choices come from the registries (the artifact contract's, and cordsnet.names for those whose registry
+# needs torch): a new format, graph kind, exporter or calibration needs no CLI edit.
+ExportFormat = choices("ExportFormat", FORMATS)
+ExportGraph = choices("ExportGraph", GRAPHS)
+ExportDtype = choices("ExportDtype", DTYPES)
+ExportReadout = choices("ExportReadout", READOUTS)
+ExportExporter = choices("ExportExporter", EXPORTERS)
+Calibration = choices("Calibration", CALIBRATIONS)
 
 
 # The suffixes each format may be written to; the first is the default output's.

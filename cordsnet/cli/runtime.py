@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+
+from ..names import BACKENDS, OPENVINO_PRECISIONS, choices
 
 from ._shared import (JsonOpt, checkpoint_path, console, echo_json, load_model, phases, progress_bar,
                       verification_lines)
@@ -15,19 +16,8 @@ ProviderOpt = Annotated[str, typer.Option(
     "--provider", help="Execution provider: auto (CUDA if usable, else CPU with a warning), cuda, tensorrt, cpu.")]
 
 
-class Backend(str, Enum):
-    """Engines of cordsnet.runtime.BACKENDS."""
-
-    onnxruntime = "onnxruntime"
-    openvino = "openvino"
-
-
-class Precision(str, Enum):
-    """OpenVINO compile precisions (cordsnet.runtime.openvino_backend.PRECISIONS)."""
-
-    f32 = "f32"
-    bf16 = "bf16"
-    f16 = "f16"
+Backend = choices("Backend", BACKENDS)  # engines of cordsnet.runtime
+Precision = choices("Precision", OPENVINO_PRECISIONS)  # OpenVINO compile precisions
 
 
 BackendOpt = Annotated[Backend, typer.Option(
@@ -99,17 +89,32 @@ def predict(
 
 def verify(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
-                                          help="An exported model (.onnx, .pt, .pt2).")],
+                                          help="An exported model (.onnx, .pt, .pt2, .pte).")],
     checkpoint: Annotated[Optional[Path], typer.Option(
         "--checkpoint", callback=checkpoint_path,
         help="Checkpoint the model was exported from, or a bundled model's name (default: the bundled "
              "model).")] = None,
+    reference: Annotated[Optional[Path], typer.Option(
+        "--reference", exists=True, dir_okay=False,
+        help="Check against a stored reference (.npz from --save-reference) instead of PyTorch: no torch needed "
+             "(ONNX graphs, with this runtime).")] = None,
+    save_reference: Annotated[Optional[Path], typer.Option(
+        "--save-reference", dir_okay=False,
+        help="After verifying against PyTorch, store a reference (.npz: images and PyTorch's logits) for "
+             "checking the graph where torch is not installed (--reference).")] = None,
     provider: ProviderOpt = "auto",
     atol: Annotated[Optional[float], typer.Option(min=0.0, help="Absolute tolerance (default: the exporter's).")] = None,
     rtol: Annotated[Optional[float], typer.Option(min=0.0, help="Relative tolerance (default: the exporter's).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check an exported model against the PyTorch model it came from (parity report; exit 1 on failure)."""
+    """Check an exported model against the PyTorch model it came from, or against a stored reference
+    (parity report; exit 1 on failure)."""
+    if reference is not None:
+        if checkpoint is not None or save_reference is not None:
+            raise ValueError("--reference: checks against the stored reference; it takes no --checkpoint or "
+                             "--save-reference")
+        _verify_against_reference(model, reference, provider, as_json)
+        return
     from ..export import verify_artifact
 
     tolerances = {k: v for k, v in (("atol", atol), ("rtol", rtol)) if v is not None}
@@ -117,6 +122,10 @@ def verify(
     if not onnx and provider not in ("auto", "cpu"):
         raise ValueError(f"provider: {provider!r} applies to ONNX models only; {model.name} runs with PyTorch "
                          "on the CPU (use --provider auto or cpu)")
+    if save_reference is not None:
+        from .._io import check_output
+
+        check_output(save_reference, inputs=[model, checkpoint], suffixes=(".npz",), name="--save-reference")
     source = str(checkpoint) if checkpoint is not None else "the bundled model"
     with phases("loading the checkpoint", quiet=as_json) as say:
         torch_model = load_model(checkpoint)
@@ -125,12 +134,34 @@ def verify(
         # the runtime's provider rules: a GPU provider that cannot run is an error,
         # "auto" falls back to the CPU with one warning, and the session's real providers are checked.
         report = verify_artifact(model, torch_model, providers=provider if onnx else None, **tolerances)
+        if save_reference is not None:
+            from ..export.reference import make_reference
+            from ..runtime.reference import save_reference as write
+
+            say(f"computing the reference of {model.name}")
+            write(save_reference, make_reference(torch_model, model, **tolerances))
     if as_json:
-        echo_json(report.to_dict())
+        echo_json({**report.to_dict(), **({"reference": str(save_reference)} if save_reference else {})})
         return
     typer.echo(f"{model} vs {source}: {report.summary()}")
     for line in verification_lines(report):
         typer.echo(line)
+    if save_reference is not None:
+        typer.echo(f"wrote the reference {save_reference} (check it anywhere: cordsnet-cli verify {model.name} "
+                   f"--reference {save_reference.name})")
+
+
+def _verify_against_reference(model: Path, reference: Path, provider: str, as_json: bool) -> None:
+    from ..runtime.reference import check_reference
+
+    with phases(f"checking {model.name} against {reference.name}", quiet=as_json):
+        result = check_reference(model, reference, providers=provider)
+    if as_json:
+        echo_json({"model": str(model), "reference": str(reference), **result.to_dict()})
+    else:
+        typer.echo(f"{model} vs {reference}: {result.summary()}")
+    if not result.passed:
+        raise typer.Exit(1)
 
 
 def bench(

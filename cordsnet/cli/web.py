@@ -127,12 +127,14 @@ def default_artifact(folder: str | os.PathLike | None = None) -> Path:
     path = folder / f"{source.name.split('.')[0]}-stepwise-{digest[:12]}.onnx"
     if path.is_file() and manifest_path(path).is_file():
         try:
-            check_manifest(path)
-            return path
-        except ValueError as exc:  # a stale or damaged cache: export anew (our own cache, rewritten by design)
+            manifest = check_manifest(path)
+            if manifest is not None and manifest.decision is not None:  # an export of the current format
+                return path
+            logger.info("re-exporting the cached graph: its manifest predates the decision rule")
+        except ValueError as exc:  # a stale or damaged cache: export anew
             logger.warning("re-exporting the cached graph: %s", exc)
-            for stale in (path, manifest_path(path)):
-                forget_input(stale)
+    for stale in (path, manifest_path(path)):  # the cache's own files, rewritten by design
+        forget_input(stale)
     folder.mkdir(parents=True, exist_ok=True)
     from ..checkpoint import load_checkpoint
     from ..export import export

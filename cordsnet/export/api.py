@@ -299,7 +299,8 @@ def _write_all(source: CordsNet, spec: ExportSpec, backend: Any, output: Path, t
                     f"{calibration} calibration on the trajectories of {calib_set[1]})" if calib_set is not None
                     else "the activation ranges learned by quantisation-aware training)"))
                 quantize_int8(tmp, source, inf, calib_set[0] if calib_set is not None else None,
-                              calibration=calibration, float_recurrent=not quantize_recurrent, ranges=ranges)
+                              calibration=calibration, float_recurrent=not quantize_recurrent, ranges=ranges,
+                              companions=dict(zip(roles, temps[1:])))  # still float32: the step graph is first
         export_seconds = time.perf_counter() - t0
         report = None
         t_verify = time.perf_counter()
@@ -328,25 +329,46 @@ def _write_all(source: CordsNet, spec: ExportSpec, backend: Any, output: Path, t
     return export_seconds, verify_seconds, report, size, data, details
 
 
+def _onnx_baseline(path: Path) -> Any:
+    from ..runtime import open_session
+
+    return open_session(path, "cpu").baseline_logits()
+
+
+def _pte_baseline(path: Path) -> Any:
+    from ..runtime.executorch import PteStepSession
+
+    return PteStepSession(path).baseline_logits()
+
+
+# format -> (the session kinds whose per-step logits its runtime gives, the no-image baseline of a written graph)
+_BASELINES: dict[str, tuple[tuple[str, ...], Callable[[Path], Any]]] = {
+    "onnx": (("step", "whole"), _onnx_baseline),
+    "executorch": (("step",), _pte_baseline),  # PteStepSession: stepwise and stepwise-drive programs
+}
+
+
 def _decision_rule(format: str, info: ArtifactInfo, targets: Sequence[Path],
                    temps: Sequence[Path]) -> DecisionRule | None:
     """The manifest's decision rule: :data:`~cordsnet.decision.DEFAULT_THRESHOLD`,
     :data:`~cordsnet.decision.DEFAULT_MARGIN` and the no-image baseline (T, K) computed by the runtime
-    (``baseline_logits`` of the session :func:`cordsnet.runtime.open_session` opens, on the CPU) on the
-    written graph itself, so that Python and every client compare with the same numbers.
+    (``baseline_logits`` of the session :func:`cordsnet.runtime.open_session` opens, on the CPU; for an
+    ExecuTorch step program, :class:`cordsnet.runtime.executorch.PteStepSession`) on the written graph
+    itself, so that Python and every client compare with the same numbers.
 
-    None where the runtime cannot compute per-step logits of the graph: formats other than ONNX,
-    graphs that run the whole protocol with readout "last", and multistep graphs (logits per call).
+    None where the runtime cannot compute per-step logits of the graph: formats without a runtime here
+    (TorchScript, ExportedProgram) and ExecuTorch programs other than step programs, graphs that run the
+    whole protocol with readout "last", and multistep graphs (logits per call).
 
     Args:
         format: the export's format.
         info: the graph's metadata.
         targets, temps: the final paths and the staged temporaries (artifact first, then companions).
     """
+    kinds, baseline_of = _BASELINES.get(format, ((), _onnx_baseline))
     per_step = info.kind.session == "step" or info.readout == "all"
-    if format != "onnx" or not per_step or info.steps_per_call != 1:
+    if info.kind.session not in kinds or not per_step or info.steps_per_call != 1:
         return None
-    from ..runtime import open_session
 
     # The staged files live in private directories; the runtime finds companions and external data by
     # their final names beside the artifact: link them under those names in one directory.
@@ -362,7 +384,7 @@ def _decision_rule(format: str, info: ArtifactInfo, targets: Sequence[Path],
                 os.link(staged_file, folder / target.name)
             except OSError:
                 shutil.copyfile(staged_file, folder / target.name)
-        baseline = open_session(folder / targets[0].name, "cpu").baseline_logits()
+        baseline = baseline_of(folder / targets[0].name)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return DecisionRule(DEFAULT_THRESHOLD, DEFAULT_MARGIN, baseline)

@@ -9,7 +9,7 @@
   GPUs) computes in bfloat16. The verification checks that the answer survives bfloat16 weights.
 * :func:`quantize_int8`: onnxruntime static QDQ quantisation, int8 weights per output channel, uint8
   activations (U8S8: the MLAS VNNI fast path), calibrated on the states of every step of real
-  trajectories (:func:`calibration_feeds`), not on images only.
+  trajectories stepped by the runtime's StepSession (:func:`calibration_feeds`), not on images only.
 * :func:`preset_images`: the images a reduced-precision export is calibrated and verified on, for
   presets with local data (digits); other presets need the caller's images.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -40,7 +40,7 @@ DEFAULT_CALIBRATION_IMAGES = 64  # calibration images when the preset has local 
 
 # Calibration methods: onnxruntime's static quantiser's by our name, and "checkpoint": the activation
 # ranges a quantisation-aware training stage stored in the checkpoint (no calibration run).
-CALIBRATIONS: tuple[str, ...] = ("minmax", "percentile", "entropy", "checkpoint")
+from ..names import CALIBRATIONS  # noqa: E402 (the one list: cordsnet.names)
 # Ops whose inputs and weights are quantised: the convolutions and the read-out (where the arithmetic is).
 # The Euler update ((1 - alpha) r + alpha f) and the additions stay float32, so the state fed back
 # every step is not rounded to 8 bits.
@@ -197,48 +197,45 @@ def reduced_images(model: CordsNet, dtype: str, images: object, name: str, split
     return np.ascontiguousarray(arr, dtype=np.float32), f"{len(arr)} images passed as {name}"
 
 
-def calibration_feeds(model: CordsNet, info: ArtifactInfo, input_names: Sequence[str], images: np.ndarray,
-                      batch: int = 32) -> Iterator[dict[str, np.ndarray]]:
-    """Feeds for a graph's inputs from real trajectories of `images` (float32 model, every step).
+def calibration_feeds(path: Path, info: ArtifactInfo, input_names: Sequence[str], images: np.ndarray,
+                      batch: int = 32, companions: Mapping[str, Path] | None = None
+                      ) -> Iterator[dict[str, np.ndarray]]:
+    """Feeds for a graph's inputs from real trajectories of `images`, stepped by the runtime.
 
-    A graph reading ``state_i`` gets the state before every step of the artifact's protocol (every
-    ``steps_per_call``-th for a multistep graph), so the calibrated ranges cover the whole trajectory
-    from the spontaneous state to the last step; a graph reading only the image gets the images.
+    A graph reading ``state_i`` is run float32 by :class:`cordsnet.runtime.StepSession` (onnxruntime, the
+    session applications use, :meth:`~cordsnet.runtime._core.StepCore.trace`), and gets the state before
+    every call of the artifact's protocol (every ``steps_per_call``-th step for a multistep graph), so
+    the calibrated ranges cover the whole trajectory from the spontaneous state to the last step; a
+    graph reading only the image gets the images.
 
     Args:
-        model: the float32 model the graph was exported from.
-        info: the graph's metadata (protocol, kind).
+        path: the float32 graph (before quantisation).
+        info: its metadata (protocol, kind, batch).
         input_names: the graph's inputs.
         images: (N, C, S, S) float32 calibration images.
-        batch: images per feed.
+        batch: images per feed (a fixed-batch graph: its own batch, the last chunk padded).
+        companions: its companion graphs by role, float32 (default: beside `path`).
     """
-    batch = info.batch or batch  # a fixed-batch graph takes its own batch (the last one padded)
-    with torch.no_grad():
-        w = model.effective_weights()
-        for lo in range(0, len(images), batch):
-            chunk = images[lo:lo + batch]
-            if len(chunk) < batch and info.batch is not None:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)])
-            x = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32))
-            terms = model.unchecked_drive_terms(w, model.unchecked_drive(w, x))
-            base = {"image": x.numpy(), "skip": terms.skip.numpy(), "ff0": terms.ff0.numpy()}
-            if not any(n.startswith("state_") for n in input_names):
-                yield {n: base[n] for n in input_names}
-                continue
-            spont = model.cached_spontaneous_state(info.spontaneous_steps, info.alpha)
-            state = tuple(s.expand(x.shape[0], *s.shape[1:]).clone() for s in spont)
-            every = info.steps_per_call
-            for t in range(info.steps):
-                if t % every == 0:
-                    feed = dict(base)
-                    feed.update({f"state_{i}": s.numpy().copy() for i, s in enumerate(state)})
-                    yield {n: feed[n] for n in input_names}
-                state = model.unchecked_step(w, state, terms, info.alpha)
+    from ..runtime import StepSession
+    from ..runtime._batch import pad_chunks
+
+    batch = info.batch or batch
+    pieces = [x for x, _ in pad_chunks(np.ascontiguousarray(images, dtype=np.float32), batch)] \
+        if info.batch is not None else [images[lo:lo + batch] for lo in range(0, len(images), batch)]
+    if not any(n.startswith("state_") for n in input_names):
+        for x in pieces:
+            yield {"image": np.ascontiguousarray(x, dtype=np.float32)}
+        return
+    session = StepSession(path, "cpu", companions=companions)
+    for x in pieces:  # padded to the fixed batch already: trace keeps every row
+        for _, _, feed in session.trace(x, info.steps, inputs=True):
+            yield {n: feed[n] for n in input_names}
 
 
 def quantize_int8(path: Path, model: CordsNet, info: ArtifactInfo, images: np.ndarray | None, *,
                   calibration: str = "minmax", ops: Sequence[str] = QUANTIZED_OPS,
-                  float_recurrent: bool = False, ranges: ActivationRanges | None = None) -> dict[str, int]:
+                  float_recurrent: bool = False, ranges: ActivationRanges | None = None,
+                  companions: Mapping[str, Path] | None = None) -> dict[str, int]:
     """Quantise the float32 ONNX graph at `path` in place (static QDQ, per-channel, U8S8); keeps its metadata.
 
     Args:
@@ -252,6 +249,8 @@ def quantize_int8(path: Path, model: CordsNet, info: ArtifactInfo, images: np.nd
             float consumers are told apart from the quantised ops by these).
         float_recurrent: keep the convolutions that read a ``state_i`` input (the recurrent ones) in float32.
         ranges: the activation ranges for ``calibration="checkpoint"``.
+        companions: the graph's companions by role, still float32 (the encode graph a stepwise-drive
+            step graph's calibration trajectories start from); default: beside `path`.
 
     Returns:
         Counts of the quantised graph's QuantizeLinear / DequantizeLinear nodes.
@@ -270,7 +269,7 @@ def quantize_int8(path: Path, model: CordsNet, info: ArtifactInfo, images: np.nd
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.it = calibration_feeds(model, info, input_names, images)
+            self.it = calibration_feeds(path, info, input_names, images, companions=companions)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.it, None)

@@ -16,7 +16,7 @@ __all__ = ["DEFAULT_EXPORTER", "EXPORTERS", "ExportSpec", "TORCH_DTYPES", "TRACE
 
 # ONNX exporters: "legacy" is torch.onnx's TorchScript-based exporter (dynamo=False), "dynamo" the
 # torch.export-based one. The legacy graph runs faster on onnxruntime CPU (benchmarks/bench_export.py).
-EXPORTERS: tuple[str, ...] = ("legacy", "dynamo")
+from ..names import EXPORTERS  # noqa: E402 (the one list: cordsnet.names)
 DEFAULT_EXPORTER = "legacy"
 TRACE_BATCH = 2  # batch of the example inputs when the batch is dynamic
 # Precision -> dtype the wrappers are traced in. bfloat16 and int8 graphs are traced in float32 and

@@ -7,10 +7,12 @@ default) for ONNX, ``torch.jit.load`` for TorchScript, ``torch.export.load`` for
 
 * Graph kinds run as a whole protocol (``session == "whole"``: unrolled, loop): logits (and recorded
   rates) against ``model.run``.
-* Step kinds (``session == "step"``: stepwise, stepwise-drive): start from the metadata's spontaneous
-  state (as a numpy-only application would), run the companions (the encode graph) on the images,
-  feed the state back every step, and compare every area's state at every step and the final logits
-  with ``model.run(..., record=all areas)``.
+* Step kinds (``session == "step"``: stepwise, stepwise-drive, multistep): stepped by the session an
+  application would use (ONNX: :class:`cordsnet.runtime.StepSession` on onnxruntime; ExecuTorch:
+  :class:`cordsnet.runtime.executorch.PteStepSession`; TorchScript / ExportedProgram: their runner under
+  the same stepping core), from the metadata's spontaneous state, its companions (the encode graph)
+  run on the images; every area's state after every step and the final logits are compared with
+  ``model.run(..., record=all areas)`` (:meth:`cordsnet.runtime._core.StepCore.trace`).
 * float32 passes when every compared value satisfies ``|a - b| <= atol + rtol * |b|``; a reduced
   precision (float16, bfloat16, int8) when every value is finite and the top-1 class after the full
   protocol agrees with the float32 model on at least ``min_top1`` (99%) of the images. Reduced
@@ -240,15 +242,15 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
         ref_logits = ref_logits[-1]
 
     backend = importlib.import_module(FORMATS[fmt].backend)
-    run, runner_name, ins, outs = backend.open_runner(path, info, providers)
-    want_ins, want_outs = info.io_names()
-    if list(ins) != want_ins or list(outs) != want_outs:
-        raise ValueError(f"model: {str(path)!r}: the graph's inputs {list(ins)} / outputs {list(outs)} differ from "
-                         f"those of a {info.graph!r} graph ({want_ins} / {want_outs})")
     diffs = _Diffs(atol, rtol)
     per_step: list[dict[str, Any]] = []
 
     if kind.session == "whole":
+        run, runner_name, ins, outs = backend.open_runner(path, info, providers)
+        want_ins, want_outs = info.io_names()
+        if list(ins) != want_ins or list(outs) != want_outs:
+            raise ValueError(f"model: {str(path)!r}: the graph's inputs {list(ins)} / outputs {list(outs)} differ "
+                             f"from those of a {info.graph!r} graph ({want_ins} / {want_outs})")
         got = _in_chunks(images, chunk, lambda x: _run_whole(run, kind, x.astype(np_dtype), steps), info.batch_axis)
         logits = got["logits"]
         diffs.add("logits", logits, ref_logits)
@@ -258,20 +260,22 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
             per_step = _unrolled_per_step(path, model, info, images, steps, chunk, np_dtype, providers,
                                           activation_ranges)
     else:
-        crun = {}
         given_c = dict(companions or {})
         if encode is not None:
             given_c["encode"] = encode if isinstance(encode, (str, os.PathLike)) else list(encode)[0]
+        cpaths = {}
         for role in kind.companions:  # each companion maps the image to more inputs of the step graph
             cpath = Path(given_c.get(role, companion_path(path, role)))
             cinfo = read_info(cpath, fmt)
             if cinfo.graph != role or cinfo.config != info.config or cinfo.spontaneous_steps != info.spontaneous_steps \
                     or cinfo.alpha != info.alpha or cinfo.dtype != info.dtype:
                 raise ValueError(f"model: {str(cpath)!r} is not the {role} graph of {str(path)!r} (its metadata differs)")
-            crun[role] = backend.open_runner(cpath, cinfo, providers)[0]
+            cpaths[role] = cpath
+        # The session applications step the graph with (the runtime's stepping core), not a loop of our own.
+        session, runner_name = STEP_SESSIONS.get(fmt, _function_session)(path, fmt, info, providers, cpaths,
+                                                                               np_dtype)
+        got = _trace(session, images.astype(np_dtype), steps)  # stacked per call: (calls, B, ...)
         every = info.steps_per_call  # ArtifactInfo guarantees steps is a multiple of it
-        got = _in_chunks(images, chunk, lambda x: _run_steps(run, crun, info, ins, x.astype(np_dtype), steps),
-                         lambda _: 1)  # stacked per call: (calls, B, ...)
         for k, t in enumerate(range(every, steps + 1, every)):
             step_logits = got["logits"][k]
             row = {"step": t, "logits_max_abs": float(np.max(np.abs(step_logits.astype(np.float64)
@@ -322,22 +326,12 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
 
 def _in_chunks(images: np.ndarray, chunk: int, fn: Callable[[np.ndarray], dict[str, np.ndarray]],
                batch_axis: Callable[[str], int]) -> dict[str, np.ndarray]:
-    """``fn`` on batches of `chunk` images (the last padded with its last image), outputs concatenated
-    along each output's batch axis (``batch_axis(name)``: 1 for time-major (T, B, ...) outputs)."""
-    parts: list[dict[str, np.ndarray]] = []
-    sizes = []
-    for lo in range(0, len(images), chunk):
-        x = images[lo:lo + chunk]
-        sizes.append(len(x))
-        if len(x) < chunk:
-            x = np.concatenate([x, np.repeat(x[-1:], chunk - len(x), axis=0)])
-        parts.append(fn(x))
-    out = {}
-    for name in parts[0]:
-        axis = batch_axis(name)
-        out[name] = np.concatenate([np.take(p[name], np.arange(n), axis=axis) for p, n in zip(parts, sizes)],
-                                   axis=axis)
-    return out
+    """``fn`` on batches of `chunk` images (the runtime's rule: the last padded with its last image), outputs
+    concatenated along each output's batch axis (``batch_axis(name)``: 1 for time-major (T, B, ...) outputs)."""
+    from ..runtime._batch import join_chunks, pad_chunks
+
+    pieces = pad_chunks(images, chunk)
+    return join_chunks([fn(x) for x, _ in pieces], [n for _, n in pieces], batch_axis)
 
 
 def _run_whole(run: Runner, kind: Any, images: np.ndarray, steps: int) -> dict[str, np.ndarray]:
@@ -347,24 +341,53 @@ def _run_whole(run: Runner, kind: Any, images: np.ndarray, steps: int) -> dict[s
     return run(feeds)
 
 
-def _run_steps(run: Runner, crun: Mapping[str, Runner], info: Any, ins: Sequence[str], images: np.ndarray,
-               steps: int) -> dict[str, np.ndarray]:
-    """A step graph from the metadata's spontaneous state: outputs after every call, stacked (calls, B, ...)."""
-    b = len(images)
-    state = [np.ascontiguousarray(np.broadcast_to(s, (b, *s.shape[1:]))).astype(images.dtype)
-             for s in info.spontaneous]
-    drive: dict[str, np.ndarray] = {"image": images}
-    for c in crun.values():
-        drive.update(c({"image": images}))
-    trace: dict[str, list[np.ndarray]] = {}
-    for _ in range(steps // info.steps_per_call):
-        feeds = {n: drive[n] for n in ins if not n.startswith("state_")}
-        feeds.update({f"state_{i}": s for i, s in enumerate(state)})
-        got = run(feeds)
-        state = [got[f"next_state_{i}"] for i in range(len(state))]
-        for k, v in got.items():
-            trace.setdefault(k, []).append(v)
-    return {k: np.stack(v) for k, v in trace.items()}
+def _trace(session: Any, images: np.ndarray, steps: int) -> dict[str, np.ndarray]:
+    """Every call's outputs of a step session on `images` (:meth:`StepCore.trace`), stacked (calls, B, ...)."""
+    calls: dict[str, dict[int, list[np.ndarray]]] = {}
+    for _, k, out in session.trace(images, steps):
+        for name, value in out.items():
+            calls.setdefault(name, {}).setdefault(k, []).append(value)
+    return {name: np.stack([np.concatenate(parts[k]) for k in sorted(parts)]) for name, parts in calls.items()}
+
+
+def _onnx_session(path: Path, fmt: str, info: Any, providers: Any, companions: Mapping[str, Path], dtype: np.dtype
+                  ) -> tuple[Any, str]:
+    import onnxruntime as ort
+
+    from ..runtime import StepSession
+
+    session = StepSession(path, providers if providers else "cpu", companions=companions)
+    return session, f"onnxruntime {ort.__version__} {session.providers[0]} (StepSession)"
+
+
+def _executorch_session(path: Path, fmt: str, info: Any, providers: Any, companions: Mapping[str, Path], dtype: np.dtype
+                        ) -> tuple[Any, str]:
+    from ..runtime.executorch import PteStepSession
+    from .executorch import runner_name
+
+    return PteStepSession(path, encode=companions.get("encode")), f"{runner_name()} (PteStepSession)"
+
+
+def _function_session(path: Path, fmt: str, info: Any, providers: Any, companions: Mapping[str, Path], dtype: np.dtype
+                      ) -> tuple[Any, str]:
+    """A format without a runtime session (TorchScript, ExportedProgram): its runner under the stepping core."""
+    from ..runtime._core import FunctionStepSession
+
+    backend = importlib.import_module(FORMATS[fmt].backend)
+    run, name, ins, outs = backend.open_runner(path, info, providers)
+    want_ins, want_outs = info.io_names()
+    if list(ins) != want_ins or list(outs) != want_outs:
+        raise ValueError(f"model: {str(path)!r}: the graph's inputs {list(ins)} / outputs {list(outs)} differ from "
+                         f"those of a {info.graph!r} graph ({want_ins} / {want_outs})")
+    encode = None
+    if "encode" in companions:
+        encode = backend.open_runner(companions["encode"], read_info(companions["encode"], fmt),
+                                     providers)[0]
+    return FunctionStepSession(path, info, run, encode, dtype=dtype), name
+
+
+# The runtime session that steps each format's step graphs (others: FunctionStepSession on the format's runner).
+STEP_SESSIONS: dict[str, Callable[..., tuple[Any, str]]] = {"onnx": _onnx_session, "executorch": _executorch_session}
 
 
 def _reference(model: CordsNet, info: Any, ranges: Any | None) -> Any:

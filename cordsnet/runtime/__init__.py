@@ -1,8 +1,9 @@
 """Torch-free inference for exported CordsNet graphs: numpy, Pillow, onnx and onnxruntime only.
 
 * :class:`Session`: whole-protocol graphs (``unrolled``, ``loop``): ``run``, ``predict``.
-* :class:`StepSession`: ``stepwise`` / ``stepwise-drive`` graphs, one step at a time, the state kept
-  in device buffers between steps (IO binding, optional CUDA graph capture).
+* :class:`StepSession`: ``stepwise`` / ``stepwise-drive`` / ``multistep`` graphs, one step at a time, the
+  state kept in device buffers between steps (onnxruntime: IO binding, optional CUDA graph capture;
+  OpenVINO: inside a stateful model). One stepping core (:mod:`._core`) under every backend adapter.
 * ``run_until`` on both (:class:`EarlyExit`): anytime inference, each image stopped when it has
   decided (:mod:`cordsnet.decision`); ``StepSession`` drops decided images from the batch.
 * ``backend="openvino"`` (optional extra ``cordsnet[openvino]``): the same float32 ONNX files under

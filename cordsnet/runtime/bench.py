@@ -106,6 +106,7 @@ def benchmark(path: str | os.PathLike, *, batch: int = 1, providers: ProvidersLi
         "image_size": cfg.image_size,
         "providers": session.providers,
         "cuda_graph": bool(cuda_graph),
+        "stateful": stepwise and bool(session.stateful),  # OpenVINO StepSession: the state inside the runtime
         "batch": batch,
         "steps": n_steps,
         "spontaneous_steps": info.spontaneous_steps,

@@ -15,8 +15,16 @@ that says what the device does report.
 this backend is asked for, and it never imports torch.
 
 :class:`OpenVINOSession` mimics the small part of ``onnxruntime.InferenceSession`` the runtime's whole-graph
-path uses (inputs, outputs, metadata, ``run``); :class:`OpenVINOStepper` keeps a StepSession's state in
-OpenVINO tensors bound once to two infer requests (double-buffered, like the onnxruntime IO-binding path).
+path uses (inputs, outputs, metadata, ``run``). A StepSession's state lives in one of two adapters of
+the stepping core (:mod:`cordsnet.runtime._core`):
+
+* :class:`StatefulOpenVINO` (the default for float32 graphs): the step graph made stateful with OpenVINO's ``MakeStateful``
+  transformation, each ``state_i`` input / ``next_state_i`` output pair replaced by a ReadValue/Assign
+  variable. The state stays inside the compiled model between calls, no state crosses the call boundary
+  per step, and it is read only when the application asks (``state``, a convergence check, a batch compaction).
+* :class:`OpenVINOEngine`: OpenVINO tensors bound once to two infer requests of the stateless graph,
+  double-buffered by :class:`~cordsnet.runtime._adapters.DoubleBuffer` (``StepSession(..., stateful=False)``,
+  the default for int8 graphs, where it measured faster).
 """
 
 from __future__ import annotations
@@ -24,25 +32,25 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from ..names import OPENVINO_PRECISIONS
 from ..threads import num_threads
 from ..artifact import read_metadata
+from ._adapters import Layout, Store
 from .providers import ProviderError
 
-__all__ = ["DEFAULT_DEVICE", "PRECISIONS", "OpenVINOSession", "OpenVINOStepper", "available_precisions",
-           "import_openvino", "resolve_device", "resolve_precision"]
+__all__ = ["DEFAULT_DEVICE", "PRECISIONS", "OpenVINOEngine", "OpenVINOSession", "StatefulOpenVINO",
+           "available_precisions", "import_openvino", "resolve_device", "resolve_precision"]
 
 DEFAULT_DEVICE = "CPU"  # what providers="auto"/"cpu" mean for this backend
 
 # precision -> (OpenVINO INFERENCE_PRECISION_HINT value, the OPTIMIZATION_CAPABILITIES entry it needs)
-PRECISIONS: dict[str, tuple[str, str]] = {
-    "f32": ("f32", "FP32"),
-    "bf16": ("bf16", "BF16"),
-    "f16": ("f16", "FP16"),
-}
+# (keyed by the one list of names, cordsnet.names.OPENVINO_PRECISIONS)
+PRECISIONS: dict[str, tuple[str, str]] = dict(zip(OPENVINO_PRECISIONS, (("f32", "FP32"), ("bf16", "BF16"), ("f16", "FP16")),
+                                                  strict=True))
 # Long spellings accepted for the same precisions (numpy / the export's --dtype names).
 PRECISION_ALIASES: dict[str, str] = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 
@@ -157,14 +165,40 @@ class OpenVINOSession:
             first = " ".join(str(exc).split())[:300]
             raise ValueError(f"model: OpenVINO cannot read {str(self.path)!r} as an ONNX model: {first}") from None
         threads = num_threads()  # the process's thread budget (cordsnet.threads), unless config sets one
-        properties = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision][0], "PERFORMANCE_HINT": "LATENCY",
-                      **({"INFERENCE_NUM_THREADS": threads} if threads is not None else {}), **(config or {})}
-        self.compiled = core.compile_model(model, device, properties)
+        self._properties = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision][0], "PERFORMANCE_HINT": "LATENCY",
+                            **({"INFERENCE_NUM_THREADS": threads} if threads is not None else {}), **(config or {})}
+        self._model = model
+        self._compiled: Any = None  # compiled on first use: a stateful StepSession never compiles the stateless graph
         self._meta = _Meta(read_metadata(self.path, "onnx"))  # the contract's one reader (cordsnet.* keys)
         self._inputs = _args(model.inputs)
         self._outputs = _args(model.outputs)
-        self._request = self.compiled.create_infer_request()
+        self._request: Any = None
         self._lock = threading.Lock()  # one infer request: one call at a time
+
+    @property
+    def compiled(self) -> Any:
+        """The graph compiled for the device (``openvino.CompiledModel``), compiled on first use."""
+        with self._lock:
+            if self._compiled is None:
+                self._compiled = _core().compile_model(self._model, self.device, self._properties)
+            return self._compiled
+
+    def compile_stateful(self, pairs: Mapping[str, str]) -> Any:
+        """The graph with each input -> output pair of `pairs` made a variable (ReadValue/Assign), compiled.
+
+        Args:
+            pairs: input name -> output name (``{"state_0": "next_state_0", ...}``).
+
+        Returns:
+            An ``openvino.CompiledModel`` whose inputs and outputs are the others.
+        """
+        from openvino.passes import MakeStateful, Manager
+
+        model = self._model.clone()
+        manager = Manager()
+        manager.register_pass(MakeStateful(dict(pairs)))
+        manager.run_passes(model)
+        return _core().compile_model(model, self.device, self._properties)
 
     def get_inputs(self) -> list[_Arg]:
         return list(self._inputs)
@@ -184,88 +218,127 @@ class OpenVINOSession:
 
     def run(self, names: Sequence[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Outputs `names` for the input arrays `feeds` (copies)."""
+        compiled = self.compiled
         with self._lock:
+            if self._request is None:
+                self._request = compiled.create_infer_request()
             self._request.infer({k: np.asarray(v, order="C") for k, v in feeds.items()})  # keeps 0-d scalars
             return [np.array(self._request.get_tensor(n).data, copy=True) for n in names]
 
 
-class OpenVINOStepper:
-    """A StepSession's buffers in OpenVINO tensors: two state sets bound to two infer requests.
+class OpenVINOEngine:
+    """The OpenVINO :class:`~cordsnet.runtime._core.Engine` of the stateless graphs: tensors bound to infer requests.
 
-    Request k reads state set k and writes set 1 - k (and the logits), so a step never overwrites a
-    rate it is still reading and nothing is copied between steps. The drive inputs (the image, or the
-    encode graph's ``skip`` / ``ff0``) are tensors shared by both requests; the encode graph writes
-    straight into them.
+    One infer request per (graph, slot), created once; a batch change re-binds new tensors.
+
+    Args:
+        graphs: "step" (and "encode") -> the :class:`OpenVINOSession`.
     """
 
-    def __init__(self, step: OpenVINOSession, encode: OpenVINOSession | None, state_in: Sequence[str],
-                 state_out: Sequence[str], drive_inputs: Sequence[str], state_shapes: Sequence[tuple[int, ...]],
-                 input_shape: tuple[int, ...], num_classes: int) -> None:
+    def __init__(self, graphs: Mapping[str, OpenVINOSession]) -> None:
         self._ov = import_openvino()
-        self.step_graph, self.encode_graph = step, encode
-        self.state_in, self.state_out = list(state_in), list(state_out)
-        self.drive_inputs = tuple(drive_inputs)
-        self.state_shapes = [tuple(s) for s in state_shapes]
-        self.input_shape, self.num_classes = tuple(input_shape), num_classes
-        self._drive_shapes = {a.name: a.shape[1:] for a in step.get_inputs() if a.name in self.drive_inputs}
-        self.cur = 0
+        self.graphs = dict(graphs)
+        self.requests: dict[tuple[str, int], Any] = {}
 
-    def _tensor(self, shape: Sequence[int]) -> Any:
-        return self._ov.Tensor(np.zeros(tuple(shape), np.float32))
+    def tensor(self, shape: Sequence[int], dtype: np.dtype) -> Any:
+        return self._ov.Tensor(np.zeros(tuple(shape), dtype))
+
+    def write(self, tensor: Any, array: np.ndarray) -> None:
+        tensor.data[...] = array
+
+    def read(self, tensor: Any) -> np.ndarray:
+        return np.array(tensor.data, copy=True)
+
+    def bind(self, graph: str, slot: int, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
+        if (graph, slot) not in self.requests:
+            self.requests[graph, slot] = self.graphs[graph].compiled.create_infer_request()
+        request = self.requests[graph, slot]
+        for name, t in {**inputs, **outputs}.items():
+            request.set_tensor(name, t)
+
+    def run(self, graph: str, slot: int) -> None:
+        self.requests[graph, slot].infer()
+
+
+class StatefulOpenVINO(Store):
+    """A StepSession's state inside OpenVINO: the step graph compiled stateful, one infer request.
+
+    The drives (the image, or the encode graph's ``skip`` / ``ff0``, which the encode request writes
+    straight into them) and the logits are tensors bound once; the state is the request's variables,
+    set on a reset or assignment and copied out only by :meth:`read_state`.
+
+    Args:
+        step: the stateless step graph's session (its model is cloned and made stateful).
+        encode: the encode graph's session, or None.
+        layout: the step graph's inputs and outputs.
+
+    Raises:
+        ValueError: the compiled model's variables are not the state pairs (an OpenVINO that names
+            them otherwise).
+    """
+
+    def __init__(self, step: OpenVINOSession, encode: OpenVINOSession | None, layout: Layout) -> None:
+        self._ov = import_openvino()
+        self.layout = layout
+        self.compiled = step.compile_stateful(dict(zip(layout.state_in, layout.state_out)))
+        self.request = self.compiled.create_infer_request()
+        states = {v.name: v for v in self.request.query_state()}
+        # OpenVINO names a variable after its pair's tensor names (Parameter's then Result's).
+        names = [f"{i}{o}" for i, o in zip(layout.state_in, layout.state_out)]
+        if sorted(states) != sorted(names):
+            raise ValueError(f"model: OpenVINO's stateful graph has variables {sorted(states)}, expected {names}")
+        self._names = names
+        self.encode_request = encode.compiled.create_infer_request() if encode is not None else None
+
+    def _variables(self) -> list[Any]:
+        states = {v.name: v for v in self.request.query_state()}
+        return [states[n] for n in self._names]
+
+    def _tensor(self, shape: Sequence[int], dtype: np.dtype) -> Any:
+        return self._ov.Tensor(np.zeros(tuple(shape), dtype))
 
     def allocate(self, batch: int) -> None:
-        self.sets = [[self._tensor((batch, *s)) for s in self.state_shapes] for _ in range(2)]
-        self.drives = {n: self._tensor((batch, *(self.input_shape if n == "image" else self._drive_shapes[n])))
-                       for n in self.drive_inputs}
-        self.logits_tensor = self._tensor((batch, self.num_classes))
-        if not hasattr(self, "requests"):  # created once; a batch change only re-binds tensors
-            self.requests = [self.step_graph.compiled.create_infer_request() for _ in range(2)]
-            if self.encode_graph is not None:
-                self.encode_request = self.encode_graph.compiled.create_infer_request()
-        for k in range(2):
-            req = self.requests[k]
-            for name, t in self.drives.items():
-                req.set_tensor(name, t)
-            for name, t in zip(self.state_in, self.sets[k]):
-                req.set_tensor(name, t)
-            for name, t in zip(self.state_out, self.sets[1 - k]):
-                req.set_tensor(name, t)
-            req.set_tensor("logits", self.logits_tensor)
-        if self.encode_graph is not None:
-            self.encode_image = self._tensor((batch, *self.input_shape))
-            self.encode_request.set_tensor("image", self.encode_image)
-            for name in ("skip", "ff0"):
+        lay = self.layout
+        self.drives = {n: self._tensor((batch, *shape), lay.dtypes[n]) for n, shape in lay.drives.items()}
+        self.logits_tensor = self._tensor((batch, lay.num_classes), lay.dtypes["logits"])
+        for name, t in self.drives.items():
+            self.request.set_tensor(name, t)
+        self.request.set_tensor("logits", self.logits_tensor)
+        if self.encode_request is not None:
+            self.image = self._tensor((batch, *lay.input_shape), lay.dtypes["image"])
+            self.encode_request.set_tensor("image", self.image)
+            for name in lay.encode:
                 self.encode_request.set_tensor(name, self.drives[name])
-        self.cur = 0
+        dtype = lay.dtypes[lay.state_in[0]]
+        self.write_state([np.zeros((batch, *s), dtype) for s in lay.state_shapes])
 
     def zero_drives(self) -> None:
         for t in self.drives.values():
-            t.data[...] = 0.0
+            t.data[...] = 0
 
     def write_state(self, arrays: Sequence[np.ndarray]) -> None:
-        for t, a in zip(self.sets[self.cur], arrays):
-            t.data[...] = a
+        for v, a in zip(self._variables(), arrays):
+            v.state = self._ov.Tensor(np.array(a, copy=True))  # the variable keeps its own copy
 
     def read_state(self) -> list[np.ndarray]:
-        return [np.array(t.data, dtype=np.float32, copy=True) for t in self.sets[self.cur]]
+        return [np.array(v.state.data, dtype=np.float32, copy=True) for v in self._variables()]
 
     def read_drives(self) -> dict[str, np.ndarray]:
         return {n: np.array(t.data, copy=True) for n, t in self.drives.items()}
 
-    def write_drives(self, drives: dict[str, np.ndarray]) -> None:
+    def write_drives(self, drives: Mapping[str, np.ndarray]) -> None:
         for n, a in drives.items():
             self.drives[n].data[...] = a
 
     def set_image(self, x: np.ndarray) -> None:
-        if self.encode_graph is None:
+        if self.encode_request is None:
             self.drives["image"].data[...] = x
         else:
-            self.encode_image.data[...] = x
+            self.image.data[...] = x
             self.encode_request.infer()
 
     def step(self) -> None:
-        self.requests[self.cur].infer()
-        self.cur = 1 - self.cur
+        self.request.infer()
 
     def logits(self) -> np.ndarray:
         return np.array(self.logits_tensor.data, dtype=np.float32, copy=True)

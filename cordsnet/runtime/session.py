@@ -17,16 +17,15 @@ import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 
 from .. import validate
 from ..artifact import GRAPH_KINDS, MAX_STEPS, ArtifactInfo, check_artifact_file, read_info
-from ..config import CordsNetConfig
 from ..decision import DEFAULT_MARGIN, check_criterion, first_decisions
+from ._batch import STEPS_WHY, EarlyExit, Frontend, Prediction, check_finite, join_chunks
 from .preprocess import Preprocessor
 from .providers import CUDA, TENSORRT, ProvidersLike, create_session, is_gpu_provider, resolve_providers
 
@@ -53,9 +52,7 @@ _ORT_LOAD_ERRORS: tuple[type[BaseException], ...] = tuple(
 SESSION_CLASS_NAMES: dict[str | None, str] = {"whole": "Session", "step": "StepSession", None: "StepSession"}
 
 # Engines that run the exported ONNX graphs: onnxruntime (providers) or OpenVINO (devices, precision hints).
-BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino")
-
-STEPS_WHY = ("longer runs: call StepSession.step in your own loop (memory stays flat)")
+from ..names import BACKENDS  # noqa: E402 (the one list: cordsnet.names)
 
 
 def read_artifact_info(path: str | os.PathLike) -> ArtifactInfo:
@@ -89,57 +86,13 @@ def _graph_io(args: Any) -> list[dict[str, Any]]:
              "dtype": _ONNX_DTYPES[a.type].name if a.type in _ONNX_DTYPES else a.type} for a in args]
 
 
-def check_finite(name: str, value: np.ndarray) -> np.ndarray:
-    """`value` if every element is finite, else ValueError: a NaN is never ranked as a class."""
-    if not np.isfinite(value).all():
-        raise ValueError(f"{name}: the graph produced NaN or infinite values (inputs of extreme magnitude overflow "
-                         "the graph's precision, or the artifact is corrupt); no prediction is made")
-    return value
-
-
-class EarlyExit(NamedTuple):
-    """What ``run_until`` returns, per image (numpy; the runtime's twin of ``cordsnet.model.EarlyExit``).
-
-    Attributes:
-        logits: (B, K) float32 at the image's stopping step.
-        steps: (B,) int64, stimulus steps it ran.
-        decided: (B,) bool: it stopped because it decided (:mod:`cordsnet.decision`); False: it ran to
-            ``max_steps`` (or converged) without deciding.
-        converged: (B,) bool: it stopped because its largest state change fell below ``tol``.
-    """
-
-    logits: np.ndarray
-    steps: np.ndarray
-    decided: np.ndarray
-    converged: np.ndarray
-
-
 # Artifact dtypes the OpenVINO backend runs: float32 graphs (with its precision hint), and int8 QDQ
 # graphs, whose Q/DQ pairs OpenVINO turns into int8 convolutions (float32 I/O both).
 OPENVINO_DTYPES: tuple[str, ...] = ("float32", "int8")
 
 
-class Prediction(NamedTuple):
-    """Top-k classes of a batch.
-
-    Attributes:
-        indices: (B, k) int64 class indices, most probable first.
-        names: B lists of k class names (the index as text when the model has no names).
-        probabilities: (B, k) float32 softmax probabilities.
-    """
-
-    indices: np.ndarray
-    names: list[list[str]]
-    probabilities: np.ndarray
-
-    def to_list(self) -> list[list[dict[str, Any]]]:
-        """JSON-ready: per image, a list of {"index", "name", "probability"}."""
-        return [[{"index": int(i), "name": n, "probability": float(p)} for i, n, p in zip(ii, nn, pp)]
-                for ii, nn, pp in zip(self.indices, self.names, self.probabilities)]
-
-
 # ------------------------------------------------------------------------------------- base
-class _Base:
+class _Base(Frontend):
     """What both session kinds share: loading, metadata, providers, preprocessing, validation."""
 
     _SESSION: str = ""  # the GraphKind.session value this class runs
@@ -193,10 +146,6 @@ class _Base:
 
     # --------------------------------------------------------------------------- properties
     @property
-    def config(self) -> CordsNetConfig:
-        return self.info.config
-
-    @property
     def providers(self) -> list[str]:
         """The execution providers the session really runs with (``session.get_providers()``)."""
         return list(self._session.get_providers())
@@ -205,11 +154,6 @@ class _Base:
     def on_gpu(self) -> bool:
         """True when the session runs on the CUDA or TensorRT provider."""
         return is_gpu_provider(self.providers[0])
-
-    @property
-    def class_names(self) -> list[str] | None:
-        names = (self.info.preset or {}).get("class_names")
-        return list(names) if names else None
 
     @property
     def onnx_session(self) -> ort.InferenceSession:
@@ -224,125 +168,12 @@ class _Base:
         dev = opts.get(self.providers[0], opts.get(CUDA, {})).get("device_id", "0")
         return "cuda", int(dev)
 
-    # --------------------------------------------------------------------------- inputs
-    def preprocess(self, images: Any, *, check_batch: bool = True) -> np.ndarray:
-        """Images in any accepted form -> (B, C, S, S) in the graph's input dtype, validated.
-
-        Accepted: a float (B, C, S, S) or (C, S, S) array of normalised pixels (used as is); a uint8
-        (H, W), (H, W, C) image or (N, H, W, C) batch; a PIL image; an image file path; or a list of
-        these (one image each). Raw images are preprocessed with the model's preset.
-
-        Args:
-            images: see above.
-            check_batch: refuse a batch other than a static-batch graph's (default True; ``run`` and
-                ``predict`` pass False and split/pad the batch themselves).
-        """
-        c, s = self.config.in_channels, self.config.image_size
-        dtype = _dtype_of(self._image_arg())
-        if hasattr(images, "__array__") and not isinstance(images, (np.ndarray, Image.Image)):
-            images = np.asarray(images)
-        if isinstance(images, np.ndarray):
-            if images.dtype == np.uint8:
-                if images.ndim in (2, 3):
-                    arr = self._raw([images])
-                elif images.ndim == 4:
-                    arr = self._raw(list(images))
-                else:
-                    raise ValueError(f"images: expected a uint8 image (H, W[, C]) or batch (N, H, W, C), got shape "
-                                     f"{images.shape}")
-            elif np.issubdtype(images.dtype, np.floating):
-                arr = images[None] if images.ndim == 3 else images
-            else:
-                raise TypeError(f"images: expected float (B, {c}, {s}, {s}) arrays of normalised pixels or uint8 "
-                                f"images, got dtype {images.dtype}")
-        elif isinstance(images, (str, os.PathLike, Image.Image)):
-            arr = self._raw([images])
-        elif isinstance(images, (list, tuple)):
-            if not images:
-                raise ValueError("images: expected at least one image, got an empty list")
-            if all(isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating) for x in images):
-                arr = np.stack([x for x in images])
-            else:
-                arr = self._raw(list(images))
-        else:
-            raise TypeError(f"images: expected an array, a PIL image, a path or a list of them, got "
-                            f"{type(images).__name__}")
-        if arr.ndim != 4:
-            raise ValueError(f"images: expected shape (B, {c}, {s}, {s}), got {tuple(arr.shape)} (rank {arr.ndim})")
-        if arr.shape[1] != c:
-            raise ValueError(f"images: expected {c} channel(s) at dim 1, got {arr.shape[1]} (shape {tuple(arr.shape)})")
-        if arr.shape[2:] != (s, s):
-            raise ValueError(f"images: expected {s}x{s} images, got {arr.shape[2]}x{arr.shape[3]} "
-                             f"(shape {tuple(arr.shape)}); pass raw images to have them resized")
-        if arr.shape[0] == 0:
-            raise ValueError(f"images: expected a non-empty batch, got shape {tuple(arr.shape)}")
-        with np.errstate(over="ignore", invalid="ignore"):  # checked right below
-            out = np.ascontiguousarray(arr, dtype=dtype)
-        if not np.isfinite(out).all():  # one scan; the input itself tells which of the two it was
-            if not np.isfinite(arr).all():
-                raise ValueError("images: expected finite pixel values, got NaN or infinity")
-            raise ValueError(f"images: pixel values up to {float(np.abs(arr).max()):.3g} overflow the graph's "
-                             f"{dtype.name} input; expected normalised pixels (a few units at most)")
-        if check_batch:
-            self._check_batch(arr.shape[0], "images")
-        return out
-
-    def _raw(self, images: list[Any]) -> np.ndarray:
-        if self.preprocessor is None:
-            raise ValueError(f"images: {str(self.path)!r} has no dataset preset (cordsnet.preset is null), so raw "
-                             f"images cannot be preprocessed; pass normalised float (B, {self.config.in_channels}, "
-                             f"{self.config.image_size}, {self.config.image_size}) arrays")
-        return self.preprocessor.batch(images)
-
-    def _check_batch(self, batch: int, name: str) -> None:
-        if self.info.batch is not None and batch != self.info.batch:
-            raise ValueError(f"{name}: this graph was exported for a fixed batch of {self.info.batch}, "
-                             f"got batch {batch}")
-
-    def _chunks(self, x: np.ndarray) -> list[tuple[np.ndarray, int]]:
-        """A batch split for a static-batch graph: (chunk of exactly the graph's batch, real images in it).
-
-        The last chunk is padded by repeating its last image; a dynamic-batch graph gets `x` whole.
-        """
-        fixed = self.info.batch
-        if fixed is None or x.shape[0] == fixed:
-            return [(x, x.shape[0])]
-        out = []
-        for i in range(0, x.shape[0], fixed):
-            chunk = x[i:i + fixed]
-            n = chunk.shape[0]
-            if n < fixed:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
-            out.append((chunk, n))
-        return out
-
-    def _steps(self, steps: int | None) -> int:
-        return validate.optional_integer("steps", steps, self.info.steps, min=1, max=MAX_STEPS, why=STEPS_WHY)
-
     def _image_arg(self) -> Any:
         """onnxruntime's NodeArg of the graph input that takes the images."""
         return self._inputs["image"]
 
-    def rank(self, logits: Any, top_k: int = 5) -> Prediction:
-        """The top-k classes of (B, K) logits (e.g. ``run_until(...).logits``), with names and probabilities."""
-        z = np.asarray(logits)
-        if z.ndim != 2 or z.shape[1] != self.config.num_classes or not np.issubdtype(z.dtype, np.floating):
-            raise ValueError(f"logits: expected float (B, {self.config.num_classes}), got {z.dtype} {z.shape}")
-        return self._predict_from_logits(z, top_k)
-
-    def _predict_from_logits(self, logits: np.ndarray, top_k: int) -> Prediction:
-        top_k = validate.positive_int("top_k", top_k)
-        check_finite("logits", logits)
-        k = min(top_k, logits.shape[-1])
-        z = logits.astype(np.float64)
-        z = z - z.max(axis=-1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(axis=-1, keepdims=True)
-        idx = np.argsort(-p, axis=-1, kind="stable")[:, :k]
-        probs = np.take_along_axis(p, idx, axis=-1).astype(np.float32)
-        names = self.class_names
-        return Prediction(idx.astype(np.int64), [[names[i] if names and i < len(names) else str(i) for i in row]
-                                                for row in idx], probs)
+    def _image_dtype(self) -> np.dtype:
+        return _dtype_of(self._image_arg())
 
     def __repr__(self) -> str:
         c = self.config
@@ -433,17 +264,16 @@ class Session(_Base):
         """
         x = self.preprocess(images, check_batch=False)
         steps_feed = self._steps_feed(steps)
-        parts = []
+        parts, reals = [], []
         for chunk, n in self._chunks(x):
             if self.io_binding:
                 out = self._run_bound(chunk)
             else:
                 names = list(self._outputs)
                 out = dict(zip(names, self._session.run(names, {"image": chunk, **steps_feed})))
-            parts.append({k: np.take(v, range(n), axis=self.info.batch_axis(k)) if n < chunk.shape[0] else v
-                          for k, v in out.items()})
-        outs = parts[0] if len(parts) == 1 else {
-            k: np.concatenate([p[k] for p in parts], axis=self.info.batch_axis(k)) for k in parts[0]}
+            parts.append(out)
+            reals.append(n)
+        outs = join_chunks(parts, reals, self.info.batch_axis)
         for k, v in outs.items():
             check_finite(k, v)
         return outs

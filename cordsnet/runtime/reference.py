@@ -1,0 +1,184 @@
+"""Verification against a stored reference: check an exported graph where PyTorch is not installed.
+
+A reference file (``.npz``, no pickles) holds deterministic input images, the PyTorch model's logits for
+them after the artifact's protocol (computed in float64), the protocol and the weights' sha256. It is
+written where torch is (``cordsnet-cli verify MODEL --save-reference REF.npz``, or
+:func:`cordsnet.export.reference.make_reference`) and checked anywhere the runtime runs
+(``cordsnet-cli verify MODEL --reference REF.npz``, :func:`check_reference`): the deployment box checks
+the graph it will serve with the very runtime it serves it with.
+
+The criterion is the exporter's: float32 graphs pass when every logit is within ``atol + rtol |ref|``;
+reduced precisions (float16, bfloat16, int8) pass on top-1 agreement (>= ``min_agreement``), their
+elementwise differences reported for information.
+
+Torch-free: numpy and the runtime only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import validate
+from .._io import atomic_path
+from ..artifact import read_info
+
+__all__ = ["FORMAT", "Reference", "ReferenceCheck", "check_reference", "load_reference", "save_reference"]
+
+FORMAT = "cordsnet-reference/1"
+MAX_REFERENCE_BYTES = 512 * 1024 * 1024  # a reference holds a few hundred images: larger is not one
+_FIELDS = ("format", "images", "logits", "state_dict_sha256", "dtype", "steps", "spontaneous_steps", "alpha",
+           "atol", "rtol", "min_agreement", "source")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What a graph must reproduce.
+
+    Attributes:
+        images: (N, C, S, S) float32 normalised inputs.
+        logits: (N, K) float64, the PyTorch model's logits after the protocol.
+        state_dict_sha256: the weights the reference was computed with (an artifact of other weights is refused).
+        dtype: the artifact's precision (it selects the criterion).
+        steps, spontaneous_steps, alpha: the protocol the logits were computed with.
+        atol, rtol: the float32 criterion; min_agreement: the reduced-precision one.
+        source: how the images were made (for reports).
+    """
+
+    images: np.ndarray
+    logits: np.ndarray
+    state_dict_sha256: str
+    dtype: str
+    steps: int
+    spontaneous_steps: int
+    alpha: float
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    min_agreement: float = 0.99
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class ReferenceCheck:
+    """The outcome of :func:`check_reference` (``passed`` decides; the rest is for reading)."""
+
+    passed: bool
+    criterion: str
+    images: int
+    max_abs: float
+    max_rel: float
+    agreement: float
+
+    def summary(self) -> str:
+        verdict = "passed" if self.passed else "FAILED"
+        return (f"{verdict} ({self.criterion}) on {self.images} stored images: max abs diff {self.max_abs:.3g}, "
+                f"max rel diff {self.max_rel:.3g}, top-1 agreement {100 * self.agreement:.1f}%")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def save_reference(path: str | os.PathLike, reference: Reference) -> Path:
+    """Write `reference` to `path` (``.npz``, atomically). Returns the path."""
+    path = validate.suffix("reference", path, (".npz",))
+    fields = dataclasses.asdict(reference)
+    arrays = {k: np.asarray(v) for k, v in fields.items()}
+    arrays["images"] = np.ascontiguousarray(reference.images, dtype=np.float32)
+    arrays["logits"] = np.ascontiguousarray(reference.logits, dtype=np.float64)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, format=np.asarray(FORMAT), **arrays)
+    return path
+
+
+def load_reference(path: str | os.PathLike) -> Reference:
+    """Read and check a reference file.
+
+    Raises:
+        ValueError: not a regular file, too large, not a reference of this format, or inconsistent arrays.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"reference: expected a regular .npz file written by --save-reference, got {str(path)!r}")
+    if path.stat().st_size > MAX_REFERENCE_BYTES:
+        raise ValueError(f"reference: {str(path)!r} is {path.stat().st_size:,} bytes, more than a reference holds "
+                         f"({MAX_REFERENCE_BYTES:,})")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):  # a bare .npy array
+                raise ValueError("a single array, not an archive")
+            names = set(data.files)
+            raw = {k: data[k] for k in _FIELDS if k in names}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:  # also a pickle: never loaded
+        raise ValueError(f"reference: {str(path)!r} is not a readable .npz reference ({' '.join(str(exc).split())[:120]})"
+                         ) from None
+    missing = [k for k in _FIELDS if k not in raw]
+    if missing:
+        raise ValueError(f"reference: {str(path)!r} lacks {missing}: not a cordsnet reference file")
+    if str(raw["format"]) != FORMAT:
+        raise ValueError(f"reference: expected format {FORMAT!r}, got {str(raw['format'])!r}")
+    images, logits = raw["images"], raw["logits"]
+    if images.ndim != 4 or images.dtype != np.float32 or logits.ndim != 2 or logits.shape[0] != images.shape[0] \
+            or images.shape[0] == 0:
+        raise ValueError(f"reference: expected images (N, C, S, S) float32 and logits (N, K), got {images.shape} "
+                         f"{images.dtype} and {logits.shape}")
+    if not (np.isfinite(images).all() and np.isfinite(logits).all()):
+        raise ValueError("reference: images and logits must be finite")
+    try:
+        return Reference(images=images, logits=logits.astype(np.float64), state_dict_sha256=str(raw["state_dict_sha256"]),
+                         dtype=str(raw["dtype"]), steps=int(raw["steps"]), spontaneous_steps=int(raw["spontaneous_steps"]),
+                         alpha=float(raw["alpha"]), atol=float(raw["atol"]), rtol=float(raw["rtol"]),
+                         min_agreement=float(raw["min_agreement"]), source=str(raw["source"]))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"reference: malformed scalar fields in {str(path)!r} ({exc})") from None
+
+
+def check_reference(model: str | os.PathLike, reference: Reference | str | os.PathLike, *,
+                    providers: Any = "cpu", **session_kwargs: Any) -> ReferenceCheck:
+    """Run the graph `model` on the reference's images and judge its logits by the exporter's criterion.
+
+    Args:
+        model: an exported ``.onnx`` graph (any kind the runtime opens).
+        reference: a :class:`Reference` or the path of one.
+        providers, session_kwargs: passed to :func:`cordsnet.runtime.open_session` (``backend=``, ...).
+
+    Raises:
+        ValueError: the graph holds other weights, another protocol or precision than the reference.
+    """
+    from . import open_session
+
+    ref = reference if isinstance(reference, Reference) else load_reference(reference)
+    info = read_info(model)
+    mismatch = [f"{name} {have!r} (reference: {want!r})" for name, have, want in (
+        ("weights (state-dict sha256)", info.state_dict_sha256, ref.state_dict_sha256),
+        ("dtype", info.dtype, ref.dtype), ("steps", info.steps, ref.steps),
+        ("spontaneous steps", info.spontaneous_steps, ref.spontaneous_steps)) if have != want]
+    if abs(info.alpha - ref.alpha) > 1e-12:
+        mismatch.append(f"alpha {info.alpha!r} (reference: {ref.alpha!r})")
+    if mismatch:
+        raise ValueError(f"reference: {Path(model).name} does not match the reference: {'; '.join(mismatch)}")
+    session = open_session(model, providers, **session_kwargs)
+    got = np.asarray(session.run(ref.images), dtype=np.float64)
+    if got.ndim == 3:  # readout "all": the logits after the last step
+        got = got[-1]
+    want = ref.logits
+    if got.shape != want.shape:
+        raise ValueError(f"reference: the graph gives logits {got.shape}, the reference {want.shape}")
+    diff = np.abs(got - want)
+    max_abs = float(diff.max())
+    max_rel = float((diff / np.maximum(np.abs(want), 1e-12)).max())
+    agreement = float((got.argmax(1) == want.argmax(1)).mean())
+    if ref.dtype == "float32":
+        passed = bool(np.isfinite(got).all() and (diff <= ref.atol + ref.rtol * np.abs(want)).all())
+        criterion = f"every logit within atol {ref.atol:g} + rtol {ref.rtol:g} x |reference|"
+    else:
+        passed = bool(np.isfinite(got).all() and agreement >= ref.min_agreement)
+        criterion = f"{ref.dtype}: top-1 agreement >= {100 * ref.min_agreement:g}%"
+    return ReferenceCheck(passed=passed, criterion=criterion, images=len(want), max_abs=max_abs, max_rel=max_rel,
+                          agreement=agreement)
