@@ -12,26 +12,44 @@ gone, and ``find DIR -name '.*.cordsnet-tmp-*' -delete`` removes them when no co
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import json
+import math
 import os
+import re
 import secrets
 import signal
+import stat
 import threading
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import IO, Any, Iterable, Iterator, Sequence
 
 from . import validate
 
-__all__ = ["TEMPORARY_MARK", "atomic_path", "cache_dir", "check_output", "file_sha256", "output_mode",
-           "stale_temporaries", "temporary_name", "terminate_cleanly"]
+__all__ = ["JSON_LIMITS", "LOCK_MARK", "TEMPORARY_MARK", "atomic_path", "cache_dir", "check_output", "check_regular",
+           "file_sha256", "forget_input", "input_scope", "load_json", "open_regular", "output_lock", "output_mode",
+           "read_json_file", "refuse_inputs", "register_input", "stale_temporaries", "temporary_name",
+           "terminate_cleanly"]
 
 TEMPORARY_MARK = ".cordsnet-tmp-"  # in the name of every temporary file: `.<name>.cordsnet-tmp-<pid>-<hex>`
 _NAME_KEEP = 100  # characters of the destination's name kept in a temporary's name (NAME_MAX is 255 bytes)
+LOCK_MARK = ".cordsnet-lock"  # `.<name>.cordsnet-lock`: held (flock) by the one process writing <name>
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file (recorded in exported artifacts)."""
+    """Hex sha256 of a regular file (recorded in exported artifacts); a FIFO or device is refused unread.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a regular file.
+    """
     digest = hashlib.sha256()
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"file: expected a regular file, got {_KINDS.get(stat.S_IFMT(mode), 'something else')} "
+                         f"{str(path)!r}")
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
@@ -73,11 +91,16 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike 
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise FileNotFoundError(f"{name}: directory {str(parent)!r} does not exist")
-    for source in inputs:
-        if source is not None and _same_file(out, Path(source)):
+    refuse_inputs(out, inputs, name)
+    return out
+
+
+def refuse_inputs(out: Path, inputs: Iterable[str | os.PathLike | None], name: str) -> None:
+    """`out` may not be (or, for a folder input, lie inside) an explicit or a registered input."""
+    for source in [*inputs, *_registered()]:
+        if source is not None and _overlaps(out, Path(source)):
             raise ValueError(f"{name}: {str(out)!r} is an input of this command ({str(source)!r}); writing it "
                              "would destroy the input, choose another destination")
-    return out
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -87,6 +110,267 @@ def _same_file(a: Path, b: Path) -> bool:
     except OSError:
         pass
     return a.resolve() == b.resolve()
+
+
+def _overlaps(out: Path, source: Path) -> bool:
+    """`out` is the input `source`, or (a directory input: a store, a dataset root) lies inside it."""
+    if _same_file(out, source):
+        return True
+    try:
+        if source.is_dir():
+            parent = (out.parent if str(out.parent) else Path(".")).resolve()
+            root = source.resolve()
+            return parent == root or root in parent.parents
+    except OSError:
+        pass
+    return False
+
+
+# -------------------------------------------------------------------------------- input registry
+# Inside a command (input_scope, entered by the CLI for every command) every file or folder a reader opens
+# through open_regular/check_regular/register_input is recorded; check_output and atomic_path then refuse
+# to write over any of them, by any name. Outside a scope (library use) nothing is recorded.
+_scope_lock = threading.Lock()
+_scope_inputs: list[Path] | None = None
+
+
+@contextlib.contextmanager
+def input_scope() -> Iterator[None]:
+    """Record the inputs read from here on; no output written inside may replace one of them."""
+    global _scope_inputs
+    with _scope_lock:
+        previous, _scope_inputs = _scope_inputs, []
+    try:
+        yield
+    finally:
+        with _scope_lock:
+            _scope_inputs = previous
+
+
+def register_input(path: str | os.PathLike) -> None:
+    """Record `path` (a file, or a folder read as a whole) as an input of the running command."""
+    with _scope_lock:
+        if _scope_inputs is not None and len(_scope_inputs) < 100_000:
+            p = Path(path)
+            if p not in _scope_inputs:
+                _scope_inputs.append(p)
+
+
+def forget_input(path: str | os.PathLike) -> None:
+    """A file the command reads and then rewrites by design (a run's own ``last.safetensors``, a stale cache)."""
+    with _scope_lock:
+        if _scope_inputs is not None:
+            _scope_inputs[:] = [p for p in _scope_inputs if not _same_file(p, Path(path))]
+
+
+def _registered() -> list[Path]:
+    with _scope_lock:
+        return list(_scope_inputs or ())
+
+
+# ------------------------------------------------------------------------------- regular files
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket", stat.S_IFLNK: "a symbolic link"}
+
+
+def _refuse_kind(mode: int, path: Path, name: str, max_bytes: int | None, size: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise ValueError(f"{name}: expected a regular file, got {kind} {str(path)!r}")
+    if size == 0:  # nothing any reader here accepts; also procfs/sysfs files, which stream past their size 0
+        raise ValueError(f"{name}: {str(path)!r} is empty (or a kernel pseudo-file), not a {name}")
+    if max_bytes is not None and size > max_bytes:
+        raise ValueError(f"{name}: {str(path)!r} is {size} bytes, more than the {max_bytes} bytes a {name} can be")
+
+
+def check_regular(path: str | os.PathLike, name: str, max_bytes: int | None = None) -> int:
+    """Refuse, without opening it, anything but a regular file of at most `max_bytes`; returns its size.
+
+    For readers that take a path (onnx, safetensors, Pillow): ``stat`` never blocks on a FIFO or reads a
+    device. The file is recorded as an input of the running command (:func:`input_scope`).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a directory, device, FIFO or socket, or larger than `max_bytes`.
+    """
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{name}: no such file {str(p)!r}") from None
+    except OSError as exc:
+        raise ValueError(f"{name}: cannot read {str(p)!r} ({exc.strerror or exc})") from None
+    _refuse_kind(st.st_mode, p, name, max_bytes, st.st_size)
+    register_input(p)
+    return st.st_size
+
+
+def open_regular(path: str | os.PathLike, name: str, max_bytes: int | None = None) -> IO[bytes]:
+    """Open a regular file for reading, refusing anything else before a byte is read.
+
+    Opened non-blocking (a FIFO without a writer does not block the open), checked with ``fstat`` on the
+    descriptor itself (no race with a rename), then switched back to blocking reads.
+
+    Args:
+        path: the file.
+        name: what it is, in messages ("checkpoint", "manifest", ...).
+        max_bytes: the largest size such a file can legitimately have (None: any).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a directory, device, FIFO or socket, or larger than `max_bytes`.
+    """
+    p = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(p, flags)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{name}: no such file {str(p)!r}") from None
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a socket
+            raise ValueError(f"{name}: expected a regular file, got a socket {str(p)!r}") from None
+        raise ValueError(f"{name}: cannot read {str(p)!r} ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        _refuse_kind(st.st_mode, p, name, max_bytes, st.st_size)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    register_input(p)
+    return os.fdopen(fd, "rb")
+
+
+# ---------------------------------------------------------------------------------- bounded JSON
+JSON_LIMITS = {"max_bytes": 64 << 20, "max_depth": 32, "max_containers": 1_000_000, "max_digits": 40}
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+class _JSONLimit(ValueError):
+    pass
+
+
+def _number(text: str, max_digits: int) -> float:
+    if len(text) > max_digits + 8:
+        raise _JSONLimit(f"the number {text[:20]}... has more digits than any value here")
+    value = float(text)
+    if not math.isfinite(value):
+        raise _JSONLimit(f"the number {text[:20]} is out of the float range")
+    return value
+
+
+def _integer(text: str, max_digits: int) -> int:
+    if len(text.lstrip("-")) > max_digits:
+        raise _JSONLimit(f"the integer {text[:20]}... has more than {max_digits} digits")
+    return int(text)
+
+
+def _constant(text: str) -> Any:
+    raise _JSONLimit(f"{text} is not a JSON number")
+
+
+def load_json(data: str | bytes, name: str, *, max_bytes: int | None = None, max_depth: int | None = None,
+              max_containers: int | None = None, max_digits: int | None = None, allow_nan: bool = False) -> Any:
+    """Parse JSON text within bounds: size, nesting depth, number of lists/objects, digits of a number.
+
+    The bounds are checked before the parse where they can be (size, depth and container count are
+    counted on the raw bytes, strings blanked), so a hostile text costs at most a scan of `max_bytes`.
+    NaN, Infinity and numbers beyond the float range are refused (no OverflowError later).
+
+    Args:
+        data: the text.
+        name: what it is, in messages.
+        max_bytes, max_depth, max_containers, max_digits: default :data:`JSON_LIMITS`.
+        allow_nan: accept the constants NaN, Infinity and -Infinity (what ``json.dumps`` writes for a
+            non-finite float, e.g. a diverged loss in a metric history); literals beyond the float
+            range are refused all the same.
+
+    Raises:
+        ValueError: not valid JSON, or beyond a bound (one line naming `name`).
+    """
+    limits = {**JSON_LIMITS, **{k: v for k, v in (("max_bytes", max_bytes), ("max_depth", max_depth),
+                                                     ("max_containers", max_containers),
+                                                     ("max_digits", max_digits)) if v is not None}}
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    if len(raw) > limits["max_bytes"]:
+        raise ValueError(f"{name}: {len(raw)} bytes of JSON, more than the {limits['max_bytes']} it can be")
+    import numpy as np
+
+    bare = np.frombuffer(_JSON_STRING.sub(b'""', raw), dtype=np.uint8)
+    opens = (bare == ord("[")) | (bare == ord("{"))
+    closes = (bare == ord("]")) | (bare == ord("}"))
+    if int(opens.sum()) > limits["max_containers"]:
+        raise ValueError(f"{name}: more than {limits['max_containers']} JSON lists/objects")
+    depth = np.cumsum(opens.astype(np.int64) - closes.astype(np.int64))
+    if depth.size and int(depth.max()) > limits["max_depth"]:
+        raise ValueError(f"{name}: not valid JSON here: JSON nested too deeply ({int(depth.max())} levels, more "
+                         f"than {limits['max_depth']})")
+    digits = limits["max_digits"]
+    try:
+        return json.loads(raw.decode("utf-8"), parse_float=lambda t: _number(t, digits),
+                          parse_int=lambda t: _integer(t, digits),
+                          parse_constant=float if allow_nan else _constant)
+    except _JSONLimit as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(f"{name}: not valid JSON ({' '.join(str(exc).split())[:160]})") from None
+
+
+def read_json_file(path: str | os.PathLike, name: str, **limits: int) -> Any:
+    """:func:`load_json` of a regular file, its size checked before a byte is read (:func:`open_regular`)."""
+    max_bytes = limits.get("max_bytes") or JSON_LIMITS["max_bytes"]
+    with open_regular(path, name, max_bytes) as f:
+        data = f.read(max_bytes + 1)
+    return load_json(data, f"{name} {str(path)!r}", **limits)
+
+
+# ---------------------------------------------------------------------------------- write locks
+class output_lock:
+    """Exclusive right to write `path` (and its companions) among cordsnet processes; the later one refuses.
+
+    A lock file ``.<name>.cordsnet-lock`` beside `path`, held with ``flock`` (released by the kernel when
+    the process ends, however it ends) and removed on exit.
+
+    Raises:
+        ValueError: on enter, when another process holds the lock.
+    """
+
+    def __init__(self, path: str | os.PathLike, name: str = "output") -> None:
+        self.path = Path(path)
+        parent = self.path.parent if str(self.path.parent) else Path(".")
+        self.lock = parent / f".{self.path.name[:_NAME_KEEP]}{LOCK_MARK}"
+        self.name = name
+        self.fd: int | None = None
+
+    def __enter__(self) -> "output_lock":
+        import fcntl
+
+        while True:
+            try:
+                fd = os.open(self.lock, os.O_CREAT | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), 0o666)
+            except OSError as exc:
+                raise _naming(exc, self.path) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise ValueError(f"{self.name}: another process is writing {str(self.path)!r} right now (lock "
+                                 f"{str(self.lock)!r}); wait for it to finish or choose another path") from None
+            try:  # the file we locked may have been removed by its previous holder: lock the current one
+                if os.stat(self.lock).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.lock)
+            os.close(self.fd)
+            self.fd = None
 
 
 # ------------------------------------------------------------------------------------- atomic writes
@@ -156,6 +440,7 @@ class atomic_path:
         parent = self.path.parent if str(self.path.parent) else Path(".")
         if not parent.is_dir():
             raise FileNotFoundError(f"output: directory {str(parent)!r} does not exist")
+        refuse_inputs(self.path, (), "output")  # never over an input of the running command (input_scope)
         tmp = temporary_name(self.path)
         try:
             os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))

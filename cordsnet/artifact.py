@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import re
+import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from . import __version__, validate
-from ._io import file_sha256
+from ._io import check_regular, file_sha256, load_json, open_regular, read_json_file
 from .config import MAX_STEPS, CordsNetConfig
 from .decision import DecisionRule
 
@@ -301,7 +302,7 @@ def decode_spontaneous_state(value: str | Mapping[str, str]) -> list[np.ndarray]
             raise ValueError("metadata: no 'cordsnet.spontaneous_state' key (not a cordsnet artifact?)")
         value = value[PREFIX + "spontaneous_state"]
     try:
-        entries = json.loads(value)
+        entries = _loads(value)
         if not isinstance(entries, list):
             raise ValueError(f"expected a JSON list, got {type(entries).__name__}")
         out = []
@@ -317,10 +318,8 @@ def decode_spontaneous_state(value: str | Mapping[str, str]) -> list[np.ndarray]
 
 # --------------------------------------------------------------------------------- ArtifactInfo
 def _loads(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
+    """Every JSON value of the contract, parsed within :data:`cordsnet._io.JSON_LIMITS` (size, depth, numbers)."""
+    return load_json(text, "JSON", max_bytes=MAX_METADATA_BYTES)
 
 
 _SHA256 = re.compile(r"^([0-9a-f]{64})?$")
@@ -711,13 +710,60 @@ def _spontaneous(meta: Mapping[str, str], config: CordsNetConfig, steps: int, dt
 
 
 # ------------------------------------------------------------------------------------ reading
+MAX_METADATA_BYTES = 64 << 20  # a metadata map or manifest: the largest spontaneous state is a few MB
+# The largest file each format can be: protobuf parses no message over 2 GiB (larger weights go to the
+# external data file); the others hold one model's weights (4 GiB leaves room over CordsNet-R8).
+MAX_ARTIFACT_BYTES: dict[str, int] = {"onnx": (2 << 30) - 1, "torchscript": 4 << 30, "exported-program": 4 << 30,
+                                      "executorch": 4 << 30}
+PTE_IDENTIFIER = re.compile(rb"ET[0-9]{2}")  # the flatbuffer file identifier at bytes 4..8 ("ET12")
+PTE_EXTENDED_HEADER = b"eh00"  # optional header at bytes 8..12: its length, program and segment sizes
+
+
+def check_pte_file(path: str | os.PathLike) -> None:
+    """Refuse bytes that are not an ExecuTorch program before the native runtime sees them.
+
+    The runtime aborts the interpreter (SIGABRT) on some malformed headers instead of raising; with the
+    flatbuffer's identifier, root offset and extended header checked here, the runtime's own verifier
+    (``Verification.InternalConsistency``) rejects the rest with a Python error.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a regular file, too large, or not an ExecuTorch flatbuffer (one line).
+    """
+    path = Path(path)
+    size = check_regular(path, "model", MAX_ARTIFACT_BYTES["executorch"])
+    with open_regular(path, "model", MAX_ARTIFACT_BYTES["executorch"]) as f:
+        head = f.read(64)
+    why = None
+    if len(head) < 16:
+        why = f"{len(head)} bytes, too short"
+    elif not PTE_IDENTIFIER.fullmatch(head[4:8]):
+        why = f"no ExecuTorch file identifier at bytes 4..8 (found {head[4:8]!r})"
+    else:
+        root = struct.unpack_from("<I", head, 0)[0]
+        if not 8 <= root <= size - 4:
+            why = f"its root table offset {root} lies outside the file ({size} bytes)"
+        elif head[8:12] == PTE_EXTENDED_HEADER:
+            if len(head) < 40:
+                why = "its extended header is truncated"
+            else:
+                length, program, base, data = struct.unpack_from("<IQQQ", head, 12)
+                if length < 32 or program > size or base > size or data > size - min(base, size) or \
+                        (data and base < program):
+                    why = (f"its extended header claims sizes beyond the file (program {program}, segments "
+                           f"{base}+{data}, file {size} bytes)")
+    if why is not None:
+        raise ValueError(f"model: {str(path)!r} is not an ExecuTorch program: {why}")
+
+
 def _read_onnx(path: Path) -> tuple[dict[str, str], tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]]:
     """(cordsnet.* map, (inputs, outputs, {"ir_version", "opset"})) of an ONNX file, without loading
     external data or a session (one parse serves every reader)."""
     import onnx
 
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        with open_regular(path, "model", MAX_ARTIFACT_BYTES["onnx"]) as f:
+            proto = onnx.load_model_from_string(f.read())  # external data is never loaded from bytes
     except Exception as exc:  # protobuf raises its own DecodeError, onnx its own errors
         first = " ".join(str(exc).split())[:200]
         raise ValueError(f"model: {str(path)!r} is not a readable ONNX file (truncated, corrupt or not ONNX): "
@@ -748,9 +794,13 @@ def _read_zip_extra(path: Path) -> tuple[dict[str, str], None]:
             if not names:
                 return {}, None
             info = zf.getinfo(names[0])
-            if info.file_size > 1 << 30:
-                raise ValueError(f"its {EXTRA_FILE} claims {info.file_size} bytes")
-            data = _loads(zf.read(names[0]).decode("utf-8"))
+            if info.file_size > MAX_METADATA_BYTES:
+                raise ValueError(f"its {EXTRA_FILE} claims {info.file_size} bytes, more than any metadata")
+            with zf.open(info) as member:  # never more than the cap inflated, whatever the header claims
+                text = member.read(MAX_METADATA_BYTES + 1)
+            if len(text) > MAX_METADATA_BYTES:
+                raise ValueError(f"its {EXTRA_FILE} inflates beyond {MAX_METADATA_BYTES} bytes")
+            data = _loads(text.decode("utf-8"))
     except (zipfile.BadZipFile, OSError, UnicodeDecodeError, ValueError) as exc:
         raise ValueError(f"model: {str(path)!r} is not a readable TorchScript/ExportedProgram archive ({exc})") from None
     if not isinstance(data, dict):
@@ -774,6 +824,7 @@ def _read_pte(path: Path) -> tuple[dict[str, str], None]:
         return _read_manifest_only(path)
     from ._quiet import native_stderr_captured
 
+    check_pte_file(path)  # the runtime aborts the process on some malformed headers
     try:
         with native_stderr_captured():  # the runtime's native start-up lines (fd 2, not ours)
             program = Runtime.get().load_program(path)
@@ -799,12 +850,14 @@ METADATA_READERS: dict[str, Callable[[Path], tuple[dict[str, str], Any]]] = {
 
 
 def check_artifact_file(path: Path) -> None:
-    """Refuse a missing, directory or empty path with one line (FileNotFoundError / ValueError)."""
-    if not path.exists():
-        raise FileNotFoundError(f"model: no such file {str(path)!r}")
-    if path.is_dir():
-        raise ValueError(f"model: expected an exported model file, got the directory {str(path)!r}")
-    if path.stat().st_size == 0:
+    """Refuse a missing path, anything but a regular file (directory, device, FIFO, socket), an empty file
+    or one larger than its format can hold, with one line (FileNotFoundError / ValueError), unread."""
+    try:
+        fmt: str | None = artifact_format(path)
+    except ValueError:
+        fmt = None
+    size = check_regular(path, "model", MAX_ARTIFACT_BYTES.get(fmt or "", max(MAX_ARTIFACT_BYTES.values())))
+    if size == 0:
         raise ValueError(f"model: {str(path)!r} is empty, not an exported model")
 
 
@@ -884,14 +937,7 @@ class Manifest:
 
 
 def _load_manifest_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest: no such file {str(path)!r}")
-    if path.stat().st_size > 256 << 20:
-        raise ValueError(f"manifest: {str(path)!r} is {path.stat().st_size} bytes, more than any manifest")
-    try:
-        data = _loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"manifest: {str(path)!r} is not valid JSON ({exc})") from None
+    data = read_json_file(path, "manifest", max_bytes=MAX_METADATA_BYTES)
     if not isinstance(data, dict) or "cordsnet_manifest" not in data:
         raise ValueError(f"manifest: {str(path)!r} is not a cordsnet manifest (no 'cordsnet_manifest' key)")
     if data["cordsnet_manifest"] != MANIFEST_VERSION or isinstance(data["cordsnet_manifest"], bool):
@@ -986,19 +1032,44 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
                     companions=tuple(dict(c) for c in companions), data=data)
 
 
-def check_manifest(artifact: str | os.PathLike, manifest: Manifest | None = None) -> Manifest | None:
-    """Refuse a manifest beside `artifact` that belongs to another artifact.
+def manifest_disagreements(artifact: ArtifactInfo, manifest: ArtifactInfo) -> list[str]:
+    """The fields a manifest states differently from its artifact's own metadata ([] when they agree).
+
+    Every compared field of :class:`ArtifactInfo` (graph, config, protocol, dtype, batch, preset with its
+    class names and normalisation, hashes, versions) and the spontaneous state, compared as the float32
+    the manifest stores. The inputs/outputs follow from these (:func:`read_manifest` checks them).
+    """
+    names = [f.name for f in dataclasses.fields(ArtifactInfo) if f.compare and f.name != "version"]
+    diffs = [n for n in names if getattr(artifact, n) != getattr(manifest, n)]
+    if artifact.version and manifest.version and artifact.version != manifest.version:
+        diffs.append("version")
+    a, m = artifact.spontaneous, manifest.spontaneous
+    if len(a) != len(m) or any(x.shape != y.shape or not np.array_equal(np.asarray(x, np.float32),
+                                                                         np.asarray(y, np.float32))
+                               for x, y in zip(a, m)):
+        diffs.append("spontaneous_state")
+    return diffs
+
+
+def check_manifest(artifact: str | os.PathLike, manifest: Manifest | None = None, *,
+                   info: ArtifactInfo | None = None) -> Manifest | None:
+    """Refuse a manifest beside `artifact` that belongs to another artifact or says something else.
+
+    The manifest must name the artifact, match its bytes (sha256, size, companions' sha256) and agree
+    with the metadata the artifact itself holds, field by field (:func:`manifest_disagreements`): a
+    client handed a checked manifest reads what the graph was exported with.
 
     Args:
         artifact: the artifact file.
         manifest: its manifest, already read; default: read ``<artifact>.cordsnet.json`` if it exists.
+        info: the artifact's own info, already read (default: read here).
 
     Returns:
         The manifest, or None when the artifact has none.
 
     Raises:
-        ValueError: the manifest names another file, or its sha256/size (or a companion's) do not
-            match the files' bytes.
+        ValueError: the manifest names another file, its sha256/size (or a companion's) do not
+            match the files' bytes, or one of its fields disagrees with the artifact's metadata.
     """
     artifact = Path(artifact)
     if manifest is None:
@@ -1008,6 +1079,7 @@ def check_manifest(artifact: str | os.PathLike, manifest: Manifest | None = None
     where = f"manifest: {str(manifest.path)!r}"
     if manifest.file != artifact.name:
         raise ValueError(f"{where} belongs to {manifest.file!r}, not to {artifact.name!r}")
+    check_artifact_file(artifact)
     actual = file_sha256(artifact)
     if actual != manifest.sha256 or artifact.stat().st_size != manifest.size_bytes:
         raise ValueError(f"{where} belongs to another artifact: its sha256 {manifest.sha256[:12]}... does not match "
@@ -1017,6 +1089,16 @@ def check_manifest(artifact: str | os.PathLike, manifest: Manifest | None = None
         if p.exists() and file_sha256(p) != c["sha256"]:
             raise ValueError(f"{where}: companion {c['file']!r} ({c['role']}) does not match its sha256 in the "
                              "manifest; export again")
+    if manifest.format != artifact_format(artifact):
+        raise ValueError(f"{where} describes a {manifest.format} artifact, but {artifact.name} is "
+                         f"{artifact_format(artifact)}; export again")
+    if FORMATS[manifest.format].metadata != "manifest":
+        own = info if info is not None else _read_info(artifact, manifest.format)[0]
+        if own.metadata.get(PREFIX + "format_version") is not None:  # read from the artifact, not the manifest
+            diffs = manifest_disagreements(own, manifest.info)
+            if diffs:
+                raise ValueError(f"{where} disagrees with the metadata inside {artifact.name} on {', '.join(diffs)}; "
+                                 "the manifest was edited or belongs to another export: export again")
     return manifest
 
 
@@ -1034,7 +1116,7 @@ def describe_artifact(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     info, io, fmt = _read_info(path, None)
-    manifest = check_manifest(path)
+    manifest = check_manifest(path, info=info)
     out: dict[str, Any] = {"path": str(path), "format": fmt, "size_bytes": path.stat().st_size}
     out.update(info.to_dict())
     out["manifest"] = str(manifest.path) if manifest is not None else None

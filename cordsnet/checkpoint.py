@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from . import validate
-from ._io import atomic_path, file_sha256
+from ._io import atomic_path, check_regular, file_sha256, load_json, open_regular
 from .config import PRESETS, CordsNetConfig, get_preset
 from .model import CordsNet
 from .weights import BUNDLED, DEFAULT_CHECKPOINT
@@ -134,10 +134,7 @@ def read_checkpoint(source: Source = None, *, map_location: str | torch.device =
 
         source = resolve_name(source)  # "cordsnet-r8", "hf-hub:ORG/NAME[@REV]": the cached file; else as is
     path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint: no such file {str(path)!r}")
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint: expected a file, got the directory {str(path)!r}")
+    _check_file(path)
     if _is_safetensors(path):
         return _read_safetensors(path, map_location)
     return normalize_state_dict(_torch_load(path, map_location)), None
@@ -368,17 +365,51 @@ def _check_layout(model: CordsNet, state: Mapping[str, Tensor]) -> None:
 
 
 # ----------------------------------------------------------------------------------- file I/O
+# The largest checkpoint any layout implies: CordsNet-R8 at ImageNet scale with a training run's extras
+# (optimiser moments, the best epoch's copy, BatchNorms) is well under 2 GiB; 4 GiB leaves room.
+MAX_CHECKPOINT_BYTES = 4 << 30
+MAX_PICKLE_BYTES = 64 << 20  # a state dict's pickle (names and storage references, no tensor data)
+
+
+def _check_file(path: Path) -> int:
+    """A regular file of a plausible size (refused in one line before a byte is read); its size."""
+    try:
+        return check_regular(path, "checkpoint", MAX_CHECKPOINT_BYTES)
+    except FileNotFoundError:
+        raise
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
 def _is_safetensors(path: Path) -> bool:
     """safetensors: an 8-byte little-endian header length followed by a JSON object."""
+    size = _check_file(path)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, "checkpoint", MAX_CHECKPOINT_BYTES) as f:
             head = f.read(9)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     except OSError as exc:
         raise CheckpointError(f"checkpoint: cannot read {str(path)!r}: {exc}") from None
     if len(head) < 9:
         return False
     n = int.from_bytes(head[:8], "little")
-    return head[8:9] == b"{" and 0 < n < path.stat().st_size
+    return head[8:9] == b"{" and 0 < n < size
+
+
+def _check_zip_sizes(path: Path) -> None:
+    """A PyTorch zip checkpoint whose members inflate beyond any layout is refused before unpickling."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint: cannot read {str(path)!r}: not a valid PyTorch zip archive ({exc})") from None
+    total = sum(m.file_size for m in members)
+    pickles = [m for m in members if m.filename.endswith(".pkl") and m.file_size > MAX_PICKLE_BYTES]
+    if total > MAX_CHECKPOINT_BYTES or pickles:
+        raise CheckpointError(f"checkpoint: {str(path)!r} inflates to {total} bytes"
+                              + (f" (its {pickles[0].filename} alone {pickles[0].file_size})" if pickles else "")
+                              + ", more than any CordsNet checkpoint; refused unread")
 
 
 class _open_safetensors:
@@ -390,8 +421,7 @@ class _open_safetensors:
     def __enter__(self) -> Any:
         from safetensors import SafetensorError, safe_open
 
-        if not self.path.is_file():
-            raise FileNotFoundError(f"checkpoint: no such file {str(self.path)!r}")
+        _check_file(self.path)
         if not _is_safetensors(self.path):
             raise CheckpointError(f"checkpoint: {str(self.path)!r} is not in the cordsnet safetensors format "
                                   "(a PyTorch .pth renamed, or another format?)")
@@ -420,7 +450,7 @@ def _read_safetensors(path: Path, map_location: str | torch.device
     config = None
     if "config" in meta:
         try:
-            config = CordsNetConfig.from_json(meta["config"])
+            config = CordsNetConfig.from_dict(load_json(meta["config"], "stored config", max_bytes=1 << 20))
         except RecursionError:
             raise CheckpointError(f"checkpoint: {str(path)!r} has an invalid stored config: JSON nested too "
                                   "deeply to parse (expected a flat object)") from None
@@ -430,16 +460,19 @@ def _read_safetensors(path: Path, map_location: str | torch.device
 
 
 def _torch_load(path: Path, map_location: str | torch.device) -> Any:
+    _check_file(path)
     if not zipfile.is_zipfile(path):
-        with open(path, "rb") as f:
+        with open_regular(path, "checkpoint", MAX_CHECKPOINT_BYTES) as f:
             first = f.read(2)
         if not first or first[:1] != b"\x80":
             raise CheckpointError(f"checkpoint: {str(path)!r} is neither a PyTorch checkpoint nor a "
                                   "safetensors file (truncated or another format?)")
+    else:
+        _check_zip_sizes(path)
     try:
         # A file object, not the path: torch.load picks a reader from a path's suffix (a .pth renamed
         # .safetensors would go to safetensors); the content decides here.
-        with open(path, "rb") as f, warnings.catch_warnings():
+        with open_regular(path, "checkpoint", MAX_CHECKPOINT_BYTES) as f, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # noise on corrupt files
             return torch.load(f, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -30,6 +30,9 @@ require("torch", "cordsnet.data")
 
 import functools
 import os
+import pickle
+import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -201,12 +204,69 @@ def _rgb_file(path: str) -> Any:
     return to_mode(path, "RGB")
 
 
+MAX_SCANNED_FILES = 100_000  # a torchvision dataset folder holds a handful of files; more is not one
+
+
+def _refuse_special_files(folder: Path, dataset: str) -> None:
+    """Refuse, in one line naming it, a FIFO, device or socket anywhere under a dataset folder (reading one
+    would block forever or never end); nothing is opened. The folder becomes an input of the command."""
+    from ._io import register_input
+
+    if not folder.is_dir():
+        return
+    register_input(folder)
+    seen = 0
+    for parent, dirs, files in os.walk(folder):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(parent, d))]:
+            path = os.path.join(parent, name)
+            seen += 1
+            if seen > MAX_SCANNED_FILES:
+                raise ValueError(f"dataset: {str(folder)!r} holds more than {MAX_SCANNED_FILES} files; not a "
+                                 f"{dataset} folder (check --data-root)")
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:  # a dangling link: torchvision reports what it misses
+                continue
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise ValueError(f"dataset: {path!r} under the {dataset} folder is not a regular file (a FIFO, "
+                                 "device or socket); remove it")
+
+
+def _image_file(path: str) -> bool:
+    """ImageFolder's filter: a regular file with an image suffix. Anything else (a FIFO, a device, a socket,
+    a folder named like an image) is skipped, with one warning per dataset (see :func:`_build_imagenet`)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    if not path.lower().endswith(IMG_EXTENSIONS):
+        return False
+    try:
+        if stat.S_ISREG(os.stat(path).st_mode):
+            return True
+    except OSError:
+        pass
+    _SKIPPED.append(path)
+    return False
+
+
+_SKIPPED: list[str] = []  # non-regular "images" the last ImageFolder scan skipped
+
+
 def _torchvision_dataset(cls_name: str, root: Path, train: bool, download: bool, transform: Callable) -> Dataset:
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, cls_name)
+    _refuse_special_files(root, cls_name)
     try:
         return cls(str(root), train=train, download=False, transform=transform)
+    except FileNotFoundError as missing_file:
+        if not download:
+            raise FileNotFoundError(f"dataset: {cls_name} not found under {str(root)!r} and download is off "
+                                    f"({missing_file})") from None
+    except (ValueError, EOFError, OSError, IndexError, TypeError, AssertionError, KeyError,
+            pickle.UnpicklingError) as exc:  # present, but garbage
+        raise ValueError(f"dataset: the {cls_name} files under {str(root)!r} are damaged or not {cls_name}'s "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); delete them to download "
+                         "again") from None
     except RuntimeError as missing:
         if not download:
             raise FileNotFoundError(f"dataset: {cls_name} not found under {str(root)!r} and download is off "
@@ -246,13 +306,23 @@ def _build_imagenet(split: str, *, root: Path, image_size: int, augment: bool, v
                     **_: Any) -> Dataset:
     from torchvision.datasets import ImageFolder
 
+    from ._io import register_input
+
     folder = root / ("val" if split == "test" else "train")
     if not folder.is_dir():
         raise FileNotFoundError(f"dataset: imagenet expects ImageFolder directories {str(root / 'train')!r} and "
                                 f"{str(root / 'val')!r}; {str(folder)!r} does not exist (no download: "
                                 "ImageNet needs a licence)")
-    ds = ImageFolder(str(folder), transform=_imagenet_transforms(image_size, augment and split == "train"),
-                     loader=_rgb_file)
+    _SKIPPED.clear()
+    register_input(folder)  # no output of the running command is written inside the dataset
+    try:
+        ds = ImageFolder(str(folder), transform=_imagenet_transforms(image_size, augment and split == "train"),
+                         loader=_rgb_file, is_valid_file=_image_file)
+    except FileNotFoundError as exc:  # no class folder or no image in one
+        raise FileNotFoundError(f"dataset: {str(folder)!r} is not an ImageFolder tree ({exc})") from None
+    if _SKIPPED:
+        warnings.warn(f"dataset: skipped {len(_SKIPPED)} file(s) under {str(folder)!r} that are not regular files "
+                      f"(first: {_SKIPPED[0]!r})", stacklevel=2)
     return ds if split == "test" else _split_official_train(ds, split, val_fraction)
 
 

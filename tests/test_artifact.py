@@ -318,3 +318,54 @@ def test_a_format_is_one_registry_entry(exported_onnx, tmp_path, monkeypatch):
     assert A.artifact_format(path) == "fake"
     assert A.read_info(path) == A.read_info(src)
     assert A.read_metadata(path)["cordsnet.graph"] == "stepwise"
+
+
+# --------------------------------------------------------------- a manifest agrees with its artifact
+def _flip_state(d):
+    import base64
+
+    import numpy as np
+
+    area = d["spontaneous_state"]["areas"][0]
+    arr = np.frombuffer(base64.b64decode(area["data"]), "<f4").copy()
+    arr[0] += 0.5
+    area["data"] = base64.b64encode(arr.tobytes()).decode("ascii")
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda d: d["preset"].update(class_names=[f"c{i}" for i in range(10)]), "preset"),
+    (lambda d: d["preset"].update(mean=[0.9]), "preset"),
+    (lambda d: (d["protocol"].update(steps=50), d.pop("decision")), "steps"),
+    (lambda d: d["protocol"].update(spontaneous_steps=7), "spontaneous_steps"),
+    (lambda d: d["protocol"].update(alpha=0.1, dt_ms=1.0), "alpha"),
+    (lambda d: d.update(state_dict_sha256="0" * 64), "state_dict_sha256"),
+    (lambda d: d.update(exporter="someone-else"), "exporter"),
+    (_flip_state, "spontaneous_state"),
+])
+def test_a_manifest_whose_hash_matches_but_whose_fields_lie_is_refused(tmp_path, edit, field):
+    from cordsnet.cli import web
+
+    src = Path(A.__file__).parent / "weights" / "digits_r4-stepwise.onnx"
+    path = tmp_path / src.name
+    shutil.copy(src, path)
+    data = json.loads(A.manifest_path(src).read_text())
+    edit(data)
+    A.manifest_path(path).write_text(json.dumps(data))
+    A.read_manifest(path)  # valid on its own: only the artifact's content shows the lie
+    with pytest.raises(ValueError, match=rf"disagrees with the metadata inside .* on .*{field}"):
+        A.check_manifest(path)
+    with pytest.raises(ValueError, match="disagrees"):
+        A.describe_artifact(path)
+    with pytest.raises(ValueError, match="disagrees"):
+        web.make_server(path, port=0)  # the page is never handed a manifest that lies
+
+
+def test_a_manifest_of_another_format_is_refused(tmp_path):
+    src = Path(A.__file__).parent / "weights" / "digits_r4-stepwise.onnx"
+    path = tmp_path / src.name
+    shutil.copy(src, path)
+    data = json.loads(A.manifest_path(src).read_text())
+    data["artifact"]["format"] = "torchscript"
+    A.manifest_path(path).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="describes a torchscript artifact"):
+        A.check_manifest(path)

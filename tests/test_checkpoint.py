@@ -344,3 +344,41 @@ def test_bundled_models_by_name_in_the_library_and_the_cli():
     assert result.exit_code == 0, result.output
     bad = CliRunner().invoke(app, ["info", "digits-nope"])
     assert bad.exit_code == 1 and "nor is it a bundled model: digits, digits-qat" in bad.output
+
+
+# ------------------------------------------------------------------- bounded before a byte is parsed
+def test_a_zip_checkpoint_whose_pickle_inflates_beyond_any_layout_is_refused_unread(tmp_path):
+    import zipfile
+
+    from cordsnet.checkpoint import MAX_PICKLE_BYTES, CheckpointError, read_checkpoint
+
+    bomb = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("archive/data.pkl", "w") as f:  # streamed: never held in memory here either
+            for _ in range(MAX_PICKLE_BYTES // (1 << 20) + 1):
+                f.write(b"\0" * (1 << 20))
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(CheckpointError, match=r"inflates to \d+ bytes \(its archive/data.pkl"):
+        read_checkpoint(bomb)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory", "empty", "sparse"])
+def test_only_a_regular_file_of_plausible_size_is_read_as_a_checkpoint(tmp_path, kind):
+    import os
+
+    from cordsnet.checkpoint import MAX_CHECKPOINT_BYTES, CheckpointError, read_checkpoint
+
+    path = tmp_path / "m.safetensors"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path.symlink_to("/dev/zero")
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:
+        with open(path, "wb") as f:
+            f.truncate(MAX_CHECKPOINT_BYTES + 1)
+    with pytest.raises(CheckpointError, match="regular file|empty|more than the"):
+        read_checkpoint(path)

@@ -248,3 +248,152 @@ def test_record_dataset_argument_errors(bundled, digits, tmp_path):
         _record(bundled, digits, tmp_path / "r.zarr", limit=4)
         accuracy_report(tmp_path / "r.zarr")
     assert not (tmp_path / "a.zarr").exists()  # nothing was created by the refused calls
+
+
+# ------------------------------------------------------------------------ stores tell the truth
+def _eval_store(bundled, digits, path, **kw):
+    ds, source = digits
+    plan = make_plan(bundled, (), window=(SPONT, SPONT + 2), logits=True, steps=2, spontaneous_steps=SPONT)
+    return record_dataset(bundled, ds, path, plan, source=source, readout="all", limit=N, chunk_images=CHUNK,
+                          progress=False, **kw)
+
+
+def _chunk_files(path: Path, name: str, k: int) -> list[Path]:
+    chunk = path / name / "c" / str(k)  # a file for a 1-d array, a folder of time blocks otherwise
+    return [chunk] if chunk.is_file() else sorted(f for f in chunk.rglob("*") if f.is_file())
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("delete", "missing or not finite"),
+    ("truncate", "cannot be decoded"),
+    ("random", "cannot be decoded"),
+    ("label", "no valid label"),  # a lying completion mask: a chunk's labels never written
+])
+def test_damaged_chunks_are_never_counted_and_resume_rewrites_them(bundled, digits, tmp_path, damage, match):
+    path = tmp_path / "e.zarr"
+    _eval_store(bundled, digits, path)
+    good = accuracy_report(path)
+    name = "label" if damage == "label" else "logits"
+    for f in _chunk_files(path, name, 1):
+        {"delete": f.unlink, "truncate": lambda f=f: f.write_bytes(f.read_bytes()[:7]),
+         "random": lambda f=f: f.write_bytes(os.urandom(f.stat().st_size)),
+         "label": f.unlink}[damage]()
+    with pytest.raises(ValueError, match=match):
+        accuracy_report(path)
+    report = _eval_store(bundled, digits, path)  # the same call again rewrites what is damaged
+    assert report.written == CHUNK
+    assert accuracy_report(path)["top1"] == good["top1"]
+
+
+def test_a_done_mask_that_claims_unwritten_images_is_caught(bundled, digits, tmp_path):
+    path = tmp_path / "p.zarr"
+    _eval_store(bundled, digits, path, stop_after=1)
+    zarr.open_group(str(path), mode="r+")["done"][:] = True  # lie: every image complete
+    with pytest.raises(ValueError, match="no valid label|missing or not finite"):
+        accuracy_report(path)
+    assert _eval_store(bundled, digits, path).written == N - CHUNK
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda a: a.update(chunk_images="8"), "cordsnet.chunk_images"),
+    (lambda a: a.update(source=[1, 2]), "cordsnet.source"),
+    (lambda a: a.update(config=None), "cordsnet.config"),
+    (lambda a: a.update(variables={"logits": [10], "area_9": [1]}), r"lacks the array\(s\) \['area_9'\]"),
+    (lambda a: a["source"].update(images=10 ** 30), "attributes say 10+ images"),
+])
+def test_edited_attributes_and_missing_arrays_are_one_line(bundled, digits, tmp_path, edit, match):
+    from cordsnet.cli import app
+
+    path = tmp_path / "e.zarr"
+    _eval_store(bundled, digits, path)
+    meta = path / "zarr.json"
+    data = json.loads(meta.read_text())
+    edit(data["attributes"]["cordsnet"])
+    meta.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=match):
+        accuracy_report(path)
+    res = CliRunner().invoke(app, ["evaluate", "--limit", str(N), "--steps", "2", "--spontaneous-steps", str(SPONT),
+                                   "--batch-size", str(CHUNK), "--store", str(path)])
+    assert res.exit_code == 1 and res.output.startswith("Error: store:") and res.output.count("\n") == 1
+
+
+def test_a_store_missing_an_array_or_with_hostile_metadata_is_refused(bundled, digits, tmp_path):
+    import shutil
+
+    path = tmp_path / "e.zarr"
+    _eval_store(bundled, digits, path)
+    shutil.rmtree(path / "label")
+    with pytest.raises(ValueError, match=r"lacks the array\(s\) \['label'\]"):
+        open_store(path)
+    (path / "zarr.json").write_text('{"attributes": ' + "[" * 5000 + "]" * 5000 + "}")
+    with pytest.raises(ValueError, match="nested too deeply"):
+        open_store(path)
+    (path / "zarr.json").write_text('{"a": 1e999}')
+    with pytest.raises(ValueError, match="out of the float range"):
+        open_store(path)
+
+
+def test_an_interrupted_creation_is_resumed(bundled, digits, tmp_path):
+    path = tmp_path / "e.zarr"
+    _eval_store(bundled, digits, path)
+    whole = accuracy_report(path)
+    meta = path / "zarr.json"
+    data = json.loads(meta.read_text())
+    del data["attributes"]["cordsnet"]  # the attributes are written last: a creation stopped before them
+    zarr.open_group(str(path), mode="r+")["done"][:] = False
+    meta.write_text(json.dumps(data))
+    assert _eval_store(bundled, digits, path).written == N
+    assert accuracy_report(path)["top1"] == whole["top1"]
+    # Someone else's Zarr group at the path is refused, naming it, not replaced.
+    other = tmp_path / "other.zarr"
+    zarr.open_group(str(other), mode="w").create_array("mine", shape=(2,), dtype="f4")
+    with pytest.raises(ValueError, match="other.zarr.*not a cordsnet recording"):
+        _eval_store(bundled, digits, other)
+    assert "mine" in zarr.open_group(str(other), mode="r")
+
+
+def test_evaluate_never_writes_over_its_inputs(tmp_path):
+    from cordsnet.checkpoint import default_checkpoint_path
+    from cordsnet.cli import app
+
+    runner = CliRunner()
+    store = tmp_path / "e.zarr"
+    common = ["--limit", "4", "--steps", "1", "--spontaneous-steps", "1", "--batch-size", "4", "--store", str(store)]
+    assert runner.invoke(app, ["evaluate", *common]).exit_code == 0
+    ckpt = tmp_path / "m.safetensors"
+    ckpt.write_bytes(default_checkpoint_path().read_bytes())
+    link = tmp_path / "link.json"
+    link.symlink_to(store / "zarr.json")
+    before = (store / "zarr.json").read_bytes()
+    for option, target in (("--report", store / "zarr.json"), ("--report", link), ("--report", ckpt),
+                           ("--report", store / "logits" / "zarr.json"), ("--plot", store / "new.png"),
+                           ("--report", store / "label" / "new.json")):
+        res = runner.invoke(app, ["evaluate", str(ckpt), *common, option, str(target)])
+        assert res.exit_code == 1 and "is an input of this command" in res.output, (option, target, res.output)
+    assert (store / "zarr.json").read_bytes() == before
+    res = runner.invoke(app, ["evaluate", *common[:-2], "--store", str(ckpt)])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+
+
+def test_a_recording_missing_a_chunk_file_is_rewritten_on_resume(bundled, digits, tmp_path):
+    path = tmp_path / "r.zarr"
+    _record(bundled, digits, path)
+    before = _arrays(path)
+    files = _chunk_files(path, "area_1", 2)
+    files[0].unlink()
+    report = _record(bundled, digits, path)
+    assert report.written == N - 2 * CHUNK  # only the damaged chunk (images 16..19) again
+    np.testing.assert_array_equal(_arrays(path)["area_1"], before["area_1"])
+
+
+def test_a_store_whose_metadata_write_was_cut_short_is_refused_naming_it(bundled, digits, tmp_path):
+    from cordsnet.cli import app
+
+    path = tmp_path / "e.zarr"
+    _eval_store(bundled, digits, path)
+    meta = path / "zarr.json"
+    meta.write_bytes(meta.read_bytes()[:40])  # the disk filled up while zarr.json was written
+    res = CliRunner().invoke(app, ["evaluate", "--limit", str(N), "--steps", "2", "--spontaneous-steps", str(SPONT),
+                                   "--batch-size", str(CHUNK), "--store", str(path)])
+    assert res.exit_code == 1 and res.output.count("\n") == 1
+    assert str(path) in res.output and "creation was interrupted" in res.output

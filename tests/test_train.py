@@ -534,3 +534,60 @@ def test_quantisation_aware_settings_are_checked() -> None:
     assert resolve_stages("qat") == ("qat",) and resolve_stages("finetune,qat") == ("finetune", "qat")
     with pytest.raises(ValueError, match="stages must follow the order"):
         resolve_stages("qat,finetune")
+
+
+# ------------------------------------------------------------------- resume is the same run
+def test_resume_with_changed_options_is_refused_unless_allowed_and_then_recorded(tmp_path: Path) -> None:
+    opts = dict(TINY, out=tmp_path, stages="compat", epochs=2, stage_overrides={"compat": {"warmup_iters": 1}})
+
+    def stop_after_first(m: dict) -> None:
+        if m["epoch"] == 2:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        Trainer(TrainOptions(**opts), on_epoch=stop_after_first).run()
+    last = tmp_path / "last.safetensors"
+    before = last.read_bytes()
+    # Each result-shaping option, changed on resume, is refused in one line naming it (nothing written).
+    for change, named in (({"lr": 0.5}, "lr"), ({"batch_size": 4}, "batch_size"), ({"seed": 7}, "seed"),
+                          ({"steps": 3}, "steps"), ({"epochs": 3}, "epochs"), ({"augment": True}, "augment"),
+                          ({"stage_overrides": {"compat": {"warmup_iters": 2}}}, "stage_overrides")):
+        with pytest.raises(ValueError, match=rf"^resume: .*differs .*{named} .*--allow-changes") as info:
+            Trainer(TrainOptions(**{**opts, **change})).run(resume=True)
+        assert "\n" not in str(info.value)
+        assert last.read_bytes() == before
+    # Neutral options (threads, progress) are not changes.
+    # Allowed explicitly: the run continues and every later checkpoint records what changed.
+    Trainer(TrainOptions(**{**opts, "lr": 0.02, "allow_changes": True, "threads": 1})).run(resume=True)
+    for name in ("last.safetensors", "final.safetensors"):
+        changes = json.loads(read_metadata(tmp_path / name)["train.changes"])
+        assert changes[0]["changes"]["lr"][1] == 0.02 and changes[0]["stage"] == "compat", changes
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("train.options", '{"lr": 1e999}', "float range"),
+    ("train.metrics", '{"not": "a list"}', "malformed train.metrics"),
+    ("train.state", "[" * 200 + "]" * 200, "malformed train.state"),
+    ("train.optimizer", "7", "malformed train.optimizer"),
+])
+def test_a_tampered_run_checkpoint_is_refused_in_one_line(tmp_path: Path, key, value, match) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    opts = TrainOptions(**TINY, out=tmp_path, stages="compat", epochs=2, stage_overrides={"compat": {"warmup_iters": 1}})
+
+    def stop(m: dict) -> None:
+        if m["epoch"] == 2:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        Trainer(opts, on_epoch=stop).run()
+    last = tmp_path / "last.safetensors"
+    with safe_open(str(last), "pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta[key] = value
+    save_file(tensors, str(last), metadata=meta)
+    with pytest.raises(ValueError, match=match) as info:
+        Trainer(opts).run(resume=True)
+    assert "\n" not in str(info.value)

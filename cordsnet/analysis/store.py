@@ -140,20 +140,87 @@ def store_identity(model: Any, plan: RecordPlan, *, source: Mapping[str, Any], r
                                  "rank k mod world"}}
 
 
+# The attributes every store has, with their JSON types: an edited or damaged store is refused by name.
+_ATTR_TYPES: dict[str, type | tuple[type, ...]] = {
+    "format": str, "format_version": int, "kind": str, "config": dict, "state_dict_sha256": str,
+    "checkpoint_sha256": str, "protocol": dict, "window": list, "areas": list, "variables": dict,
+    "readout": (str, type(None)), "dtype": str, "spatial_mean": bool, "source": dict, "chunk_images": int}
+_COORDINATES = ("index", "label", "done")  # (image,) arrays every store has besides its variables
+MAX_ZARR_METADATA_BYTES = 16 << 20  # a zarr.json: attributes and array metadata, never this large
+
+
+def _check_metadata_files(path: str) -> None:
+    """Local stores: every ``zarr.json`` is a regular file parsed within bounds before zarr reads it."""
+    from .._io import read_json_file, register_input
+
+    root = Path(path)
+    if "://" in path or not root.is_dir():
+        return
+    register_input(root)  # no output of this command may be written inside the store
+    for meta in [root / "zarr.json", *sorted(root.glob("*/zarr.json"))]:
+        if meta.exists() or meta.is_symlink():
+            try:
+                read_json_file(meta, "store metadata", max_bytes=MAX_ZARR_METADATA_BYTES)
+            except ValueError as exc:
+                raise ValueError(f"store: {path!r} is damaged or its creation was interrupted ({exc}); delete it "
+                                 "and run the command again") from None
+
+
+def _attributes(group: Any, path: str) -> dict[str, Any]:
+    """The store's ``cordsnet`` attributes, their types checked (one line naming the first wrong one)."""
+    attrs = group.attrs.get("cordsnet")
+    if not isinstance(attrs, dict) or attrs.get("format") != "cordsnet-activity":
+        raise ValueError(f"store: {path!r} is a Zarr group but not a cordsnet recording (or its creation was "
+                         "interrupted); choose another path or delete it")
+    for key, kind in _ATTR_TYPES.items():
+        value = attrs.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ValueError(f"store: {path!r} has a damaged or edited attribute cordsnet.{key} = {str(value)[:60]!r} "
+                             f"(expected {getattr(kind, '__name__', 'str or null')}); delete the store and run again")
+    source = attrs["source"]
+    if not isinstance(source.get("images"), int) or source["images"] < 1 or attrs["chunk_images"] < 1:
+        raise ValueError(f"store: {path!r} has damaged attributes (source.images {source.get('images')!r}, "
+                         f"chunk_images {attrs['chunk_images']!r}); delete the store and run again")
+    return attrs
+
+
+def _check_arrays(group: Any, attrs: Mapping[str, Any], path: str) -> None:
+    """Every array the attributes promise is there, with the image count and chunking they state."""
+    n, chunk = attrs["source"]["images"], attrs["chunk_images"]
+    names = [*attrs["variables"], *_COORDINATES]
+    present = set(group.array_keys())
+    missing = [name for name in names if name not in present]
+    if missing:
+        raise ValueError(f"store: {path!r} lacks the array(s) {missing} its attributes list (damaged or edited); "
+                         "delete the store and run again")
+    for name in names:
+        arr = group[name]
+        if arr.shape[:1] != (n,) or arr.chunks[0] != chunk:
+            raise ValueError(f"store: {path!r}: array {name!r} has shape {tuple(arr.shape)} and chunks "
+                             f"{tuple(arr.chunks)}, but the attributes say {n} images in chunks of {chunk}; "
+                             "delete the store and run again")
+
+
 def open_store(path: str | os.PathLike, mode: str = "r") -> Any:
-    """Open a cordsnet store as a ``zarr.Group`` (raises ValueError if it is not one)."""
+    """Open a cordsnet store as a ``zarr.Group``, its metadata bounded, attributes and arrays checked.
+
+    Raises:
+        ValueError: not a cordsnet store, or a damaged one (one line naming what is wrong).
+    """
     zarr = _zarr()
+    path = str(path)
+    _check_metadata_files(path)
     try:
-        group = zarr.open_group(str(path), mode=mode)
+        group = zarr.open_group(path, mode=mode)
     except Exception as exc:  # noqa: BLE001 - zarr raises several types for "nothing there"
-        raise ValueError(f"store: no Zarr store at {str(path)!r} ({type(exc).__name__})") from None
-    if group.attrs.get("cordsnet", {}).get("format") != "cordsnet-activity":
-        raise ValueError(f"store: {str(path)!r} is a Zarr group but not a cordsnet recording")
+        raise ValueError(f"store: no Zarr store at {path!r} ({type(exc).__name__})") from None
+    _check_arrays(group, _attributes(group, path), path)
     return group
 
 
 def _exists(path: str) -> bool:
     zarr = _zarr()
+    _check_metadata_files(path)
     try:
         zarr.open_group(path, mode="r")
         return True
@@ -165,9 +232,6 @@ def _exists(path: str) -> bool:
 
 
 def _check_identity(path: str, stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
-    if stored.get("format") != "cordsnet-activity":
-        raise ValueError(f"store: {path!r} is a Zarr group but not a cordsnet recording (or its creation was "
-                         "interrupted); choose another path or delete it")
     for key, what in _IDENTITY.items():
         if stored.get(key) != wanted.get(key):
             raise ValueError(f"store: {path!r} was made with another {what} ({key}: stored {stored.get(key)!r}, "
@@ -332,17 +396,22 @@ def record_dataset(model: Any, dataset: Any, store: str | os.PathLike, plan: Rec
     error = None
     if ctx.rank == 0:
         try:
-            if _exists(path):
-                _check_identity(path, open_store(path, "r").attrs.get("cordsnet", {}), identity)
-            else:
+            if _exists(path) and not _half_created(path, plan):
+                _check_identity(path, _attributes(open_store(path, "r"), path), identity)
+            else:  # new, or a creation that was interrupted before its attributes (nothing recorded yet)
                 _create(path, identity, plan, n, chunk_images, readout, np.arange(n, dtype=np.int64))
         except (ValueError, OSError) as exc:  # shared, so that no rank waits for rank 0 forever
             error = str(exc)
     ctx.share_error(error)
-    group = _zarr().open_group(path, mode="r+")
+    group = open_store(path, "r+")
     if ctx.rank != 0:
-        _check_identity(path, group.attrs.get("cordsnet", {}), identity)
+        _check_identity(path, _attributes(group, path), identity)
     done = np.asarray(group["done"][:], dtype=bool)
+    damaged = _damaged_images(group, path, done, chunk_images, plan)
+    if damaged.any():
+        logger.warning("store %s: %d image(s) marked done have missing or damaged data; rewriting them", path,
+                       int(damaged.sum()))
+        done &= ~damaged
     ctx.barrier()  # every rank has read the mask before anyone writes
 
     n_chunks = -(-n // chunk_images)
@@ -375,6 +444,55 @@ def record_dataset(model: Any, dataset: Any, store: str | os.PathLike, plan: Rec
     logger.info("rank %d/%d: wrote %d images (%d already done) in %.1f s, %.2f images/s", ctx.rank, ctx.world,
                 written, skipped, seconds, report.images_per_second)
     return report
+
+
+def _half_created(path: str, plan: RecordPlan) -> bool:
+    """A store whose creation stopped before its attributes (the last thing written): only our arrays, none
+    of them with a completed image. Such a store is created again; anything else is left alone."""
+    zarr = _zarr()
+    group = zarr.open_group(path, mode="r")
+    if "cordsnet" in group.attrs:
+        return False
+    ours = {*plan.shapes, *_COORDINATES, "time_ms"}
+    members = set(group.keys())
+    if not members <= ours:
+        return False
+    return "done" not in members or not np.asarray(group["done"][:], dtype=bool).any()
+
+
+def _damaged_images(group: Any, path: str, done: np.ndarray, chunk_images: int, plan: RecordPlan) -> np.ndarray:
+    """Images marked done whose data is not all there: a label never written, a missing, empty or
+    undecodable chunk of a variable, or non-finite logits. Labels and logits are read whole (small);
+    the variables' chunk files are checked for presence (local stores) without decoding them."""
+    bad = np.zeros(done.shape, dtype=bool)
+    labels = np.asarray(group["label"][:])
+    bad |= done & (labels < 0)
+    n = done.size
+    for k in range(-(-n // chunk_images)):
+        i0, i1 = k * chunk_images, min(n, (k + 1) * chunk_images)
+        if not done[i0:i1].any():
+            continue
+        for name in plan.shapes:
+            if name == "logits":
+                try:
+                    block = np.asarray(group[name][i0:i1])
+                except Exception:  # noqa: BLE001 - a truncated or random chunk fails in the codec
+                    bad[i0:i1] |= done[i0:i1]
+                    continue
+                bad[i0:i1] |= done[i0:i1] & ~np.isfinite(block.reshape(i1 - i0, -1)).all(axis=1)
+            elif not _chunk_files_present(path, name, k, group[name]):
+                bad[i0:i1] |= done[i0:i1]
+    return bad
+
+
+def _chunk_files_present(path: str, name: str, k: int, arr: Any) -> bool:
+    """Every time block of image chunk `k` of `name` is a non-empty file (local stores; True elsewhere)."""
+    folder = Path(path) / name / "c" / str(k)
+    if "://" in path or not Path(path).is_dir():
+        return True
+    blocks = -(-arr.shape[1] // arr.chunks[1]) if arr.ndim > 1 else 1
+    files = [f for f in folder.rglob("*") if f.is_file()] if folder.is_dir() else []
+    return len(files) >= blocks and all(f.stat().st_size > 0 for f in files)
 
 
 def _write_chunk(model: Any, images: Tensor, plan: RecordPlan, arrays: Mapping[str, Any],
@@ -447,8 +565,8 @@ def accuracy_report(store: str | os.PathLike, *, class_names: Sequence[str] | No
         "per_class": [{"class", "name", "images", "top1"}] at the last step, ...}.
     """
     group = open_store(store, "r")
-    attrs = group.attrs["cordsnet"]
-    if "logits" not in group:
+    attrs = _attributes(group, str(store))
+    if "logits" not in group or attrs["kind"] != "evaluate":
         raise ValueError(f"store: {str(store)!r} holds no logits (made by record, not evaluate)")
     done = np.asarray(group["done"][:], dtype=bool)
     if not done.all():
@@ -456,12 +574,27 @@ def accuracy_report(store: str | os.PathLike, *, class_names: Sequence[str] | No
                          "rerun the same command to finish it")
     labels = np.asarray(group["label"][:])
     logits = group["logits"]
+    num_classes = logits.shape[-1]
+    unwritten = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if unwritten.size:
+        raise ValueError(f"store: {unwritten.size} image(s) of {str(store)!r} marked done have no valid label "
+                         f"(first: image {int(unwritten[0])}); the store is damaged: rerun the same command to "
+                         "rewrite them")
     # Chunk by chunk along the image axis: a store may hold far more logits than memory.
     step = logits.chunks[0]
     correct_per_step = np.zeros(logits.shape[1] if logits.ndim == 3 else 1, dtype=np.int64)
     correct_last = np.zeros(labels.size, dtype=bool)
     for i0 in range(0, labels.size, step):
-        block = np.asarray(logits[i0:i0 + step])
+        try:
+            block = np.asarray(logits[i0:i0 + step])
+        except Exception as exc:  # noqa: BLE001 - the codec's error on a truncated or random chunk
+            raise ValueError(f"store: {str(store)!r}: the logits of images {i0}..{min(labels.size, i0 + step) - 1} "
+                             f"cannot be decoded ({type(exc).__name__}); rerun the same command to rewrite "
+                             "them") from None
+        if not np.isfinite(block).all():
+            raise ValueError(f"store: {str(store)!r}: images {i0}..{min(labels.size, i0 + step) - 1} are marked done "
+                             "but their logits are missing or not finite (a lost or damaged chunk); rerun the same "
+                             "command to rewrite them")
         if block.ndim == 2:
             block = block[:, None]
         hit = block.argmax(-1) == labels[i0:i0 + step, None]  # (n, T)

@@ -30,6 +30,7 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from .._io import input_scope
 from ..extras import MissingExtraError, require
 from ..threads import set_num_threads
 from . import analysis, dataset, export, foundation, hub, runtime, train, web
@@ -40,6 +41,22 @@ __all__ = ["COMMANDS", "Command", "USER_ERRORS", "app", "main"]
 # Errors we raise for the user (bad files, bad values): one line, exit code 1. Nothing else: a
 # TypeError or KeyError escaping a command is a bug and keeps its traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, MissingExtraError)
+# Libraries that parse or run the user's files raise their own exception types for a file they refuse
+# (onnxruntime's InvalidGraph/Fail, protobuf's DecodeError, OpenVINO's, ExecuTorch's RuntimeError...):
+# those are the file's fault, one line too.
+NATIVE_READERS: tuple[str, ...] = ("onnxruntime", "openvino", "google.protobuf", "onnx", "executorch", "safetensors")
+
+
+def _from_a_native_reader(exc: BaseException) -> bool:
+    """Raised by a library reading the user's file (its type's module, or the frame it was raised in)."""
+    module = type(exc).__module__ or ""
+    if module.split(".")[0] in {m.split(".")[0] for m in NATIVE_READERS} or module.startswith(NATIVE_READERS):
+        return True
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    raised_in = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return isinstance(exc, RuntimeError) and raised_in.startswith(NATIVE_READERS)
 
 
 class _OneLineErrors(TyperGroup):
@@ -48,7 +65,7 @@ class _OneLineErrors(TyperGroup):
     def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
         try:
-            with warnings.catch_warnings(), wide_console_env():
+            with warnings.catch_warnings(), wide_console_env(), input_scope():  # no output over an input
                 warnings.showwarning = _show_warning
                 rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except typer.Abort:
@@ -57,8 +74,8 @@ class _OneLineErrors(TyperGroup):
         except TyperException as exc:  # usage errors: bad options, missing files (Path(exists=True))
             typer.echo(f"Error: {one_line(exc.format_message())}", err=True)
             sys.exit(1)
-        except USER_ERRORS as exc:
-            if os.environ.get("CORDSNET_DEBUG"):
+        except Exception as exc:  # noqa: BLE001 - sorted below: user errors become one line, bugs stay tracebacks
+            if os.environ.get("CORDSNET_DEBUG") or not (isinstance(exc, USER_ERRORS) or _from_a_native_reader(exc)):
                 raise
             typer.echo(f"Error: {one_line(str(exc)) or type(exc).__name__}", err=True)
             sys.exit(1)

@@ -79,6 +79,19 @@ def _model_and_sha(checkpoint: Optional[Path], device: Any) -> tuple[Any, str]:
     return model.eval(), file_sha256(source)
 
 
+def _check_store(store: Path, checkpoint: Optional[Path], data_root: Optional[Path]) -> None:
+    """The store (a directory the command writes into) may not be, or lie inside, one of its inputs."""
+    from .._io import refuse_inputs
+    from ._shared import checkpoint_source
+
+    if "://" in str(store):
+        return
+    source = checkpoint_source(checkpoint)
+    if Path(store).exists() and Path(source).exists() and os.path.samefile(store, source):
+        raise ValueError(f"--store: {str(store)!r} is the checkpoint this command reads; choose another path")
+    refuse_inputs(Path(store) / "zarr.json", [source, data_root], "--store")
+
+
 def _finish(ctx: Any, report: Any, wall: float) -> dict[str, Any]:
     total = ctx.total(report.written)
     return {"store": report.store, "world": report.world, "images": report.images, "written": total,
@@ -103,6 +116,7 @@ def record_dataset_command(
 
     if store is None:
         raise ValueError("--store: expected a Zarr store directory for a dataset recording, got none")
+    _check_store(store, checkpoint, data_root)
     _logging()
     with dist_context() as ctx:
         model, sha = _model_and_sha(checkpoint, _device(device))
@@ -158,12 +172,19 @@ def evaluate_command(
 
     Runs as one process or under ``torchrun --nproc-per-node N`` (each rank writes its own chunks).
     """
-    from .._io import atomic_path
+    from .._io import atomic_path, check_output
     from ..analysis.recording import make_plan
     from ..analysis.store import accuracy_report, dist_context, evaluation_dataset, plot_accuracy, record_dataset
+    from ._shared import checkpoint_source
 
-    if plot is not None and plot.suffix.lower() != ".png":
-        raise ValueError(f"--plot: expected a .png path, got {str(plot)!r}")
+    _check_store(store, checkpoint, data_root)
+    inputs = [checkpoint_source(checkpoint), store, data_root]
+    if report is not None:
+        check_output(report, inputs=inputs, name="--report")
+    if plot is not None:
+        check_output(plot, inputs=inputs, suffixes=(".png",), name="--plot")
+    if report is not None and plot is not None and Path(report).resolve() == Path(plot).resolve():
+        raise ValueError(f"--plot: {str(plot)!r} is also the --report path; choose two files")
     _logging()
     with dist_context() as ctx:
         model, sha = _model_and_sha(checkpoint, _device(device))

@@ -61,6 +61,9 @@ def train(
     lr: Annotated[Optional[str], typer.Option(help="Learning rate: X for every stage or e.g. 'linear=1e-4'.")] = None,
     out: Annotated[Path, typer.Option(help="Output directory (checkpoints, metrics.jsonl).")] = Path("runs/train"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.safetensors.")] = False,
+    allow_changes: Annotated[bool, typer.Option(
+        "--allow-changes", help="With --resume: continue although result-shaping options (lr, batch size, seed, "
+                                "protocol, stages, epochs) differ from the run's; the changes are recorded.")] = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace the run already in OUT (its checkpoints and metrics.jsonl); without it "
                             "a directory holding a run is refused unless --resume.")] = False,
@@ -98,7 +101,7 @@ def train(
         recovery_steps=recovery_steps, alpha=alpha, seed=seed, device=device,
         data_root=str(data_root) if data_root is not None else None, download=download, augment=augment,
         dense=dense, num_workers=workers, init=init, progress=progress and sys.stderr.isatty(), threads=threads,
-        overwrite=overwrite,
+        overwrite=overwrite, allow_changes=allow_changes,
     )
     def on_epoch(metrics: dict[str, Any]) -> None:
         typer.echo(json.dumps(metrics))

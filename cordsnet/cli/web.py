@@ -20,6 +20,7 @@ Without an ARTIFACT the bundled model's stepwise graph, shipped in the package
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import logging
 import os
@@ -30,7 +31,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .._io import cache_dir, file_sha256
+from .._io import cache_dir, file_sha256, forget_input
 from ..artifact import Manifest, check_manifest, manifest_path
 
 __all__ = ["APP_FILES", "DEFAULT_PORT", "ORT_DIST", "WEB_DIR", "cache_dir", "default_artifact", "load_manifest",
@@ -54,6 +55,7 @@ APP_FILES = ("index.html", "app.mjs", "cordsnet.mjs", "style.css", "digits.json"
 DEFAULT_PORT = 8765  # port of `cordsnet-cli web` unless --port is given (0: any free port)
 IDLE_TIMEOUT_S = 30.0  # a connection that sends nothing for this long is closed
 LISTEN_BACKLOG = 128  # pending connections the socket queues
+MAX_CONNECTIONS = 64  # connections served at once (one thread each); more wait in the backlog
 # Cross-origin isolation (SharedArrayBuffer, hence WASM threads) and no caching of changing files.
 ISOLATION_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
@@ -131,6 +133,8 @@ def default_artifact(folder: str | os.PathLike | None = None) -> Path:
             logger.info("re-exporting the cached graph: its manifest predates the decision rule")
         except ValueError as exc:  # a stale or damaged cache: export anew
             logger.warning("re-exporting the cached graph: %s", exc)
+    for stale in (path, manifest_path(path)):  # the cache's own files, rewritten by design
+        forget_input(stale)
     folder.mkdir(parents=True, exist_ok=True)
     from ..checkpoint import load_checkpoint
     from ..export import export
@@ -174,25 +178,37 @@ def _mime(name: str) -> str:
     return MIME_TYPES.get(Path(name).suffix.lower(), "application/octet-stream")
 
 
-def make_server(artifact: str | os.PathLike, host: str = "127.0.0.1", port: int = DEFAULT_PORT
+def make_server(artifact: str | os.PathLike, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
+                idle_timeout: float = IDLE_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS
                 ) -> http.server.ThreadingHTTPServer:
     """An HTTP server for the page and `artifact` (call ``serve_forever``; port 0 picks a free one).
 
-    It answers GET and HEAD for the paths of :func:`routes` only; idle connections are closed after
-    :data:`IDLE_TIMEOUT_S` and the listen backlog is :data:`LISTEN_BACKLOG`.
+    It answers GET and HEAD for the paths of :func:`routes` only; a connection that sends nothing for
+    `idle_timeout` seconds is closed, at most `max_connections` are served at once (one thread each; the
+    next ones wait in the listen backlog of :data:`LISTEN_BACKLOG`, and one that waits longer than
+    `idle_timeout` for a slot is closed), so no number of clients exhausts the threads.
 
     Raises:
         ValueError: the artifact is not a float32 stepwise ONNX graph, or its manifest is another's.
         FileNotFoundError: the page's files or its onnxruntime-web files are missing.
     """
+    from .. import validate
+
+    idle_timeout = validate.number("idle_timeout", idle_timeout, low=0.0, low_open=True)
+    max_connections = validate.positive_int("max_connections", max_connections)
     artifact = Path(artifact)
     manifest = load_manifest(artifact)  # the user's input first, then the installation
     _check_servable(manifest, artifact)
     _web_dir_ready()
     table = routes(artifact, manifest)
+    # The checked bytes, not whatever the path holds later: a file swapped after the check is never served.
+    graph = artifact.read_bytes()
+    if hashlib.sha256(graph).hexdigest() != manifest.sha256:
+        raise ValueError(f"artifact: {str(artifact)!r} changed while it was checked; start the server again")
+    table[f"/model/{manifest.file}"] = (graph, MIME_TYPES[".onnx"])
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        timeout = IDLE_TIMEOUT_S  # socket timeout: a silent or half-sent request does not hold a thread
+        timeout = idle_timeout  # socket timeout: a silent or half-sent request does not hold a thread
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:  # noqa: N802 (the base class's name)
@@ -222,8 +238,26 @@ def make_server(artifact: str | os.PathLike, host: str = "127.0.0.1", port: int 
 
     class Server(http.server.ThreadingHTTPServer):
         request_queue_size = LISTEN_BACKLOG
+        slots = threading.BoundedSemaphore(max_connections)
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            if not self.slots.acquire(timeout=idle_timeout):  # every slot busy for a whole idle period
+                self.shutdown_request(request)
+                return
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                self.slots.release()
+                raise
+
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.slots.release()
 
     return Server((host, port), Handler)
+
 
 
 def serve_in_thread(artifact: str | os.PathLike, host: str = "127.0.0.1", port: int = 0

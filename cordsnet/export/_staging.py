@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from .._io import refuse_inputs
+
 __all__ = ["staged"]
 
 
@@ -24,6 +26,8 @@ def staged(target: Path) -> Iterator[Path]:
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         raise FileNotFoundError(f"output: directory {str(parent)!r} does not exist")
+    for path in (target, target.with_name(target.name + ".data")):  # never over an input of the command
+        refuse_inputs(path, (), "output")
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
     try:
         tmp = tmpdir / target.name

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .. import __version__, validate
-from .._io import atomic_path, file_sha256, temporary_name
+from .._io import atomic_path, file_sha256, output_lock, temporary_name
 from ..artifact import (
     DTYPES,
     FORMATS,
@@ -207,6 +207,16 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
     atol = validate.number("atol", atol, low=0.0)
     rtol = validate.number("rtol", rtol, low=0.0)
     output = _check_output(Path(output), spec.format)
+    with output_lock(output, "output"):  # a concurrent export to the same path refuses instead of mixing files
+        return _export_locked(model, output, spec, verify=verify, atol=atol, rtol=rtol, progress=progress,
+                              checkpoint_sha256=checkpoint_sha256, verify_set=verify_set, calib_set=calib_set,
+                              calibration=calibration, quantize_recurrent=quantize_recurrent, ranges=ranges)
+
+
+def _export_locked(model: CordsNet, output: Path, spec: ExportSpec, *, verify: bool, atol: float, rtol: float,
+                   progress: Callable[[str], None] | None, checkpoint_sha256: str | None, verify_set: Any,
+                   calib_set: Any, calibration: Any, quantize_recurrent: bool, ranges: Any) -> ExportReport:
+    """:func:`export` once the output's lock is held."""
     say = progress or (lambda msg: logger.info(msg))
     fmt = FORMATS[spec.format]
     backend = importlib.import_module(fmt.backend)

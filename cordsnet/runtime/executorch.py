@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..artifact import PREFIX, check_manifest, companion_path, read_info
+from ..artifact import PREFIX, check_manifest, check_pte_file, companion_path, read_info
 from ._batch import pad_chunks
 from ._core import FunctionStepSession
 
@@ -36,6 +36,7 @@ def _method(path: Path, names: tuple[list[str], list[str]]) -> Callable[[Mapping
 
     from .._quiet import native_stderr_captured
 
+    check_pte_file(path)  # hostile bytes raise ValueError here instead of aborting in the runtime
     with native_stderr_captured():  # the XNNPACK delegate's cpuinfo start-up lines (fd 2, not ours)
         method = Runtime.get().load_program(path).load_method("forward")
     ins, outs = names

@@ -41,6 +41,8 @@ from typing import Any, Mapping, Sequence, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .._io import register_input
+
 __all__ = ["ImageLike", "Preprocessor", "load_image", "to_mode"]
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
@@ -64,6 +66,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             decompression bomb), or not an image Pillow can decode (unknown format or truncated data).
     """
     p = Path(path)
+    register_input(p)  # no output of the running command may replace it (cordsnet._io.input_scope)
     if not p.exists():
         raise FileNotFoundError(f"image: no such file {str(p)!r}")
     if not p.is_file():

@@ -26,6 +26,8 @@ metadata key                JSON
 ``train.metrics``           the metric history (one dict per epoch)
 ``train.optimizer``         the optimiser's parameter groups (only while a stage is in progress)
 ``train.summary``           per-stage summary (final checkpoint)
+``train.changes``           options changed on resume with ``allow_changes``: one
+                            {"stage", "epoch", "changes": {option: [before, after]}} per resume
 ==========================  ===========================================================
 """
 
@@ -38,9 +40,11 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from .._io import load_json
 from ..quantization import RANGE_PREFIX
 
-__all__ = ["RunExtras", "TrainState", "pack_extras", "parse_train_state", "unpack_extras"]
+__all__ = ["RESULT_NEUTRAL_OPTIONS", "RunExtras", "TrainState", "describe_changes", "option_changes", "pack_extras",
+           "parse_train_state", "unpack_extras"]
 
 BN, FOLDED, OPTIM, BEST, BEST_ACC = "bn.", "folded.", "optim.", "best.", "best_acc"
 
@@ -50,6 +54,29 @@ SPEC_KEY = "train.stage_spec"
 METRICS_KEY = "train.metrics"
 OPTIMIZER_KEY = "train.optimizer"
 SUMMARY_KEY = "train.summary"
+CHANGES_KEY = "train.changes"
+
+# TrainOptions fields that do not shape the result: where it runs and how it reports. Every other field
+# (learning rates, batch size, seed, protocol, stages, epochs, data limits, ...) must be the same on resume.
+RESULT_NEUTRAL_OPTIONS = frozenset({"out", "overwrite", "device", "progress", "threads", "num_workers", "data_root",
+                                    "download", "allow_changes"})
+
+
+def option_changes(stored: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{option: (stored value, value now)} for every result-shaping option a resume would change.
+
+    Args:
+        stored: the run's options as its checkpoint recorded them (``train.options``, parsed).
+        now: the options of the resuming call, in the same JSON form.
+    """
+    keys = (set(stored) | set(now)) - RESULT_NEUTRAL_OPTIONS
+    return {k: (stored.get(k), now.get(k)) for k in sorted(keys) if stored.get(k) != now.get(k)}
+
+
+def describe_changes(changes: Mapping[str, tuple[Any, Any]]) -> str:
+    """One line: ``lr 0.001 -> 0.01, seed 0 -> 1``."""
+    return ", ".join(f"{k} {json.dumps(a, default=str)} -> {json.dumps(b, default=str)}"
+                     for k, (a, b) in changes.items())
 
 
 @dataclass
@@ -158,7 +185,7 @@ def parse_train_state(meta: Mapping[str, str], source: str = "checkpoint") -> Tr
     if STATE_KEY not in meta:
         raise ValueError(f"{source}: not written by the trainer (no {STATE_KEY} metadata)")
     try:
-        raw = json.loads(meta[STATE_KEY])
+        raw = load_json(meta[STATE_KEY], STATE_KEY, allow_nan=True)  # a stage summary may hold a NaN metric
         return TrainState(stage_index=int(raw["stage_index"]), stage=str(raw["stage"]), epoch=int(raw["epoch"]),
                           done=bool(raw["done"]), stages=[str(s) for s in raw["stages"]],
                           iteration=int(raw["scheduler"]["iteration"]), update_slope=float(raw["update_slope"]),

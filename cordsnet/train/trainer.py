@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .. import validate
-from .._io import atomic_path
+from .._io import atomic_path, forget_input, load_json
 from ..checkpoint import read_checkpoint, read_extra_tensors, read_metadata, save_checkpoint
 from ..config import CordsNetConfig, get_preset
 from ..data import batch_augment, build_dataset, get_dataset_spec
@@ -45,7 +45,8 @@ from ..quantization import ActivationRanges
 from .cnn import BatchNormSet, FoldedCNN, fold_batchnorm
 from .forwards import (EVALUATORS, FORWARDS, OPTIMIZERS, TrainProtocol, StageContext, StageModule, accuracy_counts,
                        calibrate_ranges, evaluate_accuracy, trainable_parameters)
-from .run_state import (METRICS_KEY, OPTIMIZER_KEY, OPTIONS_KEY, SPEC_KEY, SUMMARY_KEY, RunExtras, TrainState,
+from .run_state import (CHANGES_KEY, METRICS_KEY, OPTIMIZER_KEY, OPTIONS_KEY, SPEC_KEY, SUMMARY_KEY, RunExtras,
+                        TrainState, describe_changes, option_changes,
                         pack_extras, parse_train_state, unpack_extras)
 from .stages import STAGES, StageSpec, lr_at, resolve_stage, resolve_stages, slope_at
 
@@ -97,6 +98,9 @@ class TrainOptions:
         progress: show a rich progress bar (rank 0); when off, one log line per epoch instead.
         threads: torch intra-op threads for this process (None: leave torch's default). On a shared
             or oversubscribed CPU, 1 is often several times faster than the default.
+        allow_changes: let a resume change options that shape the result (learning rate, batch size,
+            seed, protocol, stages, epochs, ...); the changes are recorded in every later checkpoint
+            (``train.changes``). Without it such a resume is refused, listing what differs.
     """
 
     dataset: str = "digits"  # the dataset registry key
@@ -131,6 +135,7 @@ class TrainOptions:
     init: str | os.PathLike | None = None  # None: random initial weights
     progress: bool = False  # library default: log lines, no bars
     threads: int | None = None  # None: torch's default thread count
+    allow_changes: bool = False  # a resume refuses changed result-shaping options unless this is set
 
     def stage_specs(self) -> list[StageSpec]:
         """The resolved stages, overrides applied."""
@@ -262,6 +267,7 @@ class Trainer:
         # The run's state (what a checkpoint stores and a resume restores).
         self.history: list[dict] = []
         self.stage_summary: dict[str, dict] = {}
+        self.changes: list[dict[str, Any]] = []  # options changed on resume (allow_changes), train.changes
         self.iteration = 0
         self.best: tuple[float, dict[str, Tensor]] | None = None  # (val_acc, state dict) of a select_best stage
         self.stage_best_acc: float | None = None
@@ -380,6 +386,7 @@ class Trainer:
             save_checkpoint(self.model, self.out / FINAL, metadata={
                 SUMMARY_KEY: json.dumps(self.stage_summary),
                 OPTIONS_KEY: o.to_json(),
+                **({CHANGES_KEY: json.dumps(self.changes, default=str)} if self.changes else {}),
                 "train.update_slope": repr(self.model.update_slope)},
                 extra_tensors=self.ranges.to_tensors() if self.ranges is not None else None)
             log.info("done in %.1f s: %s", summary["time_s"], self.out / FINAL)
@@ -583,6 +590,8 @@ class Trainer:
                            update_slope=self.model.update_slope, summary=self.stage_summary)
         meta = {"train.state": state.to_json(), OPTIONS_KEY: self.opts.to_json(),
                 SPEC_KEY: json.dumps(spec.to_dict()), METRICS_KEY: json.dumps(self.history)}
+        if self.changes:
+            meta[CHANGES_KEY] = json.dumps(self.changes, default=str)
         if optim is not None:
             meta[OPTIMIZER_KEY] = json.dumps(optim.state_dict()["param_groups"])
         return meta
@@ -618,13 +627,20 @@ class Trainer:
 
     def _restore(self, path: Path) -> tuple[int, int]:
         """Load `path` (written by this trainer) and return (stage index, epoch) to continue from."""
+        forget_input(path)  # the run's own checkpoint: read here, rewritten by this run
         meta = read_metadata(path)
         state = parse_train_state(meta, "resume")
+        self._check_same_run(meta, state, path)
         names = [s.name for s in self.specs]
         if state.stages != names:
             raise ValueError(f"resume: the checkpoint's stages {state.stages} differ from this run's {names}")
         extras = self._load_weights(path)
-        self.history = json.loads(meta.get(METRICS_KEY, "[]"))
+        self.history = load_json(meta.get(METRICS_KEY, "[]"), f"resume: {str(path)!r} {METRICS_KEY}",
+                                 allow_nan=True)  # an epoch's loss or accuracy may be NaN
+        if not isinstance(self.history, list) or not all(isinstance(m, dict) and isinstance(m.get("stage"), str)
+                                                         and isinstance(m.get("epoch"), int) for m in self.history):
+            raise ValueError(f"resume: {str(path)!r} has a malformed {METRICS_KEY} (expected one object with "
+                             "'stage' and 'epoch' per epoch); resume from an intact checkpoint")
         if self.rank == 0:  # metrics.jsonl = the checkpoint's history (drops lines of an epoch that never saved)
             with atomic_path(self.out / METRICS) as tmp:
                 tmp.write_text("".join(json.dumps(m) + "\n" for m in self.history), encoding="utf-8")
@@ -635,11 +651,34 @@ class Trainer:
             self.best = (extras.best[0], {k: v.to(self.device) for k, v in extras.best[1].items()})
         if state.done:
             return state.stage_index + 1, 0
-        groups = json.loads(meta[OPTIMIZER_KEY])
+        groups = load_json(meta.get(OPTIMIZER_KEY, "null"), f"resume: {str(path)!r} {OPTIMIZER_KEY}", allow_nan=True)
+        if not isinstance(groups, list):
+            raise ValueError(f"resume: {str(path)!r} has a missing or malformed {OPTIMIZER_KEY} (expected the "
+                             "optimiser's parameter groups); resume from an intact checkpoint")
         self._optim_state = {"state": {idx: {name: v.to(self.device) if name != "step" else v
                                              for name, v in st.items()} for idx, st in extras.optim.items()},
                              "param_groups": groups}
         return state.stage_index, state.epoch
+
+    def _check_same_run(self, meta: Mapping[str, str], state: TrainState, path: Path) -> None:
+        """Refuse a resume whose result-shaping options differ from the run's, unless ``allow_changes``
+        (then recorded in ``train.changes``)."""
+        stored = load_json(meta.get(OPTIONS_KEY, "{}"), f"resume: {str(path)!r} {OPTIONS_KEY}")
+        changes_so_far = load_json(meta.get(CHANGES_KEY, "[]"), f"resume: {str(path)!r} {CHANGES_KEY}")
+        self.changes = list(changes_so_far) if isinstance(changes_so_far, list) else []
+        if not isinstance(stored, dict):
+            raise ValueError(f"resume: {str(path)!r} has a malformed {OPTIONS_KEY} (expected a JSON object)")
+        changes = option_changes(stored, json.loads(self.opts.to_json()))
+        if not changes:
+            return
+        if not self.opts.allow_changes:
+            raise ValueError(f"resume: this call differs from the run in {str(self.out)!r}: {describe_changes(changes)}; "
+                             "repeat the run's options, or pass --allow-changes (allow_changes=True) to continue "
+                             "with these and record them")
+        log.warning("resume: continuing %s with changed options (recorded in %s): %s", self.out, CHANGES_KEY,
+                    describe_changes(changes))
+        self.changes.append({"stage": state.stage, "epoch": state.epoch,
+                             "changes": {k: [a, b] for k, (a, b) in changes.items()}})
 
     # ------------------------------------------------------------------------------ progress
     def _progress(self, spec: StageSpec, epoch: int, total: int) -> "_Bar | _LogLines | None":
