@@ -27,7 +27,7 @@ def published_forward(model: CordsNet, images: Tensor, steps: int = 100, spontan
         x = blank if t < spontaneous_steps else images
         new = [None] * depth
         for i in reversed(range(depth)):  # deepest area first, reading the previous step's rates
-            u = model.inp_pool(model.inp_conv(x))  # the drive, recomputed for every area
+            u = torch.nn.functional.avg_pool2d(model.inp_conv(x), 3, stride=2, padding=1)  # the drive, recomputed for every area
             if i == 0:
                 h = u
             elif i == 1:
