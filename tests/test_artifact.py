@@ -345,7 +345,7 @@ def _flip_state(d):
 def test_a_manifest_whose_hash_matches_but_whose_fields_lie_is_refused(tmp_path, edit, field):
     from cordsnet.cli import web
 
-    src = Path(A.__file__).parent / "weights" / "digits_r4-stepwise.onnx"
+    src = Path(A.__file__).parents[1] / "weights" / "digits_r4-stepwise.onnx"
     path = tmp_path / src.name
     shutil.copy(src, path)
     data = json.loads(A.manifest_path(src).read_text())
@@ -361,7 +361,7 @@ def test_a_manifest_whose_hash_matches_but_whose_fields_lie_is_refused(tmp_path,
 
 
 def test_a_manifest_of_another_format_is_refused(tmp_path):
-    src = Path(A.__file__).parent / "weights" / "digits_r4-stepwise.onnx"
+    src = Path(A.__file__).parents[1] / "weights" / "digits_r4-stepwise.onnx"
     path = tmp_path / src.name
     shutil.copy(src, path)
     data = json.loads(A.manifest_path(src).read_text())

@@ -1,0 +1,225 @@
+"""The client manifest ``<artifact>.cordsnet.json``: read, checked against its artifact (:func:`check_manifest`).
+
+Part of :mod:`cordsnet.artifact` (torch-free); see that package for the whole contract.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .. import validate
+from .._io import file_sha256, read_json_file
+from ..decision import DecisionRule
+from .formats import FORMATS, artifact_format, manifest_path
+from .info import ArtifactInfo
+from .kinds import MANIFEST_SUFFIX, MANIFEST_VERSION, MAX_METADATA_BYTES, PREFIX
+from .reading import _read_info, check_artifact_file
+
+
+# ----------------------------------------------------------------------------------- manifest
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed client manifest.
+
+    Attributes:
+        path: the manifest file.
+        info: the artifact's :class:`ArtifactInfo` (parsed by the same parser as the metadata).
+        file, format, sha256, size_bytes: the artifact it belongs to.
+        companions: ``{"role", "file", "sha256"}`` per companion file.
+        data: the raw JSON object.
+
+    The decision rule, when the manifest has one, is ``info.decision`` (:attr:`decision`).
+    """
+
+    path: Path
+    info: ArtifactInfo
+    file: str
+    format: str
+    sha256: str
+    size_bytes: int
+    companions: tuple[dict[str, str], ...]
+    data: dict[str, Any] = field(repr=False)
+
+    @property
+    def artifact_path(self) -> Path:
+        return self.path.with_name(self.file)
+
+    @property
+    def decision(self) -> DecisionRule | None:
+        """The manifest's decision rule (threshold, margin, no-image baseline (T, K)), or None."""
+        return self.info.decision
+
+
+def _load_manifest_json(path: Path) -> dict[str, Any]:
+    data = read_json_file(path, "manifest", max_bytes=MAX_METADATA_BYTES)
+    if not isinstance(data, dict) or "cordsnet_manifest" not in data:
+        raise ValueError(f"manifest: {str(path)!r} is not a cordsnet manifest (no 'cordsnet_manifest' key)")
+    if data["cordsnet_manifest"] != MANIFEST_VERSION or isinstance(data["cordsnet_manifest"], bool):
+        raise ValueError(f"manifest: {str(path)!r} has cordsnet_manifest {data['cordsnet_manifest']!r}; this "
+                         f"cordsnet reads {MANIFEST_VERSION}")
+    return data
+
+
+def _manifest_to_metadata(data: Mapping[str, Any], source: str) -> dict[str, str]:
+    """The ``cordsnet.*`` map a manifest stands for, so that one parser validates both."""
+    def need(obj: Mapping[str, Any], key: str, where: str = "") -> Any:
+        if not isinstance(obj, Mapping) or key not in obj:
+            raise ValueError(f"manifest: {source} lacks {where}{key!r}")
+        return obj[key]
+
+    protocol = need(data, "protocol")
+    spont = need(data, "spontaneous_state")
+    if need(spont, "encoding", "spontaneous_state.") != "base64-float32-le":
+        raise ValueError(f"manifest: {source}: spontaneous_state.encoding: expected 'base64-float32-le', got "
+                         f"{spont.get('encoding')!r}")
+    areas = need(spont, "areas", "spontaneous_state.")
+    if not isinstance(areas, list):
+        raise ValueError(f"manifest: {source}: spontaneous_state.areas: expected a list, got {type(areas).__name__}")
+    batch = need(data, "batch")
+    alpha = need(protocol, "alpha", "protocol.")
+    dt = need(protocol, "dt_ms", "protocol.")
+    if not (isinstance(alpha, (int, float)) and isinstance(dt, (int, float)) and math.isclose(dt, alpha * 10.0)):
+        raise ValueError(f"manifest: {source}: protocol.dt_ms {dt!r} is not alpha * 10 ms (alpha {alpha!r})")
+    return {
+        PREFIX + "format_version": str(need(data, "format_version")),
+        PREFIX + "graph": str(need(data, "graph")),
+        PREFIX + "config": json.dumps(need(data, "config")),
+        PREFIX + "steps": json.dumps(need(protocol, "steps", "protocol.")),
+        PREFIX + "spontaneous_steps": json.dumps(need(protocol, "spontaneous_steps", "protocol.")),
+        PREFIX + "alpha": json.dumps(alpha),
+        PREFIX + "readout": str(need(protocol, "readout", "protocol.")),
+        PREFIX + "record": json.dumps(need(protocol, "record", "protocol.")),
+        PREFIX + "dtype": str(need(data, "dtype")),
+        PREFIX + "batch": "dynamic" if batch is None else json.dumps(batch),
+        PREFIX + "preset": json.dumps(data.get("preset")),
+        PREFIX + "version": str(data.get("cordsnet_version", "")),
+        PREFIX + "checkpoint_sha256": str(data.get("checkpoint_sha256", "")),
+        PREFIX + "state_dict_sha256": str(data.get("state_dict_sha256", "")),
+        PREFIX + "exporter": str(data.get("exporter", "")),
+        PREFIX + "steps_per_call": json.dumps(protocol.get("steps_per_call", 1)),
+        PREFIX + "spontaneous_state": json.dumps([{"shape": need(a, "shape", "spontaneous_state.areas[]."),
+                                                   "dtype": "float32",
+                                                   "data": need(a, "data", "spontaneous_state.areas[].")}
+                                                  for a in areas]),
+        **({PREFIX + "decision": json.dumps(data["decision"])} if "decision" in data else {}),
+    }
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Read and validate a client manifest.
+
+    Args:
+        path: the manifest (``*.cordsnet.json``) or the artifact it sits beside.
+
+    Raises:
+        FileNotFoundError: no manifest there.
+        ValueError: not a valid manifest (one line naming the field).
+    """
+    path = Path(path)
+    if not path.name.endswith(MANIFEST_SUFFIX):
+        path = manifest_path(path)
+    data = _load_manifest_json(path)
+    source = repr(str(path))
+    info = ArtifactInfo.from_metadata(_manifest_to_metadata(data, source), source)
+    art = data.get("artifact")
+    if not isinstance(art, dict):
+        raise ValueError(f"manifest: {source} lacks the 'artifact' object")
+    file = art.get("file")
+    if not isinstance(file, str) or not file or Path(file).name != file:
+        raise ValueError(f"manifest: {source}: artifact.file: expected a file name beside the manifest, got {file!r}")
+    fmt = art.get("format")
+    validate.choice("manifest artifact.format", fmt, list(FORMATS))
+    sha = art.get("sha256")
+    if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise ValueError(f"manifest: {source}: artifact.sha256: expected 64 hex digits, got {sha!r}")
+    size = validate.integer("manifest artifact.size_bytes", art.get("size_bytes"), min=0)
+    companions = data.get("companions", [])
+    if not isinstance(companions, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("role"), str) and isinstance(c.get("file"), str)
+            and Path(c["file"]).name == c["file"] and isinstance(c.get("sha256"), str) for c in companions):
+        raise ValueError(f"manifest: {source}: companions: expected a list of {{'role', 'file', 'sha256'}} objects")
+    want_in, want_out = info.io_table()
+    if data.get("inputs") != want_in or data.get("outputs") != want_out:
+        raise ValueError(f"manifest: {source}: inputs/outputs do not match its graph kind and config (expected "
+                         f"inputs {[w['name'] for w in want_in]} with shapes {[w['shape'] for w in want_in]})")
+    return Manifest(path=path, info=info, file=file, format=fmt, sha256=sha, size_bytes=size,
+                    companions=tuple(dict(c) for c in companions), data=data)
+
+
+def manifest_disagreements(artifact: ArtifactInfo, manifest: ArtifactInfo) -> list[str]:
+    """The fields a manifest states differently from its artifact's own metadata ([] when they agree).
+
+    Every compared field of :class:`ArtifactInfo` (graph, config, protocol, dtype, batch, preset with its
+    class names and normalisation, hashes, versions) and the spontaneous state, compared as the float32
+    the manifest stores. The inputs/outputs follow from these (:func:`read_manifest` checks them).
+    """
+    names = [f.name for f in dataclasses.fields(ArtifactInfo) if f.compare and f.name != "version"]
+    diffs = [n for n in names if getattr(artifact, n) != getattr(manifest, n)]
+    if artifact.version and manifest.version and artifact.version != manifest.version:
+        diffs.append("version")
+    a, m = artifact.spontaneous, manifest.spontaneous
+    if len(a) != len(m) or any(x.shape != y.shape or not np.array_equal(np.asarray(x, np.float32),
+                                                                         np.asarray(y, np.float32))
+                               for x, y in zip(a, m)):
+        diffs.append("spontaneous_state")
+    return diffs
+
+
+def check_manifest(artifact: str | os.PathLike, manifest: Manifest | None = None, *,
+                   info: ArtifactInfo | None = None) -> Manifest | None:
+    """Refuse a manifest beside `artifact` that belongs to another artifact or says something else.
+
+    The manifest must name the artifact, match its bytes (sha256, size, companions' sha256) and agree
+    with the metadata the artifact itself holds, field by field (:func:`manifest_disagreements`): a
+    client handed a checked manifest reads what the graph was exported with.
+
+    Args:
+        artifact: the artifact file.
+        manifest: its manifest, already read; default: read ``<artifact>.cordsnet.json`` if it exists.
+        info: the artifact's own info, already read (default: read here).
+
+    Returns:
+        The manifest, or None when the artifact has none.
+
+    Raises:
+        ValueError: the manifest names another file, its sha256/size (or a companion's) do not
+            match the files' bytes, or one of its fields disagrees with the artifact's metadata.
+    """
+    artifact = Path(artifact)
+    if manifest is None:
+        if not manifest_path(artifact).exists():
+            return None
+        manifest = read_manifest(manifest_path(artifact))
+    where = f"manifest: {str(manifest.path)!r}"
+    if manifest.file != artifact.name:
+        raise ValueError(f"{where} belongs to {manifest.file!r}, not to {artifact.name!r}")
+    check_artifact_file(artifact)
+    actual = file_sha256(artifact)
+    if actual != manifest.sha256 or artifact.stat().st_size != manifest.size_bytes:
+        raise ValueError(f"{where} belongs to another artifact: its sha256 {manifest.sha256[:12]}... does not match "
+                         f"{artifact.name} (sha256 {actual[:12]}...); export again or delete the stale manifest")
+    for c in manifest.companions:
+        p = artifact.with_name(c["file"])
+        if p.exists() and file_sha256(p) != c["sha256"]:
+            raise ValueError(f"{where}: companion {c['file']!r} ({c['role']}) does not match its sha256 in the "
+                             "manifest; export again")
+    if manifest.format != artifact_format(artifact):
+        raise ValueError(f"{where} describes a {manifest.format} artifact, but {artifact.name} is "
+                         f"{artifact_format(artifact)}; export again")
+    if FORMATS[manifest.format].metadata != "manifest":
+        own = info if info is not None else _read_info(artifact, manifest.format)[0]
+        if own.metadata.get(PREFIX + "format_version") is not None:  # read from the artifact, not the manifest
+            diffs = manifest_disagreements(own, manifest.info)
+            if diffs:
+                raise ValueError(f"{where} disagrees with the metadata inside {artifact.name} on {', '.join(diffs)}; "
+                                 "the manifest was edited or belongs to another export: export again")
+    return manifest
