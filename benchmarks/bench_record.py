@@ -45,7 +45,7 @@ def worker(case: str, store: str, images: int) -> None:
     _, _, chunk, steps, spont, areas = CASES[case]
     with dist_context() as ctx:
         if case == "digits":
-            from cordsnet.analysis.store import evaluation_dataset as dataset_for
+            from cordsnet.analysis.evaluation import evaluation_dataset as dataset_for
             from cordsnet.checkpoint import load_checkpoint
 
             model = load_checkpoint(None)

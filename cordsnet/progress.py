@@ -48,6 +48,9 @@ class Progress:
         logger: where log lines go (default ``cordsnet``).
         every_s: the longest gap between log lines.
         transient: the bar disappears when done.
+        ends: log a line when the work starts and ends (off where the caller logs its own, e.g. per epoch).
+        every: also log whenever this many more units are done (e.g. ``--log-every`` images); the time
+            bound `every_s` holds regardless.
 
     Example::
 
@@ -58,13 +61,16 @@ class Progress:
     """
 
     def __init__(self, label: str, total: int | None = None, *, style: str | None = None, unit: str = "",
-                 logger: logging.Logger | None = None, every_s: float = EVERY_S, transient: bool = True) -> None:
+                 logger: logging.Logger | None = None, every_s: float = EVERY_S, transient: bool = True,
+                 ends: bool = True, every: int | None = None) -> None:
         self.label, self.total, self.unit = label, total, unit
         self.style = style if style is not None else default_style()
         if self.style not in STYLES:
             raise ValueError(f"style: expected one of {', '.join(STYLES)}, got {self.style!r}")
         self.log = logger or logging.getLogger("cordsnet")
-        self.every_s, self.transient = every_s, transient
+        self.every_s, self.transient, self.ends = every_s, transient, ends
+        self.every = every
+        self._logged = 0  # units done at the last log line
         self.done = 0
         self.fields: dict[str, float] = {}
         self._bar: Any = None
@@ -84,7 +90,7 @@ class Progress:
                                     rp.TimeRemainingColumn(), console=Console(stderr=True), transient=self.transient)
             self._bar.start()
             self._task = self._bar.add_task(self.label, total=self.total, extra="")
-        elif self.style == "log":
+        elif self.style == "log" and self.ends:
             self.log.info("%s: started%s", self.label, f" ({self._amount(self.total)})" if self.total else "")
         return self
 
@@ -104,17 +110,18 @@ class Progress:
         self.fields.update(fields)
         if self._bar is not None:
             self._bar.update(self._task, completed=done, extra=self._fields())
-        elif self.style == "log" and time.monotonic() - self._last >= self.every_s:
+        elif self.style == "log" and (time.monotonic() - self._last >= self.every_s
+                                      or (self.every is not None and done - self._logged >= self.every)):
             self._line()
 
     def __exit__(self, *exc: Any) -> None:
         if self._bar is not None:
             self._bar.stop()
-        elif self.style == "log" and exc[0] is None:
+        elif self.style == "log" and exc[0] is None and self.ends:
             self._line(final=True)
 
     def _line(self, final: bool = False) -> None:
-        self._last = time.monotonic()
+        self._last, self._logged = time.monotonic(), self.done
         of = f"/{self._amount(self.total)} ({100 * self.done // self.total}%)" if self.total else ""
         rate = self.done / max(self._last - self._start, 1e-9)
         speed = f", {self._amount(int(rate))}/s" if self.unit == "bytes" else f", {rate:.2f}/s"

@@ -21,9 +21,10 @@ if sys.version_info < (3, 11):  # zarr v3 needs Python >= 3.11 (the test extra i
 import xarray as xr  # noqa: E402
 import zarr  # noqa: E402
 
-from cordsnet.analysis.store import evaluation_dataset as dataset_for  # noqa: E402
+from cordsnet.analysis.evaluation import evaluation_dataset as dataset_for  # noqa: E402
 from cordsnet.analysis.recording import make_plan  # noqa: E402
-from cordsnet.analysis.store import accuracy_report, open_store, plot_accuracy, record_dataset  # noqa: E402
+from cordsnet.analysis.evaluation import accuracy_report, plot_accuracy  # noqa: E402
+from cordsnet.analysis.store import open_store, record_dataset  # noqa: E402
 from cordsnet.checkpoint import load_checkpoint  # noqa: E402
 
 STEPS, SPONT, CHUNK, N = 4, 3, 8, 20  # short protocol; 20 images = chunks of 8, 8 and 4

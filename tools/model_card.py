@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from cordsnet._io import atomic_path
+from cordsnet.analysis.plots import plot_accuracy_curve
 from cordsnet.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, read_extra_tensors, read_metadata, save_checkpoint
 from cordsnet.data import digits_split, digits_to_tensor
 from cordsnet.model import CordsNet
@@ -88,25 +89,6 @@ def stage_heldout_accuracy(path: Path, *, steps: int = 100, spontaneous_steps: i
     return float((logits.argmax(1) == labels).float().mean())
 
 
-def _plot(curve: Tensor, png: Path, title: str) -> None:
-    from cordsnet.analysis.plots import pyplot, save_figure
-
-    plt = pyplot()
-    steps = torch.arange(1, len(curve) + 1)
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
-    ax.plot(steps.numpy(), (100 * curve).numpy(), color="tab:blue")
-    ax.axhline(10, color="grey", lw=0.8, ls=":", label="chance (10%)")
-    ax.set_xlabel("stimulus step (2 ms each; after 100 spontaneous steps)")
-    ax.set_ylabel("held-out top-1 accuracy (%)")
-    ax.set_ylim(0, 101)
-    ax.set_xlim(0, len(curve))
-    ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=10)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    save_figure(fig, Path(png))
-
-
 def build_card(runs: list[Path], *, png: Path, bundle: Path | None, reproduce: str,
                bundle_name: str = DEFAULT_CHECKPOINT) -> dict[str, Any]:
     """Evaluate a finished digits training (one run directory, or several that continue each other via
@@ -114,7 +96,9 @@ def build_card(runs: list[Path], *, png: Path, bundle: Path | None, reproduce: s
     final = runs[-1] / "final.safetensors"
     model = load_checkpoint(final)
     images, labels = heldout_data(model.config.image_size)
-    curve = time_resolved_accuracy(model, images, labels)
+    c = model.config  # the model's own protocol, for the curve and its axis
+    curve = time_resolved_accuracy(model, images, labels, steps=c.steps, spontaneous_steps=c.spontaneous_steps,
+                                   alpha=c.alpha)
     stages: dict[str, dict[str, Any]] = {}
     for r, run in enumerate(runs):
         history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -147,7 +131,10 @@ def build_card(runs: list[Path], *, png: Path, bundle: Path | None, reproduce: s
         "curve": [round(float(a), 4) for a in curve],
     }
     png.parent.mkdir(parents=True, exist_ok=True)
-    _plot(curve, png, f"CordsNet-R{model.depth} on held-out digits: {100 * facts['heldout_acc']:.2f}% at step 100")
+    plot_accuracy_curve(curve.tolist(), png, dt_ms=c.alpha * 10.0, spontaneous_steps=c.spontaneous_steps,
+                        num_classes=c.num_classes, ylabel="held-out top-1 accuracy (%)",
+                        title=f"CordsNet-R{model.depth} on held-out digits: {100 * facts['heldout_acc']:.2f}% at step "
+                              f"{len(curve)}")
     if bundle is not None:
         meta = read_metadata(final)
         ranges = read_activation_ranges(final)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["PLOT_SUFFIXES", "plot_spectra", "pyplot", "save_figure"]
+__all__ = ["PLOT_SUFFIXES", "plot_accuracy_curve", "plot_spectra", "pyplot", "save_figure"]
 
 PLOT_SUFFIXES: tuple[str, ...] = (".png", ".svg", ".pdf")  # formats matplotlib writes without extra packages
 
@@ -86,3 +86,38 @@ def plot_spectra(spectra: Sequence[Any], path: str | os.PathLike, *, dpi: int = 
         raise
     save_figure(fig, path, dpi=dpi)
     return path
+
+
+def plot_accuracy_curve(top1: Sequence[float], path: str | os.PathLike, *, dt_ms: float, spontaneous_steps: int,
+                        num_classes: int, ylabel: str = "top-1 accuracy (%)", title: str = "") -> Path:
+    """The time-resolved accuracy curve: top-1 after every stimulus step, with chance, into `path` (atomic).
+
+    The one accuracy plot of the project (``evaluate --plot``, ``tools/model_card.py``).
+
+    Args:
+        top1: accuracy in [0, 1] after steps 1..T.
+        path: destination (.png, .svg or .pdf).
+        dt_ms: milliseconds per step (alpha x tau).
+        spontaneous_steps: blank steps before the stimulus (for the axis label).
+        num_classes: K (chance is 1/K).
+        ylabel, title: the labels.
+    """
+    import numpy as np
+
+    plt = pyplot()
+    curve = np.asarray(top1, dtype=float) * 100
+    steps = np.arange(1, curve.size + 1)
+    chance = 100.0 / max(1, num_classes)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
+    ax.plot(steps, curve, color="tab:blue", marker="o" if curve.size == 1 else None)
+    ax.axhline(chance, color="grey", lw=0.8, ls=":", label=f"chance ({chance:.0f}%)")
+    ax.set_xlabel(f"stimulus step ({dt_ms:g} ms each; after {spontaneous_steps} spontaneous steps)")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 101)
+    ax.set_xlim(0, max(1, curve.size))
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    save_figure(fig, Path(path))
+    return Path(path)

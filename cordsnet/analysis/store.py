@@ -22,6 +22,7 @@ chunks not yet complete. A chunk's ``done`` entries are written after all of its
 writer leaves at worst chunks that are rewritten on the next run; a chunk is simulated as the same
 batch of images whatever the number of processes, so the numbers do not depend on it.
 
+Evaluating a store (top-1 per step and class, the accuracy curve) is :mod:`cordsnet.analysis.evaluation`.
 Reading needs nothing of cordsnet: ``zarr.open_group(path, mode="r")`` or
 ``xarray.open_zarr(path, consolidated=False)`` (dimension names are stored in the arrays' metadata).
 """
@@ -43,11 +44,11 @@ import torch
 from torch import Tensor
 
 from .. import validate
+from ..progress import Progress
 from .recording import NumpyConverter, RecordPlan, blank_phase, simulate_batch
 
-__all__ = ["STORE_FORMAT", "READOUT_KINDS", "StoreReport", "accuracy_report", "dist_context", "evaluation_dataset",
-           "open_store",
-           "plot_accuracy", "record_dataset", "store_identity"]
+__all__ = ["STORE_FORMAT", "READOUT_KINDS", "StoreReport", "dist_context", "open_store", "record_dataset",
+           "store_identity"]
 
 logger = logging.getLogger("cordsnet.record")
 
@@ -429,7 +430,8 @@ def record_dataset(model: Any, dataset: Any, store: str | os.PathLike, plan: Rec
     start = time.perf_counter()
     blank = blank_phase(model, plan) if len(batches) > 1 else None  # the same for every chunk
     written = 0
-    with _RankProgress(ctx.rank, ctx.world, todo, progress, log_every) as bar:
+    style = ("bar" if sys.stderr.isatty() else "log") if progress is None else ("bar" if progress else "log")
+    with Progress(f"rank {ctx.rank}/{ctx.world}: images", todo, style=style, logger=logger, every=log_every) as bar:
         for rows, (images, labels) in zip(batches, loader):
             i0, i1 = rows[0], rows[-1] + 1
             _write_chunk(model, images, plan, arrays, convert, i0, i1, squeeze, blank)
@@ -513,156 +515,3 @@ def _write_chunk(model: Any, images: Tensor, plan: RecordPlan, arrays: Mapping[s
                     arrays[name][i0:i1] = buffers[name][:, 0]
                 else:
                     arrays[name][i0:i1, t0:rel + 1] = buffers[name][:, :rel + 1 - t0]
-
-
-class _RankProgress:
-    """One bar per rank on a TTY; otherwise a log line every `log_every` images, with images/s."""
-
-    def __init__(self, rank: int, world: int, total: int, enabled: bool | None, log_every: int) -> None:
-        self.rank, self.world, self.total = rank, world, total
-        self.tty = sys.stderr.isatty() if enabled is None else bool(enabled)
-        self.log_every = max(1, int(log_every))
-        self.count = 0
-        self.last_log = 0
-        self.start = time.perf_counter()
-        self._bar: Any = None
-
-    def __enter__(self) -> "_RankProgress":
-        if self.tty:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._bar = Progress(TextColumn(f"rank {self.rank}/{self.world}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[rate]} images/s"), TimeRemainingColumn())
-            self._bar.start()
-            self._task = self._bar.add_task("recording", total=self.total, rate="-")
-        return self
-
-    def advance(self, k: int) -> None:
-        self.count += k
-        rate = self.count / max(1e-9, time.perf_counter() - self.start)
-        if self._bar is not None:
-            self._bar.update(self._task, advance=k, rate=f"{rate:.2f}")
-        elif self.count - self.last_log >= self.log_every or self.count == self.total:
-            self.last_log = self.count
-            logger.info("rank %d/%d: %d/%d images, %.2f images/s", self.rank, self.world, self.count, self.total,
-                        rate)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
-# ------------------------------------------------------------------------------- evaluation
-def accuracy_report(store: str | os.PathLike, *, class_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """Top-1 accuracy per step and per class from a store's ``logits`` and ``label``.
-
-    Args:
-        store: a complete evaluation store (every ``done`` entry True).
-        class_names: names of the classes (default: the model config's preset's).
-
-    Returns:
-        {"store", "images", "time_ms", "top1" (per recorded step), "top1_last", "first_step_above_90",
-        "per_class": [{"class", "name", "images", "top1"}] at the last step, ...}.
-    """
-    group = open_store(store, "r")
-    attrs = _attributes(group, str(store))
-    if "logits" not in group or attrs["kind"] != "evaluate":
-        raise ValueError(f"store: {str(store)!r} holds no logits (made by record, not evaluate)")
-    done = np.asarray(group["done"][:], dtype=bool)
-    if not done.all():
-        raise ValueError(f"store: {int((~done).sum())} of {done.size} images of {str(store)!r} are not written yet; "
-                         "rerun the same command to finish it")
-    labels = np.asarray(group["label"][:])
-    logits = group["logits"]
-    num_classes = logits.shape[-1]
-    unwritten = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if unwritten.size:
-        raise ValueError(f"store: {unwritten.size} image(s) of {str(store)!r} marked done have no valid label "
-                         f"(first: image {int(unwritten[0])}); the store is damaged: rerun the same command to "
-                         "rewrite them")
-    # Chunk by chunk along the image axis: a store may hold far more logits than memory.
-    step = logits.chunks[0]
-    correct_per_step = np.zeros(logits.shape[1] if logits.ndim == 3 else 1, dtype=np.int64)
-    correct_last = np.zeros(labels.size, dtype=bool)
-    for i0 in range(0, labels.size, step):
-        try:
-            block = np.asarray(logits[i0:i0 + step])
-        except Exception as exc:  # noqa: BLE001 - the codec's error on a truncated or random chunk
-            raise ValueError(f"store: {str(store)!r}: the logits of images {i0}..{min(labels.size, i0 + step) - 1} "
-                             f"cannot be decoded ({type(exc).__name__}); rerun the same command to rewrite "
-                             "them") from None
-        if not np.isfinite(block).all():
-            raise ValueError(f"store: {str(store)!r}: images {i0}..{min(labels.size, i0 + step) - 1} are marked done "
-                             "but their logits are missing or not finite (a lost or damaged chunk); rerun the same "
-                             "command to rewrite them")
-        if block.ndim == 2:
-            block = block[:, None]
-        hit = block.argmax(-1) == labels[i0:i0 + step, None]  # (n, T)
-        correct_per_step += hit.sum(0)
-        correct_last[i0:i0 + step] = hit[:, -1]
-    top1 = correct_per_step / labels.size
-    times = np.asarray(group["time_ms"][:]) if "time_ms" in group else None
-    if class_names is None:
-        from ..config import CordsNetConfig
-
-        preset = CordsNetConfig.from_dict(attrs["config"]).preset
-        class_names = preset.class_names if preset is not None else None
-    per_class = []
-    for k in np.unique(labels):
-        rows = labels == k
-        name = class_names[k] if class_names is not None and 0 <= k < len(class_names) else str(int(k))
-        per_class.append({"class": int(k), "name": name, "images": int(rows.sum()),
-                          "top1": float(correct_last[rows].mean())})
-    above = np.flatnonzero(top1 >= 0.9)
-    return {"store": str(store), "model_state_dict_sha256": attrs["state_dict_sha256"],
-            "checkpoint_sha256": attrs["checkpoint_sha256"], "source": attrs["source"], "protocol": attrs["protocol"],
-            "readout": attrs["readout"], "images": int(labels.size), "steps": int(top1.size),
-            "time_ms": None if times is None else [float(v) for v in times],
-            "top1": [float(v) for v in top1], "top1_last": float(top1[-1]),
-            "first_step_above_90": int(above[0]) + 1 if above.size else -1, "per_class": per_class}
-
-
-def plot_accuracy(report: Mapping[str, Any], png: str | os.PathLike) -> None:
-    """The time-resolved accuracy curve of :func:`accuracy_report` (matplotlib, Agg) into `png`."""
-    from .plots import pyplot, save_figure
-
-    plt = pyplot()
-    top1 = np.asarray(report["top1"]) * 100
-    steps = np.arange(1, top1.size + 1)
-    protocol = report["protocol"]
-    source = report["source"]
-    chance = 100.0 / max(1, len(report["per_class"]))
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
-    ax.plot(steps, top1, color="tab:blue", marker="o" if top1.size == 1 else None)
-    ax.axhline(chance, color="grey", lw=0.8, ls=":", label=f"chance ({chance:.0f}%)")
-    ax.set_xlabel(f"stimulus step ({protocol['dt_ms']:g} ms each; after {protocol['spontaneous_steps']} "
-                  "spontaneous steps)")
-    ax.set_ylabel(f"{source.get('split', '')} top-1 accuracy (%)".strip())
-    ax.set_ylim(0, 101)
-    ax.set_xlim(0, max(1, top1.size))
-    ax.grid(alpha=0.3)
-    ax.set_title(f"{source.get('dataset', '?')} {source.get('split', '')}, {report['images']} images: "
-                 f"{report['top1_last']:.2%} at the last step", fontsize=10)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    save_figure(fig, Path(png))
-
-
-def evaluation_dataset(model: Any, name: str, split: str, data_root: str | os.PathLike | None = None) -> tuple[Any, dict[str, Any]]:
-    """Split `split` of the registered dataset `name` with its evaluation transform at the model's input size.
-
-    Returns:
-        (dataset, source): the torch dataset of (image, label) pairs and the ``source`` description a
-        store records ({"dataset", "split", "split_size"}).
-
-    Raises:
-        ValueError: the dataset's channels differ from the model's.
-    """
-    from ..data import build_dataset, get_dataset_spec
-
-    spec = get_dataset_spec(name)
-    if spec.in_channels != model.config.in_channels:
-        raise ValueError(f"dataset: {name} has {spec.in_channels} channel(s) but the model takes "
-                         f"{model.config.in_channels}")
-    ds = build_dataset(name, split, root=data_root, image_size=model.config.image_size, augment=False)
-    return ds, {"dataset": name, "split": split, "split_size": len(ds)}

@@ -61,7 +61,7 @@ def _logging() -> None:
 
 def _device(device: Optional[str]) -> Any:
     """This rank's device: --device if given, else CUDA device LOCAL_RANK where present, else the CPU."""
-    from ..train.trainer import pick_device
+    from ..train.distributed import pick_device
 
     return pick_device(device, int(os.environ.get("LOCAL_RANK", "0")))
 
@@ -112,7 +112,8 @@ def record_dataset_command(
     """
     from .. import validate
     from ..analysis.recording import make_plan
-    from ..analysis.store import dist_context, evaluation_dataset, record_dataset
+    from ..analysis.evaluation import evaluation_dataset
+    from ..analysis.store import dist_context, record_dataset
 
     if store is None:
         raise ValueError("--store: expected a Zarr store directory for a dataset recording, got none")
@@ -174,7 +175,8 @@ def evaluate_command(
     """
     from .._io import atomic_path, check_output
     from ..analysis.recording import make_plan
-    from ..analysis.store import accuracy_report, dist_context, evaluation_dataset, plot_accuracy, record_dataset
+    from ..analysis.evaluation import accuracy_report, evaluation_dataset, plot_accuracy
+    from ..analysis.store import dist_context, record_dataset
     from ._shared import checkpoint_source
 
     _check_store(store, checkpoint, data_root)

@@ -13,7 +13,8 @@ from .losses import (anneal_slope, contraction_penalty, inverse_loss, spontaneou
 from .stages import PIPELINES, STAGES, StageSpec, lr_at, resolve_stage, resolve_stages, slope_at
 from .forwards import EVALUATORS, FORWARDS, OPTIMIZERS, TRAINABLE, StageContext, evaluate_accuracy
 from .run_state import RunExtras, TrainState, pack_extras, parse_train_state, unpack_extras
-from .trainer import DTYPES, TrainOptions, Trainer, train
+from .options import DTYPES, TrainOptions
+from .trainer import Trainer, train
 
 __all__ = [
     "BatchNormSet", "DTYPES", "EVALUATORS", "OPTIMIZERS", "RunExtras", "StageContext", "TRAINABLE", "TrainState",

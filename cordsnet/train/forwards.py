@@ -30,7 +30,7 @@ ForwardResult = tuple[Tensor, Tensor, dict[str, Tensor]]  # (loss, logits (B, K)
 
 @dataclass(frozen=True)
 class TrainProtocol:
-    """The recurrent stages' protocol (the :class:`~cordsnet.train.trainer.TrainOptions` fields).
+    """The recurrent stages' protocol (the :class:`~cordsnet.train.options.TrainOptions` fields).
 
     Attributes:
         steps: stimulus steps.

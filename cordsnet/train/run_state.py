@@ -21,7 +21,7 @@ metadata key                JSON
 ==========================  ===========================================================
 ``train.state``             stage index and name, epoch, done, stage names, scheduler iteration,
                             update slope, per-stage summary (:class:`TrainState`)
-``train.options``           the run's :class:`~cordsnet.train.trainer.TrainOptions`
+``train.options``           the run's :class:`~cordsnet.train.options.TrainOptions`
 ``train.stage_spec``        the current stage's :class:`~cordsnet.train.stages.StageSpec`
 ``train.metrics``           the metric history (one dict per epoch)
 ``train.optimizer``         the optimiser's parameter groups (only while a stage is in progress)

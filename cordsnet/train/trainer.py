@@ -14,8 +14,9 @@ tensors and metadata (layout: :mod:`cordsnet.train.run_state`). Randomness is re
 would. Per-epoch metrics are appended to ``OUT/metrics.jsonl``. A directory that already holds a run is
 refused unless the run resumes it (``resume=True``) or replaces it (``TrainOptions.overwrite``).
 
-Progress: a rich progress bar per epoch when ``TrainOptions.progress`` is on, else one ``logging`` line
-(logger ``cordsnet.train``, level INFO) per epoch and per stage.
+Progress (:mod:`cordsnet.progress`): a rich progress bar per epoch when ``TrainOptions.progress`` is on, else
+``logging`` lines (logger ``cordsnet.train``, level INFO) per epoch and stage, and at least every 10 s within
+an epoch.
 """
 
 from __future__ import annotations
@@ -23,19 +24,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from .. import validate
 from .._io import atomic_path, forget_input, load_json
 from ..checkpoint import read_checkpoint, read_extra_tensors, read_metadata, save_checkpoint
 from ..config import CordsNetConfig, get_preset
@@ -43,12 +42,15 @@ from ..data import batch_augment, build_dataset, get_dataset_spec
 from ..model import CordsNet
 from ..quantization import ActivationRanges
 from .cnn import BatchNormSet, FoldedCNN, fold_batchnorm
-from .forwards import (EVALUATORS, FORWARDS, OPTIMIZERS, TrainProtocol, StageContext, StageModule, accuracy_counts,
+from .forwards import (EVALUATORS, FORWARDS, OPTIMIZERS, StageContext, StageModule, accuracy_counts,
                        calibrate_ranges, evaluate_accuracy, trainable_parameters)
 from .run_state import (CHANGES_KEY, METRICS_KEY, OPTIMIZER_KEY, OPTIONS_KEY, SPEC_KEY, SUMMARY_KEY, RunExtras,
                         TrainState, describe_changes, option_changes,
                         pack_extras, parse_train_state, unpack_extras)
-from .stages import STAGES, StageSpec, lr_at, resolve_stage, resolve_stages, slope_at
+from .stages import STAGES, StageSpec, lr_at, slope_at
+from ..progress import Progress
+from .distributed import barrier, dist_info, pick_device
+from .options import DTYPES, TrainOptions
 
 __all__ = ["DTYPES", "EVALUATORS", "FORWARDS", "TrainOptions", "Trainer", "evaluate_accuracy", "pick_device", "train"]
 
@@ -57,141 +59,8 @@ log = logging.getLogger("cordsnet.train")
 LAST = "last.safetensors"
 FINAL = "final.safetensors"
 METRICS = "metrics.jsonl"
-LOG_EVERY_S = 10.0  # without a progress bar, a log line at least this often within an epoch
 # The files a run writes into its directory (stage checkpoints: "<k>-<stage>.safetensors").
 _STAGE_CHECKPOINT = re.compile(r"^\d+-(" + "|".join(map(re.escape, STAGES)) + r")\.safetensors$")
-
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
-
-
-@dataclass
-class TrainOptions:
-    """Everything a training run needs. Defaults are the published recipe (docs/specification.md §4) for R8
-    on ImageNet except dataset/depth; per-stage settings go in `epochs`, `lr` and `stage_overrides`.
-
-    Attributes:
-        dataset: a key of :data:`cordsnet.data.DATASETS`.
-        depth: 2, 4, 6 or 8.
-        image_size: model input side (default: the dataset preset's).
-        stages: a pipeline name ("all", "finetune"), a stage name, or a sequence of stage names.
-        out: output directory (checkpoints, metrics.jsonl).
-        overwrite: replace a run already in `out` (its last/final/stage checkpoints and metrics.jsonl are
-            removed first). Without it, a directory holding a run is refused unless the run resumes it.
-        batch_size: global batch size (split evenly across ranks).
-        epochs: per-stage epochs, e.g. {"compat": 30}; an int sets every trained stage.
-        lr: per-stage learning rates, e.g. {"linear": 1e-4}; a float sets every trained stage.
-        stage_overrides: any other :class:`StageSpec` field per stage, e.g. {"anneal": {"slope_decrement": 0.25}}.
-        steps / spontaneous_steps / alpha: the protocol of the recurrent stages (100 / 100 / 0.2).
-        recovery_steps / penalty_window: blank steps after the stimulus and how many of the last ones
-            the spontaneous-stability penalty averages (100 / 10).
-        ce_window: how many final stimulus steps the time-weighted cross-entropy covers (30).
-        seed: seeds the initial weights, data order and augmentation.
-        device: "cpu", "cuda", "cuda:1", ... (default: the local GPU under torchrun, else cuda if
-            available, else cpu).
-        dtype: "float32" (default) or "float64" (the model, BatchNorms, batches and optimiser state;
-            float64 makes runs comparable across machines and process counts to rounding error).
-        data_root / download / augment / dense / val_fraction / num_workers: data options.
-        dataset_kwargs: builder-specific options (``fake``: num_classes, in_channels, fake_size).
-        limit_train / limit_val: use only the first N samples of a split (tests, benchmarks).
-        max_batches: stop every epoch after N batches (benchmarks).
-        init: start from this checkpoint (its extra tensors restore BatchNorm / folded biases).
-        progress: show a rich progress bar (rank 0); when off, one log line per epoch instead.
-        threads: torch intra-op threads for this process (None: leave torch's default). On a shared
-            or oversubscribed CPU, 1 is often several times faster than the default.
-        allow_changes: let a resume change options that shape the result (learning rate, batch size,
-            seed, protocol, stages, epochs, ...); the changes are recorded in every later checkpoint
-            (``train.changes``). Without it such a resume is refused, listing what differs.
-    """
-
-    dataset: str = "digits"  # the dataset registry key
-    depth: int = 4  # CordsNet-R4
-    image_size: int | None = None  # None: the dataset preset's default side
-    stages: str | Sequence[str] = "all"  # the whole staged pipeline
-    out: str | os.PathLike = "runs/train"  # where checkpoints and metrics go
-    overwrite: bool = False  # never replace an existing run unless asked
-    batch_size: int = 256  # the published global batch
-    epochs: Mapping[str, int] | int | None = None  # None: each stage's published epochs
-    lr: Mapping[str, float] | float | None = None  # None: each stage's published lr
-    stage_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # none
-    steps: int = 100  # published stimulus steps
-    spontaneous_steps: int = 100  # published blank steps before the stimulus
-    alpha: float = 0.2  # published dt / tau (2 ms steps)
-    recovery_steps: int = 100  # published blank steps after the stimulus (penalty)
-    penalty_window: int = 10  # published: the penalty averages the last 10 recovery steps
-    ce_window: int = 30  # published: the CE covers the last 30 stimulus steps
-    seed: int = 0  # reproducible by default
-    device: str | None = None  # None: pick the local GPU, else CPU
-    dtype: str = "float32"  # the published models' precision
-    data_root: str | None = None  # None: the dataset's default cache directory
-    download: bool = True  # fetch missing datasets
-    augment: bool = True  # the published training augmentation
-    dense: bool = False  # False: resize to image_size like the published models
-    val_fraction: float = 0.1  # share of the training split held out for validation
-    num_workers: int = 0  # load data in the main process
-    dataset_kwargs: Mapping[str, Any] = field(default_factory=dict)  # none
-    limit_train: int | None = None  # None: the whole training split
-    limit_val: int | None = None  # None: the whole validation split
-    max_batches: int | None = None  # None: whole epochs
-    init: str | os.PathLike | None = None  # None: random initial weights
-    progress: bool = False  # library default: log lines, no bars
-    threads: int | None = None  # None: torch's default thread count
-    allow_changes: bool = False  # a resume refuses changed result-shaping options unless this is set
-
-    def stage_specs(self) -> list[StageSpec]:
-        """The resolved stages, overrides applied."""
-        names = resolve_stages(self.stages)
-        unknown = sorted(set(self.stage_overrides) - set(names))
-        if unknown:
-            raise ValueError(f"stage_overrides: stages {unknown} are not in this run's stages {list(names)}")
-        specs = []
-        for name in names:
-            over: dict[str, Any] = dict(self.stage_overrides.get(name, {}))
-            for key, value in (("epochs", self.epochs), ("lr", self.lr)):
-                if value is None:
-                    continue
-                if isinstance(value, Mapping):
-                    unknown = sorted(set(value) - set(names))
-                    if unknown:
-                        raise ValueError(f"{key}: stages {unknown} are not in this run's stages {list(names)}")
-                    if name in value:
-                        over[key] = value[name]
-                elif name != "fold":
-                    over[key] = value
-            specs.append(resolve_stage(name, over))
-        return specs
-
-    def validate(self) -> None:
-        """Check the scalar options (the stages are checked by :meth:`stage_specs`).
-
-        Raises:
-            ValueError: "name: expected X, got Y" for the first option out of range.
-        """
-        validate.positive_int("batch_size", self.batch_size)
-        validate.positive_int("steps", self.steps)
-        validate.positive_int("ce_window", self.ce_window)
-        for name in ("spontaneous_steps", "recovery_steps", "penalty_window"):
-            validate.integer(name, getattr(self, name), min=0)
-        validate.fraction("alpha", self.alpha)
-        validate.integer("seed", self.seed)
-        validate.choice("dtype", self.dtype, DTYPES)
-        for name in ("threads", "limit_train", "limit_val", "max_batches", "image_size"):
-            validate.optional_integer(name, getattr(self, name), 1, min=1)
-        validate.integer("num_workers", self.num_workers, min=0)
-        validate.number("val_fraction", self.val_fraction, low=0.0, high=1.0, high_open=True)
-
-    def protocol(self) -> TrainProtocol:
-        """The recurrent stages' protocol."""
-        return TrainProtocol(steps=self.steps, spontaneous_steps=self.spontaneous_steps, alpha=float(self.alpha),
-                        recovery_steps=self.recovery_steps, penalty_window=self.penalty_window,
-                        ce_window=self.ce_window)
-
-    def to_json(self) -> str:
-        data = dataclasses.asdict(self)
-        data["out"] = str(self.out)
-        data["init"] = None if self.init is None else str(self.init)
-        data["stages"] = list(resolve_stages(self.stages))
-        return json.dumps(data, sort_keys=True, default=str)
-
 
 @dataclass
 class _StageRun:
@@ -212,25 +81,6 @@ def _epoch_seed(seed: int, stage_index: int, epoch: int, rank: int) -> int:
 
 # -------------------------------------------------------------------------------------- trainer
 
-def pick_device(device: str | None, local_rank: int = 0) -> torch.device:
-    """The device a process runs on: `device` if given (checked), else CUDA device `local_rank` (modulo the
-    devices there are) where CUDA is available, else the CPU.
-
-    Raises:
-        ValueError: `device` is not a torch device name, or names CUDA on a machine without it.
-    """
-    if device is not None:
-        try:
-            chosen = torch.device(device)
-        except (RuntimeError, TypeError):
-            raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
-        if chosen.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device: {device!r} requested but no CUDA device is available here")
-        return chosen
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
-
 class Trainer:
     """Runs the staged pipeline (docs/specification.md §4) for one :class:`TrainOptions`.
 
@@ -250,7 +100,7 @@ class Trainer:
         self.specs = options.stage_specs()
         self.on_epoch = on_epoch
         self.out = Path(options.out)
-        self.world, self.rank, self.local_rank = _dist_info()
+        self.world, self.rank, self.local_rank = dist_info()
         if options.batch_size % self.world:
             raise ValueError(f"batch_size: the global batch {options.batch_size} must divide evenly over "
                              f"{self.world} processes")
@@ -340,7 +190,7 @@ class Trainer:
             log.info("overwrite: removing the previous run's %s from %s", names, self.out)
             for p in existing:
                 p.unlink()
-        _barrier(self.world)
+        barrier(self.world)
 
     # ------------------------------------------------------------------------------------ run
     def run(self, *, resume: bool = False) -> dict[str, Any]:
@@ -390,7 +240,7 @@ class Trainer:
                 "train.update_slope": repr(self.model.update_slope)},
                 extra_tensors=self.ranges.to_tensors() if self.ranges is not None else None)
             log.info("done in %.1f s: %s", summary["time_s"], self.out / FINAL)
-        _barrier(self.world)
+        barrier(self.world)
         return summary
 
     def _context(self) -> StageContext:
@@ -482,33 +332,30 @@ class Trainer:
         self.bn.train(spec.kind == "compat")
         sums: dict[str, float] = {}
         correct = seen = 0
-        progress = self._progress(spec, epoch, stage.batches)
-        for b, (x, y) in enumerate(stage.loader):
-            if b >= stage.batches:
-                break
-            x = x.to(device=self.device, dtype=self.dtype)
-            y = y.to(device=self.device, dtype=self.dtype if y.is_floating_point() else None)
-            if stage.mixer is not None:
-                x, y = stage.mixer(x, y)
-            lr = lr_at(spec, epoch, self.iteration, stage.batches)
-            for g in stage.optim.param_groups:
-                g["lr"] = lr
-            loss, logits, extra = stage.module(x, y)
-            stage.optim.zero_grad(set_to_none=True)
-            loss.backward()
-            if spec.clip is not None:
-                torch.nn.utils.clip_grad_norm_(stage.params, spec.clip)
-            stage.optim.step()
-            self.iteration += 1
-            c, n = accuracy_counts(logits.detach(), y)
-            correct, seen = correct + c, seen + n
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-            for key, val in extra.items():
-                sums[key] = sums.get(key, 0.0) + float(val)
-            if progress is not None:
+        with self._progress(spec, epoch, stage.batches) as progress:
+            for b, (x, y) in enumerate(stage.loader):
+                if b >= stage.batches:
+                    break
+                x = x.to(device=self.device, dtype=self.dtype)
+                y = y.to(device=self.device, dtype=self.dtype if y.is_floating_point() else None)
+                if stage.mixer is not None:
+                    x, y = stage.mixer(x, y)
+                lr = lr_at(spec, epoch, self.iteration, stage.batches)
+                for g in stage.optim.param_groups:
+                    g["lr"] = lr
+                loss, logits, extra = stage.module(x, y)
+                stage.optim.zero_grad(set_to_none=True)
+                loss.backward()
+                if spec.clip is not None:
+                    torch.nn.utils.clip_grad_norm_(stage.params, spec.clip)
+                stage.optim.step()
+                self.iteration += 1
+                c, n = accuracy_counts(logits.detach(), y)
+                correct, seen = correct + c, seen + n
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+                for key, val in extra.items():
+                    sums[key] = sums.get(key, 0.0) + float(val)
                 progress.advance(loss=sums["loss"] / (b + 1), acc=correct / max(seen, 1))
-        if progress is not None:
-            progress.close()
         nb = max(min(len(stage.loader), stage.batches), 1)
         metrics = {f"train_{key}": val / nb for key, val in sums.items()}
         metrics["train_acc"] = correct / max(seen, 1) if spec.kind != "inverse" else float("nan")
@@ -573,7 +420,7 @@ class Trainer:
             meta = self._metadata(k, spec, spec.epochs, done=True)
             save_checkpoint(self.model, self.out / f"{k}-{spec.name}.safetensors", metadata=meta, extra_tensors=extra)
             save_checkpoint(self.model, self.out / LAST, metadata=meta, extra_tensors=extra)
-        _barrier(self.world)
+        barrier(self.world)
 
     # ----------------------------------------------------------------------------- checkpoints
     def _extra_tensors(self, optim: torch.optim.Optimizer | None) -> dict[str, Tensor]:
@@ -600,7 +447,7 @@ class Trainer:
         if self.rank == 0:
             save_checkpoint(self.model, self.out / LAST, metadata=self._metadata(k, spec, epoch, done=False, optim=optim),
                             extra_tensors=self._extra_tensors(optim))
-        _barrier(self.world)
+        barrier(self.world)
 
     def _load_weights(self, path: Path, *, strict_extras: bool = True) -> RunExtras:
         """Load a checkpoint's weights (at their stored precision) and its BatchNorm / folded extras."""
@@ -681,11 +528,11 @@ class Trainer:
                              "changes": {k: [a, b] for k, (a, b) in changes.items()}})
 
     # ------------------------------------------------------------------------------ progress
-    def _progress(self, spec: StageSpec, epoch: int, total: int) -> "_Bar | _LogLines | None":
-        if self.rank != 0:
-            return None
-        title = f"{spec.name} {epoch + 1}/{spec.epochs}"
-        return _Bar(title, total) if self.opts.progress else _LogLines(title, total)
+    def _progress(self, spec: StageSpec, epoch: int, total: int) -> Progress:
+        """One epoch's progress (cordsnet.progress): a bar with ``progress`` on, else log lines at least every
+        10 s within the epoch; nothing on other ranks."""
+        style = "none" if self.rank != 0 else ("bar" if self.opts.progress else "log")
+        return Progress(f"{spec.name} {epoch + 1}/{spec.epochs}", total, style=style, logger=log, ends=False)
 
 
 def _is_own_format(path: Path) -> bool:
@@ -694,57 +541,6 @@ def _is_own_format(path: Path) -> bool:
     except ValueError:
         return False
     return True
-
-
-class _Bar:
-    """A rich progress bar for one epoch with running loss and accuracy."""
-
-    def __init__(self, title: str, total: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.3f}"),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), transient=True)
-        self.progress.start()
-        self.task = self.progress.add_task(title, total=total, loss=float("nan"), acc=float("nan"))
-
-    def advance(self, **fields: float) -> None:
-        self.progress.update(self.task, advance=1, **fields)
-
-    def close(self) -> None:
-        self.progress.stop()
-
-
-class _LogLines:
-    """Without a bar: a log line at most every :data:`LOG_EVERY_S` within an epoch (never a silent stretch)."""
-
-    def __init__(self, title: str, total: int) -> None:
-        self.title, self.total, self.done = title, total, 0
-        self.last = time.monotonic()
-
-    def advance(self, **fields: float) -> None:
-        self.done += 1
-        if time.monotonic() - self.last >= LOG_EVERY_S and self.done < self.total:
-            self.last = time.monotonic()
-            log.info("%s: batch %d/%d, %s", self.title, self.done, self.total,
-                     ", ".join(f"{k} {v:.4f}" for k, v in fields.items()))
-
-    def close(self) -> None:
-        pass
-
-
-def _dist_info() -> tuple[int, int, int]:
-    """(world size, rank, local rank) from torchrun's environment (1, 0, 0 without it)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    return world, rank, local
-
-
-def _barrier(world: int) -> None:
-    if world > 1 and dist.is_initialized():
-        dist.barrier()
 
 
 def train(options: TrainOptions | None = None, *, resume: bool = False,
