@@ -25,6 +25,8 @@ from typing import Any, Iterable, Mapping, TypeVar
 
 __all__ = [
     "areas",
+    "boolean",
+    "is_int",
     "choice",
     "fraction",
     "integer",
@@ -38,8 +40,19 @@ __all__ = [
 T = TypeVar("T")
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An integer (Python or numpy), never a bool (``True`` is an int to Python, never a count to us)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+_is_int = is_int
+
+
+def boolean(name: str, value: Any) -> bool:
+    """A real bool (not 0/1, not a string), else ValueError naming `name` and what came."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: expected True or False, got {value!r}")
+    return value
 
 
 def _is_real(value: Any) -> bool:

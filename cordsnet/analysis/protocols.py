@@ -157,9 +157,7 @@ def protocol_segments(protocol: Sequence[SegmentSpec] | str, *, alpha: float = 0
         noise = spec.get("noise", 0.0)
         contrast = validate.number(f"protocol{where}: contrast", contrast)
         noise = validate.number(f"protocol{where}: noise", noise, low=0.0)  # a standard deviation
-        frozen = spec.get("frozen", False)
-        if not isinstance(frozen, bool):
-            raise ValueError(f"protocol{where}: frozen: expected true or false, got {frozen!r}")
+        frozen = validate.boolean(f"protocol{where}: frozen", spec.get("frozen", False))
         image = spec.get("image")
         if image is not None and not isinstance(image, str):
             raise ValueError(f"protocol{where}: image: expected the name of an image, got {image!r}")

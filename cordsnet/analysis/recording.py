@@ -139,7 +139,7 @@ def make_plan(model: Any, areas: Iterable[int] | int = (), *, window: tuple[int,
 
     if not isinstance(model, CordsNet):
         raise TypeError(f"model: expected a CordsNet, got {type(model).__name__}")
-    if isinstance(areas, int) and not isinstance(areas, bool):
+    if validate.is_int(areas):
         areas = [areas]
     areas_t = model.validate_areas(list(areas), name="areas")
     if not areas_t and not logits:
@@ -388,7 +388,7 @@ def _check_window(window: Any, total: int) -> tuple[int, int]:
     except (TypeError, ValueError):
         raise ValueError(f"window: expected (start, stop), got {window!r}") from None
     for v in (start, stop):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        if not validate.is_int(v):
             raise ValueError(f"window: expected integer step indices, got {window!r}")
     if not 0 <= start < stop <= total:
         raise ValueError(f"window: expected 0 <= start < stop <= {total} (spontaneous + stimulus steps), "

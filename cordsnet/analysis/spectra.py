@@ -142,7 +142,7 @@ class PowerIterationResult(NamedTuple):
 
 # ----------------------------------------------------------------------------- operator helpers
 def _check_shape(shape: Sequence[int] | int) -> tuple[int, ...]:
-    items = (shape,) if isinstance(shape, int) and not isinstance(shape, bool) else shape
+    items = (shape,) if validate.is_int(shape) else shape
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or not items:
         raise ValueError(f"shape: expected a non-empty tuple of positive ints such as (c, H, W), got {shape!r}")
     return tuple(validate.positive_int(f"shape[{i}]", s) for i, s in enumerate(items))

@@ -175,7 +175,7 @@ def _attributes(group: Any, path: str) -> dict[str, Any]:
                          "interrupted); choose another path or delete it")
     for key, kind in _ATTR_TYPES.items():
         value = attrs.get(key)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        if not (validate.is_int(value) if kind is int else isinstance(value, kind)):
             raise ValueError(f"store: {path!r} has a damaged or edited attribute cordsnet.{key} = {str(value)[:60]!r} "
                              f"(expected {getattr(kind, '__name__', 'str or null')}); delete the store and run again")
     source = attrs["source"]

@@ -400,7 +400,7 @@ class ArtifactInfo:
 
 def _dim_ok(have: Any, want: int | str) -> bool:
     if isinstance(want, str):  # symbolic: any symbolic or unknown dimension, never a fixed size
-        return not isinstance(have, (int, np.integer)) or isinstance(have, bool)
+        return not validate.is_int(have)
     if have is None:  # unknown: cannot contradict
         return True
     if isinstance(have, str):  # symbolic where the metadata claims a fixed size (e.g. batch 2 vs dynamic)

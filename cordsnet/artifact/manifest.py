@@ -63,7 +63,7 @@ def _load_manifest_json(path: Path) -> dict[str, Any]:
     data = read_json_file(path, "manifest", max_bytes=MAX_METADATA_BYTES)
     if not isinstance(data, dict) or "cordsnet_manifest" not in data:
         raise ValueError(f"manifest: {str(path)!r} is not a cordsnet manifest (no 'cordsnet_manifest' key)")
-    if data["cordsnet_manifest"] != MANIFEST_VERSION or isinstance(data["cordsnet_manifest"], bool):
+    if not validate.is_int(data["cordsnet_manifest"]) or data["cordsnet_manifest"] != MANIFEST_VERSION:
         raise ValueError(f"manifest: {str(path)!r} has cordsnet_manifest {data['cordsnet_manifest']!r}; this "
                          f"cordsnet reads {MANIFEST_VERSION}")
     return data

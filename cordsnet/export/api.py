@@ -195,8 +195,7 @@ def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", 
     from .precision import CALIBRATIONS, reduced_images
 
     validate.choice("calibration", calibration, CALIBRATIONS)
-    if not isinstance(quantize_recurrent, bool):
-        raise TypeError(f"quantize_recurrent: expected a bool, got {type(quantize_recurrent).__name__}")
+    validate.boolean("quantize_recurrent", quantize_recurrent)
     if not quantize_recurrent and spec.dtype != "int8":
         raise ValueError(f"quantize_recurrent: only applies to dtype 'int8', got dtype {spec.dtype!r}")
     ranges = _activation_ranges(model, spec.dtype, calibration, activation_ranges,
