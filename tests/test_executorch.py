@@ -14,8 +14,10 @@ import pytest
 import torch
 
 from cordsnet.export import wrappers as W
-from cordsnet.export.executorch import (MAX_BATCH, XnnpackEncode, XnnpackStepwise, XnnpackUnrolled,
-                                        executorch_missing)
+from cordsnet.export.executorch import MAX_BATCH, WRAPPERS, executorch_missing
+
+# The XNNPACK-form wrappers, derived from each kind's traced wrapper (cordsnet.export.executorch.WRAPPERS).
+XnnpackStepwise, XnnpackEncode, XnnpackUnrolled = WRAPPERS["stepwise"], WRAPPERS["encode"], WRAPPERS["unrolled"]
 
 needs_executorch = pytest.mark.skipif(executorch_missing() is not None, reason=str(executorch_missing()))
 KW = dict(spontaneous_steps=3, steps=3)

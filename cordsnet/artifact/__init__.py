@@ -44,6 +44,7 @@ from .formats import (
 )
 from .info import ArtifactInfo, decode_spontaneous_state, encode_spontaneous_state
 from .kinds import (
+    DEFAULT_GRAPH,
     DEFAULT_OPSET,
     DTYPES,
     EXTRA_FILE,
@@ -70,6 +71,7 @@ from .reading import check_artifact_file, check_pte_file, read_info, read_metada
 __all__ = [
     "ArtifactFormat",
     "ArtifactInfo",
+    "DEFAULT_GRAPH",
     "DEFAULT_OPSET",
     "DTYPES",
     "EXTRA_FILE",

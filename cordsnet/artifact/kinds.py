@@ -60,6 +60,12 @@ class GraphKind:
         companions: roles of companion graphs written beside it (``<stem>.<role><suffix>``).
         exported: False for a kind that is only written as another kind's companion.
         multi_step: one call advances ``steps_per_call`` Euler steps (a metadata key), not one.
+        formats: the :data:`~cordsnet.artifact.formats.FORMATS` it can be written in (None: every one).
+        int8: an int8 export quantises it (onnxruntime's quantiser does not reach into a Loop body).
+
+    Derived facts (properties): :attr:`steps_input` (a loop in the graph: each backend builds its own
+    loop), :attr:`fixed_steps` (the protocol unrolled in the graph), :attr:`image_step` (one Euler step
+    from the image itself, no companion: what the browser app runs).
     """
 
     name: str
@@ -71,27 +77,46 @@ class GraphKind:
     companions: tuple[str, ...] = ()
     exported: bool = True
     multi_step: bool = False
+    formats: tuple[str, ...] | None = None
+    int8: bool = True
 
     @property
     def steps_input(self) -> bool:
         """The step count is an input (``steps``, an int64 scalar) rather than fixed in the graph."""
         return "steps" in self.inputs
 
+    @property
+    def fixed_steps(self) -> bool:
+        """The whole protocol, its steps fixed in the graph (the time loop unrolled)."""
+        return self.session == "whole" and not self.steps_input
+
+    @property
+    def image_step(self) -> bool:
+        """One Euler step per call from the image and the state, with no companion graph."""
+        return self.session == "step" and not self.multi_step and not self.companions and "image" in self.inputs
+
+    def writes(self, format: str) -> bool:
+        """Whether this kind can be written in `format`."""
+        return self.formats is None or format in self.formats
+
 
 GRAPH_KINDS: dict[str, GraphKind] = {k.name: k for k in (
     GraphKind("unrolled", "the time loop unrolled, steps fixed in the graph; input image",
               ("image",), ("logits", "rates_*"), "whole", per_step_outputs=True),
     GraphKind("loop", "the time loop as a loop in the graph; inputs image and steps (int64 scalar)",
-              ("image", "steps"), ("logits", "rates_*"), "whole", per_step_outputs=True),
+              ("image", "steps"), ("logits", "rates_*"), "whole", per_step_outputs=True,
+              formats=("onnx", "torchscript", "exported-program"), int8=False),
     GraphKind("stepwise", "one Euler step; inputs image and state_0..state_{D-1}",
               ("image", "state_*"), ("logits", "next_state_*"), "step"),
     GraphKind("stepwise-drive", "one Euler step from precomputed drive terms (skip, ff0), with an encode graph",
               ("skip", "ff0", "state_*"), ("logits", "next_state_*"), "step", companions=("encode",)),
     GraphKind("multistep", "K Euler steps per call (K = steps_per_call in the metadata); inputs image and "
-              "state_0..state_{D-1}", ("image", "state_*"), ("logits", "next_state_*"), "step", multi_step=True),
+              "state_0..state_{D-1}", ("image", "state_*"), ("logits", "next_state_*"), "step", multi_step=True,
+              formats=("onnx", "torchscript", "exported-program")),
     GraphKind("encode", "image -> drive terms (skip, ff0): the companion of a stepwise-drive graph",
-              ("image",), ("skip", "ff0"), None, exported=False),
+              ("image",), ("skip", "ff0"), None, exported=False, int8=False),
 )}
+DEFAULT_GRAPH = next(iter(GRAPH_KINDS))  # what an export writes unless told: the first kind (unrolled)
 
 # The kinds a user can export (name -> description), in registry order.
 GRAPHS: dict[str, str] = {k.name: k.description for k in GRAPH_KINDS.values() if k.exported}

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ..artifact import DTYPES, FORMATS, GRAPHS, GRAPH_KINDS, READOUTS
+from ..artifact import DEFAULT_GRAPH, DTYPES, FORMATS, GRAPHS, GRAPH_KINDS, READOUTS
 from ..names import CALIBRATIONS, EXPORTERS, choices
 from ._shared import CheckpointArg, Stopwatch, checkpoint_source, echo_json, load_model, phases, verification_lines
 
@@ -38,7 +38,7 @@ def export_command(
     format: Annotated[ExportFormat, typer.Option("--format", "-f", help="Artifact format.")] = ExportFormat("onnx"),
     steps: Annotated[Optional[int], typer.Option(
         min=1, help="Stimulus steps (unrolled: fixed in the graph; loop: the default; default: the config's).")] = None,
-    graph: Annotated[ExportGraph, typer.Option(help="Graph kind.")] = ExportGraph("unrolled"),
+    graph: Annotated[ExportGraph, typer.Option(help="Graph kind.")] = ExportGraph(DEFAULT_GRAPH),
     spontaneous_steps: Annotated[Optional[int], typer.Option(
         "--spontaneous-steps", min=0, help="Blank steps whose end state is baked in (0: start from zero).")] = None,
     alpha: Annotated[Optional[float], typer.Option(help="dt / tau (default: the config's).")] = None,

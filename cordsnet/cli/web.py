@@ -32,7 +32,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .._io import cache_dir, file_sha256, forget_input
-from ..artifact import Manifest, check_manifest, manifest_path
+from ..artifact import GRAPH_KINDS, Manifest, check_manifest, manifest_path
 
 __all__ = ["APP_FILES", "DEFAULT_PORT", "ORT_DIST", "WEB_DIR", "cache_dir", "default_artifact", "load_manifest",
            "make_server", "serve_in_thread", "web_command", "web_dir"]
@@ -53,6 +53,8 @@ ORT_DIST = WEB_DIR / "vendor" / "ort"  # onnxruntime-web's files, vendored (tool
 # The page's own files: the only paths of WEB_DIR the server hands out (besides ORT_DIST's files).
 APP_FILES = ("index.html", "app.mjs", "cordsnet.mjs", "style.css", "digits.json")
 DEFAULT_PORT = 8765  # port of `cordsnet-cli web` unless --port is given (0: any free port)
+# The graph kind the page runs (one Euler step from the image, no companion graph), from the kinds' entries.
+WEB_GRAPH = next(k.name for k in GRAPH_KINDS.values() if k.exported and k.image_step)
 IDLE_TIMEOUT_S = 30.0  # a connection that sends nothing for this long is closed
 LISTEN_BACKLOG = 128  # pending connections the socket queues
 MAX_CONNECTIONS = 64  # connections served at once (one thread each); more wait in the backlog
@@ -88,7 +90,7 @@ def load_manifest(artifact: str | os.PathLike) -> Manifest:
 
 def _check_servable(manifest: Manifest, artifact: Path) -> None:
     fmt, graph = manifest.format, manifest.info.graph
-    if fmt != "onnx" or graph != "stepwise":
+    if fmt != "onnx" or not GRAPH_KINDS[graph].image_step:
         raise ValueError(f"artifact: the web app runs a stepwise ONNX graph, got {graph!r} ({fmt}) in "
                          f"{str(artifact)!r}; export one with `cordsnet-cli export --graph stepwise`")
     if manifest.info.dtype != "float32":
@@ -140,7 +142,7 @@ def default_artifact(folder: str | os.PathLike | None = None) -> Path:
     from ..export import export
 
     logger.info("exporting the bundled model's stepwise graph to %s", path)
-    export(load_checkpoint(None), path, format="onnx", graph="stepwise", checkpoint_sha256=digest)  # + its manifest
+    export(load_checkpoint(None), path, format="onnx", graph=WEB_GRAPH, checkpoint_sha256=digest)  # + its manifest
     return path
 
 

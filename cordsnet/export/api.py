@@ -29,6 +29,7 @@ import torch
 from .. import __version__, validate
 from .._io import atomic_path, file_sha256, output_lock, temporary_name
 from ..artifact import (
+    DEFAULT_GRAPH,
     DTYPES,
     FORMATS,
     GRAPH_KINDS,
@@ -126,7 +127,7 @@ def build_metadata(model: CordsNet, spec: ExportSpec, *, checkpoint_sha256: str 
 
 
 # ----------------------------------------------------------------------------------------- export
-def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", graph: str = "unrolled",
+def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", graph: str = DEFAULT_GRAPH,
            steps: int | None = None, spontaneous_steps: int | None = None, alpha: float | None = None,
            batch: int | None = None, readout: str = "last", record: Sequence[int] | None = None,
            opset: int | None = None, dtype: str = "float32", verify: bool = True, atol: float = 1e-4,

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import validate
-from ..artifact import PREFIX, PTE_METADATA_METHOD, ArtifactInfo
+from ..artifact import GRAPH_KINDS, PREFIX, PTE_METADATA_METHOD, ArtifactInfo
 from ..model import CordsNet, DriveTerms, Weights
 from . import wrappers as W
 from ._staging import staged
@@ -49,7 +49,7 @@ __all__ = ["EXPORTER_NAME", "GRAPHS", "MAX_BATCH", "METADATA_METHOD", "check_spe
 EXPORTER_NAME = "executorch/xnnpack"
 MAX_BATCH = 8  # largest batch of a program exported without a fixed batch (its planned memory bound)
 METADATA_METHOD = PTE_METADATA_METHOD  # constant method of the program returning the metadata JSON
-GRAPHS = ("unrolled", "stepwise", "stepwise-drive")  # the kinds this backend exports
+GRAPHS = tuple(k.name for k in GRAPH_KINDS.values() if k.exported and k.writes("executorch"))  # from the kinds' entries
 _MUST_DELEGATE = ("convolution", "pool", "linear", "addmm", "mm")  # op names that must never run portable
 
 
@@ -82,29 +82,12 @@ class _XnnpackForms:
         return F.linear(pooled.reshape(pooled.shape[0], -1), w.out_weight, w.out_bias)  # == mean(dim=(2, 3))
 
 
-class XnnpackUnrolled(_XnnpackForms, W.Unrolled):
-    """:class:`~cordsnet.export.wrappers.Unrolled` in XNNPACK's forms."""
-
-
-class XnnpackStepwise(_XnnpackForms, W.Stepwise):
-    """:class:`~cordsnet.export.wrappers.Stepwise` in XNNPACK's forms."""
-
-
-class XnnpackStepwiseDrive(_XnnpackForms, W.StepwiseDrive):
-    """:class:`~cordsnet.export.wrappers.StepwiseDrive` in XNNPACK's forms."""
-
-
-class XnnpackEncode(_XnnpackForms, W.Encode):
-    """:class:`~cordsnet.export.wrappers.Encode` in XNNPACK's forms."""
-
-
-# The wrapper of each graph kind this backend writes (the encode kind: a stepwise-drive export's companion).
+# The wrapper of each graph kind this backend writes, in XNNPACK's forms: the kind's traced wrapper
+# (cordsnet.export.wrappers.TRACED) with the forms mixed in (the encode kind: a stepwise-drive export's companion).
 WRAPPERS: dict[str, type[torch.nn.Module]] = {
-    "unrolled": XnnpackUnrolled,
-    "stepwise": XnnpackStepwise,
-    "stepwise-drive": XnnpackStepwiseDrive,
-    "encode": XnnpackEncode,
-}
+    name: type(f"Xnnpack{W.TRACED[name][0].__name__}", (_XnnpackForms, W.TRACED[name][0]),
+               {"__doc__": f"{W.TRACED[name][0].__name__} in XNNPACK's forms."})
+    for name in (*GRAPHS, *{c for g in GRAPHS for c in GRAPH_KINDS[g].companions})}
 
 
 def check_spec(spec: ExportSpec) -> None:

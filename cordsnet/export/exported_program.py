@@ -22,7 +22,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..artifact import EXTRA_FILE, ArtifactInfo
+from ..artifact import EXTRA_FILE, GRAPH_KINDS, ArtifactInfo
 from ..model import CordsNet
 from . import wrappers as W
 from ._staging import staged
@@ -48,7 +48,7 @@ def build(model: CordsNet, spec: ExportSpec, kinds: Sequence[str]) -> list[torch
     """
     out = []
     for kind in kinds:
-        if kind == "loop":
+        if GRAPH_KINDS[kind].steps_input:  # the loop in the graph: torch.export's while_loop
             args = (W.example_inputs(model, spec)["image"], torch.tensor(spec.steps, dtype=torch.int64))
             out.append(_export(W.WhileLoop(model, **spec.wrapper_kwargs()), args, spec))
         else:

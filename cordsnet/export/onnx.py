@@ -31,7 +31,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from ..artifact import DEFAULT_OPSET, IR_VERSION, MAX_OPSET, MIN_OPSET, ArtifactInfo
+from ..artifact import DEFAULT_OPSET, GRAPH_KINDS, IR_VERSION, MAX_OPSET, MIN_OPSET, ArtifactInfo
 from ..model import CordsNet
 from . import wrappers as W
 from ._staging import staged
@@ -309,11 +309,10 @@ def _rename_inputs(nodes: Sequence[onnx.NodeProto], rename: dict[str, str]) -> N
                 _rename_inputs(a.g.node, rename)
 
 
-# Kinds whose ONNX graph is assembled here; every other kind is exported from its traced wrapper.
+# Kinds whose ONNX graph is assembled here (the whole protocol: unrolled, or as a Loop when the step count is an
+# input); every other kind is exported from its traced wrapper.
 _ASSEMBLED: dict[str, Callable[[CordsNet, ExportSpec], onnx.ModelProto]] = {
-    "unrolled": _unrolled,
-    "loop": _loop,
-}
+    k.name: _loop if k.steps_input else _unrolled for k in GRAPH_KINDS.values() if k.session == "whole"}
 
 
 def build(model: CordsNet, spec: ExportSpec, kinds: Sequence[str]) -> list[onnx.ModelProto]:

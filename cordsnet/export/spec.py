@@ -26,8 +26,8 @@ TORCH_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": tor
 # Precisions only some formats write (converted after tracing: ONNX only); float32 and float16 are
 # traced directly, and a format backend that cannot write one refuses it itself.
 DTYPE_FORMATS: dict[str, tuple[str, ...]] = {"bfloat16": ("onnx",), "int8": ("onnx",)}
-# Graph kinds an int8 export quantises (onnxruntime's quantiser does not reach into a Loop body).
-INT8_GRAPHS: tuple[str, ...] = ("unrolled", "stepwise", "stepwise-drive", "multistep")
+# Graph kinds an int8 export quantises (each kind's entry says: cordsnet.artifact.GraphKind.int8).
+INT8_GRAPHS: tuple[str, ...] = tuple(k.name for k in GRAPH_KINDS.values() if k.exported and k.int8)
 assert set(TORCH_DTYPES) == set(DTYPES), "every contract dtype needs its torch dtype"
 
 
@@ -92,7 +92,7 @@ def make_spec(model: CordsNet, *, format: str, graph: str, steps: int | None, sp
     if not GRAPH_KINDS[graph].per_step_outputs and (readout != "last" or areas):
         raise ValueError(f"readout/record: the {graph} graph returns the whole state after every step "
                          "(next_state_i are the rates); use readout='last' and no record with it")
-    if format == "exported-program" and graph == "loop" and (readout != "last" or areas):
+    if format == "exported-program" and GRAPH_KINDS[graph].steps_input and (readout != "last" or areas):
         # torch.export (2.14) cannot carry per-step buffers of data-dependent size through while_loop.
         raise ValueError("readout/record: the exported-program loop graph supports readout='last' without "
                          "recorded areas; use graph 'unrolled' for per-step outputs")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .._io import atomic_path
-from ..artifact import EXTRA_FILE, ArtifactInfo
+from ..artifact import EXTRA_FILE, GRAPH_KINDS, ArtifactInfo
 from ..model import CordsNet
 from . import wrappers as W
 from .spec import ExportSpec
@@ -63,7 +63,7 @@ def build(model: CordsNet, spec: ExportSpec, kinds: Sequence[str]) -> list[torch
     """The TorchScript module of each graph kind in `kinds` (the export's graph, then its companions)."""
     out = []
     for kind in kinds:
-        if kind == "loop":
+        if GRAPH_KINDS[kind].steps_input:  # the loop in the graph: a scripted loop
             out.append(_loop(model, spec))
         else:
             g = W.traced_graph(model, spec, kind)

@@ -256,7 +256,7 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
         diffs.add("logits", logits, ref_logits)
         for a in info.record:
             diffs.add(f"rates_{a}", got[f"rates_{a}"], ref_rates[a])
-        if fmt == "onnx" and info.dtype != "float32" and info.graph == "unrolled":
+        if fmt == "onnx" and info.dtype != "float32" and info.kind.fixed_steps:
             per_step = _unrolled_per_step(path, model, info, images, steps, chunk, np_dtype, providers,
                                           activation_ranges)
     else:
