@@ -18,8 +18,9 @@ core :mod:`cordsnet.functional` (``drive``, ``drive_terms``, ``step``, ``readout
 takes the model's :attr:`CordsNet.dynamics` and effective weights explicitly and checks nothing: the
 trainer calls it with gradients on, the export wrappers with frozen weights.
 
-Weight normalisation stays a parametrization (so training sees g and v), but evaluation derives the
-effective weights ``g * v / ||v||`` once and reuses them until a parameter changes.
+Weight normalisation stays a parametrization (so training sees g and v); the effective weights
+``g * v / ||v||`` are derived once per protocol call, and PyTorch's ``parametrize.cached()`` holds them
+across a block of step-by-step calls (:meth:`CordsNet.effective_weights`).
 """
 
 from __future__ import annotations
@@ -144,7 +145,6 @@ class CordsNet(nn.Module):
         # linear (1.0) and annealing (0 < a < 1, a frozen shared PReLU slope) stages change it.
         self.update_slope: float = 0.0
 
-        self._weight_cache: tuple[tuple, Weights] | None = None
         self._spont_cache: tuple[tuple, State] | None = None
 
     # ------------------------------------------------------------------------------- properties
@@ -195,18 +195,22 @@ class CordsNet(nn.Module):
     def effective_weights(self) -> Weights:
         """The weights the dynamics use, ``g * v / ||v||`` for every weight-normalised layer.
 
-        With gradients disabled (evaluation) they are derived once and reused until a parameter
-        changes (in-place updates, ``load_state_dict``, ``.to``); with gradients enabled they are
-        derived anew so that autograd sees g and v.
+        Derived once per call of the protocol (``run``, ``run_until``, ``trajectory``, an export), never per
+        step. Calls of the step-by-step API (``step``, ``readout``, ``drive``) each derive them; around a
+        loop of such calls use PyTorch's own cache of parametrized weights, which holds them for the
+        whole block::
+
+            with torch.no_grad(), torch.nn.utils.parametrize.cached():
+                for t in range(100):
+                    state = model.step(state, terms)
+
+        With gradients enabled they are derived with autograd seeing g and v; with gradients disabled
+        they are detached.
         """
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             return self._derive()
-        key = self._param_key()
-        if self._weight_cache is None or self._weight_cache[0] != key:
-            with torch.no_grad():
-                weights = self._derive()
-            self._weight_cache = (key, Weights(*[_detach(w) for w in weights]))
-        return self._weight_cache[1]
+        with torch.no_grad():  # computed without a graph (nothing to detach); inside parametrize.cached() the
+            return self._derive()  # very tensors of the first derivation (FakeQuant finds them by identity)
 
     # ------------------------------------------------------------------------------- public API
     def drive(self, images: Tensor) -> Tensor:
@@ -284,16 +288,17 @@ class CordsNet(nn.Module):
         cached = self.cached_spontaneous_state(p.spontaneous_steps, p.alpha)
         return tuple(r.expand(batch, *r.shape[1:]).clone() for r in cached)
 
-    def cached_spontaneous_state(self, steps: int, alpha: float) -> State:
+    def cached_spontaneous_state(self, steps: int, alpha: float, weights: Weights | None = None) -> State:
         """The batch-1 spontaneous end state, cached: shared tensors, never modify them in place.
 
         The unvalidated, copy-free form of :meth:`spontaneous_state` for export and training
-        (``steps`` and ``alpha`` as :meth:`resolve_protocol` returns them).
+        (``steps`` and ``alpha`` as :meth:`resolve_protocol` returns them; `weights`: the caller's
+        effective weights, if it holds them already).
         """
         key = (self._param_key(), float(alpha), int(steps), float(self.update_slope))
         if self._spont_cache is None or self._spont_cache[0] != key:
             with torch.no_grad():
-                weights = self.effective_weights()
+                weights = self.effective_weights() if weights is None else weights
                 state = self.initial_state(1)
                 for state in CF.trajectory(self.dynamics, weights, state, None, steps, alpha):
                     pass
@@ -301,13 +306,12 @@ class CordsNet(nn.Module):
         return self._spont_cache[1]
 
     def clear_caches(self) -> None:
-        """Drop the cached effective weights and spontaneous state.
+        """Drop the cached spontaneous state.
 
         Not needed after ordinary updates (optimiser steps, ``load_state_dict``, in-place ops under
         ``torch.no_grad()``, ``.to``): those are detected. Only writes through ``param.data``, which
         bypass PyTorch's version counters, need it.
         """
-        self._weight_cache = None
         self._spont_cache = None
 
     def resolve_protocol(self, steps: int | None = None, spontaneous_steps: int | None = None,
@@ -418,7 +422,7 @@ class CordsNet(nn.Module):
                                                       still_only="run_until")
         threshold, margin, tol = check_until(threshold, margin, tol, self.num_classes)
         batch = state[0].shape[0]
-        spont = self.cached_spontaneous_state(protocol.spontaneous_steps, protocol.alpha)  # batch 1, cached
+        spont = self.cached_spontaneous_state(protocol.spontaneous_steps, protocol.alpha, weights)  # batch 1, cached
         logits = torch.empty(batch, self.num_classes, device=self.device, dtype=self.dtype)
         steps = torch.full((batch,), protocol.steps, dtype=torch.int64)
         decided = torch.zeros(batch, dtype=torch.bool)
@@ -490,7 +494,7 @@ class CordsNet(nn.Module):
                                          names=names)
         weights = self.effective_weights()
         batch = x.shape[0]
-        spont = self.cached_spontaneous_state(protocol.spontaneous_steps, protocol.alpha)
+        spont = self.cached_spontaneous_state(protocol.spontaneous_steps, protocol.alpha, weights)
         state: State = tuple(r.expand(batch, *r.shape[1:]) for r in spont)
         if video:
             def drive(t: int) -> DriveTerms:
@@ -573,10 +577,3 @@ class CordsNet(nn.Module):
         if isinstance(record, str):
             raise ValueError(f"{name}: expected area indices in 0..{self.depth - 1}, got {record!r}")
         return validate.areas(name, record, self.depth)
-
-
-def _detach(w: Tensor | tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
-    if isinstance(w, tuple):
-        return tuple(t.detach() for t in w)
-    return w.detach()
-

@@ -245,13 +245,15 @@ def int8_dynamics(model: CordsNet, ranges: ActivationRanges | None, *, spontaneo
     """While active, ``model.run(..., spontaneous_steps=, alpha=)`` computes as the int8 graph does.
 
     The spontaneous state stays float32 (the artifact stores it so), computed first; then every step's
-    convolutions and the read-out are fake-quantised. Use it under ``torch.no_grad()``: ``model.run``
-    then reuses the cached effective weights this context registers. Yields the :class:`FakeQuant`
+    convolutions and the read-out are fake-quantised. Use it under ``torch.no_grad()``: the context holds
+    PyTorch's cache of parametrized weights (``parametrize.cached()``), so ``model.run`` computes with the
+    very weight tensors :class:`FakeQuant` was given (it finds them by identity). Yields the :class:`FakeQuant`
     (``quantize=False, observe=True``: float dynamics, the activations' ranges recorded in ``.seen``).
     """
     if torch.is_grad_enabled():
         raise RuntimeError("int8_dynamics: use it under torch.no_grad() (training runs FakeQuant itself)")
-    weights = model.effective_weights()
-    model.cached_spontaneous_state(spontaneous_steps, alpha)
-    with FakeQuant(model, weights, ranges, quantize=quantize, observe=observe) as fq:
-        yield fq
+    with torch.nn.utils.parametrize.cached():
+        weights = model.effective_weights()
+        model.cached_spontaneous_state(spontaneous_steps, alpha, weights)
+        with FakeQuant(model, weights, ranges, quantize=quantize, observe=observe) as fq:
+            yield fq
