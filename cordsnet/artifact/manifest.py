@@ -6,22 +6,20 @@ Part of :mod:`cordsnet.artifact` (torch-free); see that package for the whole co
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from .. import validate
-from .._io import file_sha256, read_json_file
+from .._io import file_sha256
 from ..decision import DecisionRule
 from .formats import FORMATS, artifact_format, manifest_path
-from .info import ArtifactInfo
-from .kinds import MANIFEST_SUFFIX, MANIFEST_VERSION, MAX_METADATA_BYTES, PREFIX
+from .info import ArtifactInfo, _load_manifest_json, _manifest_to_metadata
+from .kinds import MANIFEST_SUFFIX, PREFIX
 from .reading import _read_info, check_artifact_file
 
 
@@ -57,61 +55,6 @@ class Manifest:
     def decision(self) -> DecisionRule | None:
         """The manifest's decision rule (threshold, margin, no-image baseline (T, K)), or None."""
         return self.info.decision
-
-
-def _load_manifest_json(path: Path) -> dict[str, Any]:
-    data = read_json_file(path, "manifest", max_bytes=MAX_METADATA_BYTES)
-    if not isinstance(data, dict) or "cordsnet_manifest" not in data:
-        raise ValueError(f"manifest: {str(path)!r} is not a cordsnet manifest (no 'cordsnet_manifest' key)")
-    if not validate.is_int(data["cordsnet_manifest"]) or data["cordsnet_manifest"] != MANIFEST_VERSION:
-        raise ValueError(f"manifest: {str(path)!r} has cordsnet_manifest {data['cordsnet_manifest']!r}; this "
-                         f"cordsnet reads {MANIFEST_VERSION}")
-    return data
-
-
-def _manifest_to_metadata(data: Mapping[str, Any], source: str) -> dict[str, str]:
-    """The ``cordsnet.*`` map a manifest stands for, so that one parser validates both."""
-    def need(obj: Mapping[str, Any], key: str, where: str = "") -> Any:
-        if not isinstance(obj, Mapping) or key not in obj:
-            raise ValueError(f"manifest: {source} lacks {where}{key!r}")
-        return obj[key]
-
-    protocol = need(data, "protocol")
-    spont = need(data, "spontaneous_state")
-    if need(spont, "encoding", "spontaneous_state.") != "base64-float32-le":
-        raise ValueError(f"manifest: {source}: spontaneous_state.encoding: expected 'base64-float32-le', got "
-                         f"{spont.get('encoding')!r}")
-    areas = need(spont, "areas", "spontaneous_state.")
-    if not isinstance(areas, list):
-        raise ValueError(f"manifest: {source}: spontaneous_state.areas: expected a list, got {type(areas).__name__}")
-    batch = need(data, "batch")
-    alpha = need(protocol, "alpha", "protocol.")
-    dt = need(protocol, "dt_ms", "protocol.")
-    if not (isinstance(alpha, (int, float)) and isinstance(dt, (int, float)) and math.isclose(dt, alpha * 10.0)):
-        raise ValueError(f"manifest: {source}: protocol.dt_ms {dt!r} is not alpha * 10 ms (alpha {alpha!r})")
-    return {
-        PREFIX + "format_version": str(need(data, "format_version")),
-        PREFIX + "graph": str(need(data, "graph")),
-        PREFIX + "config": json.dumps(need(data, "config")),
-        PREFIX + "steps": json.dumps(need(protocol, "steps", "protocol.")),
-        PREFIX + "spontaneous_steps": json.dumps(need(protocol, "spontaneous_steps", "protocol.")),
-        PREFIX + "alpha": json.dumps(alpha),
-        PREFIX + "readout": str(need(protocol, "readout", "protocol.")),
-        PREFIX + "record": json.dumps(need(protocol, "record", "protocol.")),
-        PREFIX + "dtype": str(need(data, "dtype")),
-        PREFIX + "batch": "dynamic" if batch is None else json.dumps(batch),
-        PREFIX + "preset": json.dumps(data.get("preset")),
-        PREFIX + "version": str(data.get("cordsnet_version", "")),
-        PREFIX + "checkpoint_sha256": str(data.get("checkpoint_sha256", "")),
-        PREFIX + "state_dict_sha256": str(data.get("state_dict_sha256", "")),
-        PREFIX + "exporter": str(data.get("exporter", "")),
-        PREFIX + "steps_per_call": json.dumps(protocol.get("steps_per_call", 1)),
-        PREFIX + "spontaneous_state": json.dumps([{"shape": need(a, "shape", "spontaneous_state.areas[]."),
-                                                   "dtype": "float32",
-                                                   "data": need(a, "data", "spontaneous_state.areas[].")}
-                                                  for a in areas]),
-        **({PREFIX + "decision": json.dumps(data["decision"])} if "decision" in data else {}),
-    }
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:

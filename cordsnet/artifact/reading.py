@@ -17,7 +17,7 @@ from typing import Any, Callable
 from .. import validate
 from .._io import check_regular, open_regular
 from .formats import FORMATS, artifact_format, manifest_path
-from .info import ArtifactInfo, _loads
+from .info import ArtifactInfo, _load_manifest_json, _loads, _manifest_to_metadata
 from .kinds import EXTRA_FILE, MAX_METADATA_BYTES, PREFIX, PTE_METADATA_METHOD
 
 # ------------------------------------------------------------------------------------ reading
@@ -120,11 +120,6 @@ def _read_zip_extra(path: Path) -> tuple[dict[str, str], None]:
 
 def _read_manifest_only(path: Path) -> tuple[dict[str, str], None]:
     """For a format that embeds no metadata: the map rebuilt from the manifest beside it."""
-    from .manifest import (  # the manifest reads through this module
-        _load_manifest_json,
-        _manifest_to_metadata,
-    )
-
     return _manifest_to_metadata(_load_manifest_json(manifest_path(path)), str(manifest_path(path))), None
 
 
