@@ -179,7 +179,7 @@ def save_checkpoint(model: CordsNet, path: str | os.PathLike, *,
     return path
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The string metadata of a checkpoint in the project's format.
 
     Raises:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from cordsnet.checkpoint import DEFAULT_CHECKPOINT, default_checkpoint_path, read_metadata
+from cordsnet.checkpoint import DEFAULT_CHECKPOINT, default_checkpoint_path, read_checkpoint_metadata
 from cordsnet.data import digits_split, digits_to_tensor
 
 
@@ -36,7 +36,7 @@ def test_bundled_model_loads(bundled) -> None:
     assert (c.depth, c.num_classes, c.in_channels, c.image_size, c.dataset) == (4, 10, 1, 32, "digits")
     assert (c.alpha, c.steps, c.spontaneous_steps) == (0.2, 100, 100)
     assert model.update_slope == 0.0  # the published relu dynamics
-    meta = read_metadata(path)
+    meta = read_checkpoint_metadata(path)
     assert "reproduce" in meta and "cordsnet-cli train" in meta["reproduce"]
 
 

@@ -14,7 +14,7 @@ from cordsnet.checkpoint import (
     infer_config,
     load_checkpoint,
     normalize_state_dict,
-    read_metadata,
+    read_checkpoint_metadata,
     save_checkpoint,
 )
 from cordsnet.config import CordsNetConfig
@@ -59,7 +59,7 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
     assert back.config == model.config and back.config.dataset == "mnist"
     for (k1, v1), (k2, v2) in zip(model.state_dict().items(), back.state_dict().items()):
         assert k1 == k2 and v1.dtype == v2.dtype and torch.equal(v1, v2)
-    assert read_metadata(path)["note"] == "hello"
+    assert read_checkpoint_metadata(path)["note"] == "hello"
     assert torch.equal(_logits(back, channels=1), _logits(model, channels=1))
 
 
@@ -251,7 +251,7 @@ def test_pth_renamed_safetensors_and_safetensors_renamed_pth(tmp_path):
     pth = tmp_path / "really_a_pth.safetensors"
     torch.save(sd, pth)
     assert torch.equal(_logits(load_checkpoint(pth)), reference)
-    for reader in (read_metadata, read_extra_tensors):
+    for reader in (read_checkpoint_metadata, read_extra_tensors):
         with pytest.raises(CheckpointError, match="not in the cordsnet safetensors format"):
             reader(pth)
     own = save_checkpoint(load_checkpoint(sd), tmp_path / "own.safetensors")

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import cordsnet
-from cordsnet.checkpoint import load_checkpoint, read_metadata
+from cordsnet.checkpoint import load_checkpoint, read_checkpoint_metadata
 from cordsnet.pretrained import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, parse_hub_name
 from helpers import make_images, published_model
 
@@ -43,7 +43,7 @@ def test_save_pretrained_writes_the_three_files(tmp_path):
     _, model = published_model(depth=2, size=32, classes=10, channels=3)
     out = cordsnet.save_pretrained(model, tmp_path / "hub", description="A test model.")
     assert sorted(p.name for p in out.iterdir()) == sorted([WEIGHTS_FILE, CONFIG_FILE, CARD_FILE])
-    meta = read_metadata(out / WEIGHTS_FILE)
+    meta = read_checkpoint_metadata(out / WEIGHTS_FILE)
     assert meta["format"] == "cordsnet" and json.loads(meta["config"]) == model.config.to_dict()
     config = json.loads((out / CONFIG_FILE).read_text())
     assert config["depth"] == 2 and config["library_name"] == "cordsnet"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cordsnet.checkpoint import load_checkpoint, read_metadata
+from cordsnet.checkpoint import load_checkpoint, read_checkpoint_metadata
 from cordsnet.model import CordsNet
 from cordsnet.train import (
     BatchNormSet,
@@ -198,7 +198,7 @@ def test_tiny_pipeline_every_stage_and_loss_falls(tmp_path: Path) -> None:
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == len(lines)
     model = load_checkpoint(tmp_path / "final.safetensors")
     assert model.depth == 2 and model.update_slope == 0.0
-    meta = read_metadata(tmp_path / "last.safetensors")
+    meta = read_checkpoint_metadata(tmp_path / "last.safetensors")
     state = json.loads(meta["train.state"])
     assert state["stage"] == "finetune" and state["done"] is True
 
@@ -244,7 +244,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
 
         with pytest.raises(_Killed):
             Trainer(TrainOptions(**common, out=out), on_epoch=kill).run()
-        state = json.loads(read_metadata(out / "last.safetensors")["train.state"])
+        state = json.loads(read_checkpoint_metadata(out / "last.safetensors")["train.state"])
         assert (state["stage"], state["epoch"]) == (stop[0], stop[1] - 1)
         Trainer(TrainOptions(**common, out=out)).run(resume=True)
         a, b = _final_state(tmp_path / "a" / "final.safetensors"), _final_state(out / "final.safetensors")
@@ -267,7 +267,7 @@ def test_interrupted_checkpoint_write_keeps_last_good(tmp_path: Path, file_size_
     finally:
         file_size_limit(2**62)
     last = tmp_path / "last.safetensors"
-    state = json.loads(read_metadata(last)["train.state"])
+    state = json.loads(read_checkpoint_metadata(last)["train.state"])
     assert state["epoch"] == 1 and state["stage"] == "compat"
     load_checkpoint(last)
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
@@ -560,7 +560,7 @@ def test_resume_with_changed_options_is_refused_unless_allowed_and_then_recorded
     # Allowed explicitly: the run continues and every later checkpoint records what changed.
     Trainer(TrainOptions(**{**opts, "lr": 0.02, "allow_changes": True, "threads": 1})).run(resume=True)
     for name in ("last.safetensors", "final.safetensors"):
-        changes = json.loads(read_metadata(tmp_path / name)["train.changes"])
+        changes = json.loads(read_checkpoint_metadata(tmp_path / name)["train.changes"])
         assert changes[0]["changes"]["lr"][1] == 0.02 and changes[0]["stage"] == "compat", changes
 
 

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from cordsnet._io import atomic_path
 from cordsnet.analysis.plots import plot_accuracy_curve
-from cordsnet.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, read_extra_tensors, read_metadata, save_checkpoint
+from cordsnet.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, read_extra_tensors, read_checkpoint_metadata, save_checkpoint
 from cordsnet.data import digits_split, digits_to_tensor
 from cordsnet.model import CordsNet
 from cordsnet.quantization import ActivationRanges, read_activation_ranges
@@ -67,7 +67,7 @@ def stage_heldout_accuracy(path: Path, *, steps: int = 100, spontaneous_steps: i
                            batch: int = 120) -> float:
     """Held-out accuracy of one stage checkpoint, evaluated the way the trainer evaluates that stage
     (:data:`cordsnet.train.EVALUATORS`: compat CNN, folded CNN, linear RNN, RNN, or the quantisation-aware RNN)."""
-    meta = read_metadata(path)
+    meta = read_checkpoint_metadata(path)
     spec = json.loads(meta["train.stage_spec"])
     model = load_checkpoint(path)
     model.update_slope = parse_train_state(meta, str(path)).update_slope
@@ -102,7 +102,7 @@ def build_card(runs: list[Path], *, png: Path, bundle: Path | None, reproduce: s
     stages: dict[str, dict[str, Any]] = {}
     for r, run in enumerate(runs):
         history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        summary = json.loads(read_metadata(run / "final.safetensors").get("train.summary", "{}"))
+        summary = json.loads(read_checkpoint_metadata(run / "final.safetensors").get("train.summary", "{}"))
         names = list(dict.fromkeys(m["stage"] for m in history))
         for k, name in enumerate(names):
             label = name if name not in stages else f"{name} (run {r + 1})"
@@ -136,7 +136,7 @@ def build_card(runs: list[Path], *, png: Path, bundle: Path | None, reproduce: s
                         title=f"CordsNet-R{model.depth} on held-out digits: {100 * facts['heldout_acc']:.2f}% at step "
                               f"{len(curve)}")
     if bundle is not None:
-        meta = read_metadata(final)
+        meta = read_checkpoint_metadata(final)
         ranges = read_activation_ranges(final)
         save_checkpoint(model, bundle / bundle_name, extra_tensors=ranges.to_tensors() if ranges is not None else None,
                         metadata={

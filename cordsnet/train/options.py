@@ -1,6 +1,6 @@
 """The options of a training run (:class:`TrainOptions`): what it trains, for how long, with which protocol.
 
-Torch only for :data:`DTYPES`; the run's resume check (:mod:`cordsnet.train.run_state`) compares these fields.
+Torch only for :data:`TRAIN_DTYPES`; the run's resume check (:mod:`cordsnet.train.run_state`) compares these fields.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from .. import validate
 from .forwards import TrainProtocol
 from .stages import StageSpec, resolve_stage, resolve_stages
 
-__all__ = ["DTYPES", "TrainOptions"]
+__all__ = ["TRAIN_DTYPES", "TrainOptions"]
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+TRAIN_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass
@@ -131,7 +131,7 @@ class TrainOptions:
             validate.integer(name, getattr(self, name), min=0)
         validate.fraction("alpha", self.alpha)
         validate.integer("seed", self.seed)
-        validate.choice("dtype", self.dtype, DTYPES)
+        validate.choice("dtype", self.dtype, TRAIN_DTYPES)
         for name in ("threads", "limit_train", "limit_val", "max_batches", "image_size"):
             validate.optional_integer(name, getattr(self, name), 1, min=1)
         validate.integer("num_workers", self.num_workers, min=0)

@@ -36,23 +36,49 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .._io import atomic_path, forget_input, load_json
-from ..checkpoint import read_checkpoint, read_extra_tensors, read_metadata, save_checkpoint
+from ..checkpoint import (
+    read_checkpoint,
+    read_checkpoint_metadata,
+    read_extra_tensors,
+    save_checkpoint,
+)
 from ..config import CordsNetConfig, get_preset
 from ..data import batch_augment, build_dataset, get_dataset_spec
 from ..model import CordsNet
+from ..progress import Progress
 from ..quantization import ActivationRanges
 from .cnn import BatchNormSet, FoldedCNN, fold_batchnorm
-from .forwards import (EVALUATORS, FORWARDS, OPTIMIZERS, StageContext, StageModule, accuracy_counts,
-                       calibrate_ranges, evaluate_accuracy, trainable_parameters)
-from .run_state import (CHANGES_KEY, METRICS_KEY, OPTIMIZER_KEY, OPTIONS_KEY, SPEC_KEY, SUMMARY_KEY, RunExtras,
-                        TrainState, describe_changes, option_changes,
-                        pack_extras, parse_train_state, unpack_extras)
-from .stages import STAGES, StageSpec, lr_at, slope_at
-from ..progress import Progress
 from .distributed import barrier, dist_info, pick_device
-from .options import DTYPES, TrainOptions
+from .forwards import (
+    EVALUATORS,
+    FORWARDS,
+    OPTIMIZERS,
+    StageContext,
+    StageModule,
+    accuracy_counts,
+    calibrate_ranges,
+    evaluate_accuracy,
+    trainable_parameters,
+)
+from .options import TRAIN_DTYPES, TrainOptions
+from .run_state import (
+    CHANGES_KEY,
+    METRICS_KEY,
+    OPTIMIZER_KEY,
+    OPTIONS_KEY,
+    SPEC_KEY,
+    SUMMARY_KEY,
+    RunExtras,
+    TrainState,
+    describe_changes,
+    option_changes,
+    pack_extras,
+    parse_train_state,
+    unpack_extras,
+)
+from .stages import STAGES, StageSpec, lr_at, slope_at
 
-__all__ = ["DTYPES", "EVALUATORS", "FORWARDS", "TrainOptions", "Trainer", "evaluate_accuracy", "pick_device", "train"]
+__all__ = ["TRAIN_DTYPES", "EVALUATORS", "FORWARDS", "TrainOptions", "Trainer", "evaluate_accuracy", "pick_device", "train"]
 
 log = logging.getLogger("cordsnet.train")
 
@@ -105,7 +131,7 @@ class Trainer:
             raise ValueError(f"batch_size: the global batch {options.batch_size} must divide evenly over "
                              f"{self.world} processes")
         self.device = self._pick_device()
-        self.dtype = DTYPES[options.dtype]
+        self.dtype = TRAIN_DTYPES[options.dtype]
         self.ds_spec = get_dataset_spec(options.dataset)
         self.protocol = options.protocol()
         self.config = self._config()
@@ -475,7 +501,7 @@ class Trainer:
     def _restore(self, path: Path) -> tuple[int, int]:
         """Load `path` (written by this trainer) and return (stage index, epoch) to continue from."""
         forget_input(path)  # the run's own checkpoint: read here, rewritten by this run
-        meta = read_metadata(path)
+        meta = read_checkpoint_metadata(path)
         state = parse_train_state(meta, "resume")
         self._check_same_run(meta, state, path)
         names = [s.name for s in self.specs]
@@ -537,7 +563,7 @@ class Trainer:
 
 def _is_own_format(path: Path) -> bool:
     try:
-        read_metadata(path)
+        read_checkpoint_metadata(path)
     except ValueError:
         return False
     return True
