@@ -155,34 +155,29 @@ def bundled_onnx(tmp_path_factory, folder) -> Path:
     return decided(path)
 
 
-@pytest.fixture(scope="module")
-def bundled_drive(bundled_model, bundled_onnx, folder) -> Path:
+def _exported(model, folder: Path, name: str, format: str, graph: str) -> Path:
+    """`model` exported (unverified: the graphs are compared with the runtime here) with a decision block."""
     from cordsnet.export import export
 
-    path = folder / "drive" / "digits-stepwise-drive.onnx"
+    path = folder / name
     path.parent.mkdir()
-    export(bundled_model, path, format="onnx", graph="stepwise-drive", verify=False)
+    export(model, path, format=format, graph=graph, verify=False)
     return decided(path)
+
+
+@pytest.fixture(scope="module")
+def bundled_drive(bundled_model, bundled_onnx, folder) -> Path:
+    return _exported(bundled_model, folder / "drive", "digits-stepwise-drive.onnx", "onnx", "stepwise-drive")
 
 
 @pytest.fixture(scope="module")
 def bundled_pte(bundled_model, bundled_onnx, folder) -> Path:
-    from cordsnet.export import export
-
-    path = folder / "pte" / "digits-stepwise.pte"
-    path.parent.mkdir()
-    export(bundled_model, path, format="executorch", graph="stepwise", verify=False)
-    return decided(path)
+    return _exported(bundled_model, folder / "pte", "digits-stepwise.pte", "executorch", "stepwise")
 
 
 @pytest.fixture(scope="module")
 def bundled_pte_drive(bundled_model, bundled_onnx, folder) -> Path:
-    from cordsnet.export import export
-
-    path = folder / "pte-drive" / "digits-stepwise-drive.pte"
-    path.parent.mkdir()
-    export(bundled_model, path, format="executorch", graph="stepwise-drive", verify=False)
-    return decided(path)
+    return _exported(bundled_model, folder / "pte-drive", "digits-stepwise-drive.pte", "executorch", "stepwise-drive")
 
 
 def held_out(count: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,8 +4,4 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/sdk.sh"
-ov_cmake="$(sdk_dir openvino cmake)" || die "the python on PATH ($(command -v "$PYTHON" || echo none)) has no openvino package: pip install openvino"
-cmake_bin="$(find_cmake 3.16)"
-"$cmake_bin" -S "$here" -B "$here/build" -DCMAKE_BUILD_TYPE=Release -DOpenVINO_DIR="$ov_cmake" >/dev/null
-"$cmake_bin" --build "$here/build" --parallel "$(nproc 2>/dev/null || echo 2)"
-echo "built $here/build/cordsnet-classify"
+build_client "$here" openvino cmake OpenVINO_DIR 3.16

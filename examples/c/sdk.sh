@@ -30,3 +30,14 @@ find_cmake() {
   done
   die "needs CMake >= $want (found: ${candidates[*]:-none}); pip install cmake"
 }
+
+# build_client DIR PACKAGE SDK_SUBDIR CMAKE_VAR MIN_CMAKE: configure and build DIR/build/cordsnet-classify with
+# CMake against the SDK inside the python package PACKAGE (its SDK_SUBDIR passed as -DCMAKE_VAR=...).
+build_client() {
+  local dir="$1" package="$2" subdir="$3" var="$4" want="$5" sdk cmake_bin
+  sdk="$(sdk_dir "$package" "$subdir")" || die "the python on PATH ($(command -v "$PYTHON" || echo none)) has no $package package: pip install $package"
+  cmake_bin="$(find_cmake "$want")"
+  "$cmake_bin" -S "$dir" -B "$dir/build" -DCMAKE_BUILD_TYPE=Release "-D$var=$sdk" >/dev/null
+  "$cmake_bin" --build "$dir/build" --parallel "$(nproc 2>/dev/null || echo 2)"
+  echo "built $dir/build/cordsnet-classify"
+}
