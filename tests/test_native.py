@@ -426,16 +426,10 @@ def _r8_images() -> np.ndarray:
 
 
 @pytest.mark.heavy
-@needs["c"]
-def test_c_r8_at_224_matches_the_python_runtime(c_program, r8_graphs, tmp_path):
-    onnx, _ = r8_graphs
-    outs = check_parity(c_program, onnx, onnx, _r8_images(), tmp_path)
-    assert all(len(o["logits"]) == 1000 and o["steps"] == 3 for o in outs)
-
-
-@pytest.mark.heavy
-@needs["cpp"]
-def test_cpp_r8_at_224_matches_the_python_runtime(cpp_program, r8_graphs, tmp_path):
+@pytest.mark.parametrize("client", [pytest.param("c", marks=needs["c"]), pytest.param("cpp", marks=needs["cpp"])])
+def test_r8_at_224_matches_the_python_runtime(client, r8_graphs, request, tmp_path):
+    """C drives the ONNX graph, C++ the .pte; both against the Python runtime on the ONNX graph."""
     onnx, pte = r8_graphs
-    outs = check_parity(cpp_program, pte, onnx, _r8_images(), tmp_path)
+    program = request.getfixturevalue(f"{client}_program")
+    outs = check_parity(program, onnx if client == "c" else pte, onnx, _r8_images(), tmp_path)
     assert all(len(o["logits"]) == 1000 and o["steps"] == 3 for o in outs)

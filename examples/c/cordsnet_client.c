@@ -110,6 +110,18 @@ static int file_sha256(const char *path, char hex[65], long long *size, char *er
     return 0;
 }
 
+/* `count` little-endian float32 values from `bytes` into `values`, whatever the host's byte order. Returns
+ * the index of the first value that is NaN or infinite, or -1 when all are finite. */
+static long decode_le_f32(const unsigned char *bytes, size_t count, float *values) {
+    for (size_t i = 0; i < count; i++) {
+        const unsigned char *b = bytes + 4 * i;
+        uint32_t u = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+        memcpy(values + i, &u, 4);
+        if (!isfinite(values[i])) return (long)i;
+    }
+    return -1;
+}
+
 /* base64 -> exactly `count` little-endian float32 values (allocated). */
 static int decode_floats(const char *what, const char *text, size_t count, float **out, char *err) {
     size_t len = strlen(text);
@@ -134,16 +146,11 @@ static int decode_floats(const char *what, const char *text, size_t count, float
                 count * 4, decoded < 0 ? "invalid base64" : "another length");
         return -1;
     }
-    for (size_t i = 0; i < count; i++) {
-        const unsigned char *b = bytes + 4 * i; /* little-endian, whatever the host's order */
-        uint32_t u = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
-        memcpy(values + i, &u, 4);
-        if (!isfinite(values[i])) {
-            free(bytes);
-            free(values);
-            cn_fail(err, "manifest: %s holds NaN or infinity (a corrupt manifest: export again)", what);
-            return -1;
-        }
+    if (decode_le_f32(bytes, count, values) >= 0) {
+        free(bytes);
+        free(values);
+        cn_fail(err, "manifest: %s holds NaN or infinity (a corrupt manifest: export again)", what);
+        return -1;
     }
     free(bytes);
     *out = values;
@@ -667,16 +674,12 @@ int cn_read_image(const char *path, const cn_manifest *m, float **pixels, char *
         cn_fail(err, "IMAGE: '%s' does not hold exactly %zu float32 values after its header", path, count);
         goto done;
     }
-    for (size_t i = 0; i < count; i++) {
-        const unsigned char *b = bytes + 4 * i;
-        uint32_t u = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
-        memcpy(values + i, &u, 4);
-        if (!isfinite(values[i])) {
-            free(bytes);
-            free(values);
-            cn_fail(err, "IMAGE: expected finite pixels, got NaN or infinity at index %zu", i);
-            goto done;
-        }
+    long bad = decode_le_f32(bytes, count, values);
+    if (bad >= 0) {
+        free(bytes);
+        free(values);
+        cn_fail(err, "IMAGE: expected finite pixels, got NaN or infinity at index %ld", bad);
+        goto done;
     }
     free(bytes);
     *pixels = values;
