@@ -19,13 +19,14 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-__all__ = ["EVERY_S", "STYLES", "Progress", "default_style", "phases"]
+__all__ = ["EVERY_S", "STYLES", "Progress", "default_style", "is_terminal", "phases"]
 
 EVERY_S = 10.0  # the longest silence a log reader sees
 STYLES = ("bar", "log", "none")
 
 
-def _isatty(stream: Any) -> bool:
+def is_terminal(stream: Any) -> bool:
+    """Whether `stream` is a terminal (False for a closed, redirected or fake stream)."""
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):
@@ -34,7 +35,7 @@ def _isatty(stream: Any) -> bool:
 
 def default_style() -> str:
     """``"bar"`` when stderr is a terminal, else ``"log"``."""
-    return "bar" if _isatty(sys.stderr) else "log"
+    return "bar" if is_terminal(sys.stderr) else "log"
 
 
 class Progress:
@@ -148,7 +149,7 @@ def phases(first: str, *, quiet: bool = False, every_s: float = EVERY_S,
     stderr is not a terminal).
     """
     log = logger or logging.getLogger("cordsnet.cli")
-    if _isatty(sys.stderr) and not quiet:
+    if is_terminal(sys.stderr) and not quiet:
         from rich.console import Console
 
         with Console(stderr=True).status(first) as status:

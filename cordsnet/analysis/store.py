@@ -33,7 +33,6 @@ import contextlib
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,7 @@ import torch
 from torch import Tensor
 
 from .. import validate
-from ..progress import Progress
+from ..progress import Progress, default_style
 from .recording import NumpyConverter, RecordPlan, blank_phase, simulate_batch
 
 __all__ = ["STORE_FORMAT", "READOUT_KINDS", "StoreReport", "dist_context", "open_store", "record_dataset",
@@ -430,7 +429,7 @@ def record_dataset(model: Any, dataset: Any, store: str | os.PathLike, plan: Rec
     start = time.perf_counter()
     blank = blank_phase(model, plan) if len(batches) > 1 else None  # the same for every chunk
     written = 0
-    style = ("bar" if sys.stderr.isatty() else "log") if progress is None else ("bar" if progress else "log")
+    style = default_style() if progress is None else ("bar" if progress else "log")
     with Progress(f"rank {ctx.rank}/{ctx.world}: images", todo, style=style, logger=logger, every=log_every) as bar:
         for rows, (images, labels) in zip(batches, loader):
             i0, i1 = rows[0], rows[-1] + 1

@@ -9,12 +9,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Optional
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
-from ..progress import EVERY_S, Progress, phases  # noqa: F401 (phases: the commands' one import)
-
+from ..progress import is_terminal, phases  # noqa: F401 (phases: the commands' one import)
 from ..fetch import REMOTES, is_remote_name
 from ..weights import BUNDLED
 
@@ -62,7 +61,7 @@ def one_line(text: str) -> str:
 @contextlib.contextmanager
 def wide_console_env() -> Iterator[None]:
     """While a command runs with stdout not a terminal, rich consoles (help, tables) are PIPED_WIDTH wide."""
-    if "COLUMNS" in os.environ or _isatty(sys.stdout):
+    if "COLUMNS" in os.environ or is_terminal(sys.stdout):
         yield
         return
     os.environ["COLUMNS"] = str(PIPED_WIDTH)
@@ -70,13 +69,6 @@ def wide_console_env() -> Iterator[None]:
         yield
     finally:
         os.environ.pop("COLUMNS", None)
-
-
-def _isatty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
 
 
 def console(stderr: bool = False) -> Any:
@@ -104,18 +96,6 @@ def checkpoint_source(checkpoint: Optional[Path]) -> Path:
 
 def echo_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=False))
-
-
-HEARTBEAT_S = EVERY_S  # when stderr is not a terminal, the longest silence of long work (cordsnet.progress)
-
-
-@contextlib.contextmanager
-def progress_bar(label: str, total: int, *, quiet: bool = False) -> Iterator[Callable[[int], None]]:
-    """A bar of `total` units on a terminal, else a log line at least every :data:`HEARTBEAT_S`
-    (:class:`cordsnet.progress.Progress`). Yields ``advance(done)``: the units done so far."""
-    style = "none" if quiet and _isatty(sys.stderr) else None
-    with Progress(label, total, style=style, logger=log) as bar:
-        yield lambda done: bar.update(done)
 
 
 class Stopwatch:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..decision import DEFAULT_MARGIN, DEFAULT_THRESHOLD
+from ..progress import is_terminal
 from ._shared import CheckpointArg, JsonOpt, console, echo_json, load_model, phases
 from .dataset import (  # the dataset mode of record
     DataRootOpt,
@@ -194,7 +195,7 @@ def record(
         raise ValueError("--out: expected a destination .npy for image files (or --dataset NAME --store DIR)")
     checkpoint, image_paths = split_model_and_images(paths)
     check_output(out, suffixes=RECORD_SUFFIXES, name="--out")
-    bar = not as_json and sys.stderr.isatty()  # record_activity's own progress bar on a terminal
+    bar = not as_json and is_terminal(sys.stderr)  # record_activity's progress bar on a terminal
     with phases("loading the checkpoint and images", quiet=as_json or bar) as say:
         model = load_model(checkpoint)
         chosen = validate.areas("--area", areas, model.depth, allow_empty=False)

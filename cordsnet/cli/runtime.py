@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from ..names import BACKENDS, OPENVINO_PRECISIONS, choices
-
-from ._shared import (JsonOpt, checkpoint_path, console, echo_json, load_model, phases, progress_bar,
-                      verification_lines)
+from ..progress import Progress, is_terminal
+from ._shared import JsonOpt, checkpoint_path, console, echo_json, load_model, log, phases, verification_lines
 
 ProviderOpt = Annotated[str, typer.Option(
-    "--provider", help="Execution provider: auto (CUDA if usable, else CPU with a warning), cuda, tensorrt, cpu.")]
+    "--provider", help="Execution provider: auto (CUDA if usable, else the CPU; a warning only when a GPU build of onnxruntime cannot use CUDA), cuda, tensorrt, cpu.")]
 
 
 Backend = choices("Backend", BACKENDS)  # engines of cordsnet.runtime
@@ -180,11 +180,13 @@ def bench(
     """Latency percentiles (per image, per step) and throughput of an exported graph."""
     from ..runtime.bench import benchmark
 
-    with progress_bar("bench", warmup + iterations, quiet=as_json) as advance:
+    # A bar on a terminal (none with --json there), else log lines at least every 10 s (cordsnet.progress).
+    style = "none" if as_json and is_terminal(sys.stderr) else None
+    with Progress("bench", warmup + iterations, style=style, logger=log) as bar:
         result = benchmark(model, batch=batch, providers=provider, cuda_graph=cuda_graph, steps=steps,
                            warmup=warmup, iterations=iterations, backend=backend.value,
                            precision=None if precision is None else precision.value,
-                           progress=lambda done, total: advance(done))
+                           progress=lambda done, total: bar.update(done))
     if as_json:
         echo_json(result)
         return

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ..progress import is_terminal
 from ._shared import checkpoint_path, log
 
 
@@ -100,7 +101,7 @@ def train(
         stage_overrides=_stage_settings(settings or []), steps=steps, spontaneous_steps=spontaneous_steps,
         recovery_steps=recovery_steps, alpha=alpha, seed=seed, device=device,
         data_root=str(data_root) if data_root is not None else None, download=download, augment=augment,
-        dense=dense, num_workers=workers, init=init, progress=progress and sys.stderr.isatty(), threads=threads,
+        dense=dense, num_workers=workers, init=init, progress=progress and is_terminal(sys.stderr), threads=threads,
         overwrite=overwrite, allow_changes=allow_changes,
     )
     def on_epoch(metrics: dict[str, Any]) -> None:
