@@ -114,10 +114,8 @@ def default_artifact(folder: str | os.PathLike | None = None) -> Path:
     """
     from ..weights import BUNDLED_STEPWISE
 
-    if folder is None:
-        shipped = Path(str(resources.files("cordsnet.weights").joinpath(BUNDLED_STEPWISE)))
-        check_manifest(shipped)
-        return shipped
+    if folder is None:  # checked where it is used (make_server checks the graph against its manifest once)
+        return Path(str(resources.files("cordsnet.weights").joinpath(BUNDLED_STEPWISE)))
     from ..extras import require
 
     require("torch", "exporting the bundled model's stepwise graph")
@@ -157,11 +155,11 @@ def _web_dir_ready() -> None:
                                 "without them: run `bash tools/vendor-ort.sh`)")
 
 
-def routes(artifact: Path, manifest: Manifest) -> dict[str, tuple[Path | bytes, str]]:
+def routes(graph: bytes, manifest: Manifest) -> dict[str, tuple[Path | bytes, str]]:
     """The allow-list the server answers: URL path -> (file or bytes, content type); nothing else exists.
 
     The page's :data:`APP_FILES`, the vendored onnxruntime-web files (regular files only, no dotfiles), the
-    manifest as the exporter wrote it and its artifact. A path outside this table (a directory, a dotfile,
+    manifest as the exporter wrote it and the graph's checked bytes. A path outside this table (a directory, a dotfile,
     ``package.json``, an encoded or ``..`` path, a symlink) is a 404.
     """
     table: dict[str, tuple[Path | bytes, str]] = {"/": (WEB_DIR / "index.html", MIME_TYPES[".html"])}
@@ -172,7 +170,7 @@ def routes(artifact: Path, manifest: Manifest) -> dict[str, tuple[Path | bytes, 
             continue
         table[f"/vendor/ort/{entry.name}"] = (entry, _mime(entry.name))
     table["/model/manifest.json"] = (manifest.path.read_bytes(), MIME_TYPES[".json"])
-    table[f"/model/{manifest.file}"] = (artifact, MIME_TYPES[".onnx"])
+    table[f"/model/{manifest.file}"] = (graph, MIME_TYPES[".onnx"])
     return table
 
 
@@ -202,12 +200,11 @@ def make_server(artifact: str | os.PathLike, host: str = "127.0.0.1", port: int 
     manifest = load_manifest(artifact)  # the user's input first, then the installation
     _check_servable(manifest, artifact)
     _web_dir_ready()
-    table = routes(artifact, manifest)
     # The checked bytes, not whatever the path holds later: a file swapped after the check is never served.
     graph = artifact.read_bytes()
     if hashlib.sha256(graph).hexdigest() != manifest.sha256:
         raise ValueError(f"artifact: {str(artifact)!r} changed while it was checked; start the server again")
-    table[f"/model/{manifest.file}"] = (graph, MIME_TYPES[".onnx"])
+    table = routes(graph, manifest)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         timeout = idle_timeout  # socket timeout: a silent or half-sent request does not hold a thread
