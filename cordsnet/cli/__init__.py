@@ -32,6 +32,7 @@ from typer.exceptions import TyperException
 
 from .._io import input_scope
 from ..extras import MissingExtraError, require
+from ..progress import is_terminal
 from ..threads import set_num_threads
 from . import analysis, dataset, export, foundation, hub, runtime, train, web
 from ._shared import one_line, wide_console_env
@@ -199,7 +200,7 @@ def main() -> None:
         from .._io import terminate_cleanly
 
         signal.signal(signal.SIGTERM, terminate_cleanly)
-    if not sys.stderr.isatty():
+    if not is_terminal(sys.stderr):
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                             format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
         logging.getLogger("cordsnet").setLevel(logging.INFO)

@@ -46,6 +46,7 @@ from ..config import CordsNetConfig, get_preset
 from ..data import batch_augment, build_dataset, get_dataset_spec
 from ..model import CordsNet
 from ..progress import Progress
+from ..threads import set_num_threads
 from ..quantization import ActivationRanges
 from .cnn import BatchNormSet, FoldedCNN, fold_batchnorm
 from .distributed import barrier, dist_info, pick_device
@@ -231,8 +232,8 @@ class Trainer:
             FileNotFoundError: `resume` without a checkpoint to resume from.
         """
         o = self.opts
-        if o.threads is not None:
-            torch.set_num_threads(o.threads)
+        if o.threads is not None:  # the process's one thread budget (cordsnet.threads), torch included
+            set_num_threads(o.threads)
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if self.device.type == "cuda":
