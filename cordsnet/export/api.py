@@ -43,6 +43,7 @@ from ..artifact import (
 )
 from ..decision import DEFAULT_MARGIN, DEFAULT_THRESHOLD, DecisionRule
 from ..model import CordsNet
+from ..runtime.reference import ATOL, RTOL
 from .spec import DEFAULT_EXPORTER, EXPORTERS, ExportSpec, make_spec
 
 __all__ = [
@@ -130,8 +131,8 @@ def build_metadata(model: CordsNet, spec: ExportSpec, *, checkpoint_sha256: str 
 def export(model: CordsNet, output: str | os.PathLike, *, format: str = "onnx", graph: str = DEFAULT_GRAPH,
            steps: int | None = None, spontaneous_steps: int | None = None, alpha: float | None = None,
            batch: int | None = None, readout: str = "last", record: Sequence[int] | None = None,
-           opset: int | None = None, dtype: str = "float32", verify: bool = True, atol: float = 1e-4,
-           rtol: float = 1e-3, checkpoint_sha256: str | None = None, exporter: str | None = None,
+           opset: int | None = None, dtype: str = "float32", verify: bool = True, atol: float = ATOL,
+           rtol: float = RTOL, checkpoint_sha256: str | None = None, exporter: str | None = None,
            progress: ProgressFn | None = None, steps_per_call: int | None = None,
            verify_images: Any | None = None, calibration_images: Any | None = None,
            calibration: str = "minmax", quantize_recurrent: bool = True,

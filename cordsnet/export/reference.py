@@ -13,7 +13,7 @@ from .. import validate
 from ..artifact import read_info
 from ..checkpoint import state_dict_sha256
 from ..model import CordsNet
-from ..runtime.reference import Reference
+from ..runtime.reference import ATOL, MIN_AGREEMENT, RTOL, Reference
 
 __all__ = ["make_reference"]
 
@@ -23,7 +23,8 @@ IMAGES = {"float32": 8, "reduced": 100}
 
 
 def make_reference(model: CordsNet, artifact: str | os.PathLike, *, images: np.ndarray | None = None,
-                   seed: int = 0, atol: float = 1e-4, rtol: float = 1e-3, min_agreement: float = 0.99) -> Reference:
+                   seed: int = 0, atol: float = ATOL, rtol: float = RTOL,
+                   min_agreement: float = MIN_AGREEMENT) -> Reference:
     """The reference of `artifact`: `model`'s float64 logits on `images` after the artifact's protocol.
 
     Args:

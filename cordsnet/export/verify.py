@@ -43,13 +43,14 @@ import torch
 from .. import validate
 from ..artifact import DTYPES, FORMATS, MAX_STEPS, artifact_format, check_manifest, companion_path, read_info
 from ..model import CordsNet
+from ..runtime.reference import ATOL, MIN_AGREEMENT, RTOL, compare, top1_agreement
 
 logger = logging.getLogger("cordsnet.export")
 
 __all__ = ["MIN_TOP1_FLOAT16", "VERIFY_BATCH", "VerificationError", "VerificationReport", "verify_artifact"]
 
 VERIFY_BATCH = 3  # a batch other than the trace batch (2): exercises the dynamic batch dimension
-MIN_TOP1_FLOAT16 = 0.99
+MIN_TOP1_FLOAT16 = MIN_AGREEMENT  # the criterion's one definition: cordsnet.runtime.reference
 
 Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -118,33 +119,22 @@ class _Diffs:
         self.checks: dict[str, dict[str, Any]] = {}
 
     def add(self, name: str, got: np.ndarray, want: np.ndarray) -> None:
-        got = np.asarray(got, dtype=np.float64)
-        want = np.asarray(want, dtype=np.float64)
-        if got.shape != want.shape:
-            raise VerificationError(f"verification: output {name!r} has shape {got.shape}, expected {want.shape}")
-        diff = np.abs(got - want)
-        finite = bool(np.isfinite(got).all())
-        max_abs = float(diff.max()) if diff.size else 0.0
-        # Relative to max(|reference|, atol): meaningful where the reference is near zero too.
-        max_rel = float((diff / np.maximum(np.abs(want), max(self.atol, 1e-12))).max()) if diff.size else 0.0
-        ok = finite and bool(np.all(diff <= self.atol + self.rtol * np.abs(want)))
+        if np.shape(got) != np.shape(want):
+            raise VerificationError(f"verification: output {name!r} has shape {np.shape(got)}, expected "
+                                    f"{np.shape(want)}")
+        d = compare(got, want, self.atol, self.rtol)
         c = self.checks.setdefault(name, {"name": name, "max_abs": 0.0, "max_rel": 0.0, "within_tolerance": True,
                                           "finite": True})
-        c["max_abs"] = max(c["max_abs"], max_abs if finite else float("inf"))
-        c["max_rel"] = max(c["max_rel"], max_rel if finite else float("inf"))
-        c["within_tolerance"] = c["within_tolerance"] and ok
-        c["finite"] = c["finite"] and finite
+        c["max_abs"] = max(c["max_abs"], d["max_abs"])
+        c["max_rel"] = max(c["max_rel"], d["max_rel"])
+        c["within_tolerance"] = c["within_tolerance"] and d["within_tolerance"]
+        c["finite"] = c["finite"] and d["finite"]
 
-
-def _top1(got: np.ndarray, want: np.ndarray) -> float:
-    if got.ndim == 3:  # readout "all": the last step decides
-        got, want = got[-1], want[-1]
-    return float(np.mean(np.argmax(got, axis=-1) == np.argmax(want, axis=-1)))
 
 
 # ------------------------------------------------------------------------------------ verify
 def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str | Sequence[str] | None = None,
-                    atol: float = 1e-4, rtol: float = 1e-3, batch: int | None = None, steps: int | None = None,
+                    atol: float = ATOL, rtol: float = RTOL, batch: int | None = None, steps: int | None = None,
                     companions: Mapping[str, str | os.PathLike] | None = None,
                     encode: str | os.PathLike | Sequence[str | os.PathLike] | None = None, seed: int = 0,
                     min_top1: float = MIN_TOP1_FLOAT16, raise_on_failure: bool = True,
@@ -280,7 +270,7 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
             step_logits = got["logits"][k]
             row = {"step": t, "logits_max_abs": float(np.max(np.abs(step_logits.astype(np.float64)
                                                                      - ref_steps[t - 1]))),
-                   "top1_agreement": _top1(step_logits.astype(np.float32), ref_steps[t - 1])}
+                   "top1_agreement": top1_agreement(step_logits.astype(np.float32), ref_steps[t - 1])}
             for i in range(cfg.depth):
                 diffs.add(f"next_state_{i} (every step)", got[f"next_state_{i}"][k], ref_rates[i][t - 1])
                 row[f"state_{i}_max_abs"] = float(np.max(np.abs(got[f"next_state_{i}"][k].astype(np.float64)
@@ -291,7 +281,7 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
 
     final = np.asarray(logits, dtype=np.float32)
     final = final[-1] if final.ndim == 3 else final  # readout "all": the last step's
-    top1 = _top1(np.asarray(logits, dtype=np.float32), ref_logits)
+    top1 = top1_agreement(np.asarray(logits, dtype=np.float32), ref_logits)
     checks = list(diffs.checks.values())
     failures = [f"{c['name']}: non-finite values" for c in checks if not c["finite"]]
     if info.dtype == "float32":
@@ -304,7 +294,7 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
         with torch.no_grad():
             plain = model.run(torch.from_numpy(images).to(param.device, param.dtype), steps=steps,
                               spontaneous_steps=info.spontaneous_steps, alpha=info.alpha)
-        float32_top1 = _top1(final, plain.float().cpu().numpy())
+        float32_top1 = top1_agreement(final, plain.float().cpu().numpy())
         if float32_top1 < min_top1:
             logger.warning("the int8 graph agrees with its float32 weights on %.1f%% of the images (it matches the "
                            "quantisation-aware model it was trained as: %.1f%%); the float32 export of these "
