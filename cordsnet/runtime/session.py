@@ -98,7 +98,7 @@ class _Base(Frontend):
         self.backend = validate.choice("backend", backend, BACKENDS)
         self._session_options = session_options
         if self.backend == "openvino":
-            from .openvino_backend import OpenVINOSession, resolve_device, resolve_precision
+            from .openvino_backend import OpenVINOSession, default_precision, resolve_device, resolve_precision
 
             for name, value in (("session_options", session_options), ("provider_options", provider_options)):
                 if value:
@@ -109,7 +109,8 @@ class _Base(Frontend):
                                  f"precision='bf16') and int8 (QDQ) graphs, got a {info.dtype} graph "
                                  f"{str(self.path)!r}")
             device = resolve_device(providers)
-            self.precision: str | None = resolve_precision("f32" if precision is None else precision, device)
+            self.precision: str | None = (default_precision(info.dtype, device) if precision is None
+                                          else resolve_precision(precision, device))
             self._plan = None
             self._session: Any = OpenVINOSession(self.path, device, self.precision)
         else:
@@ -194,8 +195,10 @@ class Session(_Base):
         provider_options: extra options per onnxruntime provider name.
         backend: "onnxruntime" (default) or "openvino" (the same ONNX file compiled by OpenVINO;
             `providers` is then the OpenVINO device, "auto"/"cpu" meaning "CPU").
-        precision: OpenVINO only: "f32" (default), "bf16" or "f16" as a compile hint; an error where
-            the device does not report it (never a silent fallback).
+        precision: OpenVINO only: "f32", "bf16" or "f16" as a compile hint; an error where the device
+            does not report it (never a silent fallback). None (default): f32 for float32 graphs; for int8
+            graphs bf16 where the device reports it (what stays float in them), else f32
+            (:data:`~cordsnet.runtime.openvino_backend.DEFAULT_PRECISIONS`).
 
     Raises:
         FileNotFoundError: no such file.

@@ -10,7 +10,7 @@ module opens the ONNX graphs and picks the backend adapter:
 * OpenVINO: for float32 graphs a *stateful* model (the step graph's ``state_i`` / ``next_state_i`` pairs made
   ReadValue/Assign variables, :class:`~cordsnet.runtime.openvino_backend.StatefulOpenVINO`): the state
   stays inside the runtime and is read only when asked (``state``, convergence checks, a batch
-  compaction); ``stateful=False`` (the default for int8 graphs, faster there) runs the stateless graph
+  compaction); ``stateful=False`` (the default for int8 graphs compiled at f32, faster there) runs the stateless graph
   double-buffered in OpenVINO tensors.
 
 One StepSession holds ONE recurrent state: every public method takes the session's lock, so calls
@@ -64,14 +64,15 @@ class StepSession(StepCore, _Base):
         provider_options: extra options per onnxruntime provider name.
         backend: "onnxruntime" (default) or "openvino" (:mod:`cordsnet.runtime.openvino_backend`;
             `providers` is then the OpenVINO device, "auto"/"cpu" meaning "CPU").
-        precision: OpenVINO only: "f32" (default), "bf16" or "f16" as a compile hint; an error where
-            the device does not report it.
+        precision: OpenVINO only: "f32", "bf16" or "f16" as a compile hint; an error where the device
+            does not report it. None (default): f32 for float32 graphs, bf16 for int8 graphs where the
+            device reports it (as :class:`Session`).
         companions: companion graphs by role (``{"encode": path}``); default ``<stem>.<role>.onnx``
             beside `path` (the exporter's naming rule).
         stateful: keep the state inside the runtime (OpenVINO's stateful model). None (default): the
-            backend's faster path for the graph (OpenVINO: stateful for float32 graphs, stateless for
-            int8 graphs; onnxruntime: stateless, it has no stateful models); True where the backend
-            cannot is an error.
+            backend's faster path for the graph (OpenVINO: stateful, except int8 graphs compiled at f32,
+            where the stateless path measured faster; onnxruntime: stateless, it has no stateful models);
+            True where the backend cannot is an error.
 
     Anytime inference: :meth:`run_until` stops each image when it has decided (see docs/anytime.md).
 
@@ -142,7 +143,7 @@ class StepSession(StepCore, _Base):
         layout = Layout.of(self.info, {n: a.shape for n, a in self._inputs.items()}, dtypes, encode_outputs)
         adapter = STORES[self.backend]
         if stateful is None:
-            stateful = adapter.stateful_by_default(self.info)
+            stateful = adapter.stateful_by_default(self.info, self.precision)
         if stateful and not adapter.can_keep_state:
             raise ValueError(f"stateful: backend {self.backend!r} cannot keep the state inside the runtime "
                              f"(backends that can: {[b for b, a in STORES.items() if a.can_keep_state]}), "
@@ -208,7 +209,7 @@ class _Backend(NamedTuple):
     """How StepSession builds a backend's :class:`~cordsnet.runtime._adapters.Store`."""
 
     can_keep_state: bool  # has a stateful path
-    stateful_by_default: Callable[[ArtifactInfo], bool]  # what stateful=None means for a graph
+    stateful_by_default: Callable[[ArtifactInfo, str | None], bool]  # stateful=None for (graph, precision)
     make: Callable[[StepSession, Layout, bool], Store]
 
 
@@ -228,10 +229,12 @@ def _openvino_store(s: StepSession, layout: Layout, stateful: bool) -> Store:
 
 
 # StepSession.backend -> its adapter (keys: cordsnet.runtime.session.BACKENDS).
-# OpenVINO: stateful for float32 graphs (any precision hint), stateless for int8 (QDQ) graphs, as measured
-# (R8 at 224 px, batch 1, x the unrolled twin per step, two runs: bfloat16 stateful 1.15 / 1.03 vs
-# stateless 1.45 / 1.28; int8 stateful 1.32 / 1.29 vs stateless 1.27 / 1.10; docs/precision.md).
+# OpenVINO: stateful, except int8 (QDQ) graphs compiled at f32, as measured (R8 at 224 px, batch 1, x the
+# unrolled twin per step, two runs: bfloat16 stateful 1.15 / 1.03 vs stateless 1.45 / 1.28; int8 at f32
+# stateful 1.32 / 1.29 vs stateless 1.27 / 1.10, where the f32 state's Assign copies; int8 at bf16, the
+# default where the CPU has it, stateful 13.4 vs stateless 14.5 ms/step; benchmarks/bench_stepwise.py).
 STORES: dict[str, _Backend] = {
-    "onnxruntime": _Backend(False, lambda info: False, _onnxruntime_store),
-    "openvino": _Backend(True, lambda info: info.dtype != "int8", _openvino_store),
+    "onnxruntime": _Backend(False, lambda info, precision: False, _onnxruntime_store),
+    "openvino": _Backend(True, lambda info, precision: not (info.dtype == "int8" and precision == "f32"),
+                         _openvino_store),
 }
