@@ -18,13 +18,16 @@ this backend is asked for, and it never imports torch.
 path uses (inputs, outputs, metadata, ``run``). A StepSession's state lives in one of two adapters of
 the stepping core (:mod:`cordsnet.runtime._core`):
 
-* :class:`StatefulOpenVINO` (the default for float32 graphs): the step graph made stateful with OpenVINO's ``MakeStateful``
+* :class:`StatefulOpenVINO` (the default, except for int8 graphs compiled at f32): the step graph made stateful with OpenVINO's ``MakeStateful``
   transformation, each ``state_i`` input / ``next_state_i`` output pair replaced by a ReadValue/Assign
   variable. The state stays inside the compiled model between calls, no state crosses the call boundary
   per step, and it is read only when the application asks (``state``, a convergence check, a batch compaction).
 * :class:`OpenVINOEngine`: OpenVINO tensors bound once to two infer requests of the stateless graph,
   double-buffered by :class:`~cordsnet.runtime._adapters.DoubleBuffer` (``StepSession(..., stateful=False)``,
-  the default for int8 graphs, where it measured faster).
+  the default for int8 graphs compiled at f32, where it measured faster).
+
+Precision: ``precision=None`` is f32 for float32 graphs and, for int8 (QDQ) graphs, bf16 where the device
+reports it (:data:`DEFAULT_PRECISIONS`): the convolutions run int8 either way, the hint sets what stays float.
 """
 
 from __future__ import annotations
