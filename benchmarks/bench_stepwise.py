@@ -19,7 +19,10 @@ every round; ratios are paired round by round):
 * The machine's peaks, measured before and after the rows: GEMM float32 / bfloat16 / int8 (torch
   ``matmul`` and ``_int_mm`` at 4096^3, which reaches them) and memory copy bandwidth; every row gets its
   share of the peak of its precision (multiply-accumulates per step from torch's FLOP counter x 2 x
-  batch / time / peak): how far each path is from this CPU's limit.
+  batch / time / peak): how far each path is from this CPU's limit. Above 100 % means the path's
+  convolution kernels beat that GEMM (oneDNN's direct bfloat16 convolutions, Winograd in float32) or,
+  for an unrolled twin, that it skips the dead updates of its last steps (12 of 160 area updates for
+  R8 at 20 steps).
 * Throughput (``--batches``): image-steps per second of StepSession (OpenVINO bfloat16 and int8,
   onnxruntime int8) and PyTorch eager bfloat16 at each batch size, against the same peaks, and the batch
   where each path saturates (the smallest within 5 % of its best).
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -79,9 +83,23 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def machine_peaks(n: int) -> dict[str, float]:
-    """GEMM GOP/s per precision at n^3 and the copy bandwidth (GB/s), with the thread budget in force."""
-    return {**gemm_peaks(n, repeats=3), "copy_GBps": copy_bandwidth()}
+def numpy_gemm(n: int, threads: int, repeats: int = 3) -> float:
+    """GFLOP/s of numpy's float32 n^3 matmul on `threads` threads (its BLAS: on AMD CPUs faster than
+    torch's MKL path; threadpoolctl, a scikit-learn dependency of the torch extra, sets its threads)."""
+    from threadpoolctl import threadpool_limits
+
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    with threadpool_limits(limits=threads, user_api="blas"):
+        a @ a
+        return 2 * n ** 3 / min(_timed(lambda: a @ a) for _ in range(repeats)) / 1e9
+
+
+def machine_peaks(n: int, threads: int) -> dict[str, float]:
+    """GEMM GOP/s per precision at n^3 (float32: the better of torch and numpy; bfloat16 and int8: torch
+    ``matmul`` / ``_int_mm``) and the copy bandwidth (GB/s), with the thread budget in force."""
+    peaks = gemm_peaks(n, repeats=3)
+    peaks["float32"] = max(peaks["float32"], numpy_gemm(n, threads))
+    return {**peaks, "copy_GBps": copy_bandwidth()}
 
 
 def openvino_caps() -> list[str]:
@@ -232,6 +250,7 @@ def main() -> None:
 
     threads = args.threads or os.cpu_count() or 1
     set_num_threads(threads)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # torch.compile: "No CUDA runtime"
     torch.manual_seed(0)
     model = CordsNet(CordsNetConfig(depth=args.depth, num_classes=args.classes, image_size=args.size,
                                     dataset=None, steps=args.steps, spontaneous_steps=10)).eval()
@@ -242,7 +261,7 @@ def main() -> None:
     caps = openvino_caps()
     bf16_torch = torch_has_bf16()
     gflop_step = 2 * step_macs(model) / 1e9  # per image
-    peaks0 = machine_peaks(args.gemm)
+    peaks0 = machine_peaks(args.gemm, threads)
     print(f"peaks before: {json.dumps({k: round(v, 1) for k, v in peaks0.items()})}", flush=True)
     gen = torch.Generator().manual_seed(0)
     image_t = torch.randn(1, *model.config.input_shape, generator=gen)
@@ -311,7 +330,7 @@ def main() -> None:
                                                                              args.batch_steps, True)
                 for n, v in run_rounds(bt, args.batch_rounds, f"throughput, batch {b}").items():
                     throughput.setdefault(n, {})[b] = b / float(np.median(v))  # image-steps per second
-    peaks1 = machine_peaks(args.gemm)
+    peaks1 = machine_peaks(args.gemm, threads)
     load1 = os.getloadavg()
     peaks = {k: max(peaks0[k], peaks1[k]) for k in peaks0}  # the machine's, at the better of the two loads
 
