@@ -784,7 +784,11 @@ static int same_field(const compared_field *c, const char *text, const cJSON *va
         cJSON_Delete(parsed);
         return same;
     }
-    cn_fail(err, "model: '%s' has a bad '" PREFIX "%s' = '%.80s'", model, c->key, text);
+    char quoted[81]; /* the graph's bytes, quoted printable (a corrupt file's are anything) */
+    size_t n = 0;
+    for (; n < sizeof quoted - 1 && text[n]; n++) quoted[n] = text[n] >= 0x20 && text[n] <= 0x7e ? text[n] : '?';
+    quoted[n] = '\0';
+    cn_fail(err, "model: '%s' has a bad '" PREFIX "%s' = '%s'", model, c->key, quoted);
     return -1;
 }
 
