@@ -14,7 +14,7 @@ from cordsnet.config import CordsNetConfig
 from cordsnet.model import CordsNet
 
 __all__ = ["MANIFEST_LIES", "compared_manifest_fields", "exact_int8_kernels", "make_images", "make_published_state_dict",
-           "published_model", "python_disagreements"]
+           "published_model", "python_disagreements", "rewrite_onnx_metadata"]
 
 
 def make_published_state_dict(depth: int = 2, num_classes: int = 10, in_channels: int = 3,
@@ -166,3 +166,29 @@ def python_disagreements(artifact, data: dict) -> list[str] | None:
     except ValueError:
         return None
     return manifest_disagreements(read_info(artifact), told)
+
+
+def rewrite_onnx_metadata(model, folder, edit):
+    """A copy of ONNX graph `model` in new `folder`, its metadata_props edited by `edit(dict)`, with a copy
+    of its manifest whose sha256 and size are made true for the copy (so only the metadata can disagree)."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    import onnx
+
+    from cordsnet.artifact import manifest_path
+
+    model, folder = Path(model), Path(folder)
+    folder.mkdir()
+    proto = onnx.load(str(model))
+    props = {p.key: p.value for p in proto.metadata_props}
+    edit(props)
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+    path = folder / model.name
+    onnx.save(proto, str(path))
+    data = json.loads(manifest_path(model).read_text())
+    data["artifact"].update(sha256=hashlib.sha256(path.read_bytes()).hexdigest(), size_bytes=path.stat().st_size)
+    manifest_path(path).write_text(json.dumps(data))
+    return path

@@ -429,26 +429,10 @@ def test_an_honest_manifest_is_compared_by_value_not_by_text(client, tmp_path):
     assert result(program, model, tmp_path / "x.npy", "--steps", "3", "--manifest", tmp_path / "same.json")["steps"] == 3
 
 
-def _rewritten_onnx(model: Path, folder: Path, edit) -> Path:
-    """A copy of the ONNX graph with its metadata_props edited, and its manifest's sha256/size made true."""
-    import onnx
-
-    folder.mkdir()
-    proto = onnx.load(str(model))
-    props = {p.key: p.value for p in proto.metadata_props}
-    edit(props)
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, props)
-    path = folder / model.name
-    onnx.save(proto, str(path))
-    data = json.loads(manifest_path(model).read_text())
-    data["artifact"].update(sha256=hashlib.sha256(path.read_bytes()).hexdigest(), size_bytes=path.stat().st_size)
-    manifest_path(path).write_text(json.dumps(data))
-    return path
-
-
 @needs["c"]
 def test_c_refuses_a_graph_without_its_metadata_or_lacking_a_stated_field(c_program, bundled_onnx, tmp_path):
+    from helpers import rewrite_onnx_metadata as _rewritten_onnx
+
     np.save(tmp_path / "x.npy", held_out(1)[0][0])
     bare = _rewritten_onnx(bundled_onnx, tmp_path / "bare", lambda p: p.clear())
     assert "is not a cordsnet export (no 'cordsnet.format_version' metadata)" in refused(c_program, bare,
