@@ -409,6 +409,13 @@ def test_a_manifest_that_lies_about_a_field_is_refused_naming_it(client, tmp_pat
         (tmp_path / "lie.json").write_text(json.dumps(data))
         line = refused(program, model, tmp_path / "x.npy", "--manifest", tmp_path / "lie.json")
         assert f"disagrees with the metadata inside {model.name} on {field}; " in line, (field, line)
+    # several lies: every field named, in Python's order
+    data = json.loads(json.dumps(good))
+    for field in ("version", "exporter", "preset", "alpha"):
+        MANIFEST_LIES[field](data)
+    assert python_disagreements(model, data) == ["alpha", "preset", "exporter", "version"]
+    (tmp_path / "lie.json").write_text(json.dumps(data))
+    assert " on alpha, preset, exporter, version; " in refused(program, model, tmp_path / "x.npy", "--manifest", tmp_path / "lie.json")
 
 
 def test_an_honest_manifest_is_compared_by_value_not_by_text(client, tmp_path):

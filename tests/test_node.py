@@ -168,6 +168,13 @@ def test_node_refuses_a_manifest_that_lies_about_a_field_naming_it(artifact, tmp
         (tmp_path / "lie.json").write_text(json.dumps(data))
         line = refused(str(artifact), "--manifest", str(tmp_path / "lie.json"))
         assert f"disagrees with the metadata inside {artifact.name} on {field}; " in line, (field, line)
+    # several lies: every field named, in Python's order
+    data = json.loads(json.dumps(good))
+    for field in ("version", "exporter", "preset", "alpha"):
+        MANIFEST_LIES[field](data)
+    assert python_disagreements(artifact, data) == ["alpha", "preset", "exporter", "version"]
+    (tmp_path / "lie.json").write_text(json.dumps(data))
+    assert " on alpha, preset, exporter, version; " in refused(str(artifact), "--manifest", str(tmp_path / "lie.json"))
 
 
 def test_node_refuses_a_manifest_of_other_bytes_or_another_file(artifact, tmp_path):
