@@ -158,8 +158,8 @@ def python_disagreements(artifact, data: dict) -> list[str] | None:
     """What Python's check says of manifest `data` for `artifact`: the fields it disagrees on, or None when
     Python refuses to parse the manifest at all (a contradiction the lie made within the manifest)."""
     from cordsnet.artifact import ArtifactInfo, read_info
-    from cordsnet.artifact.manifest import manifest_disagreements
     from cordsnet.artifact.info import _manifest_to_metadata
+    from cordsnet.artifact.manifest import manifest_disagreements
 
     try:
         told = ArtifactInfo.from_metadata(_manifest_to_metadata(data, "manifest"), "manifest")

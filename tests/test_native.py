@@ -495,9 +495,10 @@ def test_c_refuses_a_real_unrolled_export(c_program, bundled_model, tmp_path):
 def r8_graphs(folder):
     """CordsNet-R8 at 224 px (random weights of the published layout), stepwise, a short protocol:
     the ONNX graph and, where ExecuTorch is installed, the .pte."""
+    from helpers import make_published_state_dict
+
     from cordsnet.checkpoint import load_checkpoint
     from cordsnet.export import export
-    from helpers import make_published_state_dict
 
     model = load_checkpoint(make_published_state_dict(depth=8, num_classes=1000, in_channels=3, image_size=224))
     kw = dict(graph="stepwise", steps=3, spontaneous_steps=2, verify=False)

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from cordsnet.cli import web
 from cordsnet.checkpoint import load_checkpoint
+from cordsnet.cli import web
 from cordsnet.data import digits_split, digits_to_tensor
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "node"
@@ -156,8 +156,9 @@ def refused(*args: str) -> str:
 
 def test_node_refuses_a_manifest_that_lies_about_a_field_naming_it(artifact, tmp_path):
     """Every field Python's check compares: a lie with a true sha256 and size, refused naming that field alone."""
-    from cordsnet.artifact import manifest_path
     from helpers import MANIFEST_LIES, compared_manifest_fields, python_disagreements
+
+    from cordsnet.artifact import manifest_path
 
     assert sorted(MANIFEST_LIES) == sorted(compared_manifest_fields())
     good = json.loads(manifest_path(artifact).read_text())
@@ -196,8 +197,9 @@ def test_node_refuses_a_manifest_of_other_bytes_or_another_file(artifact, tmp_pa
 def test_node_refuses_a_graph_without_its_metadata_lacking_a_stated_field_or_truncated(artifact, tmp_path):
     import hashlib
 
-    from cordsnet.artifact import manifest_path
     from helpers import rewrite_onnx_metadata
+
+    from cordsnet.artifact import manifest_path
 
     bare = rewrite_onnx_metadata(artifact, tmp_path / "bare", lambda p: p.clear())
     assert "is not a cordsnet export (no 'cordsnet.format_version' metadata)" in refused(str(bare))
@@ -216,8 +218,9 @@ def test_node_refuses_a_graph_without_its_metadata_lacking_a_stated_field_or_tru
 
 def test_node_compares_an_honest_manifest_by_value(artifact, tmp_path):
     """Objects with their keys in another order, a number written otherwise: the same values, accepted."""
-    from cordsnet.artifact import manifest_path
     from helpers import python_disagreements
+
+    from cordsnet.artifact import manifest_path
 
     data = json.loads(manifest_path(artifact).read_text())
     data["config"] = dict(reversed(data["config"].items()))
