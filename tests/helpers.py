@@ -6,12 +6,15 @@ through ``conftest.py``); a benchmark adds ``tests/`` to ``sys.path`` first.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from cordsnet.config import CordsNetConfig
 from cordsnet.model import CordsNet
 
-__all__ = ["exact_int8_kernels", "make_images", "make_published_state_dict", "published_model"]
+__all__ = ["MANIFEST_LIES", "compared_manifest_fields", "exact_int8_kernels", "make_images", "make_published_state_dict",
+           "published_model", "python_disagreements", "rewrite_onnx_metadata"]
 
 
 def make_published_state_dict(depth: int = 2, num_classes: int = 10, in_channels: int = 3,
@@ -104,3 +107,88 @@ def exact_int8_kernels() -> bool:
     except OSError:
         return False
     return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+# --------------------------------------------------------------------------- manifests that lie
+def _nudge_first_value(data: dict) -> None:
+    """The first float32 of the manifest's spontaneous state, one ulp up (the base64 keeps its length)."""
+    import base64
+
+    import numpy as np
+
+    area = data["spontaneous_state"]["areas"][0]
+    values = np.frombuffer(base64.b64decode(area["data"]), "<f4").copy()
+    values[0] = np.nextafter(values[0], np.float32(np.inf))
+    area["data"] = base64.b64encode(values.tobytes()).decode("ascii")
+
+
+# One lie per field that cordsnet.artifact.manifest_disagreements compares (an edit of a stepwise graph's
+# client manifest, its sha256 and size left true); tests check the set against ArtifactInfo's fields.
+MANIFEST_LIES: dict[str, Any] = {
+    "graph": lambda d: d.update(graph="stepwise-drive"),
+    "config": lambda d: d["config"].update(dataset="imagenet"),
+    "steps": lambda d: d["protocol"].update(steps=99),
+    "spontaneous_steps": lambda d: d["protocol"].update(spontaneous_steps=99),
+    "alpha": lambda d: d["protocol"].update(alpha=0.25, dt_ms=2.5),
+    "readout": lambda d: d["protocol"].update(readout="all"),
+    "record": lambda d: d["protocol"].update(record=[0]),
+    "dtype": lambda d: d.update(dtype="bfloat16"),
+    "batch": lambda d: d.update(batch=2),
+    "steps_per_call": lambda d: d["protocol"].update(steps_per_call=2),
+    "preset": lambda d: d["preset"].update(mean=[0.5]),
+    "exporter": lambda d: d.update(exporter="someone-else"),
+    "checkpoint_sha256": lambda d: d.update(checkpoint_sha256="0" * 64),
+    "state_dict_sha256": lambda d: d.update(state_dict_sha256="1" * 64),
+    "format_version": lambda d: d.update(format_version="2"),
+    "version": lambda d: d.update(cordsnet_version="9.9.9"),
+    "spontaneous_state": _nudge_first_value,
+}
+
+
+def compared_manifest_fields() -> list[str]:
+    """The fields cordsnet.artifact.manifest_disagreements compares, by the names it reports."""
+    import dataclasses
+
+    from cordsnet.artifact import ArtifactInfo
+
+    return [f.name for f in dataclasses.fields(ArtifactInfo) if f.compare] + ["spontaneous_state"]
+
+
+def python_disagreements(artifact, data: dict) -> list[str] | None:
+    """What Python's check says of manifest `data` for `artifact`: the fields it disagrees on, or None when
+    Python refuses to parse the manifest at all (a contradiction the lie made within the manifest)."""
+    from cordsnet.artifact import ArtifactInfo, read_info
+    from cordsnet.artifact.info import _manifest_to_metadata
+    from cordsnet.artifact.manifest import manifest_disagreements
+
+    try:
+        told = ArtifactInfo.from_metadata(_manifest_to_metadata(data, "manifest"), "manifest")
+    except ValueError:
+        return None
+    return manifest_disagreements(read_info(artifact), told)
+
+
+def rewrite_onnx_metadata(model, folder, edit):
+    """A copy of ONNX graph `model` in new `folder`, its metadata_props edited by `edit(dict)`, with a copy
+    of its manifest whose sha256 and size are made true for the copy (so only the metadata can disagree)."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    import onnx
+
+    from cordsnet.artifact import manifest_path
+
+    model, folder = Path(model), Path(folder)
+    folder.mkdir()
+    proto = onnx.load(str(model))
+    props = {p.key: p.value for p in proto.metadata_props}
+    edit(props)
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+    path = folder / model.name
+    onnx.save(proto, str(path))
+    data = json.loads(manifest_path(model).read_text())
+    data["artifact"].update(sha256=hashlib.sha256(path.read_bytes()).hexdigest(), size_bytes=path.stat().st_size)
+    manifest_path(path).write_text(json.dumps(data))
+    return path

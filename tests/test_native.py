@@ -367,15 +367,15 @@ def test_manifest_defects_are_refused(client, tmp_path):
         manifest_path(copy).write_text(json.dumps(data))
         return copy
 
-    # a non-stepwise graph: the artifact kinds that run the whole protocol in one call
+    # a graph kind the graph is not: the manifest disagrees with the graph's own metadata
     unrolled = manifest(lambda d: d.update(graph="unrolled"))
-    assert "is a 'unrolled' graph" in refused(program, unrolled, tmp_path / "x.npy")
+    assert "disagrees with the metadata inside" in refused(program, unrolled, tmp_path / "x.npy")
     assert "no 'decision' block" in refused(program, manifest(lambda d: d.pop("decision")), tmp_path / "x.npy")
     assert "decision.rule" in refused(program, manifest(lambda d: d["decision"].update(rule="cordsnet.decision/2")),
                                       tmp_path / "x.npy")
     assert "decision.baseline.shape" in refused(
         program, manifest(lambda d: d["decision"]["baseline"].update(shape=[100, 9])), tmp_path / "x.npy")
-    assert "spontaneous_state.areas[0].data" in refused(
+    assert "on spontaneous_state;" in refused(
         program, manifest(lambda d: d["spontaneous_state"]["areas"][0].update(data="AAAA")), tmp_path / "x.npy")
     assert "float32" in refused(program, manifest(lambda d: d["inputs"][0].update(dtype="float16")), tmp_path / "x.npy")
     # a damaged artifact whose manifest was rewritten to match it: the runtime's refusal, on one line
@@ -385,10 +385,99 @@ def test_manifest_defects_are_refused(client, tmp_path):
     damaged = json.loads(json.dumps(good))
     damaged["artifact"].update(sha256=hashlib.sha256(truncated.read_bytes()).hexdigest(), size_bytes=2000)
     manifest_path(truncated).write_text(json.dumps(damaged))
-    assert re.search(r"OpenVINO: reading the model|ExecuTorch cannot load", refused(program, truncated, tmp_path / "x.npy"))
+    assert re.search(r"is not a readable ONNX file \(truncated|ExecuTorch cannot load",
+                     refused(program, truncated, tmp_path / "x.npy"))
     broken = manifest(lambda d: None)
     manifest_path(broken).write_text("{not json")
     assert "is not a JSON object" in refused(program, broken, tmp_path / "x.npy")
+
+
+# ------------------------------------------------------------------- the manifest against the graph
+def test_a_manifest_that_lies_about_a_field_is_refused_naming_it(client, tmp_path):
+    """Every field Python's check compares (the set is ArtifactInfo's): a lie with a true sha256 and size is
+    refused in one line naming that field alone, as cordsnet.artifact.manifest_disagreements names it."""
+    from helpers import MANIFEST_LIES, compared_manifest_fields, python_disagreements
+
+    assert sorted(MANIFEST_LIES) == sorted(compared_manifest_fields())
+    program, model = client
+    np.save(tmp_path / "x.npy", held_out(1)[0][0])
+    good = json.loads(manifest_path(model).read_text())
+    for field, lie in MANIFEST_LIES.items():
+        data = json.loads(json.dumps(good))
+        lie(data)
+        assert python_disagreements(model, data) in (None, [field]), field  # Python refuses it too
+        (tmp_path / "lie.json").write_text(json.dumps(data))
+        line = refused(program, model, tmp_path / "x.npy", "--manifest", tmp_path / "lie.json")
+        assert f"disagrees with the metadata inside {model.name} on {field}; " in line, (field, line)
+    # several lies: every field named, in Python's order
+    data = json.loads(json.dumps(good))
+    for field in ("version", "exporter", "preset", "alpha"):
+        MANIFEST_LIES[field](data)
+    assert python_disagreements(model, data) == ["alpha", "preset", "exporter", "version"]
+    (tmp_path / "lie.json").write_text(json.dumps(data))
+    assert " on alpha, preset, exporter, version; " in refused(program, model, tmp_path / "x.npy", "--manifest", tmp_path / "lie.json")
+
+
+def test_an_honest_manifest_is_compared_by_value_not_by_text(client, tmp_path):
+    """Objects with their keys in another order, a number written otherwise, an optional field stated with
+    its default: the same values, accepted, as by Python."""
+    from helpers import python_disagreements
+
+    program, model = client
+    np.save(tmp_path / "x.npy", held_out(1)[0][0])
+    data = json.loads(manifest_path(model).read_text())
+    data["config"] = dict(reversed(data["config"].items()))
+    data["preset"] = dict(reversed(data["preset"].items()))
+    data["protocol"]["steps_per_call"] = 1
+    assert python_disagreements(model, data) == []
+    text = json.dumps(data)
+    assert '"alpha": 0.2,' in text
+    (tmp_path / "same.json").write_text(text.replace('"alpha": 0.2,', '"alpha": 2.000e-1,'))
+    assert result(program, model, tmp_path / "x.npy", "--steps", "3", "--manifest", tmp_path / "same.json")["steps"] == 3
+
+
+@needs["c"]
+def test_c_refuses_a_graph_without_its_metadata_or_lacking_a_stated_field(c_program, bundled_onnx, tmp_path):
+    from helpers import rewrite_onnx_metadata as _rewritten_onnx
+
+    np.save(tmp_path / "x.npy", held_out(1)[0][0])
+    bare = _rewritten_onnx(bundled_onnx, tmp_path / "bare", lambda p: p.clear())
+    assert "is not a cordsnet export (no 'cordsnet.format_version' metadata)" in refused(c_program, bare,
+                                                                                        tmp_path / "x.npy")
+    # the graph lacks cordsnet.exporter (read as ""), the manifest says "legacy"
+    lacking = _rewritten_onnx(bundled_onnx, tmp_path / "lacking", lambda p: p.pop("cordsnet.exporter"))
+    assert "on exporter; " in refused(c_program, lacking, tmp_path / "x.npy")
+    required = _rewritten_onnx(bundled_onnx, tmp_path / "required", lambda p: p.pop("cordsnet.steps"))
+    assert "lacks the metadata key 'cordsnet.steps'" in refused(c_program, required, tmp_path / "x.npy")
+
+
+@needs["c"]
+def test_c_metadata_reader_survives_truncated_and_mutated_onnx(c_program, bundled_onnx, tmp_path):
+    """Hostile bytes with a manifest made to match them: exit 0 or 1 with one line, never a crash."""
+    np.save(tmp_path / "x.npy", held_out(1)[0][0])
+    original = bundled_onnx.read_bytes()
+    good = json.loads(manifest_path(bundled_onnx).read_text())
+    path = tmp_path / bundled_onnx.name
+    rng = np.random.default_rng(0)
+    tail = len(original) - 120_000  # the metadata_props follow the graph, at the end of the file
+    cuts = [int(c) for c in rng.integers(1, len(original), 24)] + [int(c) for c in rng.integers(tail, len(original), 24)]
+    cases = [original[:c] for c in cuts]
+    for _ in range(60):
+        data = bytearray(original)
+        for at in rng.integers(tail, len(original), 3):
+            data[int(at)] = int(rng.integers(0, 256))
+        cases.append(bytes(data))
+    refusals = 0
+    for data in cases:
+        path.write_bytes(data)
+        good["artifact"].update(sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
+        manifest_path(path).write_text(json.dumps(good))
+        res = run(c_program, path, tmp_path / "x.npy", "--steps", "2")
+        assert res.returncode in (0, 1), (res.returncode, res.stderr[-500:])  # a signal is negative
+        if res.returncode == 1:
+            assert len(res.stderr.splitlines()) == 1 and res.stdout == "", res.stderr
+            refusals += 1
+    assert refusals >= len(cuts)  # every truncated graph is refused
 
 
 @needs["c"]
@@ -406,9 +495,10 @@ def test_c_refuses_a_real_unrolled_export(c_program, bundled_model, tmp_path):
 def r8_graphs(folder):
     """CordsNet-R8 at 224 px (random weights of the published layout), stepwise, a short protocol:
     the ONNX graph and, where ExecuTorch is installed, the .pte."""
+    from helpers import make_published_state_dict
+
     from cordsnet.checkpoint import load_checkpoint
     from cordsnet.export import export
-    from helpers import make_published_state_dict
 
     model = load_checkpoint(make_published_state_dict(depth=8, num_classes=1000, in_channels=3, image_size=224))
     kw = dict(graph="stepwise", steps=3, spontaneous_steps=2, verify=False)

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from cordsnet.cli import web
 from cordsnet.checkpoint import load_checkpoint
+from cordsnet.cli import web
 from cordsnet.data import digits_split, digits_to_tensor
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "node"
@@ -143,3 +143,94 @@ def test_node_refuses_a_manifest_without_or_with_a_bad_decision_rule(artifact, t
         (tmp_path / f"{name}.json").write_text(json.dumps(bad))
         res = node(str(artifact), "--manifest", str(tmp_path / f"{name}.json"))
         assert res.returncode == 1 and match in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+# ------------------------------------------------------------------- the manifest against the graph
+def refused(*args: str) -> str:
+    """Exit status 1, one line on stderr (returned)."""
+    res = node(*args)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: "), (res.returncode, res.stderr)
+    return lines[0]
+
+
+def test_node_refuses_a_manifest_that_lies_about_a_field_naming_it(artifact, tmp_path):
+    """Every field Python's check compares: a lie with a true sha256 and size, refused naming that field alone."""
+    from helpers import MANIFEST_LIES, compared_manifest_fields, python_disagreements
+
+    from cordsnet.artifact import manifest_path
+
+    assert sorted(MANIFEST_LIES) == sorted(compared_manifest_fields())
+    good = json.loads(manifest_path(artifact).read_text())
+    for field, lie in MANIFEST_LIES.items():
+        data = json.loads(json.dumps(good))
+        lie(data)
+        assert python_disagreements(artifact, data) in (None, [field]), field
+        (tmp_path / "lie.json").write_text(json.dumps(data))
+        line = refused(str(artifact), "--manifest", str(tmp_path / "lie.json"))
+        assert f"disagrees with the metadata inside {artifact.name} on {field}; " in line, (field, line)
+    # several lies: every field named, in Python's order
+    data = json.loads(json.dumps(good))
+    for field in ("version", "exporter", "preset", "alpha"):
+        MANIFEST_LIES[field](data)
+    assert python_disagreements(artifact, data) == ["alpha", "preset", "exporter", "version"]
+    (tmp_path / "lie.json").write_text(json.dumps(data))
+    assert " on alpha, preset, exporter, version; " in refused(str(artifact), "--manifest", str(tmp_path / "lie.json"))
+
+
+def test_node_refuses_a_manifest_of_other_bytes_or_another_file(artifact, tmp_path):
+    from cordsnet.artifact import manifest_path
+
+    good = json.loads(manifest_path(artifact).read_text())
+    for name, change, match in [
+        ("sha", lambda d: d["artifact"].update(sha256="0" * 64), "belongs to another artifact"),
+        ("size", lambda d: d["artifact"].update(size_bytes=1), "belongs to another artifact"),
+        ("file", lambda d: d["artifact"].update(file="other.onnx"), "belongs to \"other.onnx\""),
+        ("format", lambda d: d["artifact"].update(format="executorch"), "this program runs onnx"),
+    ]:
+        data = json.loads(json.dumps(good))
+        change(data)
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+        assert match in refused(str(artifact), "--manifest", str(tmp_path / f"{name}.json"))
+
+
+def test_node_refuses_a_graph_without_its_metadata_lacking_a_stated_field_or_truncated(artifact, tmp_path):
+    import hashlib
+
+    from helpers import rewrite_onnx_metadata
+
+    from cordsnet.artifact import manifest_path
+
+    bare = rewrite_onnx_metadata(artifact, tmp_path / "bare", lambda p: p.clear())
+    assert "is not a cordsnet export (no 'cordsnet.format_version' metadata)" in refused(str(bare))
+    lacking = rewrite_onnx_metadata(artifact, tmp_path / "lacking", lambda p: p.pop("cordsnet.exporter"))
+    assert "on exporter; " in refused(str(lacking))  # read as "", the manifest says "legacy"
+    required = rewrite_onnx_metadata(artifact, tmp_path / "required", lambda p: p.pop("cordsnet.alpha"))
+    assert "lacks the metadata key 'cordsnet.alpha'" in refused(str(required))
+    truncated = tmp_path / "truncated" / artifact.name
+    truncated.parent.mkdir()
+    truncated.write_bytes(artifact.read_bytes()[:-1000])  # the metadata_props follow the graph
+    data = json.loads(manifest_path(artifact).read_text())
+    data["artifact"].update(sha256=hashlib.sha256(truncated.read_bytes()).hexdigest(), size_bytes=truncated.stat().st_size)
+    manifest_path(truncated).write_text(json.dumps(data))
+    assert "is not a readable ONNX file (truncated, corrupt or not ONNX)" in refused(str(truncated))
+
+
+def test_node_compares_an_honest_manifest_by_value(artifact, tmp_path):
+    """Objects with their keys in another order, a number written otherwise: the same values, accepted."""
+    from helpers import python_disagreements
+
+    from cordsnet.artifact import manifest_path
+
+    data = json.loads(manifest_path(artifact).read_text())
+    data["config"] = dict(reversed(data["config"].items()))
+    data["preset"] = dict(reversed(data["preset"].items()))
+    assert python_disagreements(artifact, data) == []
+    text = json.dumps(data)
+    assert '"alpha": 0.2,' in text
+    (tmp_path / "same.json").write_text(text.replace('"alpha": 0.2,', '"alpha": 2.000e-1,'))
+    (tmp_path / "in.json").write_text(json.dumps({"images": [[0.0] * 32 * 32]}))
+    res = node(str(artifact), "--manifest", str(tmp_path / "same.json"), "--input", str(tmp_path / "in.json"),
+               "--steps", "3", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["steps"] == 3

@@ -24,6 +24,134 @@ export function checkManifest(manifest) {
   return manifest;
 }
 
+export const METADATA_PREFIX = 'cordsnet.';
+
+/** JSON values equal in value: numbers exactly, objects with the same keys in any order (Python's ==). */
+function sameJson(a, b) {
+  if (Array.isArray(a) || Array.isArray(b)) {
+    return Array.isArray(a) && Array.isArray(b) && a.length === b.length && a.every((x, i) => sameJson(x, b[i]));
+  }
+  if (a !== null && b !== null && typeof a === 'object' && typeof b === 'object') {
+    const keys = Object.keys(a);
+    return keys.length === Object.keys(b).length && keys.every((k) => Object.hasOwn(b, k) && sameJson(a[k], b[k]));
+  }
+  return a === b;
+}
+
+const isNumberText = (text) => text.trim() !== '' && Number.isFinite(Number(text));
+
+// How a metadata value (text) is compared with the manifest's value: cordsnet.artifact.ArtifactInfo parses both
+// sides alike, then compares the parsed values. Each returns true/false, or null when the graph's text is malformed.
+const SAME = {
+  text: (text, value) => text === (typeof value === 'string' ? value : JSON.stringify(value)),
+  number: (text, value) => (isNumberText(text) ? typeof value === 'number' && Number(text) === value : null),
+  json: (text, value) => {
+    try {
+      return sameJson(JSON.parse(text), value);
+    } catch {
+      return null;
+    }
+  },
+  batch: (text, value) => (text === 'dynamic' ? value === null : SAME.number(text, value)),
+  version: (text, value) => text === '' || value === '' || text === value,  // compared only when both are stated
+};
+
+// The fields cordsnet.artifact.manifest_disagreements compares, in its order, with where the manifest states
+// each (cordsnet.artifact.info._manifest_to_metadata): [name as Python reports it, metadata key without the
+// prefix, manifest path, how compared, the graph's value when it lacks the key (undefined: required), the
+// manifest's value when it lacks it (undefined: required)]. The spontaneous state is compared last.
+const COMPARED = [
+  ['graph', 'graph', ['graph'], 'text'],
+  ['config', 'config', ['config'], 'json'],
+  ['steps', 'steps', ['protocol', 'steps'], 'number'],
+  ['spontaneous_steps', 'spontaneous_steps', ['protocol', 'spontaneous_steps'], 'number'],
+  ['alpha', 'alpha', ['protocol', 'alpha'], 'number'],
+  ['readout', 'readout', ['protocol', 'readout'], 'text', 'last'],
+  ['record', 'record', ['protocol', 'record'], 'json', '[]'],
+  ['dtype', 'dtype', ['dtype'], 'text', 'float32'],
+  ['batch', 'batch', ['batch'], 'batch'],
+  ['steps_per_call', 'steps_per_call', ['protocol', 'steps_per_call'], 'number', '1', 1],
+  ['preset', 'preset', ['preset'], 'json', 'null', null],
+  ['exporter', 'exporter', ['exporter'], 'text', '', ''],
+  ['checkpoint_sha256', 'checkpoint_sha256', ['checkpoint_sha256'], 'text', '', ''],
+  ['state_dict_sha256', 'state_dict_sha256', ['state_dict_sha256'], 'text', '', ''],
+  ['format_version', 'format_version', ['format_version'], 'text'],
+  ['version', 'version', ['cordsnet_version'], 'version', '', ''],
+];
+
+/** IEEE half-precision values (little-endian bytes) as float32. */
+function decodeFloat16(bytes) {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out = new Float32Array(Math.floor(bytes.byteLength / 2));
+  for (let i = 0; i < out.length; i++) {
+    const h = view.getUint16(2 * i, true), e = (h >> 10) & 0x1f, f = h & 0x3ff;
+    const v = e === 0 ? f * 2 ** -24 : e === 31 ? (f ? NaN : Infinity) : (f + 1024) * 2 ** (e - 25);
+    out[i] = h & 0x8000 ? -v : v;
+  }
+  return out;
+}
+
+/** The spontaneous state: the same areas, shapes and float32 values (numpy's array_equal on float32). */
+function sameSpontaneous(metadata, manifest, fail) {
+  const areas = manifest.spontaneous_state && manifest.spontaneous_state.areas;
+  const text = metadata[`${METADATA_PREFIX}spontaneous_state`];
+  if (!Array.isArray(areas)) return false;
+  let entries = null;
+  if (text === undefined) {  // cordsnet.artifact.info._spontaneous: zeros when there is no spontaneous phase
+    if (Number(metadata[`${METADATA_PREFIX}spontaneous_steps`]) !== 0) fail(`lacks the metadata key '${METADATA_PREFIX}spontaneous_state'`);
+  } else {
+    try {
+      entries = JSON.parse(text);
+    } catch {
+      entries = undefined;
+    }
+    if (!Array.isArray(entries)) fail(`has a malformed '${METADATA_PREFIX}spontaneous_state'`);
+    if (entries.length !== areas.length) return false;
+  }
+  const decoders = { float32: decodeFloat32Bytes, float16: decodeFloat16 };
+  return areas.every((area, i) => {
+    if (!area || !Array.isArray(area.shape) || typeof area.data !== 'string') return false;
+    const size = area.shape.reduce((a, b) => a * b, 1);
+    try {  // undecodable base64 on either side: not the same state
+      const bytes = base64ToBytes(area.data), values = decodeFloat32Bytes(bytes);
+      if (bytes.length !== 4 * size) return false;
+      if (entries === null) return values.every((v) => v === 0);
+      const e = entries[i];
+      const decode = e && decoders[e.dtype];
+      if (!decode || !sameJson(e.shape, area.shape) || typeof e.data !== 'string') return false;
+      const own = decode(base64ToBytes(e.data));
+      return own.length === size && values.every((v, k) => v === own[k]);
+    } catch {
+      return false;
+    }
+  });
+}
+
+/**
+ * The fields a manifest states differently from the graph's own `cordsnet.*` metadata ([] when they agree),
+ * as cordsnet.artifact.manifest_disagreements compares them. `metadata`: the graph's string map (ONNX
+ * metadata_props); `source` names the graph in errors. Throws Error("model: ...") when the graph holds no
+ * cordsnet metadata, lacks a required key or holds a malformed value.
+ */
+export function manifestDisagreements(manifest, metadata, source = 'model') {
+  const fail = (what) => { throw new Error(`model: ${source} ${what}`); };
+  if (metadata[`${METADATA_PREFIX}format_version`] === undefined) {
+    fail(`is not a cordsnet export (no '${METADATA_PREFIX}format_version' metadata); its manifest cannot be checked against it`);
+  }
+  const diffs = [];
+  for (const [name, key, path, as, graphDefault, manifestDefault] of COMPARED) {
+    const text = metadata[METADATA_PREFIX + key] ?? graphDefault;
+    if (text === undefined) fail(`lacks the metadata key '${METADATA_PREFIX}${key}'`);
+    let value = path.reduce((obj, k) => (obj !== null && typeof obj === 'object' && Object.hasOwn(obj, k) ? obj[k] : undefined), manifest);
+    if (value === undefined) value = manifestDefault;
+    const same = value === undefined ? false : SAME[as](text, value);
+    if (same === null) fail(`has a bad '${METADATA_PREFIX}${key}' = ${JSON.stringify(text.slice(0, 80))}`);
+    if (!same) diffs.push(name);
+  }
+  if (!sameSpontaneous(metadata, manifest, fail)) diffs.push('spontaneous_state');
+  return diffs;
+}
+
 function base64ToBytes(text) {
   if (typeof atob === 'function') {
     const bin = atob(text);
@@ -34,14 +162,18 @@ function base64ToBytes(text) {
   return new Uint8Array(Buffer.from(text, 'base64'));  // Node without atob
 }
 
-/** Little-endian float32 values of a base64 string (`what` names it in errors). */
-function decodeFloat32(text, what) {
-  if (typeof text !== 'string') throw new Error(`manifest: ${what}: expected base64 text, got ${typeof text}`);
-  const bytes = base64ToBytes(text);
+/** Little-endian float32 values of bytes. */
+function decodeFloat32Bytes(bytes) {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const data = new Float32Array(Math.floor(bytes.byteLength / 4));
   for (let i = 0; i < data.length; i++) data[i] = view.getFloat32(4 * i, true);  // little-endian
   return data;
+}
+
+/** Little-endian float32 values of a base64 string (`what` names it in errors). */
+function decodeFloat32(text, what) {
+  if (typeof text !== 'string') throw new Error(`manifest: ${what}: expected base64 text, got ${typeof text}`);
+  return decodeFloat32Bytes(base64ToBytes(text));
 }
 
 /** The spontaneous end state: one {shape: [1, c, h, w], data: Float32Array} per area. */

@@ -5,7 +5,8 @@
  * MODEL is a `stepwise` graph (inputs image, state_0..D-1; outputs logits, next_state_0..D-1) or a
  * `stepwise-drive` graph (inputs skip, ff0, state_*) with its encode graph beside it; its client manifest
  * `MODEL.cordsnet.json` supplies the spontaneous state, the protocol and the decision block
- * (cordsnet_client.c reads it). The state lives in OpenVINO tensors: two sets bound once to two infer
+ * (cordsnet_client.c reads it, and refuses it unless it agrees with the graph's own metadata_props).
+ * The state lives in OpenVINO tensors: two sets bound once to two infer
  * requests, request k reading set k and writing set 1 - k, so nothing is copied between steps (the
  * same scheme as cordsnet.runtime.openvino_backend.OpenVINOStepper). Prints one JSON object on stdout;
  * bad input is one line on stderr and exit status 1.
@@ -254,7 +255,7 @@ int main(int argc, char **argv) {
         puts(cn_usage());
         return 0;
     }
-    if (cn_manifest_read(args.model, args.manifest, "onnx", &m, err) || cn_plan(&m, &args, err) ||
+    if (cn_manifest_read(args.model, args.manifest, "onnx", cn_onnx_metadata, NULL, &m, err) || cn_plan(&m, &args, err) ||
         cn_read_image(args.image, &m, &image, err) || runner_open(&r, &m, image, err))
         goto done;
     cn_stepper stepper = {runner_start, runner_step, &r};

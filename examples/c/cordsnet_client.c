@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <time.h>
 
 #define MAX_MANIFEST_BYTES (256L << 20) /* cordsnet.artifact._load_manifest_json's bound */
@@ -486,6 +487,438 @@ static int read_decision(const cJSON *root, cn_manifest *m, char *err) {
     return 0;
 }
 
+/* ------------------------------------------------------------------------------------ metadata */
+/* The graph's own `cordsnet.*` map, and the manifest checked against it field by field, as
+ * cordsnet.artifact.manifest_disagreements does (which fields, how each is compared). */
+#define PREFIX "cordsnet."
+#define MAX_METADATA_BYTES (64L << 20) /* cordsnet.artifact.kinds.MAX_METADATA_BYTES */
+#define MAX_METADATA_ENTRIES 4096
+#define ONNX_METADATA_PROPS 14 /* ModelProto.metadata_props: repeated StringStringEntryProto {key = 1, value = 2} */
+
+const char *cn_metadata_get(const cn_metadata *meta, const char *key) {
+    for (int i = 0; i < meta->count; i++)
+        if (strcmp(meta->keys[i], key) == 0) return meta->values[i];
+    return NULL;
+}
+
+void cn_metadata_free(cn_metadata *meta) {
+    for (int i = 0; i < meta->count; i++) {
+        free(meta->keys[i]);
+        free(meta->values[i]);
+    }
+    free(meta->keys);
+    free(meta->values);
+    memset(meta, 0, sizeof *meta);
+}
+
+/* Add (or, for a key seen before, replace: the last entry wins, as in Python's dict) key -> value. */
+static int metadata_put(cn_metadata *meta, const char *key, size_t key_len, const char *value, size_t value_len) {
+    char *k = malloc(key_len + 1), *v = malloc(value_len + 1);
+    if (!k || !v) {
+        free(k);
+        free(v);
+        return -1;
+    }
+    memcpy(k, key, key_len);
+    k[key_len] = '\0';
+    memcpy(v, value, value_len);
+    v[value_len] = '\0';
+    for (int i = 0; i < meta->count; i++) {
+        if (strcmp(meta->keys[i], k) == 0) {
+            free(k);
+            free(meta->values[i]);
+            meta->values[i] = v;
+            return 0;
+        }
+    }
+    char **keys = realloc(meta->keys, (size_t)(meta->count + 1) * sizeof *keys);
+    if (keys) meta->keys = keys;
+    char **values = keys ? realloc(meta->values, (size_t)(meta->count + 1) * sizeof *values) : NULL;
+    if (values) meta->values = values;
+    if (!keys || !values) {
+        free(k);
+        free(v);
+        return -1;
+    }
+    meta->keys[meta->count] = k;
+    meta->values[meta->count++] = v;
+    return 0;
+}
+
+/* A protobuf reader over a file (f) or a buffer (buf), never past `end`. */
+typedef struct {
+    FILE *f;
+    const unsigned char *buf;
+    uint64_t pos, end;
+} pb_reader;
+
+static int pb_varint(pb_reader *r, uint64_t *out) {
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (r->pos >= r->end) return -1;
+        int c = r->f ? fgetc(r->f) : r->buf[r->pos];
+        if (c == EOF) return -1;
+        r->pos++;
+        v |= (uint64_t)(c & 0x7f) << shift;
+        if (!(c & 0x80)) {
+            *out = v;
+            return 0;
+        }
+    }
+    return -1; /* more than 10 bytes */
+}
+
+static int pb_skip(pb_reader *r, uint64_t n) {
+    if (n > r->end - r->pos) return -1;
+    r->pos += n;
+    return r->f ? fseeko(r->f, (off_t)r->pos, SEEK_SET) : 0;
+}
+
+/* The next field's number, wire type and, for a length-delimited one, its length; or a reason. */
+static const char *pb_field(pb_reader *r, uint64_t *number, unsigned *wire, uint64_t *length) {
+    uint64_t tag;
+    if (pb_varint(r, &tag)) return "a truncated field tag";
+    *number = tag >> 3;
+    *wire = (unsigned)(tag & 7);
+    if (*number == 0) return "field number 0";
+    switch (*wire) {
+    case 0:
+        return pb_varint(r, length) ? "a truncated varint" : NULL;
+    case 1:
+        return pb_skip(r, 8) ? "a truncated fixed64" : NULL;
+    case 5:
+        return pb_skip(r, 4) ? "a truncated fixed32" : NULL;
+    case 2:
+        if (pb_varint(r, length)) return "a truncated length";
+        return *length > r->end - r->pos ? "a field longer than the rest of the file" : NULL;
+    default:
+        return "a wire type ONNX does not use";
+    }
+}
+
+/* One StringStringEntryProto of `n` bytes: its key and value (the last of each, as protobuf reads them). */
+static const char *onnx_entry(const unsigned char *bytes, uint64_t n, cn_metadata *meta) {
+    pb_reader r = {NULL, bytes, 0, n};
+    const unsigned char *key = NULL, *value = NULL;
+    uint64_t key_len = 0, value_len = 0, number, length;
+    unsigned wire;
+    while (r.pos < r.end) {
+        const char *why = pb_field(&r, &number, &wire, &length);
+        if (why) return why;
+        if (wire != 2) continue;
+        if (number == 1) key = bytes + r.pos, key_len = length;
+        if (number == 2) value = bytes + r.pos, value_len = length;
+        r.pos += length;
+    }
+    if (!key || key_len < strlen(PREFIX) || memcmp(key, PREFIX, strlen(PREFIX)) != 0) return NULL;
+    if (memchr(key, '\0', key_len) || (value && memchr(value, '\0', value_len))) return "a NUL byte in a cordsnet key or value";
+    if (meta->count >= MAX_METADATA_ENTRIES) return "more metadata entries than any export writes";
+    return metadata_put(meta, (const char *)key, key_len, value ? (const char *)value : "", value_len)
+               ? "out of memory" : NULL;
+}
+
+int cn_onnx_metadata(void *ctx, const char *path, cn_metadata *meta, char *err) {
+    (void)ctx;
+    memset(meta, 0, sizeof *meta);
+    FILE *f = fopen(path, "rb");
+    struct stat st;
+    if (!f || fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        if (f) fclose(f);
+        cn_fail(err, "model: cannot read '%s' (%s)", path, f ? "not a regular file" : strerror(errno));
+        return -1;
+    }
+    pb_reader r = {f, NULL, 0, (uint64_t)st.st_size};
+    unsigned char *bytes = NULL;
+    uint64_t number, length, total = 0;
+    unsigned wire;
+    const char *why = NULL;
+    while (!why && r.pos < r.end) {
+        why = pb_field(&r, &number, &wire, &length);
+        if (why || wire != 2) continue;
+        if (number != ONNX_METADATA_PROPS) {
+            why = pb_skip(&r, length) ? "a truncated field" : NULL;
+            continue;
+        }
+        total += length;
+        if (total > (uint64_t)MAX_METADATA_BYTES) {
+            why = "metadata larger than any export writes";
+        } else if (!(bytes = malloc(length ? length : 1))) {
+            why = "out of memory";
+        } else if (fread(bytes, 1, length, f) != length) {
+            why = "a truncated metadata entry";
+        } else {
+            r.pos += length;
+            why = onnx_entry(bytes, length, meta);
+        }
+        free(bytes);
+        bytes = NULL;
+    }
+    fclose(f);
+    if (why) {
+        cn_metadata_free(meta);
+        cn_fail(err, "model: '%s' is not a readable ONNX file (truncated, corrupt or not ONNX): %s at byte %llu", path,
+                why, (unsigned long long)r.pos);
+        return -1;
+    }
+    return 0;
+}
+
+int cn_metadata_from_json(const char *text, size_t length, const char *path, cn_metadata *meta, char *err) {
+    memset(meta, 0, sizeof *meta);
+    cJSON *root = length <= (size_t)MAX_METADATA_BYTES ? cJSON_ParseWithLength(text, length) : NULL, *item;
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        cn_fail(err, "model: '%s' has malformed cordsnet metadata (expected a JSON object)", path);
+        return -1;
+    }
+    int rc = 0;
+    cJSON_ArrayForEach(item, root) {
+        char *printed = cJSON_IsString(item) ? NULL : cJSON_PrintUnformatted(item);
+        const char *value = cJSON_IsString(item) ? item->valuestring : printed;
+        if (!value || metadata_put(meta, item->string, strlen(item->string), value, strlen(value))) rc = -1;
+        free(printed);
+        if (rc) break;
+    }
+    cJSON_Delete(root);
+    if (rc) {
+        cn_metadata_free(meta);
+        cn_fail(err, "model: reading the metadata of '%s': out of memory", path);
+    }
+    return rc;
+}
+
+/* How a metadata value (text) is compared with the manifest's value (cordsnet.artifact.ArtifactInfo parses
+ * both sides alike, then compares the parsed values). */
+typedef enum {
+    AS_TEXT,    /* a string */
+    AS_NUMBER,  /* a number, exactly (the text parsed as a double) */
+    AS_JSON,    /* JSON values, equal in value (objects in any key order) */
+    AS_BATCH,   /* "dynamic" <-> null, else a number */
+    AS_VERSION, /* a string, compared only when both are non-empty */
+} compare_as;
+
+/* The fields cordsnet.artifact.manifest_disagreements compares, in its order (the spontaneous state,
+ * last, is compared by same_spontaneous), with where the manifest states each
+ * (cordsnet.artifact.info._manifest_to_metadata) and the value either side stands for when absent. */
+typedef struct {
+    const char *name;              /* as Python reports it (the ArtifactInfo field) */
+    const char *key;               /* the metadata key, without the prefix */
+    const char *path[2];           /* the manifest's key (a member of the first when there are two) */
+    compare_as as;
+    const char *graph_default;     /* the value of an absent key (NULL: the graph must hold it) */
+    const char *manifest_default;  /* JSON of an absent manifest value (NULL: the manifest must hold it) */
+} compared_field;
+
+static const compared_field COMPARED[] = {
+    {"graph", "graph", {"graph"}, AS_TEXT, NULL, NULL},
+    {"config", "config", {"config"}, AS_JSON, NULL, NULL},
+    {"steps", "steps", {"protocol", "steps"}, AS_NUMBER, NULL, NULL},
+    {"spontaneous_steps", "spontaneous_steps", {"protocol", "spontaneous_steps"}, AS_NUMBER, NULL, NULL},
+    {"alpha", "alpha", {"protocol", "alpha"}, AS_NUMBER, NULL, NULL},
+    {"readout", "readout", {"protocol", "readout"}, AS_TEXT, "last", NULL},
+    {"record", "record", {"protocol", "record"}, AS_JSON, "[]", NULL},
+    {"dtype", "dtype", {"dtype"}, AS_TEXT, "float32", NULL},
+    {"batch", "batch", {"batch"}, AS_BATCH, NULL, NULL},
+    {"steps_per_call", "steps_per_call", {"protocol", "steps_per_call"}, AS_NUMBER, "1", "1"},
+    {"preset", "preset", {"preset"}, AS_JSON, "null", "null"},
+    {"exporter", "exporter", {"exporter"}, AS_TEXT, "", "\"\""},
+    {"checkpoint_sha256", "checkpoint_sha256", {"checkpoint_sha256"}, AS_TEXT, "", "\"\""},
+    {"state_dict_sha256", "state_dict_sha256", {"state_dict_sha256"}, AS_TEXT, "", "\"\""},
+    {"format_version", "format_version", {"format_version"}, AS_TEXT, NULL, NULL},
+    {"version", "version", {"cordsnet_version"}, AS_VERSION, "", "\"\""},
+};
+#define N_COMPARED (sizeof COMPARED / sizeof COMPARED[0])
+
+/* JSON values equal in value: numbers exactly, objects with the same keys in any order. */
+static int same_json(const cJSON *a, const cJSON *b) {
+    if (!a || !b) return a == b;
+    if (cJSON_IsNumber(a) || cJSON_IsNumber(b)) return cJSON_IsNumber(a) && cJSON_IsNumber(b) && a->valuedouble == b->valuedouble;
+    if ((a->type & 0xFF) != (b->type & 0xFF)) return 0;
+    if (cJSON_IsString(a)) return strcmp(a->valuestring, b->valuestring) == 0;
+    if (cJSON_IsArray(a) || cJSON_IsObject(a)) {
+        if (cJSON_GetArraySize(a) != cJSON_GetArraySize(b)) return 0;
+        const cJSON *x = a->child, *y = b->child;
+        for (; x && y; x = x->next, y = y->next) {
+            const cJSON *other = cJSON_IsObject(a) ? cJSON_GetObjectItemCaseSensitive(b, x->string) : y;
+            if (!same_json(x, other)) return 0;
+        }
+        return 1;
+    }
+    return 1; /* null, true, false: the same type */
+}
+
+static int same_text(const char *text, const cJSON *value) {
+    if (cJSON_IsString(value)) return strcmp(text, value->valuestring) == 0;
+    char *printed = value ? cJSON_PrintUnformatted(value) : NULL; /* str() of a number, as Python reads it */
+    int same = printed && strcmp(text, printed) == 0;
+    free(printed);
+    return same;
+}
+
+static int text_number(const char *text, double *out) {
+    char *end;
+    errno = 0;
+    *out = strtod(text, &end);
+    return *text && !*end && !errno;
+}
+
+/* Compare one field; -1 when the graph's own value is malformed (err set). */
+static int same_field(const compared_field *c, const char *text, const cJSON *value, const char *model, char *err) {
+    double number;
+    cJSON *parsed;
+    int same;
+    switch (c->as) {
+    case AS_TEXT:
+        return same_text(text, value);
+    case AS_VERSION:
+        return !*text || (cJSON_IsString(value) && !*value->valuestring) || same_text(text, value);
+    case AS_BATCH:
+        if (strcmp(text, "dynamic") == 0) return cJSON_IsNull(value);
+        /* fall through */
+    case AS_NUMBER:
+        if (!text_number(text, &number)) break;
+        return cJSON_IsNumber(value) && value->valuedouble == number;
+    case AS_JSON:
+        if (!(parsed = cJSON_ParseWithLength(text, strlen(text)))) break;
+        same = same_json(parsed, value);
+        cJSON_Delete(parsed);
+        return same;
+    }
+    char quoted[81]; /* the graph's bytes, quoted printable (a corrupt file's are anything) */
+    size_t n = 0;
+    for (; n < sizeof quoted - 1 && text[n]; n++) quoted[n] = text[n] >= 0x20 && text[n] <= 0x7e ? text[n] : '?';
+    quoted[n] = '\0';
+    cn_fail(err, "model: '%s' has a bad '" PREFIX "%s' = '%s'", model, c->key, quoted);
+    return -1;
+}
+
+/* `count` values of `dtype` ("float32" or "float16", little-endian) from base64 as floats (allocated). */
+static int decode_values(const char *text, const char *dtype, size_t count, float **out) {
+    size_t width = strcmp(dtype, "float32") == 0 ? 4 : strcmp(dtype, "float16") == 0 ? 2 : 0, len = strlen(text);
+    if (!width || len % 4 != 0 || len / 4 * 3 < count * width) return -1;
+    unsigned char *bytes = malloc(len / 4 * 3 + 1);
+    float *values = malloc(count * sizeof(float) + 1);
+    int decoded = bytes && values ? EVP_DecodeBlock(bytes, (const unsigned char *)text, (int)len) : -1;
+    size_t pad = (len >= 1 && text[len - 1] == '=') + (len >= 2 && text[len - 2] == '=');
+    int ok = decoded >= 0 && (size_t)decoded - pad == count * width;
+    for (size_t i = 0; ok && i < count; i++) {
+        const unsigned char *b = bytes + width * i;
+        if (width == 4) {
+            uint32_t u = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+            memcpy(values + i, &u, 4);
+        } else { /* IEEE half: sign, 5-bit exponent, 10-bit fraction */
+            unsigned h = (unsigned)b[0] | (unsigned)b[1] << 8, e = (h >> 10) & 0x1f, frac = h & 0x3ff;
+            float v = e == 0 ? ldexpf((float)frac, -24) : e == 31 ? (frac ? NAN : INFINITY)
+                                                                  : ldexpf((float)(frac | 0x400), (int)e - 25);
+            values[i] = h & 0x8000 ? -v : v;
+        }
+    }
+    free(bytes);
+    if (!ok) {
+        free(values);
+        return -1;
+    }
+    *out = values;
+    return 0;
+}
+
+/* The spontaneous state: the same areas, shapes and float32 values (numpy's array_equal on float32). */
+static int same_spontaneous(const cn_metadata *meta, const cJSON *root, const char *model, char *err) {
+    const cJSON *spont = cJSON_GetObjectItemCaseSensitive(root, "spontaneous_state");
+    const cJSON *areas = cJSON_GetObjectItemCaseSensitive(spont, "areas");
+    const char *text = cn_metadata_get(meta, PREFIX "spontaneous_state");
+    if (!cJSON_IsArray(areas)) return 0;
+    if (!text) { /* cordsnet.artifact.info._spontaneous: zeros, when there is no spontaneous phase */
+        const char *steps = cn_metadata_get(meta, PREFIX "spontaneous_steps");
+        double n;
+        if (!steps || !text_number(steps, &n) || n != 0) {
+            cn_fail(err, "model: '%s' lacks the metadata key '" PREFIX "spontaneous_state'", model);
+            return -1;
+        }
+    }
+    cJSON *entries = text ? cJSON_ParseWithLength(text, strlen(text)) : NULL;
+    if (text && !cJSON_IsArray(entries)) {
+        cJSON_Delete(entries);
+        cn_fail(err, "model: '%s' has a malformed '" PREFIX "spontaneous_state'", model);
+        return -1;
+    }
+    int same = !entries || cJSON_GetArraySize(entries) == cJSON_GetArraySize(areas);
+    for (int i = 0; same && i < cJSON_GetArraySize(areas); i++) {
+        const cJSON *area = cJSON_GetArrayItem(areas, i), *entry = cJSON_GetArrayItem(entries, i);
+        const cJSON *shape = cJSON_GetObjectItemCaseSensitive(area, "shape"), *data = cJSON_GetObjectItemCaseSensitive(area, "data");
+        const cJSON *dtype = cJSON_GetObjectItemCaseSensitive(entry, "dtype"), *own = cJSON_GetObjectItemCaseSensitive(entry, "data");
+        size_t count = 1;
+        const cJSON *dim;
+        cJSON_ArrayForEach(dim, shape) { /* at most MAX_METADATA_BYTES values: no product overflows */
+            same = same && cJSON_IsNumber(dim) && dim->valuedouble >= 1 &&
+                   (double)count * dim->valuedouble <= (double)MAX_METADATA_BYTES;
+            count = same ? count * (size_t)dim->valuedouble : 1;
+        }
+        same = same && cJSON_IsArray(shape) && cJSON_IsString(data) &&
+               (!entries || (same_json(shape, cJSON_GetObjectItemCaseSensitive(entry, "shape")) && cJSON_IsString(dtype) &&
+                             cJSON_IsString(own)));
+        float *a = NULL, *b = NULL;
+        if (same && decode_values(data->valuestring, "float32", count, &a)) same = 0;
+        if (same && entries && decode_values(own->valuestring, dtype->valuestring, count, &b)) same = 0;
+        for (size_t k = 0; same && k < count; k++) same = a[k] == (b ? b[k] : 0.0f);
+        free(a);
+        free(b);
+    }
+    cJSON_Delete(entries);
+    return same;
+}
+
+/* The fields where the manifest `root` says other than `meta`, joined by ", " into `names` (0 when none);
+ * -1 when the graph holds no cordsnet metadata or a malformed value (err set). */
+static int metadata_disagreements(const cJSON *root, const cn_metadata *meta, const char *model, char *names,
+                                  size_t cap, char *err) {
+    int count = 0;
+    names[0] = '\0';
+    if (!cn_metadata_get(meta, PREFIX "format_version")) {
+        cn_fail(err, "model: '%s' is not a cordsnet export (no '" PREFIX "format_version' metadata); its manifest "
+                "cannot be checked against it", model);
+        return -1;
+    }
+    for (size_t i = 0; i <= N_COMPARED; i++) {
+        int same;
+        const char *name = i < N_COMPARED ? COMPARED[i].name : "spontaneous_state";
+        if (i == N_COMPARED) {
+            same = same_spontaneous(meta, root, model, err);
+        } else {
+            const compared_field *c = &COMPARED[i];
+            char key[64];
+            snprintf(key, sizeof key, PREFIX "%s", c->key);
+            const char *text = cn_metadata_get(meta, key);
+            if (!text && !(text = c->graph_default)) {
+                cn_fail(err, "model: '%s' lacks the metadata key '%s'", model, key);
+                return -1;
+            }
+            const cJSON *value = cJSON_GetObjectItemCaseSensitive(root, c->path[0]);
+            if (c->path[1]) value = cJSON_GetObjectItemCaseSensitive(value, c->path[1]);
+            cJSON *fallback = !value && c->manifest_default ? cJSON_Parse(c->manifest_default) : NULL;
+            same = value || fallback ? same_field(c, text, value ? value : fallback, model, err) : 0;
+            cJSON_Delete(fallback);
+        }
+        if (same < 0) return -1;
+        if (!same) snprintf(names + strlen(names), cap - strlen(names), count++ ? ", %s" : "%s", name);
+    }
+    return count;
+}
+
+/* Refuse a manifest that says other than the graph's own metadata (cordsnet.artifact.check_manifest). */
+static int check_metadata(const cJSON *root, const cn_manifest *m, cn_metadata_reader read_metadata, void *ctx,
+                          char *err) {
+    cn_metadata meta;
+    char names[512];
+    if (read_metadata(ctx, m->model_path, &meta, err)) return -1;
+    int count = metadata_disagreements(root, &meta, m->model_path, names, sizeof names, err);
+    cn_metadata_free(&meta);
+    if (count > 0)
+        cn_fail(err, "manifest: '%s' disagrees with the metadata inside %s on %s; the manifest was edited or belongs "
+                "to another export: export again", m->manifest_path, base_name(m->model_path), names);
+    return count ? -1 : 0;
+}
+
 static int read_json(const char *path, cJSON **out, char *err) {
     FILE *f = fopen(path, "rb");
     if (!f) {
@@ -518,7 +951,8 @@ static int read_json(const char *path, cJSON **out, char *err) {
     return 0;
 }
 
-int cn_manifest_read(const char *model, const char *manifest, const char *format, cn_manifest *m, char *err) {
+int cn_manifest_read(const char *model, const char *manifest, const char *format, cn_metadata_reader read_metadata,
+                     void *ctx, cn_manifest *m, char *err) {
     memset(m, 0, sizeof *m);
     if (check_file("MODEL", model, err)) return -1;
     m->model_path = dup_str(model);
@@ -541,7 +975,9 @@ int cn_manifest_read(const char *model, const char *manifest, const char *format
         cn_fail(err, "manifest: '%s' has cordsnet_manifest %d; this program reads 1", m->manifest_path, version);
         goto done;
     }
-    if (read_artifact(root, m, format, err) || read_kind(root, m, &kind, err)) goto done;
+    if (read_artifact(root, m, format, err) || check_metadata(root, m, read_metadata, ctx, err) ||
+        read_kind(root, m, &kind, err))
+        goto done;
     if (!(config = field(root, "config", "", err)) || get_int(config, "depth", "config.", 1, MAX_DEPTH, &m->depth, err) ||
         get_int(config, "num_classes", "config.", 2, 1 << 20, &m->num_classes, err) ||
         get_int(config, "in_channels", "config.", 1, 1 << 10, &m->in_channels, err) ||

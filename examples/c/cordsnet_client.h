@@ -6,6 +6,10 @@
  *   - the client manifest `<artifact>.cordsnet.json` (schema: docs/export.md, "Client manifest";
  *     writer: cordsnet/artifact.py ArtifactInfo.to_manifest): the artifact's sha256 and size, the graph
  *     kind, the I/O names and shapes, the spontaneous state, the protocol's steps and the decision block;
+ *     checked against the artifact's bytes and, field by field, against the `cordsnet.*` metadata the
+ *     graph itself holds (cordsnet.artifact.manifest_disagreements: a manifest that lies is refused);
+ *   - that metadata from an ONNX file (ModelProto.metadata_props, a bounded reader: cn_onnx_metadata) or
+ *     from the JSON text a runtime returns (an ExecuTorch program's constant method: cn_metadata_from_json);
  *   - one normalised image from a .npy file (float32, (C, S, S) or (1, C, S, S), C order);
  *   - the decision rule "cordsnet.decision/1" (cordsnet/decision.py);
  *   - the command line, the protocol loop around a runtime's step function, and the JSON result.
@@ -57,6 +61,15 @@ typedef struct {
     float *baseline;       /* (T, K): logits after each step of a blank image from the spontaneous state */
 } cn_manifest;
 
+/* The graph's own `cordsnet.*` metadata: `count` keys (with the prefix) and their string values (owned). */
+typedef struct {
+    int count;
+    char **keys, **values;
+} cn_metadata;
+
+/* Reads the metadata of the artifact at `path` into `meta` (0), or one line in `err` (-1). */
+typedef int (*cn_metadata_reader)(void *ctx, const char *path, cn_metadata *meta, char *err);
+
 /* The command line: MODEL IMAGE.npy [--steps N] [--threshold P] [--margin M] [--manifest PATH] [--warmup]. */
 typedef struct {
     const char *model, *image, *manifest;
@@ -95,10 +108,21 @@ const char *cn_usage(void);
 int cn_parse_args(int argc, char **argv, cn_args *args, char *err);
 
 /* Read and check the manifest of `model` (`manifest`: its path, NULL for `<model>.cordsnet.json`),
- * which must belong to the file (name, size, sha256; likewise the encode companion) and describe a
- * float32 stepwise or stepwise-drive graph in `format`. */
-int cn_manifest_read(const char *model, const char *manifest, const char *format, cn_manifest *m, char *err);
+ * which must belong to the file (name, size, sha256; likewise the encode companion), agree with the
+ * metadata `read_metadata(ctx, model, ...)` reads from the graph itself on every field both hold
+ * (cn_metadata_disagreements), and describe a float32 stepwise or stepwise-drive graph in `format`. */
+int cn_manifest_read(const char *model, const char *manifest, const char *format, cn_metadata_reader read_metadata,
+                     void *ctx, cn_manifest *m, char *err);
 void cn_manifest_free(cn_manifest *m);
+
+/* cn_metadata_reader of an ONNX file: the `cordsnet.*` entries of ModelProto.metadata_props (field 14),
+ * read with every length checked against the file and MAX_METADATA_BYTES; nothing else is parsed. */
+int cn_onnx_metadata(void *ctx, const char *path, cn_metadata *meta, char *err);
+/* The map from a JSON object of `length` bytes (strings as they are, other values as JSON text), as
+ * cordsnet.artifact.reading._read_pte builds it; `path` names the artifact in errors. */
+int cn_metadata_from_json(const char *text, size_t length, const char *path, cn_metadata *meta, char *err);
+const char *cn_metadata_get(const cn_metadata *meta, const char *key); /* the value, or NULL */
+void cn_metadata_free(cn_metadata *meta);
 int cn_batch(const cn_manifest *m); /* the batch the program runs: the fixed batch, else 1 */
 
 /* One normalised image from a .npy file: C * S * S floats (caller frees). */

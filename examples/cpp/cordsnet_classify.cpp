@@ -6,7 +6,8 @@
 // MODEL is a `stepwise` program (inputs image, state_0..D-1; outputs logits, next_state_0..D-1) or a
 // `stepwise-drive` program (inputs skip, ff0, state_*) with its encode program beside it, exported with
 // `cordsnet-cli export --format executorch --graph stepwise` (XNNPACK delegate). Its client manifest
-// `MODEL.cordsnet.json` supplies the spontaneous state, the protocol and the decision block; the manifest,
+// `MODEL.cordsnet.json` supplies the spontaneous state, the protocol and the decision block, once it agrees
+// with the metadata the program itself returns from its constant method `cordsnet_metadata`; the manifest,
 // the image, the decision rule and the JSON result are the C client's (examples/c/cordsnet_client.c),
 // so both native programs read and decide alike.
 //
@@ -45,6 +46,9 @@ using executorch::runtime::EValue;
 using executorch::runtime::Tag;
 
 constexpr const char* kMethod = "forward";
+// cordsnet.artifact.kinds.PTE_METADATA_METHOD: the constant method that returns the program's own
+// cordsnet.* metadata as JSON text (what the manifest is checked against).
+constexpr const char* kMetadataMethod = "cordsnet_metadata";
 
 // One float32 buffer and the tensor that views it (the tensor never owns the bytes).
 struct Buffer {
@@ -138,6 +142,28 @@ class Program {
   std::unique_ptr<Module> module_;
   std::vector<EValue> outputs_;
 };
+
+// cn_metadata_reader of a .pte: the map its metadata method returns (none when it has no such method,
+// which cn_manifest_read refuses as not a cordsnet export).
+int read_metadata(void*, const char* path, cn_metadata* meta, char* err) {
+  *meta = cn_metadata{};
+  Module module(path, Module::LoadMode::Mmap);
+  auto names = module.method_names();
+  if (!names.ok()) {
+    cn_fail(err, "model: ExecuTorch cannot load '%s' (%s): not a loadable .pte program", path,
+            error_name(names.error()).c_str());
+    return -1;
+  }
+  if (!names->count(kMetadataMethod)) return 0;
+  auto out = module.execute(kMetadataMethod);
+  if (!out.ok() || out->size() != 1 || !(*out)[0].isString()) {
+    cn_fail(err, "model: '%s' has a malformed %s method (expected one JSON string)%s%s", path, kMetadataMethod,
+            out.ok() ? "" : ": ", out.ok() ? "" : error_name(out.error()).c_str());
+    return -1;
+  }
+  const auto text = (*out)[0].toString();
+  return cn_metadata_from_json(text.data(), text.size(), path, meta, err);
+}
 
 void copy_out(const EValue& value, Buffer& into) {
   std::memcpy(into.data.data(), value.toTensor().const_data_ptr<float>(), into.data.size() * sizeof(float));
@@ -250,7 +276,7 @@ int main(int argc, char** argv) {
     std::puts(cn_usage());
     return 0;
   }
-  if (cn_manifest_read(args.model, args.manifest, "executorch", &r.manifest, err) ||
+  if (cn_manifest_read(args.model, args.manifest, "executorch", read_metadata, nullptr, &r.manifest, err) ||
       cn_plan(&r.manifest, &args, err) || cn_read_image(args.image, &r.manifest, &r.image, err))
     return fail();
   Runner runner(r.manifest, r.image);

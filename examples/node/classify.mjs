@@ -9,15 +9,61 @@
 // normalised with the manifest's preset. The time loop and the manifest reader are the browser app's
 // (web/cordsnet.mjs): start from the manifest's spontaneous state, feed each next state back. The decision
 // is cordsnet.decision's (the manifest's "decision" block: threshold, margin, no-image baseline);
-// --threshold and --margin override the manifest's values.
+// --threshold and --margin override the manifest's values. The manifest is believed only once it belongs to the
+// graph (file name, sha256, size) and agrees with the graph's own cordsnet.* metadata on every field both hold.
 
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as ort from 'onnxruntime-node';
-import { StepwiseRunner, decide, normalise, reactionTime } from '../../web/cordsnet.mjs';
+import protobuf from 'protobufjs/light.js';
+import { METADATA_PREFIX, StepwiseRunner, decide, manifestDisagreements, normalise, reactionTime } from '../../web/cordsnet.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
+
+// onnxruntime-node exposes no model metadata (only the inputs' and outputs'), so the graph's own cordsnet.*
+// metadata is read from ModelProto.metadata_props with protobufjs; the schema declares only that field
+// (onnx.proto: metadata_props = 14, StringStringEntryProto {key = 1, value = 2}), every other field is skipped.
+const ModelProto = protobuf.Root.fromJSON({ nested: { onnx: { nested: {
+  StringStringEntryProto: { fields: { key: { type: 'string', id: 1 }, value: { type: 'string', id: 2 } } },
+  ModelProto: { fields: { metadata_props: { rule: 'repeated', type: 'StringStringEntryProto', id: 14 } } },
+} } } }).lookupType('onnx.ModelProto');
+
+/** The cordsnet.* entries of an ONNX file's metadata_props (the last of a repeated key, as Python's dict). */
+function onnxMetadata(bytes, path) {
+  let props;
+  try {
+    props = ModelProto.decode(bytes).metadata_props;
+  } catch (e) {
+    throw new Error(`model: '${path}' is not a readable ONNX file (truncated, corrupt or not ONNX): ${e.message}`);
+  }
+  const meta = {};
+  for (const { key, value } of props) if (key.startsWith(METADATA_PREFIX)) meta[key] = value;
+  return meta;
+}
+
+/**
+ * Refuse a manifest that belongs to another file, or says other than the graph (cordsnet.artifact.check_manifest):
+ * its file name, format, sha256 and size must be the graph's, and every field the graph's own metadata also holds
+ * must agree with it (manifestDisagreements).
+ */
+function checkManifestAgainst(manifest, manifestFile, bytes, path) {
+  const art = (manifest && manifest.artifact) || {};
+  const where = `manifest: '${manifestFile}'`;
+  if (art.file !== basename(path)) throw new Error(`${where} belongs to ${JSON.stringify(art.file)}, not to '${basename(path)}'`);
+  if (art.format !== 'onnx') throw new Error(`${where} describes a ${JSON.stringify(art.format)} artifact; this program runs onnx`);
+  const sha = createHash('sha256').update(bytes).digest('hex');
+  if (art.sha256 !== sha || art.size_bytes !== bytes.length) {
+    throw new Error(`${where} belongs to another artifact: its sha256 ${String(art.sha256).slice(0, 12)}... does not match `
+                    + `${basename(path)} (sha256 ${sha.slice(0, 12)}...); export again or delete the stale manifest`);
+  }
+  const diffs = manifestDisagreements(manifest, onnxMetadata(bytes, path), `'${path}'`);
+  if (diffs.length) {
+    throw new Error(`${where} disagrees with the metadata inside ${basename(path)} on ${diffs.join(', ')}; the manifest `
+                    + 'was edited or belongs to another export: export again');
+  }
+}
 
 function parseArgs(argv) {
   const opts = { model: null, manifest: null, input: null, steps: null, threshold: null, margin: null, json: false };
@@ -54,8 +100,16 @@ function readJson(path, what) {
 
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
-  const manifest = readJson(opts.manifest ?? `${opts.model}.cordsnet.json`, 'manifest');
-  const runner = await StepwiseRunner.create(ort, opts.model, manifest, { executionProviders: ['cpu'] });
+  const manifestFile = opts.manifest ?? `${opts.model}.cordsnet.json`;
+  const manifest = readJson(manifestFile, 'manifest');
+  let bytes;
+  try {
+    bytes = readFileSync(opts.model);
+  } catch (e) {
+    throw new Error(`MODEL: cannot read ${opts.model} (${e.message})`);
+  }
+  checkManifestAgainst(manifest, manifestFile, bytes, opts.model);
+  const runner = await StepwiseRunner.create(ort, bytes, manifest, { executionProviders: ['cpu'] });
   const rule = runner.decision;
   if (rule === null) throw new Error('manifest: no "decision" block (exported by an older cordsnet); export the model again');
   const threshold = opts.threshold ?? rule.threshold;
