@@ -374,6 +374,8 @@ def test_tensorrt_sessions_get_engine_and_timing_caches_per_graph(monkeypatch, t
     assert off.options[TENSORRT]["trt_engine_cache_enable"] == "0"
     assert tensorrt_cache_options("0" * 64, "float16")["trt_fp16_enable"] == "1"
     assert "trt_fp16_enable" not in tensorrt_cache_options("0" * 64, "float32")
+    with pytest.raises(ValueError, match="sha256: expected the hex sha256"):
+        tensorrt_cache_options("../../elsewhere")
     # A CUDA-graph session is not warmed up here: its first run captures the graph.
     graph = create_session(SHIPPED, resolve_providers("tensorrt", provider_options={
         TENSORRT: {"trt_cuda_graph_enable": "1"}}))

@@ -232,7 +232,14 @@ def tensorrt_cache_options(sha256: str, dtype: str | None = None) -> dict[str, s
     Returns:
         ``{"trt_engine_cache_enable": "1", "trt_engine_cache_path": folder, "trt_timing_cache_enable": "1",
         "trt_timing_cache_path": folder[, "trt_fp16_enable": "1"]}``.
+
+    Raises:
+        ValueError: `sha256` is not a hex sha256.
     """
+    from ..artifact.reading import SHA256_HEX
+
+    if not isinstance(sha256, str) or not SHA256_HEX.fullmatch(sha256):
+        raise ValueError(f"sha256: expected the hex sha256 of a graph file (64 lowercase hex digits), got {sha256!r}")
     folder = cache_dir() / TENSORRT_CACHE / sha256 / f"onnxruntime-{ort.__version__}"
     folder.mkdir(parents=True, exist_ok=True)
     options = {"trt_engine_cache_enable": "1", "trt_engine_cache_path": str(folder),
