@@ -11,7 +11,9 @@
 #      StepSession per-step latency at batch 1 without and with --cuda-graph;
 #   4. reduced precision per step (issue 13): the stepwise-drive graph in float16 and int8 (static QDQ,
 #      every per-step convolution) on the CUDA provider, and int8 on TensorRT where the onnxruntime
-#      wheel has the TensorRT provider (otherwise the log says so).
+#      wheel has the TensorRT provider (otherwise the log says so);
+#   5. TensorRT start-up (issue 23): the float32 stepwise-drive graph's StepSession, cold (empty engine cache)
+#      then warm (a new process, the engines from the cache), where the wheel has the TensorRT provider.
 #
 # Usage (from the repository root): bash benchmarks/gpu_check.sh
 # Dry run of the script's plumbing on a CPU machine (tiny model; CUDA-graph parts then fail, logged):
@@ -194,6 +196,42 @@ if python -c 'import sys, onnxruntime as o; sys.exit("TensorrtExecutionProvider"
     GPU_CHECK_PROVIDER=tensorrt bench step_b1_int8_trt 90 "$W/r8.drive.int8.onnx" --batch 1 --warmup 1 --iterations 5
 else
     log "no TensorRT provider in this onnxruntime wheel: no TensorRT int8 row"
+fi
+
+# TensorRT start-up with its engine and timing caches (issue 23): a cold start (empty cache: the engines are
+# built during the session's warm-up) and a warm start (a new process, the same graph: the cached engines load),
+# each the seconds from StepSession(...) to a session that has run once, then one protocol's wall time.
+trt_start() {  # trt_start LABEL
+    local limit; limit=$(limit 150)
+    if (( limit == 0 )); then log "TensorRT $1 start skipped: the 8-minute budget is spent"; return; fi
+    timeout "$limit" python - "$1" <<'EOF' 2>&1 | tee -a "$LOG"
+import os, sys, time, warnings
+from pathlib import Path
+import numpy as np
+from cordsnet.runtime import StepSession
+
+warnings.simplefilter("ignore")
+work, size = Path(os.environ["CORDSNET_GPU_WORK"]), int(os.environ["GPU_CHECK_SIZE"])
+t0 = time.perf_counter()
+s = StepSession(work / "r8.drive.f32.onnx", providers="tensorrt")
+ready = time.perf_counter() - t0
+x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+t1 = time.perf_counter()
+s.run(x)
+cache = Path(os.environ["CORDSNET_CACHE_DIR"]) / "tensorrt"
+files = sorted(p for p in cache.rglob("*") if p.is_file())
+print(f"  TensorRT {sys.argv[1]} start: session ready (warmed up) in {ready:.1f} s, first protocol "
+      f"{time.perf_counter() - t1:.2f} s, providers {s.providers}; cache {len(files)} files, "
+      f"{sum(p.stat().st_size for p in files) / 1e6:.1f} MB")
+EOF
+}
+if python -c 'import sys, onnxruntime as o; sys.exit("TensorrtExecutionProvider" not in o.get_available_providers())'; then
+    export CORDSNET_CACHE_DIR="$WORK/cordsnet-cache"  # empty: the first start is cold
+    log "TensorRT start-up, engine and timing caches in $CORDSNET_CACHE_DIR/tensorrt"
+    trt_start cold
+    trt_start warm
+else
+    log "no TensorRT provider in this onnxruntime wheel: no TensorRT start-up rows"
 fi
 
 # Dataset-scale recording into a Zarr store on the GPU (issue 14): R8 at 224, short protocol, 1 process.

@@ -171,3 +171,131 @@ def test_executorch_is_a_registered_format():
 
     assert FORMATS["executorch"].suffix == ".pte" and artifact_format("m.pte") == "executorch"
     assert FORMATS["executorch"].backend == "cordsnet.export.executorch"
+
+
+# ------------------------------------------------------------------ screening foreign programs in a child
+@pytest.fixture(scope="module")
+def screening_cache(tmp_path_factory):
+    """A cache folder of this module's own (the screened-program record lives there), set for the whole module."""
+    with pytest.MonkeyPatch.context() as mp:
+        folder = tmp_path_factory.mktemp("cordsnet-cache")
+        mp.setenv("CORDSNET_CACHE_DIR", str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def exported_pte(small_model, screening_cache, tmp_path_factory):
+    """An R2 stepwise program written (and verified) by the exporter."""
+    from cordsnet.export import export
+
+    path = tmp_path_factory.mktemp("pte") / "r2-stepwise.pte"
+    export(small_model, path, format="executorch", graph="stepwise", **KW)
+    return path
+
+
+@pytest.fixture()
+def fresh_process(monkeypatch, screening_cache):
+    """Forget what this process has screened (as a new process would) and count the screening children."""
+    from cordsnet.artifact import reading
+
+    monkeypatch.setattr(reading, "_screened_here", set())
+    children = []
+    screen = reading._screen_pte
+    monkeypatch.setattr(reading, "_screen_pte", lambda path, data: children.append(path) or screen(path, data))
+    return children
+
+
+def _hostile_copy(source, dest):
+    """`source` with the first operator name made invalid UTF-8: the flatbuffer stays structure-valid, and
+    ExecuTorch 1.5.1 aborts (SIGABRT, an uncaught C++ exception) when it logs the unknown operator."""
+    import re
+
+    data = bytearray(source.read_bytes())
+    found = re.search(rb"(aten|executorch_prim)::[a-z_]+\x00", data)
+    assert found is not None, "no operator name in the program"
+    data[found.start():found.start() + 4] = b"\xff" * 4
+    dest.write_bytes(bytes(data))
+    return dest
+
+
+def _record(folder):
+    import json
+
+    from cordsnet.artifact.reading import PTE_SCREENED_FILE
+
+    path = folder / PTE_SCREENED_FILE
+    return json.loads(path.read_text())["sha256"] if path.is_file() else []
+
+
+@needs_executorch
+def test_a_program_that_aborts_the_runtime_is_refused_and_the_interpreter_survives(exported_pte, fresh_process,
+                                                                                   screening_cache, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from cordsnet.artifact import file_sha256, read_info
+    from cordsnet.runtime.executorch import PteStepSession
+
+    hostile = _hostile_copy(exported_pte, tmp_path / "hostile.pte")
+    for open_it in (read_info, PteStepSession):  # info and the runtime; verify goes through the same loader
+        with pytest.raises(ValueError, match=r"hostile\.pte'.* killed the ExecuTorch runtime \(SIGABRT\)"):
+            open_it(hostile)
+    assert len(fresh_process) == 2 and file_sha256(hostile) not in _record(screening_cache)  # never recorded safe
+    cli = [sys.executable, "-c", "from cordsnet.cli import main; main()", "info", str(hostile)]
+    res = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1 and res.stderr.strip().count("\n") == 0, res.stderr[-2000:]
+    assert res.stderr.startswith("Error: model:") and "(SIGABRT)" in res.stderr
+    # The control: the same bytes loaded in-process without the screening kill the interpreter (the
+    # program's forward names the broken operator: info alone, which loads only the metadata method, would not).
+    session = "import sys; from cordsnet.runtime.executorch import PteStepSession; PteStepSession(sys.argv[1])"
+    res = subprocess.run([sys.executable, "-c", session, str(hostile)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "CORDSNET_PTE_SCREEN": "0"})
+    assert res.returncode == -signal.SIGABRT, (res.returncode, res.stderr[-2000:])
+
+
+@needs_executorch
+def test_the_safe_record_skips_the_child_until_a_byte_changes(exported_pte, fresh_process, screening_cache,
+                                                              tmp_path, monkeypatch):
+    from cordsnet.artifact import file_sha256, read_info, reading
+    from cordsnet.runtime.executorch import PteStepSession
+
+    assert file_sha256(exported_pte) in _record(screening_cache)  # the exporter's own programs: recorded at export
+    PteStepSession(exported_pte)
+    assert fresh_process == []
+    foreign = tmp_path / "foreign.pte"
+    data = bytearray(exported_pte.read_bytes())
+    data[-8] ^= 0x01  # a bit of the last weights: another program, which loads
+    foreign.write_bytes(bytes(data))
+    read_info(foreign)
+    assert fresh_process == [foreign] and file_sha256(foreign) in _record(screening_cache)
+    monkeypatch.setattr(reading, "_screened_here", set())  # a new process: only the record on disk remembers
+    read_info(foreign)
+    PteStepSession(foreign)
+    assert fresh_process == [foreign]
+    data[-8] ^= 0x02  # one byte more changed: unknown bytes again
+    foreign.write_bytes(bytes(data))
+    read_info(foreign)
+    assert fresh_process == [foreign, foreign]
+
+
+def test_the_safe_record_is_bounded_and_survives_damage(monkeypatch, tmp_path):
+    import hashlib
+
+    from cordsnet.artifact import reading
+
+    monkeypatch.setenv("CORDSNET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(reading, "_screened_here", set())
+    monkeypatch.setattr(reading, "PTE_SCREENED_MAX", 3)
+    digests = [hashlib.sha256(bytes([i])).hexdigest() for i in range(5)]
+    for d in digests:
+        reading.remember_safe_pte(d)
+    assert _record(tmp_path) == digests[-3:]
+    (tmp_path / reading.PTE_SCREENED_FILE).write_text("{not json")
+    monkeypatch.setattr(reading, "_screened_here", set())
+    assert not reading._known_safe(digests[-1])  # a damaged record trusts nothing, and is rewritten
+    reading.remember_safe_pte(digests[0])
+    assert _record(tmp_path) == digests[:1]
+    with pytest.raises(ValueError, match="digest: expected the hex sha256"):
+        reading.remember_safe_pte("../../etc")

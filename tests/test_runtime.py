@@ -317,6 +317,96 @@ def test_no_silent_fallback_when_provider_loads_but_session_lacks_it(graphs, mon
     assert sum(issubclass(w.category, RuntimeWarning) for w in caught) == 1
 
 
+# ------------------------------------------------------------------- TensorRT caches and warm-up
+SHIPPED = Path(__file__).resolve().parent.parent / "cordsnet" / "weights" / "digits_r4-stepwise.onnx"
+
+
+class _FakeGpuSession:
+    """Stands in for onnxruntime.InferenceSession on a machine without TensorRT: records what it was asked."""
+
+    made: list = []
+
+    def __init__(self, path, sess_options=None, providers=(), provider_options=()):
+        self.options = dict(zip(providers, provider_options))
+        self.runs: list = []
+        type(self).made.append(self)
+
+    def get_providers(self):
+        return list(self.options)
+
+    def get_inputs(self):
+        return []
+
+    def run(self, outputs, feeds):
+        self.runs.append(feeds)
+
+
+def test_tensorrt_sessions_get_engine_and_timing_caches_per_graph(monkeypatch, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from cordsnet.artifact import file_sha256
+    from cordsnet.runtime.providers import CUDA, TENSORRT, create_session, resolve_providers, tensorrt_cache_options
+
+    monkeypatch.setenv("CORDSNET_CACHE_DIR", str(tmp_path / "cache"))
+    for name in (TENSORRT, CUDA):  # as if both provider libraries loaded
+        monkeypatch.setitem(providers_mod._REASONS, name, None)
+    monkeypatch.setattr(providers_mod.ort, "get_available_providers", lambda: [TENSORRT, CUDA, "CPUExecutionProvider"])
+    monkeypatch.setattr(providers_mod.ort, "InferenceSession", _FakeGpuSession)
+    monkeypatch.setattr(_FakeGpuSession, "made", [])
+    other = tmp_path / "other.onnx"  # the same graph, other bytes
+    proto = onnx.load(str(SHIPPED))
+    proto.doc_string = "another graph"
+    onnx.save(proto, str(other))
+
+    plan = resolve_providers("tensorrt", provider_options={TENSORRT: {"trt_max_workspace_size": "1048576"}})
+    for graph in (SHIPPED, other):
+        session = create_session(graph, plan)
+        folder = tmp_path / "cache" / "tensorrt" / file_sha256(graph) / f"onnxruntime-{ort.__version__}"
+        assert session.options[TENSORRT] == {"trt_engine_cache_enable": "1", "trt_engine_cache_path": str(folder),
+                                             "trt_timing_cache_enable": "1", "trt_timing_cache_path": str(folder),
+                                             "trt_max_workspace_size": "1048576"}  # the caller's option kept
+        assert folder.is_dir() and session.options[CUDA] == {} and len(session.runs) == 1  # warmed up once
+    assert len({s.options[TENSORRT]["trt_engine_cache_path"] for s in _FakeGpuSession.made}) == 2
+    # The caller's options win; a float16 graph also builds float16 layers.
+    off = create_session(SHIPPED, resolve_providers("tensorrt", provider_options={
+        TENSORRT: {"trt_engine_cache_enable": "0"}}))
+    assert off.options[TENSORRT]["trt_engine_cache_enable"] == "0"
+    assert tensorrt_cache_options("0" * 64, "float16")["trt_fp16_enable"] == "1"
+    assert "trt_fp16_enable" not in tensorrt_cache_options("0" * 64, "float32")
+    with pytest.raises(ValueError, match="sha256: expected the hex sha256"):
+        tensorrt_cache_options("../../elsewhere")
+    # A CUDA-graph session is not warmed up here: its first run captures the graph.
+    graph = create_session(SHIPPED, resolve_providers("tensorrt", provider_options={
+        TENSORRT: {"trt_cuda_graph_enable": "1"}}))
+    assert graph.runs == []
+
+
+def test_cpu_sessions_get_no_tensorrt_options_and_no_warm_up(monkeypatch, tmp_path):
+    from cordsnet.runtime.providers import CPU, create_session, resolve_providers
+
+    monkeypatch.setenv("CORDSNET_CACHE_DIR", str(tmp_path / "cache"))
+    warmed = []
+    monkeypatch.setattr(providers_mod, "warm_up", warmed.append)
+    plan = resolve_providers("cpu")
+    session = create_session(SHIPPED, plan)
+    assert session.get_providers() == [CPU] and warmed == []
+    assert not any(k.startswith("trt_") for o in session.get_provider_options().values() for k in o)
+    assert not (tmp_path / "cache").exists()
+    assert StepSession(SHIPPED, providers="cpu").providers == [CPU] and warmed == []
+
+
+def test_warm_up_runs_every_graph_kind_on_zero_inputs(graphs, caplog):
+    from cordsnet.runtime.providers import warm_up
+
+    for kind, path in graphs.items():
+        cls = StepSession if kind.startswith("stepwise") else Session
+        session = cls(path, providers="cpu").onnx_session
+        with caplog.at_level("WARNING", logger="cordsnet.runtime"):
+            warm_up(session)
+        assert not caplog.records, (kind, caplog.text)
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_bad_images(graphs):
     s = Session(graphs["unrolled"], providers="cpu")

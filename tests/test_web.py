@@ -17,8 +17,10 @@ import base64
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -324,6 +326,68 @@ def test_cli_web_refuses_a_bad_artifact_in_one_line(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 1
     assert res.stderr.strip().startswith("Error: artifact:") and len(res.stderr.strip().splitlines()) == 1
+
+
+def _cli_web(*options: str) -> tuple[subprocess.Popen, tuple[str, int]]:
+    """`cordsnet-cli web` (the shipped graph) on a free port of 127.0.0.1: (process, (host, port))."""
+    if not (web.ORT_DIST / "ort.wasm.min.mjs").is_file():
+        pytest.skip(f"onnxruntime-web is not vendored in {web.ORT_DIST}: run `bash tools/vendor-ort.sh`")
+    proc = subprocess.Popen([sys.executable, "-c", "from cordsnet.cli import main; main()", "web", "--port", "0",
+                             *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if " at http://" not in line:
+        proc.kill()
+        pytest.fail(f"cordsnet-cli web did not start: {line!r} {proc.stderr.read()[-2000:]}")
+    host, port = line.split(" at http://")[1].split("/")[0].split(":")
+    return proc, (host, int(port))
+
+
+def _get(address: tuple[str, int]) -> socket.socket:
+    s = socket.create_connection(address, timeout=10)
+    s.sendall(b"GET /model/manifest.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    return s
+
+
+def test_cli_web_limits_reach_the_server():
+    """--max-connections 1: a second client waits while a silent one holds the slot; --idle-timeout 3: the
+    silent one is dropped after 3 s (the defaults, 64 and 30 s, would answer at once and hold it for 30 s)."""
+    proc, address = _cli_web("--idle-timeout", "3", "--max-connections", "1")
+    try:
+        with socket.create_connection(address, timeout=10) as silent:
+            silent.sendall(b"GET / HTTP/1.1\r\n")  # a half-sent request, then silence: it holds the only slot
+            time.sleep(0.3)
+            with _get(address) as waiting:
+                waiting.settimeout(0.7)
+                with pytest.raises(TimeoutError):  # queued in the backlog, not served
+                    waiting.recv(64)
+                silent.close()  # the slot frees: the waiting client is served now
+                waiting.settimeout(10)
+                assert waiting.recv(64).startswith(b"HTTP/1.1 200")
+        with socket.create_connection(address, timeout=10) as idle:
+            idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            t0 = time.perf_counter()
+            assert idle.recv(1024) == b""  # closed by the server, not by the 10 s socket timeout here
+            assert 2.0 < time.perf_counter() - t0 < 8.0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("option, value", [("--idle-timeout", "0"), ("--idle-timeout", "-1"),
+                                           ("--max-connections", "0")])
+def test_cli_web_refuses_bad_limits_in_one_line(option, value):
+    res = subprocess.run([sys.executable, "-c", "from cordsnet.cli import main; main()", "web", "--port", "0",
+                          option, value], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.strip().startswith(f"Error: {option}: expected") and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_cli_web_help_documents_the_limits():
+    res = subprocess.run([sys.executable, "-c", "from cordsnet.cli import main; main()", "web", "--help"],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert res.returncode == 0
+    for option, default in (("--idle-timeout", web.IDLE_TIMEOUT_S), ("--max-connections", web.MAX_CONNECTIONS)):
+        assert option in res.stdout and f"[default: {default}]" in res.stdout, res.stdout
 
 
 @needs_browser

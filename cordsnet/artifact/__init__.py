@@ -66,7 +66,15 @@ from .kinds import (
     io_names,
 )
 from .manifest import Manifest, check_manifest, read_manifest
-from .reading import check_artifact_file, check_pte_file, read_info, read_metadata
+from .reading import (
+    PTE_SCREEN_ENV,
+    check_artifact_file,
+    check_pte_file,
+    load_pte_program,
+    read_info,
+    read_metadata,
+    remember_safe_pte,
+)
 
 __all__ = [
     "ArtifactFormat",
@@ -90,6 +98,7 @@ __all__ = [
     "Manifest",
     "PREFIX",
     "PTE_METADATA_METHOD",
+    "PTE_SCREEN_ENV",
     "READOUTS",
     "REDUCED_DTYPES",
     "SUPPORTED_FORMAT_VERSIONS",
@@ -104,8 +113,10 @@ __all__ = [
     "encode_spontaneous_state",
     "file_sha256",
     "io_names",
+    "load_pte_program",
     "manifest_path",
     "read_info",
     "read_manifest",
     "read_metadata",
+    "remember_safe_pte",
 ]

@@ -34,8 +34,8 @@ import typer
 from .._io import cache_dir, file_sha256, forget_input
 from ..artifact import GRAPH_KINDS, Manifest, check_manifest, manifest_path
 
-__all__ = ["APP_FILES", "DEFAULT_PORT", "ORT_DIST", "WEB_DIR", "cache_dir", "default_artifact", "load_manifest",
-           "make_server", "serve_in_thread", "web_command", "web_dir"]
+__all__ = ["APP_FILES", "DEFAULT_PORT", "ORT_DIST", "WEB_DIR", "cache_dir", "connection_limits", "default_artifact",
+           "load_manifest", "make_server", "serve_in_thread", "web_command", "web_dir"]
 
 logger = logging.getLogger("cordsnet.web")
 
@@ -178,6 +178,27 @@ def _mime(name: str) -> str:
     return MIME_TYPES.get(Path(name).suffix.lower(), "application/octet-stream")
 
 
+def connection_limits(idle_timeout: Any, max_connections: Any, *,
+                      names: tuple[str, str] = ("idle_timeout", "max_connections")) -> tuple[float, int]:
+    """The server's connection limits, checked: an idle timeout > 0 seconds and at least one connection.
+
+    Args:
+        idle_timeout: seconds a connection may stay silent (and a waiting one may wait for a slot).
+        max_connections: connections served at once.
+        names: the two arguments' names as the caller knows them (the CLI's options, the library's keywords).
+
+    Returns:
+        (idle_timeout, max_connections) as float and int.
+
+    Raises:
+        ValueError: either is out of range or of the wrong kind, naming it.
+    """
+    from .. import validate
+
+    return (validate.number(names[0], idle_timeout, low=0.0, low_open=True),
+            validate.positive_int(names[1], max_connections))
+
+
 def make_server(artifact: str | os.PathLike, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
                 idle_timeout: float = IDLE_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS
                 ) -> http.server.ThreadingHTTPServer:
@@ -192,10 +213,7 @@ def make_server(artifact: str | os.PathLike, host: str = "127.0.0.1", port: int 
         ValueError: the artifact is not a float32 stepwise ONNX graph, or its manifest is another's.
         FileNotFoundError: the page's files or its onnxruntime-web files are missing.
     """
-    from .. import validate
-
-    idle_timeout = validate.number("idle_timeout", idle_timeout, low=0.0, low_open=True)
-    max_connections = validate.positive_int("max_connections", max_connections)
+    idle_timeout, max_connections = connection_limits(idle_timeout, max_connections)
     artifact = Path(artifact)
     manifest = load_manifest(artifact)  # the user's input first, then the installation
     _check_servable(manifest, artifact)
@@ -275,11 +293,21 @@ def web_command(
         help="A stepwise ONNX graph (float32) with its manifest beside it; default: the bundled model's (shipped).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port).")] = DEFAULT_PORT,
+    idle_timeout: Annotated[float, typer.Option(
+        "--idle-timeout", metavar="SECONDS",
+        help="Close a connection that sends nothing for this long; a connection waiting this long for a free "
+             "slot is closed too (> 0).")] = IDLE_TIMEOUT_S,
+    max_connections: Annotated[int, typer.Option(
+        "--max-connections", metavar="N",
+        help=f"Connections served at once, one thread each (>= 1); more wait in the listen backlog "
+             f"({LISTEN_BACKLOG}).")] = MAX_CONNECTIONS,
 ) -> None:
     """Serve the browser app: the stepwise graph runs in the page (onnxruntime-web), step by step."""
+    idle_timeout, max_connections = connection_limits(idle_timeout, max_connections,
+                                                      names=("--idle-timeout", "--max-connections"))
     if artifact is None:
         artifact = default_artifact()
-    server = make_server(artifact, host, port)
+    server = make_server(artifact, host, port, idle_timeout=idle_timeout, max_connections=max_connections)
     h, p = server.server_address[:2]
     typer.echo(f"serving {artifact} at http://{h}:{p}/  (Ctrl-C to stop)")
     try:

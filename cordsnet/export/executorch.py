@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import validate
-from ..artifact import GRAPH_KINDS, PREFIX, PTE_METADATA_METHOD, ArtifactInfo
+from .._io import file_sha256
+from ..artifact import GRAPH_KINDS, PREFIX, PTE_METADATA_METHOD, ArtifactInfo, load_pte_program, remember_safe_pte
 from ..model import CordsNet, DriveTerms, Weights
 from . import wrappers as W
 from ._staging import staged
@@ -178,6 +179,7 @@ def write(model: CordsNet, spec: ExportSpec, targets: Sequence[tuple[Path, Artif
                              "pool and linear layer delegated")
         with open(path, "wb") as f:
             program.write_to_file(f)
+        remember_safe_pte(file_sha256(path))  # our own lowering's bytes: later loads skip the screening child
         reports.append({"graph": info.graph, **report})
         say(f"XNNPACK ({info.graph}): {report['delegated_nodes']} delegated nodes, {report['portable_nodes']} "
             f"portable ({report['portable_ops'] or 'none'})")
@@ -185,15 +187,16 @@ def write(model: CordsNet, spec: ExportSpec, targets: Sequence[tuple[Path, Artif
 
 
 # ------------------------------------------------------------------------------ load and run
-def load(path: str | Path) -> Any:
-    """The ``forward`` method of a ``.pte`` program (``executorch.runtime``): ``method.execute([tensors])``."""
-    from executorch.runtime import Runtime
+def load(path: str | Path) -> tuple[Any, Any]:
+    """(program, its ``forward`` method) of a ``.pte`` file (``executorch.runtime``): ``method.execute([tensors])``.
 
+    The program holds the bytes the method runs on: keep it referenced for as long as the method is used.
+    """
     from .._quiet import native_stderr_captured
 
+    program = load_pte_program(path)  # screened in a child first unless known to load safely
     with native_stderr_captured():  # the XNNPACK delegate's cpuinfo start-up lines (fd 2, not ours)
-        program = Runtime.get().load_program(Path(path))
-        return program.load_method("forward")
+        return program, program.load_method("forward")
 
 
 def runner_name() -> str:
@@ -214,11 +217,11 @@ def open_runner(path: Path, info: ArtifactInfo, providers: object = None
     `providers` is ignored (the program runs on the CPU with its XNNPACK delegate). The outputs are
     copied: the program reuses its planned memory on the next call.
     """
-    method = load(path)
+    loaded = load(path)  # (program, method): the closure holds the program, which owns the method's bytes
     ins, outs = info.io_names()
 
     def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        res = method.execute([torch.from_numpy(np.array(feeds[k], dtype=np.float32, copy=True)) for k in ins])
+        res = loaded[1].execute([torch.from_numpy(np.array(feeds[k], dtype=np.float32, copy=True)) for k in ins])
         return {k: np.array(v.detach().numpy(), copy=True) for k, v in zip(outs, res)}
 
     return run, runner_name(), ins, outs

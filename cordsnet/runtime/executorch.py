@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..artifact import PREFIX, check_manifest, check_pte_file, companion_path, read_info
+from ..artifact import PREFIX, check_manifest, companion_path, load_pte_program, read_info
 from ._batch import pad_chunks
 from ._core import FunctionStepSession
 
@@ -32,17 +32,16 @@ __all__ = ["PteStepSession"]
 def _method(path: Path, names: tuple[list[str], list[str]]) -> Callable[[Mapping[str, np.ndarray]], dict[str, Any]]:
     """The program's ``forward`` as ``run(feeds by name) -> outputs by name`` (numpy in and out)."""
     import torch
-    from executorch.runtime import Runtime
 
     from .._quiet import native_stderr_captured
 
-    check_pte_file(path)  # hostile bytes raise ValueError here instead of aborting in the runtime
+    program = load_pte_program(path)  # hostile bytes raise ValueError instead of aborting in the runtime
     with native_stderr_captured():  # the XNNPACK delegate's cpuinfo start-up lines (fd 2, not ours)
-        method = Runtime.get().load_program(path).load_method("forward")
+        loaded = (program, program.load_method("forward"))  # the closure holds the program: it owns the bytes
     ins, outs = names
 
     def run(feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
-        got = method.execute([torch.from_numpy(feeds[n]) for n in ins])
+        got = loaded[1].execute([torch.from_numpy(feeds[n]) for n in ins])
         return {n: t.numpy() for n, t in zip(outs, got)}  # copied into the core's buffers at once
 
     return run

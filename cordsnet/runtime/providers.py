@@ -16,13 +16,26 @@ Provider names accepted by :func:`resolve_providers` (a registry, :data:`PROVIDE
   GPU build (``onnxruntime-gpu``) cannot use CUDA here.
 * an explicit onnxruntime list, e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]`` or
   ``[("CUDAExecutionProvider", {"device_id": 1})]``: every listed provider must be active.
+
+Every session is created by :func:`create_session`, which also
+
+* gives the TensorRT provider its engine and timing caches (:func:`tensorrt_cache_options`): under
+  ``<cache dir>/tensorrt/<sha256 of the graph file>/onnxruntime-<version>/``, so a changed graph (or another
+  onnxruntime) never reuses a stale engine and a second process starts from the built engine; float16 graphs
+  also get ``trt_fp16_enable`` (TensorRT otherwise builds their layers in float32). Options the caller sets
+  for the provider win;
+* warms a GPU session up (:func:`warm_up`): one run on zero inputs of batch 1 (or the graph's fixed batch), so
+  that TensorRT's engine build and CUDA's first-run set-up happen at creation, not in the first timed call.
+  Sessions with CUDA graphs are left alone (their first run captures the graph).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import io
+import logging
 import os
 import sys
 import warnings
@@ -30,9 +43,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, Union
 
+import numpy as np
 import onnxruntime as ort
 
+from .._io import cache_dir, file_sha256
 from ..threads import num_threads
+
+logger = logging.getLogger("cordsnet.runtime")
 
 __all__ = [
     "CPU",
@@ -43,10 +60,12 @@ __all__ = [
     "ProviderPlan",
     "ProvidersLike",
     "create_session",
+    "tensorrt_cache_options",
     "quiet_onnxruntime",
     "quiet_session_options",
     "is_gpu_provider",
     "resolve_providers",
+    "warm_up",
 ]
 
 CPU = "CPUExecutionProvider"
@@ -175,11 +194,14 @@ def create_session(path: str | os.PathLike, plan: ProviderPlan,
     if plan.fallback_reason is not None:
         _warn_fallback(plan.fallback_reason, warn)
     session_options = quiet_session_options(session_options)
+    plan = _with_tensorrt_caches(plan, Path(path))
     session = ort.InferenceSession(str(path), sess_options=session_options, providers=list(plan.request),
                                    provider_options=[dict(o) for o in plan.options])
     active = session.get_providers()
     missing = [p for p in plan.required if p not in active]
     if not missing:
+        if is_gpu_provider(active[0]) and not any(o.get(k) == "1" for o in plan.options for k in _CUDA_GRAPH_KEYS):
+            warm_up(session)
         return session
     why = (f"onnxruntime created the session with {active} instead: the provider library loaded but the "
            f"provider could not start (no usable GPU visible, a driver / CUDA / cuDNN version mismatch, "
@@ -188,6 +210,82 @@ def create_session(path: str | os.PathLike, plan: ProviderPlan,
         _warn_fallback(f"{CUDA} could not start: {why}", warn)
         return session  # onnxruntime already made it a CPU session; we only refuse to be silent about it
     raise ProviderError(f"providers: {plan.label} requires {missing}, but {why}")
+
+
+# ------------------------------------------------------------------------------ TensorRT caches, warm-up
+TENSORRT_CACHE = "tensorrt"  # cache_dir() sub-folder: <sha256 of the graph>/onnxruntime-<version>/
+_CUDA_GRAPH_KEYS = ("enable_cuda_graph", "trt_cuda_graph_enable")  # provider options that capture CUDA graphs
+# onnxruntime's element types -> the numpy dtypes of warm-up inputs.
+_WARM_DTYPES: dict[str, type] = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+                                 "tensor(double)": np.float64, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def tensorrt_cache_options(sha256: str, dtype: str | None = None) -> dict[str, str]:
+    """The TensorRT provider options for a graph file of digest `sha256`: engine and timing caches in its folder.
+
+    Args:
+        sha256: hex sha256 of the graph file; its folder is ``<cache dir>/tensorrt/<sha256>/onnxruntime-<version>``
+            (created here), so an engine built for other bytes, or by another onnxruntime, is never reused.
+        dtype: the graph's dtype (``"float16"`` adds ``trt_fp16_enable``, without which TensorRT builds
+            float16 layers in float32); None or another dtype: none.
+
+    Returns:
+        ``{"trt_engine_cache_enable": "1", "trt_engine_cache_path": folder, "trt_timing_cache_enable": "1",
+        "trt_timing_cache_path": folder[, "trt_fp16_enable": "1"]}``.
+
+    Raises:
+        ValueError: `sha256` is not a hex sha256.
+    """
+    from ..artifact.reading import SHA256_HEX
+
+    if not isinstance(sha256, str) or not SHA256_HEX.fullmatch(sha256):
+        raise ValueError(f"sha256: expected the hex sha256 of a graph file (64 lowercase hex digits), got {sha256!r}")
+    folder = cache_dir() / TENSORRT_CACHE / sha256 / f"onnxruntime-{ort.__version__}"
+    folder.mkdir(parents=True, exist_ok=True)
+    options = {"trt_engine_cache_enable": "1", "trt_engine_cache_path": str(folder),
+               "trt_timing_cache_enable": "1", "trt_timing_cache_path": str(folder)}
+    if dtype == "float16":
+        options["trt_fp16_enable"] = "1"
+    return options
+
+
+def _with_tensorrt_caches(plan: ProviderPlan, path: Path) -> ProviderPlan:
+    """`plan` with :func:`tensorrt_cache_options` for the graph file `path` under the options set for TensorRT
+    (the plan's own options win); the plan itself when it does not ask for TensorRT."""
+    if TENSORRT not in plan.request:
+        return plan
+    from ..artifact import read_info
+
+    try:
+        dtype: str | None = read_info(path, "onnx", check_io=False).dtype
+    except ValueError:  # not a cordsnet graph: caches only; onnxruntime says what is wrong with the file
+        dtype = None
+    options = list(plan.options)
+    at = plan.request.index(TENSORRT)
+    options[at] = {**tensorrt_cache_options(file_sha256(path), dtype), **options[at]}
+    return dataclasses.replace(plan, options=tuple(options))
+
+
+def warm_up(session: ort.InferenceSession) -> None:
+    """One run of `session` on zero inputs (integer inputs: 1) of batch 1, or the graph's fixed sizes.
+
+    On a GPU provider this is where TensorRT builds (or loads) its engines and CUDA sets up its kernels, so
+    the first call of the application is not the slow one. A failure is logged, not raised: the first real
+    run meets the same problem and reports it with the real inputs.
+    """
+    feeds = {}
+    for arg in session.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in (arg.shape or [])]
+        dtype = _WARM_DTYPES.get(arg.type)
+        if dtype is None:
+            logger.debug("no warm-up: input %r has element type %s", arg.name, arg.type)
+            return
+        feeds[arg.name] = (np.ones if np.issubdtype(dtype, np.integer) else np.zeros)(shape, dtype)
+    try:
+        session.run(None, feeds)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types; the first real run reports it
+        logger.warning("the warm-up run on %s failed (the first call will retry): %s", session.get_providers()[0],
+                       " ".join(str(exc).split())[:300])
 
 
 def quiet_session_options(options: ort.SessionOptions | None = None) -> ort.SessionOptions:
