@@ -9,6 +9,12 @@ import os
 # Set CORDSNET_NUM_THREADS / OMP_NUM_THREADS to override. (Before torch is imported: OpenMP reads it once.)
 os.environ.setdefault("CORDSNET_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The suite's caches (screened .pte records, TensorRT engines, fetched files) in a folder of its own, never
+# the user's ~/.cache/cordsnet (tests that check the cache set their own with monkeypatch).
+if "CORDSNET_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["CORDSNET_CACHE_DIR"] = tempfile.mkdtemp(prefix="cordsnet-test-cache-")
 
 import pytest  # noqa: E402
 
