@@ -456,3 +456,54 @@ def test_a_companion_that_is_a_fifo_is_refused_not_hashed_forever(tmp_path):
     with pytest.raises(ValueError, match="FIFO"):
         A.check_manifest(path)
     _one_line(_cli("info", path, timeout=60), "FIFO")
+
+
+# --------------------------------------------------------------------------- 3. bounded numpy files (probe)
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def test_a_numpy_header_that_claims_more_than_its_file_allocates_nothing(tmp_path):
+    """A 4 KB .npy (or .npz member) whose header claims 56 GiB: refused in one line, no allocation."""
+    import zipfile
+
+    import numpy as np
+
+    lie = tmp_path / "lie.npy"
+    lie.write_bytes(_npy_header((100000, 3, 224, 224)) + b"\0" * 4096)
+    with pytest.raises(ValueError, match="claims 60211200000 bytes"):
+        _io.read_arrays(lie, "--verify-images", 1 << 30)
+    with zipfile.ZipFile(tmp_path / "lie.npz", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("images.npy", _npy_header((100000, 3, 224, 224)) + b"\0" * 1000)
+    res = _cli("verify", SHIPPED, "--reference", tmp_path / "lie.npz", timeout=60)
+    _one_line(res, "claims 60211200000 bytes")
+    np.save(tmp_path / "ok.npy", np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert _io.read_arrays(tmp_path / "ok.npy", "x", 1 << 20).tolist() == [[0, 1, 2], [3, 4, 5]]
+    np.savez(tmp_path / "ok.npz", a=np.ones(3))
+    assert _io.read_arrays(tmp_path / "ok.npz", "x", 1 << 20)["a"].tolist() == [1, 1, 1]
+
+
+def test_a_zip_bomb_reference_and_special_image_files_are_refused_unread(tmp_path):
+    import zipfile
+
+    bomb = tmp_path / "bomb.npz"  # 40 MB of zeros deflated to ~40 KB: inflates beyond the bound
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("images.npy", _npy_header((10, 1000, 1000)) + b"\0" * 40_000_000)
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(ValueError, match="inflates to"):
+        _io.read_arrays(bomb, "reference", 1 << 20)
+    fifo = tmp_path / "v.npy"
+    os.mkfifo(fifo)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="FIFO"):  # used to block forever in np.load
+        _io.read_arrays(fifo, "--verify-images", 1 << 20)
+    (tmp_path / "z.npy").symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match="character device"):
+        _io.read_arrays(tmp_path / "z.npy", "--verify-images", 1 << 20)
+    assert time.perf_counter() - t0 < 10
