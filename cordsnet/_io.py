@@ -29,8 +29,8 @@ from typing import IO, Any, Iterable, Iterator, Sequence
 from . import validate
 
 __all__ = ["JSON_LIMITS", "LOCK_MARK", "TEMPORARY_MARK", "atomic_path", "cache_dir", "check_output", "check_regular",
-           "file_sha256", "forget_input", "input_scope", "load_json", "read_arrays", "open_regular", "output_lock", "output_mode",
-           "read_json_file", "refuse_inputs", "register_input", "stale_temporaries", "temporary_name",
+           "file_sha256", "forget_input", "input_scope", "load_json", "open_regular", "output_lock", "output_mode",
+           "read_arrays", "read_json_file", "refuse_inputs", "register_input", "stale_temporaries", "temporary_name",
            "terminate_cleanly"]
 
 TEMPORARY_MARK = ".cordsnet-tmp-"  # in the name of every temporary file: `.<name>.cordsnet-tmp-<pid>-<hex>`
