@@ -507,3 +507,21 @@ def test_a_zip_bomb_reference_and_special_image_files_are_refused_unread(tmp_pat
     with pytest.raises(ValueError, match="character device"):
         _io.read_arrays(tmp_path / "z.npy", "--verify-images", 1 << 20)
     assert time.perf_counter() - t0 < 10
+
+
+# --------------------------------------------------------------------------- 4. manifest vs artifact (probe)
+@pytest.mark.parametrize("entry, match", [
+    ({"role": "external-data", "file": "gone.onnx.data", "sha256": "0" * 64}, "is missing beside"),
+    ({"role": "encode", "file": "..", "sha256": "0" * 64}, "plain name beside the manifest"),
+])
+def test_a_manifest_listing_a_missing_or_dotdot_companion_is_refused(tmp_path, entry, match):
+    from cordsnet import artifact as A
+
+    path = tmp_path / SHIPPED.name
+    shutil.copy(SHIPPED, path)
+    data = json.loads(A.manifest_path(SHIPPED).read_text())
+    data["companions"] = [entry]
+    A.manifest_path(path).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=match):
+        A.check_manifest(path)
+    _one_line(_cli("info", path, timeout=60), match)
