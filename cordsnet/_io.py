@@ -319,8 +319,8 @@ def load_json(data: str | bytes, name: str, *, max_bytes: int | None = None, max
 def read_json_file(path: str | os.PathLike, name: str, **limits: int) -> Any:
     """:func:`load_json` of a regular file, its size checked before a byte is read (:func:`open_regular`)."""
     max_bytes = limits.get("max_bytes") or JSON_LIMITS["max_bytes"]
-    with open_regular(path, name, max_bytes) as f:
-        data = f.read(max_bytes + 1)
+    with open_regular(path, name, max_bytes) as f:  # read(n) allocates n bytes first: ask for what the file holds
+        data = f.read(min(os.fstat(f.fileno()).st_size, max_bytes) + 1)
     return load_json(data, f"{name} {str(path)!r}", **limits)
 
 

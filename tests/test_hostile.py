@@ -525,3 +525,19 @@ def test_a_manifest_listing_a_missing_or_dotdot_companion_is_refused(tmp_path, e
     with pytest.raises(ValueError, match=match):
         A.check_manifest(path)
     _one_line(_cli("info", path, timeout=60), match)
+
+
+def test_reading_a_small_json_file_allocates_what_it_holds_not_the_bound(tmp_path):
+    """read(n) allocates n bytes first: a 2-byte zarr.json read under a 64 MiB bound cost 64 MiB (a MemoryError
+    under a memory limit)."""
+    import tracemalloc
+
+    small = tmp_path / "zarr.json"
+    small.write_text("{}")
+    tracemalloc.start()
+    try:
+        assert _io.read_json_file(small, "store metadata", max_bytes=256 << 20) == {}
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, peak
