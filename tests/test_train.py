@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -422,6 +423,12 @@ def test_run_state_round_trip_and_strictness() -> None:
         parse_train_state({})
     with pytest.raises(ValueError, match="malformed train.state"):
         parse_train_state({"train.state": '{"stage": 1}'})
+    # A position the run cannot have reached (an edited or damaged state) is refused, not silently "done".
+    for lie in (dict(stage_index=99), dict(stage_index=-1), dict(stage="compat"), dict(epoch=-5),
+                dict(iteration=-1), dict(update_slope=float("nan"))):
+        edited = dataclasses.replace(state, **lie)
+        with pytest.raises(ValueError, match="malformed train.state"):
+            parse_train_state({"train.state": edited.to_json()})
 
 
 def test_registries_cover_every_stage_field_value() -> None:
