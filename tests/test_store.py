@@ -428,3 +428,27 @@ def test_an_array_whose_dtype_or_shape_was_edited_is_refused(bundled, digits, tm
     meta.write_text(text.replace(old, new, 1))
     with pytest.raises(ValueError, match=f"array '{array}' is .* but the attributes say"):
         accuracy_report(path)
+
+
+def test_a_store_being_created_by_another_process_is_refused_not_recreated(bundled, digits, tmp_path):
+    """Two commands on one new store: the second used to see a half-created store and create it again (mode "w")
+    under the first one's writes; now the check-or-create step holds the store's lock."""
+    import subprocess
+    import sys
+
+    from cordsnet import _io
+
+    path = tmp_path / "e.zarr"
+    hold = ("import sys; from cordsnet._io import output_lock\n"
+            "with output_lock(sys.argv[1]):\n    print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match="another process is writing"):
+            _eval_store(bundled, digits, path)
+        assert not path.exists()
+    finally:
+        holder.communicate("", timeout=30)
+    assert _eval_store(bundled, digits, path).written == N  # the lock went with its holder
+    assert not [p for p in tmp_path.iterdir() if _io.LOCK_MARK in p.name]

@@ -423,11 +423,12 @@ def record_dataset(model: Any, dataset: Any, store: str | os.PathLike, plan: Rec
                               checkpoint_sha256=checkpoint_sha256)
     error = None
     if ctx.rank == 0:
-        try:
-            if _exists(path) and not _half_created(path, plan):
-                _check_identity(path, _attributes(open_store(path, "r"), path), identity)
-            else:  # new, or a creation that was interrupted before its attributes (nothing recorded yet)
-                _create(path, identity, plan, n, chunk_images, readout, np.arange(n, dtype=np.int64))
+        try:  # one process at a time checks or creates the store: another command's creation is never mixed in
+            with _creation_lock(path):
+                if _exists(path) and not _half_created(path, plan):
+                    _check_identity(path, _attributes(open_store(path, "r"), path), identity)
+                else:  # new, or a creation that was interrupted before its attributes (nothing recorded yet)
+                    _create(path, identity, plan, n, chunk_images, readout, np.arange(n, dtype=np.int64))
         except (ValueError, OSError) as exc:  # shared, so that no rank waits for rank 0 forever
             error = str(exc)
     ctx.share_error(error)
@@ -473,6 +474,17 @@ def record_dataset(model: Any, dataset: Any, store: str | os.PathLike, plan: Rec
     logger.info("rank %d/%d: wrote %d images (%d already done) in %.1f s, %.2f images/s", ctx.rank, ctx.world,
                 written, skipped, seconds, report.images_per_second)
     return report
+
+
+def _creation_lock(path: str) -> Any:
+    """:class:`cordsnet._io.output_lock` on a local store (``.<name>.cordsnet-lock`` beside it): a second command
+    checking or creating the same store meanwhile refuses in one line instead of re-creating it under the
+    first one's writes (a remote store: no lock)."""
+    from .._io import output_lock
+
+    if "://" in path:
+        return contextlib.nullcontext()
+    return output_lock(Path(path.rstrip("/") or path), "--store")
 
 
 def _half_created(path: str, plan: RecordPlan) -> bool:
