@@ -232,6 +232,23 @@ def _refuse_special_files(folder: Path, dataset: str) -> None:
                                  "device or socket); remove it")
 
 
+def _refuse_folder_loops(folder: Path, dataset: str) -> None:
+    """Refuse a folder tree that reaches one folder twice (a symlink loop, or a second link to a folder):
+    ImageFolder follows links, so a loop is walked until the path is too long, and two loops multiply
+    (hours, gigabytes). Only folders are visited (a stat each); nothing is opened."""
+    seen: set[tuple[int, int]] = set()
+    pending = [str(folder)]
+    while pending:
+        directory = pending.pop()
+        st = os.stat(directory)
+        if (st.st_dev, st.st_ino) in seen:
+            raise ValueError(f"dataset: {directory!r} under the {dataset} folder {str(folder)!r} is a folder "
+                             "reached twice (a symlink loop or a second link to one folder); remove the link")
+        seen.add((st.st_dev, st.st_ino))
+        with os.scandir(directory) as entries:
+            pending += [e.path for e in entries if e.is_dir()]  # follows links, as ImageFolder does
+
+
 def _image_file(path: str) -> bool:
     """ImageFolder's filter: a regular file with an image suffix. Anything else (a FIFO, a device, a socket,
     a folder named like an image) is skipped, with one warning per dataset (see :func:`_build_imagenet`)."""
@@ -315,6 +332,7 @@ def _build_imagenet(split: str, *, root: Path, image_size: int, augment: bool, v
                                 "ImageNet needs a licence)")
     _SKIPPED.clear()
     register_input(folder)  # no output of the running command is written inside the dataset
+    _refuse_folder_loops(folder, "imagenet")
     try:
         ds = ImageFolder(str(folder), transform=_imagenet_transforms(image_size, augment and split == "train"),
                          loader=_rgb_file, is_valid_file=_image_file)

@@ -541,3 +541,24 @@ def test_reading_a_small_json_file_allocates_what_it_holds_not_the_bound(tmp_pat
     finally:
         tracemalloc.stop()
     assert peak < 4 << 20, peak
+
+
+# --------------------------------------------------------------------------- 10. dataset roots (probe)
+def test_an_image_folder_with_symlink_loops_is_refused_not_walked_forever(tmp_path):
+    """Two loops (`a/l1 -> ..`, `a/l2 -> ..`) made ImageFolder's walk multiply until the paths were too long
+    (killed after 60 s at 1.5 GB)."""
+    from PIL import Image
+
+    from cordsnet.data import build_dataset
+
+    for cls in ("a", "b"):
+        (tmp_path / "val" / cls).mkdir(parents=True)
+        Image.new("RGB", (40, 40), (10, 200, 30)).save(tmp_path / "val" / cls / "ok.png")
+    assert len(build_dataset("imagenet", "test", root=tmp_path, image_size=32)) == 2
+    (tmp_path / "val" / "a" / "l1").symlink_to("..")
+    (tmp_path / "val" / "a" / "l2").symlink_to("..")
+    (tmp_path / "val" / "b" / "l3").symlink_to("..")
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="reached twice"):
+        build_dataset("imagenet", "test", root=tmp_path, image_size=32)
+    assert time.perf_counter() - t0 < 10
