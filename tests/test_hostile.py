@@ -562,3 +562,17 @@ def test_an_image_folder_with_symlink_loops_is_refused_not_walked_forever(tmp_pa
     with pytest.raises(ValueError, match="reached twice"):
         build_dataset("imagenet", "test", root=tmp_path, image_size=32)
     assert time.perf_counter() - t0 < 10
+
+
+def test_a_torchvision_dataset_file_larger_than_any_is_refused_unread(tmp_path):
+    """torchvision reads MNIST's files whole (and copies them): 3 GiB sparse files were a MemoryError traceback."""
+    from cordsnet.data import build_dataset
+
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        with open(raw / name, "wb") as f:
+            f.truncate(3 << 30)
+    with pytest.raises(ValueError, match="more than any MNIST file"):
+        build_dataset("mnist", "test", root=tmp_path, download=False)
