@@ -576,3 +576,19 @@ def test_a_torchvision_dataset_file_larger_than_any_is_refused_unread(tmp_path):
             f.truncate(3 << 30)
     with pytest.raises(ValueError, match="more than any MNIST file"):
         build_dataset("mnist", "test", root=tmp_path, download=False)
+
+
+# --------------------------------------------------------------------------- 11. one line, bounded (probe)
+def test_a_thread_budget_beyond_any_machine_is_one_line_not_minutes(monkeypatch):
+    """--threads 100000 kept onnxruntime creating threads for minutes ("opening ... (90 s so far)")."""
+    from cordsnet import threads
+
+    with pytest.raises(ValueError, match=r"threads: expected an int in \[1, 1024\]"):
+        threads.set_num_threads(100_000)
+    monkeypatch.setenv(threads.ENV, "99999")
+    with pytest.raises(ValueError, match="CORDSNET_NUM_THREADS"):
+        threads.num_threads()
+    t0 = time.perf_counter()
+    _one_line(_cli("predict", SHIPPED, "--threads", "100000", str(REPO / "web" / "digits.json"), timeout=60),
+              "threads")
+    assert time.perf_counter() - t0 < 60
