@@ -47,8 +47,10 @@ def num_threads() -> int | None:
     value = os.environ.get(ENV, "").strip()
     if not value:
         return None
-    if not value.isdigit() or not 1 <= int(value) <= MAX_THREADS:
-        raise ValueError(f"{ENV}: expected an integer in [1, {MAX_THREADS}], got {value!r}")
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{ENV}: expected a positive integer, got {value!r}")
+    if int(value) > MAX_THREADS:
+        raise ValueError(f"{ENV}: expected at most {MAX_THREADS} threads, got {value!r}")
     return int(value)
 
 
