@@ -592,3 +592,9 @@ def test_a_thread_budget_beyond_any_machine_is_one_line_not_minutes(monkeypatch)
     _one_line(_cli("predict", SHIPPED, "--threads", "100000", str(REPO / "web" / "digits.json"), timeout=60),
               "threads")
     assert time.perf_counter() - t0 < 60
+
+
+def test_a_bench_batch_beyond_memory_is_one_line_not_a_memory_error(tmp_path):
+    """bench --batch 100000000 drew a 763 GiB random input: an _ArrayMemoryError traceback."""
+    res = _cli("bench", SHIPPED, "--batch", "100000000", "--iterations", "1", timeout=60)
+    _one_line(res, "batch: expected at most")
