@@ -598,3 +598,19 @@ def test_a_bench_batch_beyond_memory_is_one_line_not_a_memory_error(tmp_path):
     """bench --batch 100000000 drew a 763 GiB random input: an _ArrayMemoryError traceback."""
     res = _cli("bench", SHIPPED, "--batch", "100000000", "--iterations", "1", timeout=60)
     _one_line(res, "batch: expected at most")
+
+
+def test_save_reference_over_the_models_manifest_is_refused_before_the_work(tmp_path):
+    """A --save-reference that is the model's manifest by another name was refused only after the reference
+    had been computed."""
+    from cordsnet import artifact as A
+
+    path = tmp_path / SHIPPED.name
+    shutil.copy(SHIPPED, path)
+    shutil.copy(A.manifest_path(SHIPPED), A.manifest_path(path))
+    alias = tmp_path / "ref.npz"
+    alias.symlink_to(A.manifest_path(path).name)
+    res = _cli("verify", path, "--save-reference", alias, timeout=120)
+    _one_line(res, "--save-reference", "is an input of this command")
+    assert "computing the reference" not in res.stderr
+    assert A.manifest_path(path).read_bytes() == A.manifest_path(SHIPPED).read_bytes()
