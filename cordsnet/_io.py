@@ -30,7 +30,7 @@ from . import validate
 
 __all__ = ["JSON_LIMITS", "LOCK_MARK", "TEMPORARY_MARK", "atomic_path", "cache_dir", "check_output", "check_regular",
            "file_sha256", "forget_input", "input_scope", "load_json", "open_regular", "output_lock", "output_mode",
-           "read_json_file", "refuse_inputs", "register_input", "stale_temporaries", "temporary_name",
+           "read_arrays", "read_json_file", "refuse_inputs", "register_input", "stale_temporaries", "temporary_name",
            "terminate_cleanly"]
 
 TEMPORARY_MARK = ".cordsnet-tmp-"  # in the name of every temporary file: `.<name>.cordsnet-tmp-<pid>-<hex>`
@@ -319,9 +319,83 @@ def load_json(data: str | bytes, name: str, *, max_bytes: int | None = None, max
 def read_json_file(path: str | os.PathLike, name: str, **limits: int) -> Any:
     """:func:`load_json` of a regular file, its size checked before a byte is read (:func:`open_regular`)."""
     max_bytes = limits.get("max_bytes") or JSON_LIMITS["max_bytes"]
-    with open_regular(path, name, max_bytes) as f:
-        data = f.read(max_bytes + 1)
+    with open_regular(path, name, max_bytes) as f:  # read(n) allocates n bytes first: ask for what the file holds
+        data = f.read(min(os.fstat(f.fileno()).st_size, max_bytes) + 1)
     return load_json(data, f"{name} {str(path)!r}", **limits)
+
+
+# ------------------------------------------------------------------------------ bounded numpy files
+def _array_header(f: IO[bytes], what: str) -> tuple[tuple[int, ...], Any, int]:
+    """(shape, dtype, bytes its data takes) from a .npy header; a pickled (object) array is refused."""
+    import numpy as np
+
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    reader = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+    if reader is None:
+        raise ValueError(f"{what} has .npy format version {version}, not one numpy writes for plain arrays")
+    shape, _, dtype = reader(f)
+    if dtype.hasobject:
+        raise ValueError(f"{what} holds Python objects (a pickle), never loaded")
+    return shape, dtype, math.prod(shape) * dtype.itemsize
+
+
+def read_arrays(path: str | os.PathLike, name: str, max_bytes: int) -> Any:
+    """The array in a ``.npy`` file, or ``{name: array}`` of a ``.npz`` archive, never more than the file holds.
+
+    A regular file of at most `max_bytes` (:func:`open_regular`); each array's header is checked against the
+    bytes that really follow it (a header may not claim more than its file or archive member holds), and an
+    archive's members may not inflate beyond `max_bytes` in all, so a lying header or a zip bomb costs
+    nothing. Pickled (object) arrays are refused.
+
+    Args:
+        path: the ``.npy`` or ``.npz`` file.
+        name: what it is, in messages (``"--verify-images"``, ``"reference"``).
+        max_bytes: the largest file, and the most an archive may inflate to.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a regular file, too large, not a numpy file, or a header that lies (one line).
+    """
+    import zipfile
+
+    import numpy as np
+
+    what = f"{name}: {str(path)!r}"
+    with open_regular(path, name, max_bytes) as f:
+        try:
+            if zipfile.is_zipfile(f):
+                f.seek(0)
+                with zipfile.ZipFile(f) as archive:
+                    members = [m for m in archive.infolist() if m.filename.endswith(".npy")]
+                    total = sum(m.file_size for m in archive.infolist())
+                    if total > max_bytes:
+                        raise ValueError(f"{what} inflates to {total} bytes, more than the {max_bytes} "
+                                         f"a {name} can hold")
+                    arrays = {}
+                    for member in members:
+                        with archive.open(member) as m:
+                            _, _, nbytes = _array_header(m, what)
+                            if nbytes > member.file_size:
+                                raise ValueError(f"{what} is damaged or hostile: {member.filename} claims {nbytes} "
+                                                 f"bytes of data, more than the {member.file_size} it holds")
+                        with archive.open(member) as m:
+                            arrays[member.filename[:-4]] = np.lib.format.read_array(m, allow_pickle=False)
+                    return arrays
+            f.seek(0)
+            _, _, nbytes = _array_header(f, what)
+            size = os.fstat(f.fileno()).st_size
+            if nbytes > size - f.tell():
+                raise ValueError(f"{what} is damaged or hostile: its header claims {nbytes} bytes of data, more "
+                                 f"than the {size - f.tell()} the file holds")
+            f.seek(0)
+            return np.lib.format.read_array(f, allow_pickle=False)
+        except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+            raise ValueError(f"{what} is not a readable numpy file ({' '.join(str(exc).split())[:120]})") from None
+        except ValueError as exc:
+            if str(exc).startswith(what):
+                raise
+            raise ValueError(f"{what} is not a readable numpy file ({' '.join(str(exc).split())[:120]})") from None
 
 
 # ---------------------------------------------------------------------------------- write locks

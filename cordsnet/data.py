@@ -205,11 +205,13 @@ def _rgb_file(path: str) -> Any:
 
 
 MAX_SCANNED_FILES = 100_000  # a torchvision dataset folder holds a handful of files; more is not one
+MAX_DATASET_FILE_BYTES = 1 << 30  # the largest file of a registered torchvision dataset is CIFAR's ~170 MB archive
 
 
 def _refuse_special_files(folder: Path, dataset: str) -> None:
     """Refuse, in one line naming it, a FIFO, device or socket anywhere under a dataset folder (reading one
-    would block forever or never end); nothing is opened. The folder becomes an input of the command."""
+    would block forever or never end), or a file larger than any dataset's (torchvision reads files whole);
+    nothing is opened. The folder becomes an input of the command."""
     from ._io import register_input
 
     if not folder.is_dir():
@@ -224,12 +226,34 @@ def _refuse_special_files(folder: Path, dataset: str) -> None:
                 raise ValueError(f"dataset: {str(folder)!r} holds more than {MAX_SCANNED_FILES} files; not a "
                                  f"{dataset} folder (check --data-root)")
             try:
-                mode = os.stat(path).st_mode
+                st = os.stat(path)
             except OSError:  # a dangling link: torchvision reports what it misses
                 continue
+            mode = st.st_mode
             if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                 raise ValueError(f"dataset: {path!r} under the {dataset} folder is not a regular file (a FIFO, "
                                  "device or socket); remove it")
+            size = st.st_size
+            if stat.S_ISREG(mode) and size > MAX_DATASET_FILE_BYTES:  # torchvision reads each file whole
+                raise ValueError(f"dataset: {path!r} under the {dataset} folder is {size} bytes, more than any "
+                                 f"{dataset} file ({MAX_DATASET_FILE_BYTES}); damaged or not {dataset}'s: delete it")
+
+
+def _refuse_folder_loops(folder: Path, dataset: str) -> None:
+    """Refuse a folder tree that reaches one folder twice (a symlink loop, or a second link to a folder):
+    ImageFolder follows links, so a loop is walked until the path is too long, and two loops multiply
+    (hours, gigabytes). Only folders are visited (a stat each); nothing is opened."""
+    seen: set[tuple[int, int]] = set()
+    pending = [str(folder)]
+    while pending:
+        directory = pending.pop()
+        st = os.stat(directory)
+        if (st.st_dev, st.st_ino) in seen:
+            raise ValueError(f"dataset: {directory!r} under the {dataset} folder {str(folder)!r} is a folder "
+                             "reached twice (a symlink loop or a second link to one folder); remove the link")
+        seen.add((st.st_dev, st.st_ino))
+        with os.scandir(directory) as entries:
+            pending += [e.path for e in entries if e.is_dir()]  # follows links, as ImageFolder does
 
 
 def _image_file(path: str) -> bool:
@@ -315,6 +339,7 @@ def _build_imagenet(split: str, *, root: Path, image_size: int, augment: bool, v
                                 "ImageNet needs a licence)")
     _SKIPPED.clear()
     register_input(folder)  # no output of the running command is written inside the dataset
+    _refuse_folder_loops(folder, "imagenet")
     try:
         ds = ImageFolder(str(folder), transform=_imagenet_transforms(image_size, augment and split == "train"),
                          loader=_rgb_file, is_valid_file=_image_file)

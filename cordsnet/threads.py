@@ -18,23 +18,25 @@ import sys
 
 from . import validate
 
-__all__ = ["ENV", "apply_to_torch", "num_threads", "set_num_threads"]
+__all__ = ["ENV", "MAX_THREADS", "apply_to_torch", "num_threads", "set_num_threads"]
 
 ENV = "CORDSNET_NUM_THREADS"  # the process tree's default thread budget (unset: the engines' own defaults)
 _threads: int | None = None
+MAX_THREADS = 1024  # more than any machine's cores; 100000 threads took onnxruntime minutes to start
 
 
 def set_num_threads(threads: int | None) -> None:
     """Set the thread budget of every engine in this process (None: back to the engines' defaults).
 
     Args:
-        threads: >= 1, or None.
+        threads: in [1, :data:`MAX_THREADS`], or None.
 
     Raises:
         ValueError: `threads` is not a positive integer.
     """
     global _threads
-    _threads = None if threads is None else validate.positive_int("threads", threads)
+    _threads = None if threads is None else validate.positive_int("threads", threads, max=MAX_THREADS,
+                                                                  why="more threads than cores only slow down")
     apply_to_torch()
 
 
@@ -47,6 +49,8 @@ def num_threads() -> int | None:
         return None
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"{ENV}: expected a positive integer, got {value!r}")
+    if int(value) > MAX_THREADS:
+        raise ValueError(f"{ENV}: expected at most {MAX_THREADS} threads, got {value!r}")
     return int(value)
 
 

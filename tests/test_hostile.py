@@ -456,3 +456,161 @@ def test_a_companion_that_is_a_fifo_is_refused_not_hashed_forever(tmp_path):
     with pytest.raises(ValueError, match="FIFO"):
         A.check_manifest(path)
     _one_line(_cli("info", path, timeout=60), "FIFO")
+
+
+# --------------------------------------------------------------------------- 3. bounded numpy files (probe)
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def test_a_numpy_header_that_claims_more_than_its_file_allocates_nothing(tmp_path):
+    """A 4 KB .npy (or .npz member) whose header claims 56 GiB: refused in one line, no allocation."""
+    import zipfile
+
+    import numpy as np
+
+    lie = tmp_path / "lie.npy"
+    lie.write_bytes(_npy_header((100000, 3, 224, 224)) + b"\0" * 4096)
+    with pytest.raises(ValueError, match="claims 60211200000 bytes"):
+        _io.read_arrays(lie, "--verify-images", 1 << 30)
+    with zipfile.ZipFile(tmp_path / "lie.npz", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("images.npy", _npy_header((100000, 3, 224, 224)) + b"\0" * 1000)
+    res = _cli("verify", SHIPPED, "--reference", tmp_path / "lie.npz", timeout=60)
+    _one_line(res, "claims 60211200000 bytes")
+    np.save(tmp_path / "ok.npy", np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert _io.read_arrays(tmp_path / "ok.npy", "x", 1 << 20).tolist() == [[0, 1, 2], [3, 4, 5]]
+    np.savez(tmp_path / "ok.npz", a=np.ones(3))
+    assert _io.read_arrays(tmp_path / "ok.npz", "x", 1 << 20)["a"].tolist() == [1, 1, 1]
+
+
+def test_a_zip_bomb_reference_and_special_image_files_are_refused_unread(tmp_path):
+    import zipfile
+
+    bomb = tmp_path / "bomb.npz"  # 40 MB of zeros deflated to ~40 KB: inflates beyond the bound
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("images.npy", _npy_header((10, 1000, 1000)) + b"\0" * 40_000_000)
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(ValueError, match="inflates to"):
+        _io.read_arrays(bomb, "reference", 1 << 20)
+    fifo = tmp_path / "v.npy"
+    os.mkfifo(fifo)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="FIFO"):  # used to block forever in np.load
+        _io.read_arrays(fifo, "--verify-images", 1 << 20)
+    (tmp_path / "z.npy").symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match="character device"):
+        _io.read_arrays(tmp_path / "z.npy", "--verify-images", 1 << 20)
+    assert time.perf_counter() - t0 < 10
+
+
+# --------------------------------------------------------------------------- 4. manifest vs artifact (probe)
+@pytest.mark.parametrize("entry, match", [
+    ({"role": "external-data", "file": "gone.onnx.data", "sha256": "0" * 64}, "is missing beside"),
+    ({"role": "encode", "file": "..", "sha256": "0" * 64}, "plain name beside the manifest"),
+])
+def test_a_manifest_listing_a_missing_or_dotdot_companion_is_refused(tmp_path, entry, match):
+    from cordsnet import artifact as A
+
+    path = tmp_path / SHIPPED.name
+    shutil.copy(SHIPPED, path)
+    data = json.loads(A.manifest_path(SHIPPED).read_text())
+    data["companions"] = [entry]
+    A.manifest_path(path).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=match):
+        A.check_manifest(path)
+    _one_line(_cli("info", path, timeout=60), match)
+
+
+def test_reading_a_small_json_file_allocates_what_it_holds_not_the_bound(tmp_path):
+    """read(n) allocates n bytes first: a 2-byte zarr.json read under a 64 MiB bound cost 64 MiB (a MemoryError
+    under a memory limit)."""
+    import tracemalloc
+
+    small = tmp_path / "zarr.json"
+    small.write_text("{}")
+    tracemalloc.start()
+    try:
+        assert _io.read_json_file(small, "store metadata", max_bytes=256 << 20) == {}
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, peak
+
+
+# --------------------------------------------------------------------------- 10. dataset roots (probe)
+def test_an_image_folder_with_symlink_loops_is_refused_not_walked_forever(tmp_path):
+    """Two loops (`a/l1 -> ..`, `a/l2 -> ..`) made ImageFolder's walk multiply until the paths were too long
+    (killed after 60 s at 1.5 GB)."""
+    from PIL import Image
+
+    from cordsnet.data import build_dataset
+
+    for cls in ("a", "b"):
+        (tmp_path / "val" / cls).mkdir(parents=True)
+        Image.new("RGB", (40, 40), (10, 200, 30)).save(tmp_path / "val" / cls / "ok.png")
+    assert len(build_dataset("imagenet", "test", root=tmp_path, image_size=32)) == 2
+    (tmp_path / "val" / "a" / "l1").symlink_to("..")
+    (tmp_path / "val" / "a" / "l2").symlink_to("..")
+    (tmp_path / "val" / "b" / "l3").symlink_to("..")
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="reached twice"):
+        build_dataset("imagenet", "test", root=tmp_path, image_size=32)
+    assert time.perf_counter() - t0 < 10
+
+
+def test_a_torchvision_dataset_file_larger_than_any_is_refused_unread(tmp_path):
+    """torchvision reads MNIST's files whole (and copies them): 3 GiB sparse files were a MemoryError traceback."""
+    from cordsnet.data import build_dataset
+
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        with open(raw / name, "wb") as f:
+            f.truncate(3 << 30)
+    with pytest.raises(ValueError, match="more than any MNIST file"):
+        build_dataset("mnist", "test", root=tmp_path, download=False)
+
+
+# --------------------------------------------------------------------------- 11. one line, bounded (probe)
+def test_a_thread_budget_beyond_any_machine_is_one_line_not_minutes(monkeypatch):
+    """--threads 100000 kept onnxruntime creating threads for minutes ("opening ... (90 s so far)")."""
+    from cordsnet import threads
+
+    with pytest.raises(ValueError, match=r"threads: expected an int in \[1, 1024\]"):
+        threads.set_num_threads(100_000)
+    monkeypatch.setenv(threads.ENV, "99999")
+    with pytest.raises(ValueError, match="CORDSNET_NUM_THREADS"):
+        threads.num_threads()
+    t0 = time.perf_counter()
+    _one_line(_cli("predict", SHIPPED, "--threads", "100000", str(REPO / "web" / "digits.json"), timeout=60),
+              "threads")
+    assert time.perf_counter() - t0 < 60
+
+
+def test_a_bench_batch_beyond_memory_is_one_line_not_a_memory_error(tmp_path):
+    """bench --batch 100000000 drew a 763 GiB random input: an _ArrayMemoryError traceback."""
+    res = _cli("bench", SHIPPED, "--batch", "100000000", "--iterations", "1", timeout=60)
+    _one_line(res, "batch: expected at most")
+
+
+def test_save_reference_over_the_models_manifest_is_refused_before_the_work(tmp_path):
+    """A --save-reference that is the model's manifest by another name was refused only after the reference
+    had been computed."""
+    from cordsnet import artifact as A
+
+    path = tmp_path / SHIPPED.name
+    shutil.copy(SHIPPED, path)
+    shutil.copy(A.manifest_path(SHIPPED), A.manifest_path(path))
+    alias = tmp_path / "ref.npz"
+    alias.symlink_to(A.manifest_path(path).name)
+    res = _cli("verify", path, "--save-reference", alias, timeout=120)
+    _one_line(res, "--save-reference", "is an input of this command")
+    assert "computing the reference" not in res.stderr
+    assert A.manifest_path(path).read_bytes() == A.manifest_path(SHIPPED).read_bytes()

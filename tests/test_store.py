@@ -398,3 +398,57 @@ def test_a_store_whose_metadata_write_was_cut_short_is_refused_naming_it(bundled
                                    "--batch-size", str(CHUNK), "--store", str(path)])
     assert res.exit_code == 1 and res.output.count("\n") == 1
     assert str(path) in res.output and "creation was interrupted" in res.output
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("fifo", "not a regular file"),  # used to block the reader forever
+    ("device", "not a regular file"),  # /dev/zero: read without end
+    ("dir", "is a directory"),  # used to fail the rewrite with a bare "[Errno 21]"
+])
+def test_a_chunk_that_is_not_a_regular_file_is_refused_unread(bundled, digits, tmp_path, damage, match):
+    path = tmp_path / "e.zarr"
+    _eval_store(bundled, digits, path)
+    chunk = _chunk_files(path, "logits", 1)[0]
+    chunk.unlink()
+    {"fifo": lambda: os.mkfifo(chunk), "device": lambda: chunk.symlink_to("/dev/zero"), "dir": chunk.mkdir}[damage]()
+    with pytest.raises(ValueError, match=match):
+        accuracy_report(path)
+    with pytest.raises(ValueError, match=match):
+        _eval_store(bundled, digits, path)
+
+
+@pytest.mark.parametrize("array, old, new", [("done", '"bool"', '"float64"'), ("logits", '"float32"', '"float16"'),
+                                             ("logits", "10\n", "1000\n")])
+def test_an_array_whose_dtype_or_shape_was_edited_is_refused(bundled, digits, tmp_path, array, old, new):
+    path = tmp_path / "e.zarr"
+    _eval_store(bundled, digits, path)
+    meta = path / array / "zarr.json"
+    text = meta.read_text()
+    assert old in text
+    meta.write_text(text.replace(old, new, 1))
+    with pytest.raises(ValueError, match=f"array '{array}' is .* but the attributes say"):
+        accuracy_report(path)
+
+
+def test_a_store_being_created_by_another_process_is_refused_not_recreated(bundled, digits, tmp_path):
+    """Two commands on one new store: the second used to see a half-created store and create it again (mode "w")
+    under the first one's writes; now the check-or-create step holds the store's lock."""
+    import subprocess
+    import sys
+
+    from cordsnet import _io
+
+    path = tmp_path / "e.zarr"
+    hold = ("import sys; from cordsnet._io import output_lock\n"
+            "with output_lock(sys.argv[1]):\n    print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match="another process is writing"):
+            _eval_store(bundled, digits, path)
+        assert not path.exists()
+    finally:
+        holder.communicate("", timeout=30)
+    assert _eval_store(bundled, digits, path).written == N  # the lock went with its holder
+    assert not [p for p in tmp_path.iterdir() if _io.LOCK_MARK in p.name]

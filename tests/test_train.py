@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -385,6 +386,26 @@ def test_a_directory_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_
     Trainer(_tiny_compat(other)).run()
 
 
+def test_a_second_run_into_a_directory_being_trained_refuses(tmp_path: Path) -> None:
+    """Two runs into one OUT used to both succeed, interleaving metrics.jsonl and mixing checkpoints."""
+    from cordsnet._io import LOCK_MARK
+
+    hold = ("import sys; from cordsnet._io import output_lock\n"
+            "with output_lock(sys.argv[1]):\n    print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "last.safetensors")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match="another process is writing"):
+            Trainer(_tiny_compat(tmp_path)).run()
+        assert not (tmp_path / "metrics.jsonl").exists()
+    finally:
+        holder.communicate("", timeout=30)
+    Trainer(_tiny_compat(tmp_path)).run()
+    assert not [p for p in tmp_path.iterdir() if LOCK_MARK in p.name]
+
+
 def test_one_log_line_per_epoch_without_progress_bars(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     opts = TrainOptions(**dict(TINY, out=tmp_path, stages="compat,fold", epochs=2,
                                stage_overrides={"compat": {"warmup_iters": 1}}))
@@ -422,6 +443,12 @@ def test_run_state_round_trip_and_strictness() -> None:
         parse_train_state({})
     with pytest.raises(ValueError, match="malformed train.state"):
         parse_train_state({"train.state": '{"stage": 1}'})
+    # A position the run cannot have reached (an edited or damaged state) is refused, not silently "done".
+    for lie in (dict(stage_index=99), dict(stage_index=-1), dict(stage="compat"), dict(epoch=-5),
+                dict(iteration=-1), dict(update_slope=float("nan"))):
+        edited = dataclasses.replace(state, **lie)
+        with pytest.raises(ValueError, match="malformed train.state"):
+            parse_train_state({"train.state": edited.to_json()})
 
 
 def test_registries_cover_every_stage_field_value() -> None:

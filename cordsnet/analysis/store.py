@@ -160,10 +160,31 @@ def _check_metadata_files(path: str) -> None:
     for meta in [root / "zarr.json", *sorted(root.glob("*/zarr.json"))]:
         if meta.exists() or meta.is_symlink():
             try:
-                read_json_file(meta, "store metadata", max_bytes=MAX_ZARR_METADATA_BYTES)
+                data = read_json_file(meta, "store metadata", max_bytes=MAX_ZARR_METADATA_BYTES)
+                if meta.parent != root and isinstance(data, dict) and isinstance(data.get("shape"), list):
+                    _check_chunk_files(meta.parent / "c", len(data["shape"]))
             except ValueError as exc:
                 raise ValueError(f"store: {path!r} is damaged or its creation was interrupted ({exc}); delete it "
                                  "and run the command again") from None
+
+
+def _check_chunk_files(folder: Path, ndim: int) -> None:
+    """Every chunk of an array (``c/i0/.../i{ndim-1}``) is a regular file: a FIFO would block the reader, a
+    device (``/dev/zero``) would be read without end, a directory would fail the writer."""
+    def walk(directory: Path, depth: int) -> None:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                leaf = depth == ndim
+                if entry.is_dir() and not leaf:
+                    walk(Path(entry.path), depth + 1)
+                elif not (leaf and entry.is_file()):
+                    kind = "a directory" if entry.is_dir() else "not a regular file"
+                    raise ValueError(f"chunk {entry.path!r} is {kind}")
+
+    if folder.is_dir() and not folder.is_symlink():
+        walk(folder, 1)
+    elif folder.exists() or folder.is_symlink():
+        raise ValueError(f"chunk folder {str(folder)!r} is not a plain folder")
 
 
 def _attributes(group: Any, path: str) -> dict[str, Any]:
@@ -193,12 +214,19 @@ def _check_arrays(group: Any, attrs: Mapping[str, Any], path: str) -> None:
     if missing:
         raise ValueError(f"store: {path!r} lacks the array(s) {missing} its attributes list (damaged or edited); "
                          "delete the store and run again")
+    dtypes = {**{name: attrs["dtype"] for name in attrs["variables"]}, "index": "int64", "label": "int64",
+              "done": "bool"}
     for name in names:
         arr = group[name]
         if arr.shape[:1] != (n,) or arr.chunks[0] != chunk:
             raise ValueError(f"store: {path!r}: array {name!r} has shape {tuple(arr.shape)} and chunks "
                              f"{tuple(arr.chunks)}, but the attributes say {n} images in chunks of {chunk}; "
                              "delete the store and run again")
+        tail = tuple(attrs["variables"].get(name, ()))
+        if str(arr.dtype) != dtypes[name] or (tail and tuple(arr.shape[-len(tail):]) != tail):
+            raise ValueError(f"store: {path!r}: array {name!r} is {arr.dtype} of shape {tuple(arr.shape)}, but the "
+                             f"attributes say {dtypes[name]}{f' ending in {tail}' if tail else ''}; the store was "
+                             "edited or damaged: delete it and run again")
 
 
 def open_store(path: str | os.PathLike, mode: str = "r") -> Any:
@@ -395,11 +423,12 @@ def record_dataset(model: Any, dataset: Any, store: str | os.PathLike, plan: Rec
                               checkpoint_sha256=checkpoint_sha256)
     error = None
     if ctx.rank == 0:
-        try:
-            if _exists(path) and not _half_created(path, plan):
-                _check_identity(path, _attributes(open_store(path, "r"), path), identity)
-            else:  # new, or a creation that was interrupted before its attributes (nothing recorded yet)
-                _create(path, identity, plan, n, chunk_images, readout, np.arange(n, dtype=np.int64))
+        try:  # one process at a time checks or creates the store: another command's creation is never mixed in
+            with _creation_lock(path):
+                if _exists(path) and not _half_created(path, plan):
+                    _check_identity(path, _attributes(open_store(path, "r"), path), identity)
+                else:  # new, or a creation that was interrupted before its attributes (nothing recorded yet)
+                    _create(path, identity, plan, n, chunk_images, readout, np.arange(n, dtype=np.int64))
         except (ValueError, OSError) as exc:  # shared, so that no rank waits for rank 0 forever
             error = str(exc)
     ctx.share_error(error)
@@ -445,6 +474,17 @@ def record_dataset(model: Any, dataset: Any, store: str | os.PathLike, plan: Rec
     logger.info("rank %d/%d: wrote %d images (%d already done) in %.1f s, %.2f images/s", ctx.rank, ctx.world,
                 written, skipped, seconds, report.images_per_second)
     return report
+
+
+def _creation_lock(path: str) -> Any:
+    """:class:`cordsnet._io.output_lock` on a local store (``.<name>.cordsnet-lock`` beside it): a second command
+    checking or creating the same store meanwhile refuses in one line instead of re-creating it under the
+    first one's writes (a remote store: no lock)."""
+    from .._io import output_lock
+
+    if "://" in path:
+        return contextlib.nullcontext()
+    return output_lock(Path(path.rstrip("/") or path), "--store")
 
 
 def _half_created(path: str, plan: RecordPlan) -> bool:

@@ -77,7 +77,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     if not isinstance(art, dict):
         raise ValueError(f"manifest: {source} lacks the 'artifact' object")
     file = art.get("file")
-    if not isinstance(file, str) or not file or Path(file).name != file:
+    if not _file_name(file):
         raise ValueError(f"manifest: {source}: artifact.file: expected a file name beside the manifest, got {file!r}")
     fmt = art.get("format")
     validate.choice("manifest artifact.format", fmt, list(FORMATS))
@@ -88,14 +88,20 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     companions = data.get("companions", [])
     if not isinstance(companions, list) or not all(
             isinstance(c, dict) and isinstance(c.get("role"), str) and isinstance(c.get("file"), str)
-            and Path(c["file"]).name == c["file"] and isinstance(c.get("sha256"), str) for c in companions):
-        raise ValueError(f"manifest: {source}: companions: expected a list of {{'role', 'file', 'sha256'}} objects")
+            and _file_name(c["file"]) and isinstance(c.get("sha256"), str) for c in companions):
+        raise ValueError(f"manifest: {source}: companions: expected a list of {{'role', 'file', 'sha256'}} objects, "
+                         "each file a plain name beside the manifest")
     want_in, want_out = info.io_table()
     if data.get("inputs") != want_in or data.get("outputs") != want_out:
         raise ValueError(f"manifest: {source}: inputs/outputs do not match its graph kind and config (expected "
                          f"inputs {[w['name'] for w in want_in]} with shapes {[w['shape'] for w in want_in]})")
     return Manifest(path=path, info=info, file=file, format=fmt, sha256=sha, size_bytes=size,
                     companions=tuple(dict(c) for c in companions), data=data)
+
+
+def _file_name(name: object) -> bool:
+    """A plain file name beside the manifest: no folder part, not ``.`` or ``..``."""
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
 
 
 def manifest_disagreements(artifact: ArtifactInfo, manifest: ArtifactInfo) -> list[str]:
@@ -152,7 +158,10 @@ def check_manifest(artifact: str | os.PathLike, manifest: Manifest | None = None
                          f"{artifact.name} (sha256 {actual[:12]}...); export again or delete the stale manifest")
     for c in manifest.companions:
         p = artifact.with_name(c["file"])
-        if p.exists() and file_sha256(p) != c["sha256"]:
+        if not p.exists():  # every export writes its companions: the artifact is incomplete without it
+            raise ValueError(f"{where}: companion {c['file']!r} ({c['role']}) is missing beside {artifact.name}; "
+                             "copy it along or export again")
+        if file_sha256(p) != c["sha256"]:
             raise ValueError(f"{where}: companion {c['file']!r} ({c['role']}) does not match its sha256 in the "
                              "manifest; export again")
     if manifest.format != artifact_format(artifact):

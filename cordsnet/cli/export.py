@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from .._io import read_arrays
 from ..artifact import DEFAULT_GRAPH, DTYPES, FORMATS, GRAPHS, GRAPH_KINDS, READOUTS
 from ..names import CALIBRATIONS, EXPORTERS, choices
 from ._shared import CheckpointArg, Stopwatch, checkpoint_source, echo_json, load_model, phases, verification_lines
@@ -132,6 +133,9 @@ def export_command(
         typer.echo(line)
 
 
+MAX_IMAGES_BYTES = 4 << 30  # a .npy of verification or calibration images: thousands of images at most
+
+
 def _npy(name: str, path: Optional[Path]) -> Any:
     """The array in a .npy file (no pickles), or None."""
     if path is None:
@@ -140,10 +144,10 @@ def _npy(name: str, path: Optional[Path]) -> Any:
 
     if path.suffix.lower() != ".npy":
         raise ValueError(f"{name}: expected a .npy file of (N, C, S, S) images, got {str(path)!r}")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise ValueError(f"{name}: {str(path)!r} is not a readable .npy array ({exc})") from None
+    array = read_arrays(path, name, MAX_IMAGES_BYTES)  # a regular file; the header may not claim more than it holds
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"{name}: expected a .npy file of (N, C, S, S) images, got a .npz archive {str(path)!r}")
+    return array
 
 
 def _learned_ranges(source: Path) -> object:

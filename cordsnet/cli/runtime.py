@@ -124,8 +124,11 @@ def verify(
                          "on the CPU (use --provider auto or cpu)")
     if save_reference is not None:
         from .._io import check_output
+        from ..artifact import encode_path, manifest_path
 
-        check_output(save_reference, inputs=[model, checkpoint], suffixes=(".npz",), name="--save-reference")
+        # The model's manifest and companions are read too: refused here, before the reference is computed.
+        beside = [manifest_path(model), encode_path(model), model.with_name(model.name + ".data")]
+        check_output(save_reference, inputs=[model, *beside, checkpoint], suffixes=(".npz",), name="--save-reference")
     source = str(checkpoint) if checkpoint is not None else "the bundled model"
     with phases("loading the checkpoint", quiet=as_json) as say:
         torch_model = load_model(checkpoint)

@@ -6,6 +6,7 @@ protocol's latency the sum of its steps. Warm-up runs come first and are not cou
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any, Callable
@@ -18,7 +19,9 @@ from ..artifact import MAX_STEPS
 from .session import Session
 from .step_session import StepSession
 
-__all__ = ["benchmark", "percentiles"]
+__all__ = ["MAX_INPUT_BYTES", "benchmark", "percentiles"]
+
+MAX_INPUT_BYTES = 8 << 30  # the random input batch bench draws: beyond this it is a typo, not a benchmark
 
 PERCENTILES: tuple[int, ...] = (50, 90, 99)
 
@@ -61,6 +64,10 @@ def benchmark(path: str | os.PathLike, *, batch: int = 1, providers: ProvidersLi
     session = open_session(path, providers, cuda_graph=cuda_graph, backend=backend, precision=precision)
     info = session.info
     cfg = info.config
+    need = batch * math.prod(cfg.input_shape) * 8  # the float64 draw, then its float32 copy
+    if need > MAX_INPUT_BYTES:
+        raise ValueError(f"batch: expected at most {MAX_INPUT_BYTES // (math.prod(cfg.input_shape) * 8)} images of "
+                         f"{tuple(cfg.input_shape)} ({MAX_INPUT_BYTES >> 30} GiB of input), got {batch}")
     x = np.random.default_rng(seed).standard_normal((batch, *cfg.input_shape)).astype(np.float32)
     total = warmup + iterations
     stepwise = isinstance(session, StepSession)

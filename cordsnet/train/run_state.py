@@ -34,6 +34,7 @@ metadata key                JSON
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -186,9 +187,16 @@ def parse_train_state(meta: Mapping[str, str], source: str = "checkpoint") -> Tr
         raise ValueError(f"{source}: not written by the trainer (no {STATE_KEY} metadata)")
     try:
         raw = load_json(meta[STATE_KEY], STATE_KEY, allow_nan=True)  # a stage summary may hold a NaN metric
-        return TrainState(stage_index=int(raw["stage_index"]), stage=str(raw["stage"]), epoch=int(raw["epoch"]),
-                          done=bool(raw["done"]), stages=[str(s) for s in raw["stages"]],
-                          iteration=int(raw["scheduler"]["iteration"]), update_slope=float(raw["update_slope"]),
-                          summary=dict(raw.get("summary", {})))
+        state = TrainState(stage_index=int(raw["stage_index"]), stage=str(raw["stage"]), epoch=int(raw["epoch"]),
+                           done=bool(raw["done"]), stages=[str(s) for s in raw["stages"]],
+                           iteration=int(raw["scheduler"]["iteration"]), update_slope=float(raw["update_slope"]),
+                           summary=dict(raw.get("summary", {})))
     except (ValueError, TypeError, KeyError, RecursionError) as exc:
         raise ValueError(f"{source}: malformed {STATE_KEY} metadata ({type(exc).__name__}: {exc})") from None
+    # A position the run could have reached: a stage of its own list, named as listed, no negative count.
+    if not (0 <= state.stage_index < len(state.stages) and state.stages[state.stage_index] == state.stage
+            and state.epoch >= 0 and state.iteration >= 0 and math.isfinite(state.update_slope)):
+        raise ValueError(f"{source}: malformed {STATE_KEY} metadata (stage {state.stage_index} {state.stage!r} of "
+                         f"{state.stages}, epoch {state.epoch}, iteration {state.iteration}, slope "
+                         f"{state.update_slope}); resume from an intact checkpoint")
+    return state

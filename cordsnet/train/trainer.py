@@ -21,6 +21,7 @@ an epoch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -35,7 +36,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from .._io import atomic_path, forget_input, load_json
+from .._io import atomic_path, forget_input, load_json, output_lock
 from ..checkpoint import (
     read_checkpoint,
     read_checkpoint_metadata,
@@ -238,9 +239,15 @@ class Trainer:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        with contextlib.ExitStack() as stack:
+            if self.rank == 0:  # one run at a time in OUT: a second one refuses instead of mixing its files in
+                self.out.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(output_lock(self.out / LAST, "out"))
+            return self._run(resume)
+
+    def _run(self, resume: bool) -> dict[str, Any]:
+        o = self.opts
         self._claim_output(resume)
-        if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
         start_stage, start_epoch = 0, 0
         if o.init is not None:
             self._load_weights(Path(o.init), strict_extras=False)
