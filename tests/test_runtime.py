@@ -728,6 +728,27 @@ def test_metadata_is_read_without_an_onnxruntime_session(graphs, monkeypatch):
     assert len(created) == 1
 
 
+def test_open_session_names_another_formats_artifact_and_a_checkpoint(graphs, tmp_path):
+    """predict/bench go through open_session: a .pte/.pt/.pt2 is named as what it is (not "not a readable
+    ONNX file"), and a checkpoint gets the hint to export it first."""
+    import shutil
+
+    from cordsnet.artifact import FORMATS
+
+    for fmt in ("executorch", "torchscript", "exported-program"):
+        p = tmp_path / f"m{FORMATS[fmt].suffix}"
+        shutil.copy(graphs["stepwise"], p)  # the suffix decides; the bytes are never read
+        with pytest.raises(ValueError, match=rf"is a '{fmt}' artifact .*run ONNX graphs"):
+            open_session(p, providers="cpu")
+    ckpt = tmp_path / "m.safetensors"
+    ckpt.write_bytes(b"\x08\x00" * 64)
+    with pytest.raises(ValueError, match="a checkpoint\\? export it first"):
+        open_session(ckpt, providers="cpu")
+    odd = tmp_path / "graph.bin"  # an ONNX graph under another suffix still opens, as before
+    shutil.copy(graphs["stepwise"], odd)
+    assert open_session(odd, providers="cpu").info.graph == "stepwise"
+
+
 def test_cli_refuses_lying_metadata_and_bad_tolerances_in_one_line(model, graphs, tmp_path):
     import onnx
 

@@ -50,6 +50,15 @@ __all__ = [
 SESSIONS: dict[str, type] = {"whole": Session, "step": StepSession}
 
 
+def _format_or_none(path: str | os.PathLike) -> str | None:
+    from ..artifact import artifact_format
+
+    try:
+        return artifact_format(path)
+    except ValueError:  # an unknown suffix: read_info says what it expected
+        return None
+
+
 def open_session(path: str | os.PathLike, providers: Any = "auto", **kwargs: Any) -> Session | StepSession:
     """A :class:`Session` or :class:`StepSession`, whichever the graph kind in the metadata asks for.
 
@@ -61,9 +70,23 @@ def open_session(path: str | os.PathLike, providers: Any = "auto", **kwargs: Any
         **kwargs: passed to the session (``cuda_graph``, ``session_options``, ``provider_options``).
 
     Raises:
-        ValueError: the graph is a companion (an encode graph), not a graph to open by itself.
+        ValueError: the file is another format's artifact (an ExecuTorch ``.pte``, a TorchScript or
+            ExportedProgram archive: named, with what runs it), or the graph is a companion (an encode
+            graph), not a graph to open by itself.
     """
-    info = read_info(path, "onnx")
+    from ..artifact import FORMATS
+
+    fmt = _format_or_none(path)
+    if fmt is not None and fmt != "onnx":
+        raise ValueError(f"model: {str(path)!r} is a {fmt!r} artifact ({FORMATS[fmt].description}); onnxruntime "
+                         "and OpenVINO sessions run ONNX graphs (export --format onnx)")
+    try:
+        info = read_info(path, "onnx")
+    except ValueError as exc:
+        if fmt is None:  # not an artifact's suffix: perhaps a checkpoint, which is exported first
+            raise ValueError(f"{exc} (a checkpoint? export it first: cordsnet-cli export CHECKPOINT --format onnx)") \
+                from None
+        raise
     if info.kind.session not in SESSIONS:
         raise ValueError(f"model: {str(path)!r} is a {info.graph!r} graph; open the graph it belongs to instead")
     return SESSIONS[info.kind.session](path, providers, **kwargs)
