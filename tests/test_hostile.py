@@ -527,6 +527,55 @@ def test_a_manifest_listing_a_missing_or_dotdot_companion_is_refused(tmp_path, e
     _one_line(_cli("info", path, timeout=60), match)
 
 
+def _edit_decision(tmp_path: Path, edit) -> Path:
+    """The shipped graph beside a copy of its manifest whose decision block `edit` changed."""
+    from cordsnet import artifact as A
+
+    path = tmp_path / SHIPPED.name
+    shutil.copy(SHIPPED, path)
+    data = json.loads(A.manifest_path(SHIPPED).read_text())
+    edit(data)
+    A.manifest_path(path).write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d["decision"].__setitem__("threshold", 0.5), "is not the exporter's"),
+    (lambda d: d["decision"].__setitem__("margin", 0.01), "is not the exporter's"),
+    (lambda d: d.pop("decision"), "lacks the decision block"),
+])
+def test_an_edited_decision_rule_is_refused_by_every_reader(tmp_path, edit, match):
+    """The decision block lives only in the manifest; what the exporter cannot have written is refused
+    by check_manifest (info, verify, web, PteStepSession...)."""
+    path = _edit_decision(tmp_path, edit)
+    _one_line(_cli("info", path, timeout=60), match)
+    with pytest.raises(ValueError, match=match):
+        web.make_server(path, port=0)
+
+
+def test_an_edited_no_image_baseline_is_refused_where_the_graph_runs(tmp_path):
+    """Only running the graph can check the baseline's values: verify --reference and the web server
+    recompute it (the page decides with it); an honest manifest passes."""
+    import base64
+
+    import numpy as np
+
+    from cordsnet.runtime.reference import check_decision
+
+    assert check_decision(SHIPPED)["max_abs"] <= 1e-4
+
+    def nudge(d):  # half a decision margin on one logit of one step
+        b = np.frombuffer(base64.b64decode(d["decision"]["baseline"]["data"]), "<f4").copy()
+        b[7] += 0.5
+        d["decision"]["baseline"]["data"] = base64.b64encode(b.tobytes()).decode()
+
+    path = _edit_decision(tmp_path, nudge)
+    with pytest.raises(ValueError, match="no-image baseline is not the graph's"):
+        check_decision(path)
+    with pytest.raises(ValueError, match="no-image baseline is not the graph's"):
+        web.make_server(path, port=0)
+
+
 def test_reading_a_small_json_file_allocates_what_it_holds_not_the_bound(tmp_path):
     """read(n) allocates n bytes first: a 2-byte zarr.json read under a 64 MiB bound cost 64 MiB (a MemoryError
     under a memory limit)."""

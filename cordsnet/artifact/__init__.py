@@ -65,7 +65,8 @@ from .kinds import (
     GraphKind,
     io_names,
 )
-from .manifest import Manifest, check_manifest, read_manifest
+from .manifest import (DECISION_SESSIONS, Manifest, check_decision_block, check_manifest, decision_expected,
+                       read_manifest)
 from .reading import (
     PTE_SCREEN_ENV,
     check_artifact_file,
@@ -79,6 +80,7 @@ from .reading import (
 __all__ = [
     "ArtifactFormat",
     "ArtifactInfo",
+    "DECISION_SESSIONS",
     "DEFAULT_GRAPH",
     "DEFAULT_OPSET",
     "DTYPES",
@@ -104,7 +106,9 @@ __all__ = [
     "SUPPORTED_FORMAT_VERSIONS",
     "artifact_format",
     "check_artifact_file",
+    "check_decision_block",
     "check_manifest",
+    "decision_expected",
     "check_pte_file",
     "companion_path",
     "decode_spontaneous_state",

@@ -16,11 +16,46 @@ import numpy as np
 
 from .. import validate
 from .._io import file_sha256
-from ..decision import DecisionRule
+from ..decision import DEFAULT_MARGIN, DEFAULT_THRESHOLD, DecisionRule
 from .formats import FORMATS, artifact_format, manifest_path
 from .info import ArtifactInfo, _load_manifest_json, _manifest_to_metadata
 from .kinds import MANIFEST_SUFFIX, PREFIX
 from .reading import _read_info, check_artifact_file
+
+
+# Which graphs the exporter writes a "decision" block for: format -> the session kinds whose per-step
+# logits its runtime gives here (onnxruntime: step and whole graphs; ExecuTorch: step programs).
+DECISION_SESSIONS: dict[str, tuple[str, ...]] = {"onnx": ("step", "whole"), "executorch": ("step",)}
+
+
+def decision_expected(info: ArtifactInfo, format: str) -> bool:
+    """Whether the exporter writes a decision block (rule, threshold, margin, no-image baseline) for a
+    graph: a runtime here gives its logits after every step (a step graph, or readout "all"), one step
+    per call. The exporter and :func:`check_manifest` both ask this."""
+    per_step = info.kind.session == "step" or info.readout == "all"
+    return info.kind.session in DECISION_SESSIONS.get(format, ()) and per_step and info.steps_per_call == 1
+
+
+def check_decision_block(manifest: "Manifest") -> None:
+    """Refuse a decision block that the exporter cannot have written: missing where it writes one, present
+    where it writes none, or a threshold / margin other than the exporter's (the baseline's values are
+    checked by running the graph: :func:`cordsnet.runtime.reference.check_decision`).
+
+    Raises:
+        ValueError: naming the manifest and what is wrong.
+    """
+    where = f"manifest: {str(manifest.path)!r}"
+    rule, expected = manifest.info.decision, decision_expected(manifest.info, manifest.format)
+    if expected and rule is None:
+        raise ValueError(f"{where} lacks the decision block the exporter writes for a {manifest.info.graph!r} "
+                         f"{manifest.format} graph; the manifest was edited: export again")
+    if rule is not None and not expected:
+        raise ValueError(f"{where} has a decision block, which the exporter never writes for a "
+                         f"{manifest.info.graph!r} {manifest.format} graph; the manifest was edited: export again")
+    if rule is not None and (rule.threshold, rule.margin) != (DEFAULT_THRESHOLD, DEFAULT_MARGIN):
+        raise ValueError(f"{where}: its decision rule (threshold {rule.threshold:g}, margin {rule.margin:g}) is not "
+                         f"the exporter's (threshold {DEFAULT_THRESHOLD:g}, margin {DEFAULT_MARGIN:g}); the manifest "
+                         "was edited: export again")
 
 
 # ----------------------------------------------------------------------------------- manifest
@@ -174,4 +209,5 @@ def check_manifest(artifact: str | os.PathLike, manifest: Manifest | None = None
             if diffs:
                 raise ValueError(f"{where} disagrees with the metadata inside {artifact.name} on {', '.join(diffs)}; "
                                  "the manifest was edited or belongs to another export: export again")
+    check_decision_block(manifest)
     return manifest

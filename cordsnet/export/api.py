@@ -330,25 +330,6 @@ def _write_all(source: CordsNet, spec: ExportSpec, backend: Any, output: Path, t
     return export_seconds, verify_seconds, report, size, data, details
 
 
-def _onnx_baseline(path: Path) -> Any:
-    from ..runtime import open_session
-
-    return open_session(path, "cpu").baseline_logits()
-
-
-def _pte_baseline(path: Path) -> Any:
-    from ..runtime.executorch import PteStepSession
-
-    return PteStepSession(path).baseline_logits()
-
-
-# format -> (the session kinds whose per-step logits its runtime gives, the no-image baseline of a written graph)
-_BASELINES: dict[str, tuple[tuple[str, ...], Callable[[Path], Any]]] = {
-    "onnx": (("step", "whole"), _onnx_baseline),
-    "executorch": (("step",), _pte_baseline),  # PteStepSession: stepwise and stepwise-drive programs
-}
-
-
 def _decision_rule(format: str, info: ArtifactInfo, targets: Sequence[Path],
                    temps: Sequence[Path]) -> DecisionRule | None:
     """The manifest's decision rule: :data:`~cordsnet.decision.DEFAULT_THRESHOLD`,
@@ -366,9 +347,10 @@ def _decision_rule(format: str, info: ArtifactInfo, targets: Sequence[Path],
         info: the graph's metadata.
         targets, temps: the final paths and the staged temporaries (artifact first, then companions).
     """
-    kinds, baseline_of = _BASELINES.get(format, ((), _onnx_baseline))
-    per_step = info.kind.session == "step" or info.readout == "all"
-    if info.kind.session not in kinds or not per_step or info.steps_per_call != 1:
+    from ..artifact import decision_expected
+    from ..runtime.reference import baseline_logits
+
+    if not decision_expected(info, format):
         return None
 
     # The staged files live in private directories; the runtime finds companions and external data by
@@ -385,7 +367,7 @@ def _decision_rule(format: str, info: ArtifactInfo, targets: Sequence[Path],
                 os.link(staged_file, folder / target.name)
             except OSError:
                 shutil.copyfile(staged_file, folder / target.name)
-        baseline = baseline_of(folder / targets[0].name)
+        baseline = baseline_logits(folder / targets[0].name, format)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return DecisionRule(DEFAULT_THRESHOLD, DEFAULT_MARGIN, baseline)

@@ -20,21 +20,42 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from .. import validate
 from .._io import atomic_path, read_arrays
-from ..artifact import read_info
+from ..artifact import artifact_format, read_info
 
-__all__ = ["ATOL", "FORMAT", "MIN_AGREEMENT", "RTOL", "Reference", "ReferenceCheck", "check_reference", "compare",
-           "load_reference", "save_reference", "top1_agreement"]
+__all__ = ["ATOL", "BASELINES", "FORMAT", "MIN_AGREEMENT", "RTOL", "Reference", "ReferenceCheck", "baseline_logits",
+           "check_decision", "check_reference", "compare", "load_reference", "save_reference", "top1_agreement"]
 
 # The verification criterion, one definition for the exporter (cordsnet.export.verify) and stored references:
 # float32 passes when every value is within ATOL + RTOL |reference|; a reduced precision when the top-1 class
 # agrees on at least MIN_AGREEMENT of the images.
 ATOL, RTOL, MIN_AGREEMENT = 1e-4, 1e-3, 0.99
+
+def _onnx_baseline(path: Path) -> np.ndarray:
+    from . import open_session
+
+    return open_session(path, "cpu").baseline_logits()
+
+
+def _pte_baseline(path: Path) -> np.ndarray:
+    from .executorch import PteStepSession
+
+    return PteStepSession(path).baseline_logits()
+
+
+# format -> the no-image baseline (T, K) of a graph, computed by this runtime on the CPU: what the exporter
+# writes into the manifest's decision block and what check_decision recomputes.
+BASELINES: dict[str, Callable[[Path], np.ndarray]] = {"onnx": _onnx_baseline, "executorch": _pte_baseline}
+
+# A reduced-precision baseline recomputed on another CPU may differ by its kernels (VNNI or not, AMX or
+# not); a tenth of the decision margin cannot move a decision but at its boundary, and an edit that
+# matters is larger. float32 graphs are held to the verification criterion (ATOL, RTOL).
+BASELINE_MARGIN_SHARE = 0.1
 
 FORMAT = "cordsnet-reference/1"
 MAX_REFERENCE_BYTES = 512 * 1024 * 1024  # a reference holds a few hundred images: larger is not one
@@ -116,6 +137,52 @@ def top1_agreement(got: Any, want: Any) -> float:
     return float(np.mean(np.argmax(got, axis=-1) == np.argmax(want, axis=-1)))
 
 
+def baseline_logits(path: str | os.PathLike, format: str | None = None) -> np.ndarray:
+    """The no-image baseline (T, K) of the graph at `path`, by this runtime on the CPU (:data:`BASELINES`).
+
+    Raises:
+        ValueError: a format whose baseline no runtime here computes (listing those that do).
+    """
+    fmt = artifact_format(path) if format is None else format
+    if fmt not in BASELINES:
+        raise ValueError(f"format: the no-image baseline is computed for {sorted(BASELINES)} graphs, got {fmt!r}")
+    return np.asarray(BASELINES[fmt](Path(path)), dtype=np.float32)
+
+
+def check_decision(path: str | os.PathLike) -> dict[str, Any] | None:
+    """Recompute the no-image baseline of the graph at `path` and refuse a manifest whose decision block
+    says otherwise (:func:`cordsnet.artifact.check_manifest` checks the block's presence, threshold and
+    margin; this checks its values, which only running the graph can).
+
+    Tolerance: float32 graphs the verification criterion (:data:`ATOL` + :data:`RTOL` |baseline|);
+    reduced precisions :data:`BASELINE_MARGIN_SHARE` of the decision margin.
+
+    Returns:
+        The comparison (:func:`compare`), or None when the artifact has no manifest or no decision block.
+
+    Raises:
+        ValueError: the manifest's baseline is not the graph's (naming the manifest and the difference).
+    """
+    from ..artifact import check_manifest
+
+    manifest = check_manifest(path)
+    if manifest is None or manifest.decision is None:
+        return None
+    rule = manifest.decision
+    got = baseline_logits(path, manifest.format)
+    want = rule.baseline
+    if got.shape != want.shape:
+        raise ValueError(f"manifest: {str(manifest.path)!r}: its no-image baseline is {want.shape}, the graph gives "
+                         f"{got.shape}; the manifest was edited: export again")
+    atol, rtol = (ATOL, RTOL) if manifest.info.dtype == "float32" else (BASELINE_MARGIN_SHARE * rule.margin, 0.0)
+    diffs = compare(got, want, atol, rtol)
+    if not diffs["within_tolerance"]:
+        raise ValueError(f"manifest: {str(manifest.path)!r}: its no-image baseline is not the graph's (max |diff| "
+                         f"{diffs['max_abs']:.3g} logits, allowed {atol:g} + {rtol:g} |baseline|); the manifest was "
+                         "edited: export again")
+    return diffs
+
+
 def save_reference(path: str | os.PathLike, reference: Reference) -> Path:
     """Write `reference` to `path` (``.npz``, atomically). Returns the path."""
     path = validate.suffix("reference", path, (".npz",))
@@ -189,6 +256,7 @@ def check_reference(model: str | os.PathLike, reference: Reference | str | os.Pa
         mismatch.append(f"alpha {info.alpha!r} (reference: {ref.alpha!r})")
     if mismatch:
         raise ValueError(f"reference: {Path(model).name} does not match the reference: {'; '.join(mismatch)}")
+    check_decision(model)  # the manifest's decision block, which clients are handed, is the graph's
     session = open_session(model, providers, **session_kwargs)
     got = np.asarray(session.run(ref.images), dtype=np.float64)
     if got.ndim == 3:  # readout "all": the logits after the last step
