@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -374,7 +375,7 @@ def test_cli_web_limits_reach_the_server():
 
 
 @pytest.mark.parametrize("option, value", [("--idle-timeout", "0"), ("--idle-timeout", "-1"),
-                                           ("--max-connections", "0")])
+                                           ("--max-connections", "0"), ("--header-timeout", "0")])
 def test_cli_web_refuses_bad_limits_in_one_line(option, value):
     res = subprocess.run([sys.executable, "-c", "from cordsnet.cli import main; main()", "web", "--port", "0",
                           option, value], capture_output=True, text=True, timeout=60)
@@ -388,6 +389,96 @@ def test_cli_web_help_documents_the_limits():
     assert res.returncode == 0
     for option, default in (("--idle-timeout", web.IDLE_TIMEOUT_S), ("--max-connections", web.MAX_CONNECTIONS)):
         assert option in res.stdout and f"[default: {default}]" in res.stdout, res.stdout
+    assert "--header-timeout" in res.stdout and f"default: {web.HEADER_TIMEOUT_S:g}" in res.stdout, res.stdout
+
+
+# ------------------------------------------------------------------ slow or old clients: the header deadline
+@pytest.fixture
+def deadline_server():
+    """The shipped graph served in a thread on 127.0.0.1 with a 30 s idle timeout and a 2 s header deadline."""
+    if not (web.ORT_DIST / "ort.wasm.min.mjs").is_file():
+        pytest.skip(f"onnxruntime-web is not vendored in {web.ORT_DIST}: run `bash tools/vendor-ort.sh`")
+    server = web.make_server(web.default_artifact(), port=0, idle_timeout=30.0, header_timeout=2.0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[:2]
+    server.shutdown()
+    server.server_close()
+
+
+def _trickle(address: tuple[str, int], chunks: list[bytes], every: float, limit: float) -> float | None:
+    """Send `chunks` one per `every` seconds; seconds until the server closed the connection (None: still open
+    after `limit` seconds). A close shows as EOF, a reset or a broken pipe; nothing is ever answered."""
+    with socket.create_connection(address, timeout=10) as s:
+        t0 = time.perf_counter()
+        for chunk in chunks:
+            try:
+                s.sendall(chunk)
+                s.settimeout(every)
+                try:
+                    data = s.recv(1024)
+                except TimeoutError:
+                    data = None
+            except (BrokenPipeError, ConnectionResetError):
+                return time.perf_counter() - t0
+            if data is not None:
+                assert data == b"", data  # the server answers nothing to a half-sent request: it closes it
+                return time.perf_counter() - t0
+            if time.perf_counter() - t0 > limit:
+                return None
+    pytest.fail("ran out of chunks before the limit")
+
+
+@pytest.mark.parametrize("chunks, every", [
+    ([b"GET / HTTP/1.1\r\nHost: x\r\n"] + [b"X-Slow: %d\r\n" % i for i in range(40)], 0.5),  # a line per 0.5 s
+    ([bytes([c]) for c in b"GET /index.html HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100], 0.2),  # a byte per 0.2 s
+], ids=["header-lines", "bytes"])
+def test_web_drops_a_client_that_trickles_its_headers_at_the_deadline(deadline_server, chunks, every):
+    """Every byte comes well within the 30 s idle timeout, yet the head is cut off 2 s after its first byte."""
+    closed = _trickle(deadline_server, chunks, every, limit=6.0)
+    assert closed is not None and 1.5 < closed < 4.0, closed
+
+
+def test_web_answers_an_http09_request_at_once(deadline_server):
+    with socket.create_connection(deadline_server, timeout=1.0) as s:
+        t0 = time.perf_counter()
+        s.sendall(b"GET /\r\n")  # no version, no headers: nothing more is coming
+        reply = b""
+        while chunk := s.recv(4096):  # until the server closes; a TimeoutError after 1 s fails the test
+            reply += chunk
+        assert time.perf_counter() - t0 < 1.0
+    assert reply.startswith(b"HTTP/1.1 505 "), reply[:200]
+
+
+def test_web_keeps_the_idle_timeout_between_keep_alive_requests(deadline_server):
+    """A normal GET is served; a pause longer than the header deadline (but not the idle timeout) between two
+    requests on one connection is fine: the deadline counts from a request's first byte."""
+    with socket.create_connection(deadline_server, timeout=10) as s:
+        f = s.makefile("rb")
+        for pause in (0.0, 2.5):
+            time.sleep(pause)
+            s.sendall(b"GET /model/manifest.json HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert f.readline().startswith(b"HTTP/1.1 200"), pause
+            head = list(iter(f.readline, b"\r\n"))
+            length = next(int(line.split(b":")[1]) for line in head if line.lower().startswith(b"content-length:"))
+            assert json.loads(f.read(length))["artifact"]["file"] == web.default_artifact().name
+        f.close()
+
+
+def test_cli_web_header_timeout_reaches_the_server():
+    proc, address = _cli_web("--header-timeout", "1")
+    try:
+        closed = _trickle(address, [b"GET / HTTP/1.1\r\n"] + [b"X-Slow: %d\r\n" % i for i in range(40)], 0.25,
+                          limit=5.0)
+        assert closed is not None and 0.7 < closed < 3.0, closed  # the default would be 10 s
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_web_refuses_a_bad_header_timeout():
+    with pytest.raises(ValueError, match="header_timeout: expected"):
+        web.make_server(web.default_artifact(), port=0, header_timeout=0)
 
 
 @needs_browser

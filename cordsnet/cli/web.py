@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import io
 import logging
 import os
+import socket
 import threading
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -56,6 +59,7 @@ DEFAULT_PORT = 8765  # port of `cordsnet-cli web` unless --port is given (0: any
 # The graph kind the page runs (one Euler step from the image, no companion graph), from the kinds' entries.
 WEB_GRAPH = next(k.name for k in GRAPH_KINDS.values() if k.exported and k.image_step)
 IDLE_TIMEOUT_S = 30.0  # a connection that sends nothing for this long is closed
+HEADER_TIMEOUT_S = 10.0  # a request's line and headers must arrive within this long of its first byte
 LISTEN_BACKLOG = 128  # pending connections the socket queues
 MAX_CONNECTIONS = 64  # connections served at once (one thread each); more wait in the backlog
 # Cross-origin isolation (SharedArrayBuffer, hence WASM threads) and no caching of changing files.
@@ -178,42 +182,80 @@ def _mime(name: str) -> str:
     return MIME_TYPES.get(Path(name).suffix.lower(), "application/octet-stream")
 
 
-def connection_limits(idle_timeout: Any, max_connections: Any, *,
-                      names: tuple[str, str] = ("idle_timeout", "max_connections")) -> tuple[float, int]:
-    """The server's connection limits, checked: an idle timeout > 0 seconds and at least one connection.
+def connection_limits(idle_timeout: Any, max_connections: Any, header_timeout: Any = None, *,
+                      names: tuple[str, str, str] = ("idle_timeout", "max_connections", "header_timeout")
+                      ) -> tuple[float, int, float]:
+    """The server's connection limits, checked: timeouts > 0 seconds and at least one connection.
 
     Args:
         idle_timeout: seconds a connection may stay silent (and a waiting one may wait for a slot).
         max_connections: connections served at once.
-        names: the two arguments' names as the caller knows them (the CLI's options, the library's keywords).
+        header_timeout: seconds a request's line and headers may take to arrive in full, counted from its
+            first byte (None: :data:`HEADER_TIMEOUT_S` or `idle_timeout`, the smaller).
+        names: the three arguments' names as the caller knows them (the CLI's options, the library's keywords).
 
     Returns:
-        (idle_timeout, max_connections) as float and int.
+        (idle_timeout, max_connections, header_timeout) as float, int and float.
 
     Raises:
-        ValueError: either is out of range or of the wrong kind, naming it.
+        ValueError: any is out of range or of the wrong kind, naming it.
     """
     from .. import validate
 
-    return (validate.number(names[0], idle_timeout, low=0.0, low_open=True),
-            validate.positive_int(names[1], max_connections))
+    idle = validate.number(names[0], idle_timeout, low=0.0, low_open=True)
+    header = min(HEADER_TIMEOUT_S, idle) if header_timeout is None else \
+        validate.number(names[2], header_timeout, low=0.0, low_open=True)
+    return idle, validate.positive_int(names[1], max_connections), header
+
+
+class _HeaderDeadline(io.RawIOBase):
+    """A connection's reading side whose every read waits at most until the current request's deadline.
+
+    Each ``recv`` gets the socket timeout shrunk to the time left, so a client that trickles bytes (a header
+    line every few seconds, a byte at a time) is cut off at the deadline, not merely after a silent gap.
+    Every read's end restores the idle timeout, which writes keep; ``deadline = None`` gives reads the idle
+    timeout again (the wait for a request's first byte).
+    """
+
+    def __init__(self, sock: socket.socket, idle_timeout: float) -> None:
+        super().__init__()
+        self._sock, self._idle = sock, idle_timeout
+        self.deadline: float | None = None  # time.monotonic() by which the request's head must be in
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        timeout = self._idle
+        if self.deadline is not None:
+            timeout = min(timeout, self.deadline - time.monotonic())
+            if timeout <= 0:
+                raise TimeoutError("the request's line and headers did not arrive in time")
+        self._sock.settimeout(timeout)
+        try:
+            return self._sock.recv_into(buffer)
+        finally:
+            self._sock.settimeout(self._idle)
 
 
 def make_server(artifact: str | os.PathLike, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
-                idle_timeout: float = IDLE_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS
-                ) -> http.server.ThreadingHTTPServer:
+                idle_timeout: float = IDLE_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS,
+                header_timeout: float | None = None) -> http.server.ThreadingHTTPServer:
     """An HTTP server for the page and `artifact` (call ``serve_forever``; port 0 picks a free one).
 
     It answers GET and HEAD for the paths of :func:`routes` only; a connection that sends nothing for
     `idle_timeout` seconds is closed, at most `max_connections` are served at once (one thread each; the
     next ones wait in the listen backlog of :data:`LISTEN_BACKLOG`, and one that waits longer than
-    `idle_timeout` for a slot is closed), so no number of clients exhausts the threads.
+    `idle_timeout` for a slot is closed), so no number of clients exhausts the threads. A request's line and
+    headers must arrive in full within `header_timeout` seconds of its first byte (None: :data:`HEADER_TIMEOUT_S`
+    or `idle_timeout`, the smaller), however the client trickles them; the connection is closed otherwise. A
+    request line without an HTTP version (HTTP/0.9) is answered 505 at once and the connection closed.
 
     Raises:
         ValueError: the artifact is not a float32 stepwise ONNX graph, or its manifest is another's.
         FileNotFoundError: the page's files or its onnxruntime-web files are missing.
     """
-    idle_timeout, max_connections = connection_limits(idle_timeout, max_connections)
+    idle_timeout, max_connections, header_timeout = connection_limits(idle_timeout, max_connections, header_timeout)
     artifact = Path(artifact)
     manifest = load_manifest(artifact)  # the user's input first, then the installation
     _check_servable(manifest, artifact)
@@ -230,6 +272,36 @@ def make_server(artifact: str | os.PathLike, host: str = "127.0.0.1", port: int 
     class Handler(http.server.BaseHTTPRequestHandler):
         timeout = idle_timeout  # socket timeout: a silent or half-sent request does not hold a thread
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            self.rfile.close()  # the plain reader's hold on the socket, replaced by the deadline's reader
+            self._reader = _HeaderDeadline(self.connection, idle_timeout)
+            self.rfile = io.BufferedReader(self._reader)
+
+        def handle_one_request(self) -> None:
+            # The first byte of a request may take the idle timeout (the wait between keep-alive requests);
+            # from it on, its line and headers have `header_timeout` in all.
+            self._reader.deadline = None
+            try:
+                if self.rfile.peek(1):
+                    self._reader.deadline = time.monotonic() + header_timeout
+            except TimeoutError:
+                self.close_connection = True
+                return
+            super().handle_one_request()
+
+        def parse_request(self) -> bool:
+            line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")  # decoded as the base class does
+            if len(line.split()) == 2:  # no version: an HTTP/0.9 request, whose headers would never come
+                self.requestline, self.command, self.close_connection = line, None, True
+                self.request_version = self.protocol_version  # so the refusal carries a status line and headers
+                self.send_error(505, explain="HTTP/0.9 requests are not served: send an HTTP/1.x request line")
+                return False
+            try:
+                return super().parse_request()  # reads the headers, against the deadline
+            finally:
+                self._reader.deadline = None  # the response and what follows: the idle timeout again
 
         def do_GET(self) -> None:  # noqa: N802 (the base class's name)
             self._answer(body=True)
@@ -304,13 +376,19 @@ def web_command(
         "--max-connections", metavar="N",
         help=f"Connections served at once, one thread each (>= 1); more wait in the listen backlog "
              f"({LISTEN_BACKLOG}).")] = MAX_CONNECTIONS,
+    header_timeout: Annotated[Optional[float], typer.Option(
+        "--header-timeout", metavar="SECONDS", show_default=False,
+        help=f"Close a connection whose request line and headers have not all arrived this long after the "
+             f"request's first byte, however they trickle in (> 0; default: {HEADER_TIMEOUT_S:g} or the idle "
+             f"timeout, the smaller).")] = None,
 ) -> None:
     """Serve the browser app: the stepwise graph runs in the page (onnxruntime-web), step by step."""
-    idle_timeout, max_connections = connection_limits(idle_timeout, max_connections,
-                                                      names=("--idle-timeout", "--max-connections"))
+    idle_timeout, max_connections, header_timeout = connection_limits(
+        idle_timeout, max_connections, header_timeout, names=("--idle-timeout", "--max-connections", "--header-timeout"))
     if artifact is None:
         artifact = default_artifact()
-    server = make_server(artifact, host, port, idle_timeout=idle_timeout, max_connections=max_connections)
+    server = make_server(artifact, host, port, idle_timeout=idle_timeout, max_connections=max_connections,
+                         header_timeout=header_timeout)
     h, p = server.server_address[:2]
     typer.echo(f"serving {artifact} at http://{h}:{p}/  (Ctrl-C to stop)")
     try:
