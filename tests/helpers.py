@@ -168,6 +168,33 @@ def python_disagreements(artifact, data: dict) -> list[str] | None:
     return manifest_disagreements(read_info(artifact), told)
 
 
+def check_a_client_refuses_every_lie(artifact, tmp_path, refused) -> None:
+    """A client (Node, C, C++) against Python's rule: for each field of MANIFEST_LIES, a manifest with that
+    one lie (true sha256 and size) is refused in one line naming the field, and several lies at once name
+    every field in Python's order. ``refused(manifest_path) -> str`` runs the client with ``--manifest``
+    and returns its one error line."""
+    import json
+
+    from cordsnet.artifact import manifest_path
+
+    assert sorted(MANIFEST_LIES) == sorted(compared_manifest_fields())
+    good = json.loads(manifest_path(artifact).read_text())
+    lie_path = tmp_path / "lie.json"
+    for field, lie in MANIFEST_LIES.items():
+        data = json.loads(json.dumps(good))
+        lie(data)
+        assert python_disagreements(artifact, data) in (None, [field]), field  # Python refuses it too
+        lie_path.write_text(json.dumps(data))
+        line = refused(lie_path)
+        assert f"disagrees with the metadata inside {artifact.name} on {field}; " in line, (field, line)
+    data = json.loads(json.dumps(good))
+    for field in ("version", "exporter", "preset", "alpha"):
+        MANIFEST_LIES[field](data)
+    assert python_disagreements(artifact, data) == ["alpha", "preset", "exporter", "version"]
+    lie_path.write_text(json.dumps(data))
+    assert " on alpha, preset, exporter, version; " in refused(lie_path)
+
+
 def rewrite_onnx_metadata(model, folder, edit):
     """A copy of ONNX graph `model` in new `folder`, its metadata_props edited by `edit(dict)`, with a copy
     of its manifest whose sha256 and size are made true for the copy (so only the metadata can disagree)."""
