@@ -54,6 +54,7 @@ logger = logging.getLogger("cordsnet.runtime")
 __all__ = [
     "CPU",
     "CUDA",
+    "CUDA_GRAPH_OPTIONS",
     "TENSORRT",
     "PROVIDER_ALIASES",
     "ProviderError",
@@ -200,7 +201,8 @@ def create_session(path: str | os.PathLike, plan: ProviderPlan,
     active = session.get_providers()
     missing = [p for p in plan.required if p not in active]
     if not missing:
-        if is_gpu_provider(active[0]) and not any(o.get(k) == "1" for o in plan.options for k in _CUDA_GRAPH_KEYS):
+        captures = any(o.get(k) == "1" for o in plan.options for k in CUDA_GRAPH_OPTIONS.values())
+        if is_gpu_provider(active[0]) and not captures:
             warm_up(session)
         return session
     why = (f"onnxruntime created the session with {active} instead: the provider library loaded but the "
@@ -214,7 +216,8 @@ def create_session(path: str | os.PathLike, plan: ProviderPlan,
 
 # ------------------------------------------------------------------------------ TensorRT caches, warm-up
 TENSORRT_CACHE = "tensorrt"  # cache_dir() sub-folder: <sha256 of the graph>/onnxruntime-<version>/
-_CUDA_GRAPH_KEYS = ("enable_cuda_graph", "trt_cuda_graph_enable")  # provider options that capture CUDA graphs
+# provider -> its option that captures CUDA graphs (StepSession(cuda_graph=True) sets them; warm-up skips them)
+CUDA_GRAPH_OPTIONS: dict[str, str] = {CUDA: "enable_cuda_graph", TENSORRT: "trt_cuda_graph_enable"}
 # onnxruntime's element types -> the numpy dtypes of warm-up inputs.
 _WARM_DTYPES: dict[str, type] = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
                                  "tensor(double)": np.float64, "tensor(int64)": np.int64, "tensor(int32)": np.int32}

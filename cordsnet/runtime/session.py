@@ -27,7 +27,8 @@ from ..artifact import GRAPH_KINDS, MAX_STEPS, ArtifactInfo, check_artifact_file
 from ..decision import DEFAULT_MARGIN, check_criterion, first_decisions
 from ._batch import STEPS_WHY, AnytimeResult, Frontend, Prediction, check_finite, join_chunks
 from .preprocess import Preprocessor
-from .providers import CUDA, TENSORRT, ProvidersLike, create_session, is_gpu_provider, resolve_providers
+from .providers import (CUDA, CUDA_GRAPH_OPTIONS, ProvidersLike, create_session, is_gpu_provider,
+                        resolve_providers)
 
 __all__ = ["ArtifactInfo", "BACKENDS", "AnytimeResult", "GRAPH_KINDS", "Prediction", "Session"]
 
@@ -375,8 +376,8 @@ def _cuda_graph_options(providers: ProvidersLike, cuda_graph: bool,
                         provider_options: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
     opts = {k: dict(v) for k, v in (provider_options or {}).items()}
     if cuda_graph:
-        opts.setdefault(CUDA, {})["enable_cuda_graph"] = "1"
-        opts.setdefault(TENSORRT, {})["trt_cuda_graph_enable"] = "1"
+        for provider, key in CUDA_GRAPH_OPTIONS.items():
+            opts.setdefault(provider, {})[key] = "1"
     return opts
 
 

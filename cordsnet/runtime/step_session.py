@@ -32,7 +32,7 @@ from .. import validate
 from ..artifact import ArtifactInfo, companion_path
 from ._adapters import DoubleBuffer, Layout, Store
 from ._core import StepCore
-from .providers import ProvidersLike, resolve_providers
+from .providers import CUDA_GRAPH_OPTIONS, ProvidersLike, resolve_providers
 from .session import _Base, _cuda_graph_options, _dtype_of, _graph_io, _load, _require_gpu
 
 __all__ = ["STORES", "OrtEngine", "StepSession"]
@@ -126,7 +126,7 @@ class StepSession(StepCore, _Base):
                 self._encode = OpenVINOSession(encode_path, self._session.device, self.precision)
             else:
                 encode_plan = resolve_providers(providers, provider_options={
-                    k: {o: v for o, v in d.items() if o not in ("enable_cuda_graph", "trt_cuda_graph_enable")}
+                    k: {o: v for o, v in d.items() if o not in CUDA_GRAPH_OPTIONS.values()}
                     for k, d in provider_options.items()})
                 self._encode = _load(encode_path, encode_plan, session_options, lambda m: None)
             source = repr(str(encode_path))
