@@ -261,7 +261,7 @@ def make_server(artifact: str | os.PathLike, host: str = "127.0.0.1", port: int 
     _check_servable(manifest, artifact)
     from ..runtime.reference import check_decision
 
-    check_decision(artifact)  # the page decides with the manifest's baseline: it must be the graph's
+    check_decision(artifact, manifest)  # the page decides with the manifest's baseline: it must be the graph's
     _web_dir_ready()
     # The checked bytes, not whatever the path holds later: a file swapped after the check is never served.
     graph = artifact.read_bytes()

@@ -42,9 +42,8 @@ import torch
 
 from .. import validate
 from ..artifact import DTYPES, FORMATS, MAX_STEPS, artifact_format, check_manifest, companion_path, read_info
-from ..runtime.reference import BASELINES, check_decision
 from ..model import CordsNet
-from ..runtime.reference import ATOL, MIN_AGREEMENT, RTOL, compare, top1_agreement
+from ..runtime.reference import ATOL, MIN_AGREEMENT, RTOL, check_decision, compare, top1_agreement
 
 logger = logging.getLogger("cordsnet.export")
 
@@ -183,9 +182,9 @@ def verify_artifact(path: str | os.PathLike, model: CordsNet, *, providers: str 
     path = Path(path)
     fmt = artifact_format(path) if format is None else validate.choice("format", format, list(FORMATS))
     info = read_info(path, fmt)  # parsed and checked against the graph's declared I/O (ONNX)
-    check_manifest(path)
-    if fmt in BASELINES:
-        check_decision(path)  # the decision block's baseline is the graph's (recomputed)
+    manifest = check_manifest(path)
+    if manifest is not None:  # the decision block's baseline is the graph's (recomputed)
+        check_decision(path, manifest)
     kind = info.kind
     if kind.session is None:
         raise ValueError(f"model: {str(path)!r} is a {info.graph!r} graph, verified with the graph it belongs to")

@@ -36,6 +36,7 @@ __all__ = ["ATOL", "BASELINES", "FORMAT", "MIN_AGREEMENT", "RTOL", "Reference", 
 # agrees on at least MIN_AGREEMENT of the images.
 ATOL, RTOL, MIN_AGREEMENT = 1e-4, 1e-3, 0.99
 
+
 def _onnx_baseline(path: Path) -> np.ndarray:
     from . import open_session
 
@@ -149,7 +150,7 @@ def baseline_logits(path: str | os.PathLike, format: str | None = None) -> np.nd
     return np.asarray(BASELINES[fmt](Path(path)), dtype=np.float32)
 
 
-def check_decision(path: str | os.PathLike) -> dict[str, Any] | None:
+def check_decision(path: str | os.PathLike, manifest: Any = None) -> dict[str, Any] | None:
     """Recompute the no-image baseline of the graph at `path` and refuse a manifest whose decision block
     says otherwise (:func:`cordsnet.artifact.check_manifest` checks the block's presence, threshold and
     margin; this checks its values, which only running the graph can).
@@ -157,15 +158,21 @@ def check_decision(path: str | os.PathLike) -> dict[str, Any] | None:
     Tolerance: float32 graphs the verification criterion (:data:`ATOL` + :data:`RTOL` |baseline|);
     reduced precisions :data:`BASELINE_MARGIN_SHARE` of the decision margin.
 
+    Args:
+        path: the artifact.
+        manifest: its :class:`~cordsnet.artifact.Manifest` as :func:`~cordsnet.artifact.check_manifest`
+            returned it, when the caller has checked it already; default: checked here.
+
     Returns:
         The comparison (:func:`compare`), or None when the artifact has no manifest or no decision block.
 
     Raises:
         ValueError: the manifest's baseline is not the graph's (naming the manifest and the difference).
     """
-    from ..artifact import check_manifest
+    if manifest is None:
+        from ..artifact import check_manifest
 
-    manifest = check_manifest(path)
+        manifest = check_manifest(path)
     if manifest is None or manifest.decision is None:
         return None
     rule = manifest.decision
