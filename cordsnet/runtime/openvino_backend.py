@@ -58,8 +58,9 @@ PRECISIONS: dict[str, tuple[str, str]] = dict(zip(OPENVINO_PRECISIONS, (("f32", 
 # * float32 graphs: float32, the graph's own precision (bf16 is the user's choice: it moves logits by ~0.05).
 # * int8 (QDQ) graphs: the user has already chosen reduced precision, and what stays float in them (the
 #   Euler update, the bias adds, the state itself) runs in bfloat16 where the CPU has it: on an AVX-512
-#   BF16 CPU (AMD EPYC Zen 4, 1 thread, R8 at 224 px) a stateful int8 step took 13.4 ms with the bf16 hint
-#   against 16.3 ms with f32 (the f32 state's Assign alone 1.7 ms) and 17.7 ms for the float32 graph at bf16;
+#   BF16 CPU (AMD EPYC Zen 4, R8 at 224 px, `benchmarks/bench_stepwise.py --threads 1`) a stateful int8 step
+#   took 10.3 ms with the bf16 hint against 13.8 ms with f32 (where the f32 state's Assign copies every
+#   step, OpenVINO's PERF_COUNT profile) and 15.1 ms for the float32 graph at bf16;
 #   the bundled digits model kept 99.4 % top-1 agreement with float32 over the full protocol (the
 #   quantisation-aware one 100 %), measured by tests/test_openvino.py::test_int8_default_precision_keeps_the_answer.
 DEFAULT_PRECISIONS: dict[str, tuple[str, ...]] = {"float32": ("f32",), "int8": ("bf16", "f32")}

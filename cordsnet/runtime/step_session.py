@@ -232,7 +232,8 @@ def _openvino_store(s: StepSession, layout: Layout, stateful: bool) -> Store:
 # OpenVINO: stateful, except int8 (QDQ) graphs compiled at f32, as measured (R8 at 224 px, batch 1, x the
 # unrolled twin per step, two runs: bfloat16 stateful 1.15 / 1.03 vs stateless 1.45 / 1.28; int8 at f32
 # stateful 1.32 / 1.29 vs stateless 1.27 / 1.10, where the f32 state's Assign copies; int8 at bf16, the
-# default where the CPU has it, stateful 13.4 vs stateless 14.5 ms/step; benchmarks/bench_stepwise.py).
+# default where the CPU has it, stateful 10.3 vs stateless 12.2 ms/step at one thread, 8.4 vs 10.2 at two;
+# benchmarks/bench_stepwise.py, docs/precision.md).
 STORES: dict[str, _Backend] = {
     "onnxruntime": _Backend(False, lambda info, precision: False, _onnxruntime_store),
     "openvino": _Backend(True, lambda info, precision: not (info.dtype == "int8" and precision == "f32"),
