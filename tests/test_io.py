@@ -36,8 +36,11 @@ def test_success_replaces_and_failure_keeps_the_old_file(tmp_path):
         assert dest.read_bytes() == b"new" and _leftovers(tmp_path) == []
 
 
+# The writer answers Ctrl-C as an interactive program does even when its launcher ignores SIGINT (a background
+# job of a shell without job control, some CI runners): Python installs no handler for an ignored SIGINT.
 WRITER = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from cordsnet._io import atomic_path
 with atomic_path(sys.argv[1]) as tmp:
     with open(tmp, "wb") as f:
